@@ -1,0 +1,153 @@
+//! The gRPC contract: generated protobuf types and services, and the conversions between them
+//! and `blixard-core` types. This is the only crate that knows both.
+
+use std::collections::BTreeMap;
+
+use blixard_core as core;
+
+/// Generated protobuf code.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("blixard.v1");
+}
+
+pub use pb::blixard_client::BlixardClient;
+pub use pb::raft_peer_client::RaftPeerClient;
+
+/// Metadata header carrying the cluster id on peer requests.
+pub const CLUSTER_HEADER: &str = "x-blixard-cluster";
+/// Metadata header set on a request forwarded to the leader, so it is never forwarded again.
+pub const FORWARDED_HEADER: &str = "x-blixard-forwarded";
+/// Largest message a peer may send (snapshots travel in one message).
+pub const MAX_PEER_MESSAGE: usize = 256 * 1024 * 1024;
+/// Largest message a client may send.
+pub const MAX_CLIENT_MESSAGE: usize = 1024 * 1024;
+
+impl From<core::Resources> for pb::Resources {
+    fn from(r: core::Resources) -> Self {
+        pb::Resources { vcpus: r.vcpus, memory_mb: r.memory_mb, disk_gb: r.disk_gb }
+    }
+}
+
+impl From<pb::Resources> for core::Resources {
+    fn from(r: pb::Resources) -> Self {
+        core::Resources { vcpus: r.vcpus, memory_mb: r.memory_mb, disk_gb: r.disk_gb }
+    }
+}
+
+impl From<&core::Worker> for pb::NodeInfo {
+    fn from(w: &core::Worker) -> Self {
+        pb::NodeInfo {
+            id: w.id,
+            addr: w.addr.clone(),
+            state: w.state.as_str().to_string(),
+            capacity: Some(w.capacity.into()),
+            allocated: Some(w.allocated.into()),
+            vms: w.vms,
+            kvm: w.kvm,
+            labels: w.labels.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl From<&core::VmRecord> for pb::VmInfo {
+    fn from(v: &core::VmRecord) -> Self {
+        pb::VmInfo {
+            name: v.spec.name.clone(),
+            node_id: v.node_id,
+            desired: v.desired.as_str().to_string(),
+            state: v.state.as_str().to_string(),
+            vcpus: v.spec.vcpus,
+            memory_mb: v.spec.memory_mb,
+            epoch: v.epoch,
+            disk_gb: v.spec.disk_gb,
+            reason: v.reason.clone(),
+            restart: v.spec.restart.as_str().to_string(),
+            labels: v.spec.labels.clone().into_iter().collect(),
+            anti_affinity: v.spec.anti_affinity.clone(),
+            created_ms: v.created_ms,
+            updated_ms: v.updated_ms,
+        }
+    }
+}
+
+impl From<&core::VmSpec> for pb::VmSpec {
+    fn from(s: &core::VmSpec) -> Self {
+        pb::VmSpec {
+            name: s.name.clone(),
+            vcpus: s.vcpus,
+            memory_mb: s.memory_mb,
+            disk_gb: s.disk_gb,
+            kernel: s.kernel.clone(),
+            initrd: s.initrd.clone(),
+            cmdline: s.cmdline.clone(),
+            labels: s.labels.clone().into_iter().collect(),
+            anti_affinity: s.anti_affinity.clone(),
+            node: s.node,
+            restart: s.restart.as_str().to_string(),
+            start: s.start,
+        }
+    }
+}
+
+impl TryFrom<pb::VmSpec> for core::VmSpec {
+    type Error = String;
+    fn try_from(s: pb::VmSpec) -> Result<Self, String> {
+        let restart = if s.restart.is_empty() { core::RestartPolicy::default() } else { s.restart.parse()? };
+        Ok(core::VmSpec {
+            name: s.name,
+            vcpus: s.vcpus,
+            memory_mb: s.memory_mb,
+            disk_gb: s.disk_gb,
+            kernel: s.kernel,
+            initrd: s.initrd,
+            cmdline: s.cmdline,
+            labels: s.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            anti_affinity: s.anti_affinity,
+            node: s.node,
+            restart,
+            start: s.start,
+        })
+    }
+}
+
+/// Parses a node state name from the wire.
+pub fn parse_node_state(s: &str) -> Result<core::NodeState, String> {
+    match s {
+        "up" => Ok(core::NodeState::Up),
+        "down" => Ok(core::NodeState::Down),
+        "draining" => Ok(core::NodeState::Draining),
+        other => Err(format!("unknown node state '{other}': use up, down or draining")),
+    }
+}
+
+/// Parses a desired VM state from the wire.
+pub fn parse_desired(s: &str) -> Result<core::Desired, String> {
+    match s {
+        "running" => Ok(core::Desired::Running),
+        "stopped" => Ok(core::Desired::Stopped),
+        other => Err(format!("unknown desired state '{other}': use running or stopped")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_spec_round_trips() {
+        let mut s = core::VmSpec::new("web-1");
+        s.labels.insert("tier".into(), "web".into());
+        s.node = Some(3);
+        s.restart = core::RestartPolicy::Always;
+        let back = core::VmSpec::try_from(pb::VmSpec::from(&s)).unwrap();
+        assert_eq!(s, back);
+    }
+
+    #[test]
+    fn unknown_restart_policy_is_refused() {
+        let mut p = pb::VmSpec::from(&core::VmSpec::new("a"));
+        p.restart = "sometimes".into();
+        assert!(core::VmSpec::try_from(p).unwrap_err().contains("sometimes"));
+    }
+}

@@ -1,0 +1,120 @@
+//! The Raft log payload: every change to the replicated state is one [`Request`], and the
+//! result of applying it is one [`Outcome`]. Nothing changes the state any other way.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{NodeId, Resources, VmSpec};
+use crate::state::{Desired, NodeState, VmRecord, VmState, Worker};
+
+/// One entry of the replicated log: a command, stamped by the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Client request id: a retried request with the same id is applied once, and the retry
+    /// gets the first outcome back.
+    pub request_id: Option<String>,
+    /// Wall-clock milliseconds since the Unix epoch, stamped by the node that proposed it.
+    /// `apply` never reads a clock: it uses this.
+    pub time_ms: u64,
+    pub command: Command,
+}
+
+impl Request {
+    pub fn new(command: Command, time_ms: u64) -> Self {
+        Self { request_id: None, time_ms, command }
+    }
+
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.command.kind())?;
+        if let Some(id) = &self.request_id {
+            write!(f, "[{id}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every kind of change the state machine accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A node announces itself as a worker with the capabilities it detected (or re-announces
+    /// them after a restart). Registration never changes a node's drain/down state.
+    RegisterWorker {
+        id: NodeId,
+        addr: String,
+        capacity: Resources,
+        kvm: bool,
+        labels: BTreeMap<String, String>,
+    },
+    /// The node left the cluster: forget it as a worker; its VMs go back to pending.
+    RemoveWorker { id: NodeId },
+    /// Mark a worker up, down or draining.
+    SetWorkerState { id: NodeId, state: NodeState },
+    /// Record a new VM and place it.
+    CreateVm { spec: VmSpec },
+    /// Forget a VM.
+    DeleteVm { name: String },
+    /// Ask for a VM to run or to be stopped.
+    SetVmDesired { name: String, desired: Desired },
+    /// What an executor observed of a VM it runs, for the placement `epoch` it acts on.
+    ReportVmStatus { name: String, node_id: NodeId, epoch: u64, state: VmState, reason: Option<String> },
+}
+
+impl Command {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::RegisterWorker { .. } => "register_worker",
+            Command::RemoveWorker { .. } => "remove_worker",
+            Command::SetWorkerState { .. } => "set_worker_state",
+            Command::CreateVm { .. } => "create_vm",
+            Command::DeleteVm { .. } => "delete_vm",
+            Command::SetVmDesired { .. } => "set_vm_desired",
+            Command::ReportVmStatus { .. } => "report_vm_status",
+        }
+    }
+}
+
+/// What a successful apply returns to the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Done,
+    Vm(VmRecord),
+    Worker(Worker),
+}
+
+/// Why `apply` refused a command. A refused command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what} '{name}' not found")]
+    NotFound { what: String, name: String },
+    #[error("{what} '{name}' already exists")]
+    AlreadyExists { what: String, name: String },
+    #[error("{0}")]
+    NoCapacity(String),
+    #[error("stale report for VM '{name}': epoch {got} is not the current placement (epoch {current} on node {node:?})")]
+    StaleEpoch { name: String, got: u64, current: u64, node: Option<NodeId> },
+    #[error("{0}")]
+    LimitReached(String),
+}
+
+impl ApplyError {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        ApplyError::Invalid(msg.into())
+    }
+    pub fn not_found(what: &str, name: impl fmt::Display) -> Self {
+        ApplyError::NotFound { what: what.into(), name: name.to_string() }
+    }
+}
+
+/// The result of applying one request. Returned to the proposer through Raft.
+pub type Outcome = Result<Reply, ApplyError>;

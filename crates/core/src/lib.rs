@@ -1,0 +1,18 @@
+//! The pure core of blixard.
+//!
+//! Everything that decides *what the cluster state is* lives here, and nothing else does:
+//! ids and limits ([`spec`]), the Raft log payload ([`command`]), the replicated state and its
+//! deterministic `apply` ([`state`]), and placement ([`scheduler`]).
+//!
+//! This crate does no I/O: no tokio, no database, no clock, no randomness. Time is stamped into
+//! every [`command::Request`] by the proposer, and the log index that made a placement is passed
+//! into `apply`, so that every node applying the same log reaches the same state bit for bit.
+
+pub mod command;
+pub mod scheduler;
+pub mod spec;
+pub mod state;
+
+pub use command::{ApplyError, Command, Outcome, Reply, Request};
+pub use spec::{NodeId, Resources, RestartPolicy, VmSpec};
+pub use state::{ClusterState, Desired, NodeState, RowKey, VmRecord, VmState, Worker};

@@ -1,0 +1,268 @@
+//! Identifiers, resource quantities, VM specifications and the limits every input is checked
+//! against. Validation lives here so that the API layer and `apply` enforce the same rules.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::ApplyError;
+
+/// A node's identity in the cluster, fixed for the node's lifetime.
+pub type NodeId = u64;
+
+/// Longest VM name (the contract: `[a-z0-9][a-z0-9-]{0,62}`).
+pub const MAX_NAME_LEN: usize = 63;
+/// Largest vCPU count one VM may ask for.
+pub const MAX_VCPUS: u32 = 256;
+/// Largest memory one VM may ask for, in MiB (4 TiB).
+pub const MAX_MEMORY_MB: u64 = 4 * 1024 * 1024;
+/// Smallest memory one VM may ask for, in MiB.
+pub const MIN_MEMORY_MB: u64 = 16;
+/// Largest disk one VM may ask for, in GiB.
+pub const MAX_DISK_GB: u64 = 64 * 1024;
+/// Most labels on one VM or node.
+pub const MAX_LABELS: usize = 32;
+/// Longest label key or value.
+pub const MAX_LABEL_LEN: usize = 63;
+/// Longest path (kernel, initrd, image) accepted.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest kernel command line accepted.
+pub const MAX_CMDLINE_LEN: usize = 4096;
+/// Longest client request id accepted.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+/// Longest node address accepted.
+pub const MAX_ADDR_LEN: usize = 256;
+/// Most VMs the cluster will hold.
+pub const MAX_VMS: usize = 100_000;
+/// Most workers the cluster will hold.
+pub const MAX_WORKERS: usize = 1_024;
+
+/// An amount of the three resources the scheduler accounts for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+}
+
+impl Resources {
+    pub fn new(vcpus: u32, memory_mb: u64, disk_gb: u64) -> Self {
+        Self { vcpus, memory_mb, disk_gb }
+    }
+
+    /// True when `other` fits inside `self`.
+    pub fn fits(&self, other: &Resources) -> bool {
+        other.vcpus <= self.vcpus && other.memory_mb <= self.memory_mb && other.disk_gb <= self.disk_gb
+    }
+
+    pub fn saturating_sub(&self, other: &Resources) -> Resources {
+        Resources {
+            vcpus: self.vcpus.saturating_sub(other.vcpus),
+            memory_mb: self.memory_mb.saturating_sub(other.memory_mb),
+            disk_gb: self.disk_gb.saturating_sub(other.disk_gb),
+        }
+    }
+
+    pub fn saturating_add(&self, other: &Resources) -> Resources {
+        Resources {
+            vcpus: self.vcpus.saturating_add(other.vcpus),
+            memory_mb: self.memory_mb.saturating_add(other.memory_mb),
+            disk_gb: self.disk_gb.saturating_add(other.disk_gb),
+        }
+    }
+}
+
+/// What the executor does when a VM's process ends without being asked to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    #[default]
+    OnFailure,
+    Never,
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Self::Always),
+            "on-failure" => Ok(Self::OnFailure),
+            "never" => Ok(Self::Never),
+            other => Err(format!("unknown restart policy '{other}': use always, on-failure or never")),
+        }
+    }
+}
+
+impl RestartPolicy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::OnFailure => "on-failure",
+            Self::Never => "never",
+        }
+    }
+}
+
+/// Everything a user asks for when creating a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub anti_affinity: Option<String>,
+    /// Pin the VM to this node.
+    pub node: Option<NodeId>,
+    pub restart: RestartPolicy,
+    /// Start the VM once placed (`--no-start` clears it).
+    pub start: bool,
+}
+
+impl VmSpec {
+    /// A spec with the contract's defaults: 1 vCPU, 256 MiB, no disk, started.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            vcpus: 1,
+            memory_mb: 256,
+            disk_gb: 0,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            labels: BTreeMap::new(),
+            anti_affinity: None,
+            node: None,
+            restart: RestartPolicy::default(),
+            start: true,
+        }
+    }
+
+    pub fn resources(&self) -> Resources {
+        Resources::new(self.vcpus, self.memory_mb, self.disk_gb)
+    }
+
+    /// Checks every field against the limits; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ApplyError> {
+        validate_name(&self.name)?;
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ApplyError::invalid(format!("vcpus must be between 1 and {MAX_VCPUS}, got {}", self.vcpus)));
+        }
+        if self.memory_mb < MIN_MEMORY_MB || self.memory_mb > MAX_MEMORY_MB {
+            return Err(ApplyError::invalid(format!(
+                "memory must be between {MIN_MEMORY_MB} and {MAX_MEMORY_MB} MiB, got {}",
+                self.memory_mb
+            )));
+        }
+        if self.disk_gb > MAX_DISK_GB {
+            return Err(ApplyError::invalid(format!("disk must be at most {MAX_DISK_GB} GiB, got {}", self.disk_gb)));
+        }
+        for (what, p) in [("kernel", &self.kernel), ("initrd", &self.initrd)] {
+            if let Some(p) = p {
+                if p.is_empty() || p.len() > MAX_PATH_LEN || p.contains('\0') {
+                    return Err(ApplyError::invalid(format!("{what} path must be 1 to {MAX_PATH_LEN} bytes")));
+                }
+            }
+        }
+        if let Some(c) = &self.cmdline {
+            if c.len() > MAX_CMDLINE_LEN || c.contains('\0') {
+                return Err(ApplyError::invalid(format!("cmdline must be at most {MAX_CMDLINE_LEN} bytes")));
+            }
+        }
+        validate_labels(&self.labels)?;
+        if let Some(g) = &self.anti_affinity {
+            validate_label_part("anti-affinity group", g)?;
+        }
+        Ok(())
+    }
+}
+
+/// Names follow `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn validate_name(name: &str) -> Result<(), ApplyError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApplyError::invalid(format!(
+            "invalid name '{}': use 1 to {MAX_NAME_LEN} characters of a-z, 0-9 and '-', starting with a letter or digit",
+            truncate_for_message(name)
+        )))
+    }
+}
+
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApplyError> {
+    if labels.len() > MAX_LABELS {
+        return Err(ApplyError::invalid(format!("at most {MAX_LABELS} labels, got {}", labels.len())));
+    }
+    for (k, v) in labels {
+        validate_label_part("label key", k)?;
+        if v.len() > MAX_LABEL_LEN || v.chars().any(|c| c.is_control()) {
+            return Err(ApplyError::invalid(format!("label value for '{k}' must be at most {MAX_LABEL_LEN} printable characters")));
+        }
+    }
+    Ok(())
+}
+
+fn validate_label_part(what: &str, s: &str) -> Result<(), ApplyError> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_LABEL_LEN
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApplyError::invalid(format!(
+            "invalid {what} '{}': use 1 to {MAX_LABEL_LEN} characters of letters, digits, '-', '_', '.', '/'",
+            truncate_for_message(s)
+        )))
+    }
+}
+
+/// Keeps error messages short when the input is huge.
+pub(crate) fn truncate_for_message(s: &str) -> String {
+    if s.len() <= 80 {
+        s.to_string()
+    } else {
+        let mut end = 80;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        for ok in ["a", "web-1", "0abc", &"a".repeat(63)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a_b", "a.b", &"a".repeat(64), "é"] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec_limits_are_enforced() {
+        let mut s = VmSpec::new("vm");
+        assert!(s.validate().is_ok());
+        s.vcpus = 0;
+        assert!(s.validate().is_err());
+        s.vcpus = 1;
+        s.memory_mb = MAX_MEMORY_MB + 1;
+        assert!(s.validate().is_err());
+        s.memory_mb = 256;
+        s.cmdline = Some("x".repeat(MAX_CMDLINE_LEN + 1));
+        let e = s.validate().unwrap_err();
+        assert!(e.to_string().contains("cmdline"));
+    }
+}

@@ -1,0 +1,49 @@
+//! Consensus for blixard: the openraft type configuration, the redb-backed log and
+//! state-machine stores, and the client half of the peer network (tonic).
+//!
+//! - [`log_store`]: the Raft log and vote in `raft.redb`.
+//! - [`sm_store`]: the replicated state in `state.redb`. Its tables are written only by
+//!   `apply` and snapshot installation, each in one transaction that also records the applied
+//!   log id (invariant 1).
+//! - [`network`]: sends Raft RPCs to peers over gRPC, tagged with the cluster id.
+//!
+//! The server half of the peer service lives in `blixard-node`, next to the code that handles
+//! forwarded proposals and read-index requests.
+
+pub mod log_store;
+pub mod network;
+pub mod sm_store;
+
+use std::io::Cursor;
+
+pub use log_store::LogStore;
+pub use network::PeerNetwork;
+pub use sm_store::{SharedState, StateMachineStore};
+
+openraft::declare_raft_types!(
+    /// blixard's Raft types: the log carries `core::Request`, applying it yields `core::Outcome`.
+    pub TypeConfig:
+        D = blixard_core::Request,
+        R = blixard_core::Outcome,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
+pub type SnapshotData = Cursor<Vec<u8>>;
+
+/// Opens both stores under `dir` (creating the files on first use).
+pub fn open_stores(dir: &std::path::Path) -> Result<(LogStore, StateMachineStore), std::io::Error> {
+    std::fs::create_dir_all(dir)?;
+    let log = LogStore::open(&dir.join("raft.redb"))?;
+    let sm = StateMachineStore::open(&dir.join("state.redb"))?;
+    Ok((log, sm))
+}
+
+pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+#[cfg(test)]
+mod conformance;

@@ -1,0 +1,269 @@
+//! The replicated state machine, persisted in its own redb file.
+//!
+//! Tables (declared here and nowhere else):
+//! - `sm_rows`: one row per VM, worker and remembered request (`core::RowKey::encode`).
+//! - `sm_meta`: the last applied log id and the last membership.
+//! - `sm_snapshot`: the current snapshot (metadata and data), served to lagging followers.
+//!
+//! `apply` runs `core::ClusterState::apply` for each entry of a batch, then writes the rows it
+//! touched together with the applied log id in one transaction (invariant 1: nothing else
+//! writes these tables). The in-memory [`SharedState`] is the state machine itself; the node
+//! reads it (after a ReadIndex for linearizable reads), never writes it.
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use blixard_core::{ClusterState, RowKey};
+use futures::{Stream, TryStreamExt};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::{io_err, SnapshotData, TypeConfig};
+
+const ROWS: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_rows");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_snapshot");
+const APPLIED_KEY: &str = "last_applied";
+const MEMBERSHIP_KEY: &str = "last_membership";
+const SNAPSHOT_KEY: &str = "current";
+
+type C = TypeConfig;
+
+/// The applied state with the log position it reflects.
+#[derive(Debug, Default, Clone)]
+pub struct Applied {
+    pub state: ClusterState,
+    pub last_applied: Option<LogIdOf<C>>,
+    pub membership: StoredMembershipOf<C>,
+}
+
+/// Read access to the applied state, shared with the node.
+#[derive(Clone, Default)]
+pub struct SharedState(Arc<RwLock<Applied>>);
+
+impl SharedState {
+    /// A read guard on the applied state. Hold it briefly: `apply` waits for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMetaOf<C>,
+    data: Vec<u8>,
+}
+
+/// The redb-backed state machine. Cloning shares the database and the state.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    shared: SharedState,
+}
+
+impl StateMachineStore {
+    pub fn open(path: &Path) -> Result<Self, std::io::Error> {
+        let db = Database::create(path).map_err(io_err)?;
+        let tx = db.begin_write().map_err(io_err)?;
+        tx.open_table(ROWS).map_err(io_err)?;
+        tx.open_table(META).map_err(io_err)?;
+        tx.open_table(SNAPSHOT).map_err(io_err)?;
+        tx.commit().map_err(io_err)?;
+        let applied = Self::load(&db)?;
+        Ok(Self { db: Arc::new(db), shared: SharedState(Arc::new(RwLock::new(applied))) })
+    }
+
+    fn load(db: &Database) -> Result<Applied, std::io::Error> {
+        let tx = db.begin_read().map_err(io_err)?;
+        let rows = tx.open_table(ROWS).map_err(io_err)?;
+        let mut raw = Vec::new();
+        for item in rows.iter().map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            raw.push((k.value().to_string(), v.value().to_vec()));
+        }
+        let state = ClusterState::from_rows(raw.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).map_err(io_err)?;
+        let meta = tx.open_table(META).map_err(io_err)?;
+        let get = |key: &str| -> Result<Option<Vec<u8>>, std::io::Error> {
+            Ok(meta.get(key).map_err(io_err)?.map(|v| v.value().to_vec()))
+        };
+        let last_applied: Option<LogIdOf<C>> = match get(APPLIED_KEY)? {
+            Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
+            None => None,
+        };
+        let membership = match get(MEMBERSHIP_KEY)? {
+            Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
+            None => StoredMembershipOf::<C>::default(),
+        };
+        Ok(Applied { state, last_applied, membership })
+    }
+
+    /// The applied state, for reads.
+    pub fn shared(&self) -> SharedState {
+        self.shared.clone()
+    }
+
+    /// Writes a whole state (from a snapshot) in one transaction, replacing what was there.
+    fn write_all(&self, applied: &Applied, snapshot: Option<&StoredSnapshot>) -> Result<(), std::io::Error> {
+        let tx = self.db.begin_write().map_err(io_err)?;
+        {
+            let mut rows = tx.open_table(ROWS).map_err(io_err)?;
+            rows.retain(|_, _| false).map_err(io_err)?;
+            for (k, v) in applied.state.all_rows() {
+                rows.insert(k.as_str(), v.as_slice()).map_err(io_err)?;
+            }
+            let mut meta = tx.open_table(META).map_err(io_err)?;
+            let la = serde_json::to_vec(&applied.last_applied).map_err(io_err)?;
+            meta.insert(APPLIED_KEY, la.as_slice()).map_err(io_err)?;
+            let m = serde_json::to_vec(&applied.membership).map_err(io_err)?;
+            meta.insert(MEMBERSHIP_KEY, m.as_slice()).map_err(io_err)?;
+            if let Some(s) = snapshot {
+                let mut t = tx.open_table(SNAPSHOT).map_err(io_err)?;
+                let b = serde_json::to_vec(s).map_err(io_err)?;
+                t.insert(SNAPSHOT_KEY, b.as_slice()).map_err(io_err)?;
+            }
+        }
+        tx.commit().map_err(io_err)
+    }
+
+    fn save_snapshot(&self, s: &StoredSnapshot) -> Result<(), std::io::Error> {
+        let b = serde_json::to_vec(s).map_err(io_err)?;
+        let tx = self.db.begin_write().map_err(io_err)?;
+        {
+            let mut t = tx.open_table(SNAPSHOT).map_err(io_err)?;
+            t.insert(SNAPSHOT_KEY, b.as_slice()).map_err(io_err)?;
+        }
+        tx.commit().map_err(io_err)
+    }
+}
+
+impl RaftSnapshotBuilder<C> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, std::io::Error> {
+        let (meta, data) = {
+            let applied = self.shared.read();
+            let data = serde_json::to_vec(&applied.state).map_err(io_err)?;
+            let meta = SnapshotMetaOf::<C> {
+                last_log_id: applied.last_applied.clone(),
+                last_membership: applied.membership.clone(),
+            };
+            (meta, data)
+        };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        self.save_snapshot(&stored)?;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = stored.data.len(), "built snapshot");
+        Ok(SnapshotOf::<C, SnapshotData> { meta, snapshot: Cursor::new(stored.data) })
+    }
+}
+
+impl RaftStateMachine<C> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), std::io::Error> {
+        let a = self.shared.read();
+        Ok((a.last_applied.clone(), a.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), std::io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<C>, std::io::Error>> + Unpin + OptionalSend,
+    {
+        let mut responses = Vec::new();
+        let (touched, last_applied, membership) = {
+            let mut last_applied = None;
+            let mut membership = None;
+            while let Some((entry, responder)) = entries.try_next().await? {
+                let log_id = entry.log_id();
+                let outcome = {
+                    let mut a = self.shared.write();
+                    let outcome = match &entry.payload {
+                        EntryPayload::Blank => Ok(blixard_core::Reply::Done),
+                        EntryPayload::Normal(req) => a.state.apply(log_id.index(), req),
+                        EntryPayload::Membership(m) => {
+                            a.membership = StoredMembershipOf::<C>::new(Some(log_id.clone()), m.clone());
+                            membership = Some(a.membership.clone());
+                            Ok(blixard_core::Reply::Done)
+                        }
+                    };
+                    a.last_applied = Some(log_id.clone());
+                    outcome
+                };
+                last_applied = Some(log_id);
+                if let Some(r) = responder {
+                    responses.push((r, outcome));
+                }
+            }
+            let touched = self.shared.write().state.take_touched();
+            (touched, last_applied, membership)
+        };
+        let Some(last_applied) = last_applied else { return Ok(()) };
+
+        // One transaction: the rows this batch changed and the applied log id.
+        let rows: Vec<(String, Option<Vec<u8>>)> = {
+            let a = self.shared.read();
+            touched.iter().map(|k: &RowKey| (k.encode(), a.state.row(k))).collect()
+        };
+        let tx = self.db.begin_write().map_err(io_err)?;
+        {
+            let mut t = tx.open_table(ROWS).map_err(io_err)?;
+            for (k, v) in &rows {
+                match v {
+                    Some(v) => t.insert(k.as_str(), v.as_slice()).map_err(io_err)?,
+                    None => t.remove(k.as_str()).map_err(io_err)?,
+                };
+            }
+            let mut meta = tx.open_table(META).map_err(io_err)?;
+            let la = serde_json::to_vec(&Some(last_applied)).map_err(io_err)?;
+            meta.insert(APPLIED_KEY, la.as_slice()).map_err(io_err)?;
+            if let Some(m) = membership {
+                let m = serde_json::to_vec(&m).map_err(io_err)?;
+                meta.insert(MEMBERSHIP_KEY, m.as_slice()).map_err(io_err)?;
+            }
+        }
+        tx.commit().map_err(io_err)?;
+
+        for (r, outcome) in responses {
+            r.send(outcome);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<C>,
+        snapshot: Self::SnapshotData,
+    ) -> Result<(), std::io::Error> {
+        let data = snapshot.into_inner();
+        let mut state: ClusterState = serde_json::from_slice(&data)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt snapshot: {e}")))?;
+        state.rebuild_derived();
+        let applied = Applied { state, last_applied: meta.last_log_id.clone(), membership: meta.last_membership.clone() };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        self.write_all(&applied, Some(&stored))?;
+        *self.shared.write() = applied;
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, std::io::Error> {
+        let tx = self.db.begin_read().map_err(io_err)?;
+        let t = tx.open_table(SNAPSHOT).map_err(io_err)?;
+        let Some(v) = t.get(SNAPSHOT_KEY).map_err(io_err)? else { return Ok(None) };
+        let s: StoredSnapshot = serde_json::from_slice(v.value()).map_err(io_err)?;
+        Ok(Some(SnapshotOf::<C, SnapshotData> { meta: s.meta, snapshot: Cursor::new(s.data) }))
+    }
+}
