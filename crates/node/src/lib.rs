@@ -1,1 +1,295 @@
+//! The blixard daemon.
+//!
+//! [`start`] wires a node together: it resolves the node's identity from its data directory
+//! (or bootstraps/joins a cluster), opens the redb stores, starts openraft, serves the client
+//! and peer gRPC services on one port, and runs the background tasks (worker registration,
+//! learner promotion). [`NodeHandle::shutdown`] stops everything and waits for it.
+//!
+//! Everything distributed goes through Raft: this crate keeps only local state (the identity
+//! file, connections, the Raft handle).
 
+pub mod capabilities;
+pub mod config;
+pub mod error;
+pub mod meta;
+pub mod node;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blixard_api::pb::blixard_server::BlixardServer;
+use blixard_api::pb::raft_peer_server::RaftPeerServer;
+use blixard_api::{pb, BlixardClient, MAX_CLIENT_MESSAGE, MAX_PEER_MESSAGE};
+use blixard_core::Command;
+use blixard_raft::{PeerNetwork, Raft};
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{Bootstrap, NodeConfig};
+pub use error::NodeError;
+pub use node::Node;
+
+use crate::meta::NodeMeta;
+
+/// A started node: its address, the shared node, and the tasks to wait for.
+pub struct NodeHandle {
+    pub node: Arc<Node>,
+    pub addr: String,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Stops serving, stops Raft and waits for every task of this node.
+    pub async fn shutdown(self) {
+        self.node.request_shutdown();
+        self.wait().await;
+    }
+
+    /// Waits until the node stops (after a shutdown request, or after it left the cluster).
+    pub async fn wait(self) {
+        self.node.stopped().await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = self.node.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        tracing::info!(node = self.node.id, "stopped");
+    }
+}
+
+/// Starts a node and returns once it serves requests and has entered its cluster.
+pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+    let existing = meta::load(&config.data_dir)?;
+    let dir = config.data_dir.display().to_string();
+    let (cluster_id, join_via) = match (&existing, &config.bootstrap) {
+        (Some(m), _) if m.left => {
+            return Err(NodeError::Config(format!(
+                "{dir} belongs to node {} which left its cluster; start with a new --data-dir",
+                m.node_id
+            )))
+        }
+        (Some(m), _) if m.node_id != config.id => {
+            return Err(NodeError::Config(format!("{dir} holds node {}, not node {}", m.node_id, config.id)))
+        }
+        (Some(m), Bootstrap::Init) => {
+            return Err(NodeError::Config(format!(
+                "{dir} already holds cluster {}; start without --init to resume it",
+                m.cluster_id
+            )))
+        }
+        (Some(m), _) => (m.cluster_id.clone(), None),
+        (None, Bootstrap::Resume) => {
+            return Err(NodeError::Config(format!("{dir} holds no cluster: start with --init or --join ADDR")))
+        }
+        (None, Bootstrap::Init) => (uuid::Uuid::new_v4().to_string(), None),
+        (None, Bootstrap::Join(seed)) => (discover_cluster(seed).await?, Some(seed.clone())),
+    };
+
+    // Reuse the recorded address on restart when asked for any port.
+    let bind: SocketAddr = match (&existing, config.listen.port()) {
+        (Some(m), 0) => m.addr.parse().unwrap_or(config.listen),
+        _ => config.listen,
+    };
+    let listener =
+        TcpListener::bind(bind).await.map_err(|e| NodeError::Io(format!("cannot listen on {bind}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
+    let addr = config.advertise.clone().unwrap_or_else(|| local.to_string());
+
+    let (log, sm) = blixard_raft::open_stores(&config.data_dir.join("raft"))
+        .map_err(|e| NodeError::Io(format!("opening stores in {dir}: {e}")))?;
+    let state = sm.shared();
+    let raft_config = openraft::Config {
+        cluster_name: cluster_id.clone(),
+        heartbeat_interval: config.raft.heartbeat.as_millis() as u64,
+        election_timeout_min: config.raft.election_min.as_millis() as u64,
+        election_timeout_max: config.raft.election_max.as_millis() as u64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every),
+        max_in_snapshot_log_to_keep: config.raft.keep_logs,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Config(e.to_string()))?;
+    let raft = Raft::new(config.id, Arc::new(raft_config), PeerNetwork::new(cluster_id.as_str()), log, sm)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let (shutdown, _) = watch::channel(false);
+    let node = Arc::new(Node {
+        id: config.id,
+        addr: addr.clone(),
+        cluster_id: cluster_id.as_str().into(),
+        raft,
+        state,
+        config: config.clone(),
+        shutdown,
+        membership_lock: tokio::sync::Mutex::new(()),
+    });
+    let mut identity = NodeMeta { node_id: config.id, cluster_id: cluster_id.clone(), addr: addr.clone(), left: false };
+    if existing.is_none() && join_via.is_none() {
+        // Bootstrap: the initial membership is the first log entry.
+        let members = std::collections::BTreeMap::from([(config.id, BasicNode { addr: addr.clone() })]);
+        match node.raft.initialize(members).await {
+            Ok(()) => tracing::info!(node = config.id, cluster = %cluster_id, "initialized a new cluster"),
+            Err(e) => tracing::info!(error = %e, "cluster already initialized"),
+        }
+    }
+    identity.left = false;
+    meta::store(&config.data_dir, &identity)?;
+
+    let mut tasks = vec![tokio::spawn(serve(node.clone(), listener))];
+    if let Some(seed) = join_via {
+        join_cluster(&node, &seed).await?;
+    }
+    tasks.push(tokio::spawn(register_worker(node.clone())));
+    tasks.push(tokio::spawn(housekeeping(node.clone())));
+    tracing::info!(node = config.id, %addr, cluster = %cluster_id, "node started");
+    Ok(NodeHandle { node, addr, tasks })
+}
+
+/// Starts a node and runs it until `shutdown` resolves or the node leaves its cluster.
+pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
+    let handle = start(config).await?;
+    let node = handle.node.clone();
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutdown requested"),
+        _ = node.stopped() => {}
+    }
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// Asks a member which cluster it belongs to, before this node takes any Raft traffic.
+async fn discover_cluster(seed: &str) -> Result<String, NodeError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let ch = blixard_raft::network::channel(seed).map_err(|e| format!("bad address {seed}: {e}"))?;
+            let mut c = BlixardClient::new(ch);
+            c.cluster_status(pb::ReadOptions { stale: true }).await.map_err(|s| s.message().to_string())
+        };
+        match attempt.await {
+            Ok(r) if !r.get_ref().cluster_id.is_empty() => return Ok(r.into_inner().cluster_id),
+            Ok(_) => return Err(NodeError::NotInCluster(format!("{seed} is not a member of a cluster"))),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(NodeError::Unreachable(format!("cannot reach {seed} to join: {e}")))
+            }
+            Err(e) => tracing::debug!(error = %e, %seed, "waiting for seed"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asks the cluster (through `seed`, which forwards to the leader) to add this node.
+async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ch = blixard_raft::network::channel(seed).map_err(|e| NodeError::Config(format!("bad address {seed}: {e}")))?;
+        let mut c = BlixardClient::new(ch);
+        match c.join(pb::JoinRequest { node_id: node.id, addr: node.addr.clone() }).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                tracing::info!(node = node.id, voter = r.voter, leader = r.leader_id, "joined the cluster");
+                return Ok(());
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %s.message(), "join: retrying");
+            }
+            Err(s) => {
+                node.request_shutdown();
+                return Err(NodeError::Forwarded(tonic::Status::new(
+                    s.code(),
+                    format!("joining through {seed}: {}", s.message()),
+                )));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Serves the client and peer services until shutdown.
+async fn serve(node: Arc<Node>, listener: TcpListener) {
+    let api = service::Api { node: node.clone() };
+    let stop_node = node.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let res = tonic::transport::Server::builder()
+        .add_service(
+            BlixardServer::new(api.clone())
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE),
+        )
+        .add_service(
+            RaftPeerServer::new(api)
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(incoming, async move { stop_node.stopped().await })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "gRPC server failed");
+        node.request_shutdown();
+    }
+}
+
+/// Registers this node as a worker through Raft (re-registering after a restart updates its
+/// detected capacity), retrying until it succeeds or the node stops.
+async fn register_worker(node: Arc<Node>) {
+    let caps = capabilities::detect(&node.config.data_dir, &node.config.capacity);
+    let cmd = Command::RegisterWorker {
+        id: node.id,
+        addr: node.addr.clone(),
+        capacity: caps.capacity,
+        kvm: caps.kvm,
+        labels: node.config.labels.clone(),
+    };
+    loop {
+        tokio::select! {
+            res = node.propose(cmd.clone(), None) => match res {
+                Ok(_) => {
+                    tracing::info!(node = node.id, capacity = ?caps.capacity, kvm = caps.kvm, "registered as worker");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "worker registration: retrying"),
+            },
+            _ = node.stopped() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = node.stopped() => return,
+        }
+    }
+}
+
+/// Periodic work: on the leader, promote caught-up learners and forget departed workers; on
+/// every node, stop once the log says this node was removed.
+async fn housekeeping(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut was_member = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = node.stopped() => return,
+        }
+        if node.removed_from_cluster(&mut was_member) {
+            tracing::warn!(node = node.id, "this node was removed from the cluster; shutting down");
+            if let Err(e) = mark_left(&node) {
+                tracing::error!(error = %e, "recording departure");
+            }
+            node.request_shutdown();
+            return;
+        }
+        node.promote_learners().await;
+        node.forget_departed_workers().await;
+    }
+}
+
+/// Records that this node left its cluster, so its data directory is not resumed.
+pub(crate) fn mark_left(node: &Node) -> Result<(), NodeError> {
+    let m = NodeMeta { node_id: node.id, cluster_id: node.cluster_id.to_string(), addr: node.addr.clone(), left: true };
+    meta::store(&node.config.data_dir, &m)
+}

@@ -1,0 +1,290 @@
+//! Client commands: each builds one request, sends it to `--addr` and prints the answer.
+//! Followers forward writes to the leader, so any member may be addressed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use blixard_api::{pb, BlixardClient};
+use clap::Args;
+use tonic::transport::Channel;
+
+use crate::output::{self, opt, table};
+
+#[derive(Args)]
+pub struct CreateArgs {
+    name: String,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u64,
+    /// Disk in GiB.
+    #[arg(long, default_value_t = 0)]
+    disk: u64,
+    #[arg(long)]
+    kernel: Option<String>,
+    #[arg(long)]
+    initrd: Option<String>,
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    #[arg(long)]
+    anti_affinity: Option<String>,
+    /// Pin to this node.
+    #[arg(long)]
+    node: Option<u64>,
+    #[arg(long, default_value = "on-failure", value_parser = ["always", "on-failure", "never"])]
+    restart: String,
+    /// Record the VM without starting it.
+    #[arg(long)]
+    no_start: bool,
+}
+
+pub struct Client {
+    addr: String,
+    json: bool,
+}
+
+fn request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Turns a gRPC status into one clear line.
+fn status_err(addr: &str, s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unavailable if s.message().contains("transport error") || s.message().contains("connect") => {
+            anyhow!("cannot reach blixard at {addr}: is the node running? ({})", s.message())
+        }
+        _ => anyhow!("{}", s.message()),
+    }
+}
+
+impl Client {
+    pub fn new(addr: String, json: bool) -> Self {
+        Self { addr, json }
+    }
+
+    async fn connect(&self) -> anyhow::Result<BlixardClient<Channel>> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .with_context(|| format!("invalid address '{}'", self.addr))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(70))
+            .connect()
+            .await
+            .map_err(|e| anyhow!("cannot reach blixard at {}: {e}", self.addr))?;
+        Ok(BlixardClient::new(ch))
+    }
+
+    pub async fn cluster_status(&self, stale: bool) -> anyhow::Result<()> {
+        let s = self.connect().await?.cluster_status(pb::ReadOptions { stale }).await.map_err(|e| status_err(&self.addr, e))?;
+        let s = s.into_inner();
+        if self.json {
+            output::print_json(&output::status_json(&s));
+        } else {
+            println!("node {}  leader {}  term {}  applied {}", s.node_id, opt(s.leader_id), s.term, s.applied_index);
+            let rows = s.members.iter().map(|m| vec![m.id.to_string(), m.addr.clone(), m.role.clone()]).collect();
+            println!("{}", table(&["id", "addr", "role"], rows));
+        }
+        Ok(())
+    }
+
+    pub async fn cluster_remove(&self, id: u64) -> anyhow::Result<()> {
+        self.connect().await?.remove_member(pb::RemoveMemberRequest { node_id: id }).await.map_err(|e| status_err(&self.addr, e))?;
+        self.done(&format!("node {id} removed"));
+        Ok(())
+    }
+
+    pub async fn cluster_leave(&self) -> anyhow::Result<()> {
+        self.connect().await?.leave(pb::Empty {}).await.map_err(|e| status_err(&self.addr, e))?;
+        self.done(&format!("node at {} left the cluster", self.addr));
+        Ok(())
+    }
+
+    fn done(&self, msg: &str) {
+        if self.json {
+            output::print_json(&serde_json::json!({"ok": true, "message": msg}));
+        } else {
+            println!("{msg}");
+        }
+    }
+
+    pub async fn node_list(&self, stale: bool) -> anyhow::Result<()> {
+        let r = self.connect().await?.list_nodes(pb::ReadOptions { stale }).await.map_err(|e| status_err(&self.addr, e))?;
+        let nodes = r.into_inner().nodes;
+        if self.json {
+            output::print_json(&serde_json::Value::Array(nodes.iter().map(output::node_json).collect()));
+            return Ok(());
+        }
+        let rows = nodes
+            .iter()
+            .map(|n| {
+                let c = n.capacity.clone().unwrap_or_default();
+                let a = n.allocated.clone().unwrap_or_default();
+                vec![
+                    n.id.to_string(),
+                    n.addr.clone(),
+                    n.state.clone(),
+                    format!("{}/{}", a.vcpus, c.vcpus),
+                    format!("{}/{}", a.memory_mb, c.memory_mb),
+                    format!("{}/{}", a.disk_gb, c.disk_gb),
+                    n.vms.to_string(),
+                    if n.kvm { "yes" } else { "no" }.into(),
+                ]
+            })
+            .collect();
+        println!("{}", table(&["id", "addr", "state", "vcpus", "memory mib", "disk gib", "vms", "kvm"], rows));
+        Ok(())
+    }
+
+    pub async fn node_set_state(&self, id: u64, state: &str) -> anyhow::Result<()> {
+        let r = self
+            .connect()
+            .await?
+            .set_node_state(pb::SetNodeStateRequest { node_id: id, state: state.into(), request_id: request_id() })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
+        let n = r.into_inner();
+        if self.json {
+            output::print_json(&output::node_json(&n));
+        } else {
+            println!("node {} is {}", n.id, n.state);
+        }
+        Ok(())
+    }
+
+    pub async fn vm_create(&self, a: CreateArgs) -> anyhow::Result<()> {
+        let labels: BTreeMap<String, String> = a
+            .labels
+            .iter()
+            .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("label '{l}' must be KEY=VALUE")))
+            .collect::<anyhow::Result<_>>()?;
+        let spec = pb::VmSpec {
+            name: a.name,
+            vcpus: a.vcpus,
+            memory_mb: a.memory,
+            disk_gb: a.disk,
+            kernel: a.kernel,
+            initrd: a.initrd,
+            cmdline: a.cmdline,
+            labels: labels.into_iter().collect(),
+            anti_affinity: a.anti_affinity,
+            node: a.node,
+            restart: a.restart,
+            start: !a.no_start,
+        };
+        let r = self
+            .connect()
+            .await?
+            .create_vm(pb::CreateVmRequest { spec: Some(spec), request_id: request_id() })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
+        let vm = r.into_inner();
+        if self.json {
+            output::print_json(&output::vm_json(&vm));
+        } else {
+            match vm.node_id {
+                Some(n) => println!("VM {} placed on node {} (epoch {})", vm.name, n, vm.epoch),
+                None => println!("VM {} is pending: {}", vm.name, opt(vm.reason)),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn vm_set_desired(&self, name: &str, desired: &str) -> anyhow::Result<()> {
+        let r = self
+            .connect()
+            .await?
+            .set_vm_desired(pb::SetVmDesiredRequest { name: name.into(), desired: desired.into(), request_id: request_id() })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
+        let vm = r.into_inner();
+        if self.json {
+            output::print_json(&output::vm_json(&vm));
+        } else {
+            println!("VM {} desired {}", vm.name, vm.desired);
+        }
+        Ok(())
+    }
+
+    pub async fn vm_delete(&self, name: &str) -> anyhow::Result<()> {
+        self.connect()
+            .await?
+            .delete_vm(pb::VmRef { name: name.into(), request_id: request_id() })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
+        self.done(&format!("VM {name} deleted"));
+        Ok(())
+    }
+
+    async fn get_vm(&self, c: &mut BlixardClient<Channel>, name: &str, stale: bool) -> anyhow::Result<pb::VmInfo> {
+        let r = c.get_vm(pb::GetVmRequest { name: name.into(), stale }).await.map_err(|e| status_err(&self.addr, e))?;
+        Ok(r.into_inner())
+    }
+
+    pub async fn vm_status(&self, name: &str, stale: bool) -> anyhow::Result<()> {
+        let mut c = self.connect().await?;
+        let vm = self.get_vm(&mut c, name, stale).await?;
+        if self.json {
+            output::print_json(&output::vm_json(&vm));
+        } else {
+            println!("{}", vm_table(&[vm]));
+        }
+        Ok(())
+    }
+
+    pub async fn vm_list(&self, stale: bool) -> anyhow::Result<()> {
+        let r = self.connect().await?.list_vms(pb::ReadOptions { stale }).await.map_err(|e| status_err(&self.addr, e))?;
+        let vms = r.into_inner().vms;
+        if self.json {
+            output::print_json(&serde_json::Value::Array(vms.iter().map(output::vm_json).collect()));
+        } else {
+            println!("{}", vm_table(&vms));
+        }
+        Ok(())
+    }
+
+    pub async fn vm_wait(&self, name: &str, state: &str, timeout: u64) -> anyhow::Result<()> {
+        if blixard_core::VmState::parse(state).is_none() {
+            anyhow::bail!("unknown state '{state}': use pending, starting, running, stopping, stopped or failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(timeout);
+        let mut c = self.connect().await?;
+        loop {
+            let vm = self.get_vm(&mut c, name, false).await?;
+            if vm.state == state {
+                if self.json {
+                    output::print_json(&output::vm_json(&vm));
+                } else {
+                    println!("VM {name} is {state}");
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("timed out after {timeout}s waiting for VM {name} to be {state} (it is {})", vm.state);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn vm_table(vms: &[pb::VmInfo]) -> String {
+    let rows = vms
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                opt(v.node_id),
+                v.desired.clone(),
+                v.state.clone(),
+                v.vcpus.to_string(),
+                v.memory_mb.to_string(),
+                v.epoch.to_string(),
+                v.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["name", "node", "desired", "state", "vcpus", "memory mib", "epoch", "reason"], rows)
+}

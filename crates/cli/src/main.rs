@@ -1,0 +1,263 @@
+//! `blixard`: the daemon (`blixard node --id ...`) and the command-line client.
+//!
+//! This file only parses arguments and dispatches; the daemon lives in `blixard-node`, the
+//! client commands in [`client`], and printing in [`output`].
+
+mod client;
+mod output;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "blixard", version, about = "Distributed microVM orchestrator")]
+struct Cli {
+    /// Address of any cluster member.
+    #[arg(long, global = true, env = "BLIXARD_ADDR", default_value = "127.0.0.1:7001")]
+    addr: String,
+    /// Print exactly one JSON document on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon (`blixard node --id N ...`) or manage workers (`node list|drain|undrain`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Node {
+        #[command(subcommand)]
+        sub: Option<NodeCmd>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Cluster membership and status.
+    Cluster {
+        #[command(subcommand)]
+        sub: ClusterCmd,
+    },
+    /// Virtual machines.
+    Vm {
+        #[command(subcommand)]
+        sub: VmCmd,
+    },
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// This node's id (a positive integer, unique in the cluster, never reused).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Address to serve clients and peers on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    listen: SocketAddr,
+    /// Address others reach this node at (default: the bound address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Where this node keeps its Raft log, state and identity.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Bootstrap a new cluster with this node as its only voter.
+    #[arg(long, conflicts_with = "join")]
+    init: bool,
+    /// Join the cluster through any member.
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
+    /// VM driver: qemu or process.
+    #[arg(long, default_value = "qemu", value_parser = ["qemu", "process"])]
+    driver: String,
+    /// Voters the cluster aims for; nodes joining beyond it stay learners.
+    #[arg(long, default_value_t = 3)]
+    target_voters: usize,
+    /// Override the detected vCPUs offered to VMs.
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Override the detected memory offered to VMs, in MiB.
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// Override the detected disk offered to VMs, in GiB.
+    #[arg(long)]
+    disk_gb: Option<u64>,
+    /// Node label, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Raft election timeout (minimum) in milliseconds; the maximum is twice it.
+    #[arg(long, default_value_t = 500)]
+    election_ms: u64,
+    /// Build a snapshot every this many log entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// Log entries kept behind the latest snapshot.
+    #[arg(long, default_value_t = 1_000)]
+    keep_logs: u64,
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// List registered workers.
+    List {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Stop placing new VMs on a node.
+    Drain { id: u64 },
+    /// Let a drained node receive VMs again.
+    Undrain { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// This node's view of the cluster: leader, term, applied index, members.
+    Status {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Remove a member (voter or learner) through Raft.
+    Remove { id: u64 },
+    /// The node at --addr leaves the cluster gracefully (and stops).
+    Leave,
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Create a VM and place it on a node.
+    Create(client::CreateArgs),
+    /// Ask for a VM to run.
+    Start { name: String },
+    /// Ask for a VM to stop.
+    Stop { name: String },
+    /// Forget a VM.
+    Delete { name: String },
+    /// Show one VM.
+    Status {
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// List VMs.
+    List {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Wait until a VM reaches a state.
+    Wait {
+        name: String,
+        #[arg(long)]
+        state: String,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+}
+
+fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    raw.iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => anyhow::bail!("label '{l}' must be KEY=VALUE"),
+        })
+        .collect()
+}
+
+fn init_logging(daemon: bool) {
+    let default = if daemon { "info,openraft=warn" } else { "warn,openraft=error" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BLIXARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
+    use blixard_node::config::{Bootstrap, CapacityOverrides, RaftTuning};
+    let id = a.id.ok_or_else(|| anyhow::anyhow!("--id is required to run a node"))?;
+    if id == 0 {
+        anyhow::bail!("--id must be a positive integer");
+    }
+    let data_dir = a.data_dir.ok_or_else(|| anyhow::anyhow!("--data-dir is required to run a node"))?;
+    let bootstrap = match (a.init, a.join) {
+        (true, _) => Bootstrap::Init,
+        (false, Some(seed)) => Bootstrap::Join(seed),
+        (false, None) => Bootstrap::Resume,
+    };
+    let mut config = blixard_node::NodeConfig::new(id, a.listen, data_dir, bootstrap);
+    config.advertise = a.advertise;
+    config.driver = a.driver;
+    config.target_voters = a.target_voters.max(1);
+    config.capacity = CapacityOverrides { vcpus: a.vcpus, memory_mb: a.memory_mb, disk_gb: a.disk_gb };
+    config.labels = parse_labels(&a.labels)?;
+    blixard_core::spec::validate_labels(&config.labels)?;
+    config.raft = RaftTuning {
+        heartbeat: Duration::from_millis(a.heartbeat_ms.max(10)),
+        election_min: Duration::from_millis(a.election_ms.max(a.heartbeat_ms * 3)),
+        election_max: Duration::from_millis(a.election_ms.max(a.heartbeat_ms * 3) * 2),
+        snapshot_every: a.snapshot_every.max(1),
+        keep_logs: a.keep_logs,
+    };
+    blixard_node::run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(&cli.command, Cmd::Node { sub: None, .. });
+    init_logging(daemon);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async move {
+        let c = client::Client::new(cli.addr.clone(), cli.json);
+        match cli.command {
+            Cmd::Node { sub: None, daemon } => run_daemon(daemon).await,
+            Cmd::Node { sub: Some(s), .. } => match s {
+                NodeCmd::List { stale } => c.node_list(stale).await,
+                NodeCmd::Drain { id } => c.node_set_state(id, "draining").await,
+                NodeCmd::Undrain { id } => c.node_set_state(id, "up").await,
+            },
+            Cmd::Cluster { sub } => match sub {
+                ClusterCmd::Status { stale } => c.cluster_status(stale).await,
+                ClusterCmd::Remove { id } => c.cluster_remove(id).await,
+                ClusterCmd::Leave => c.cluster_leave().await,
+            },
+            Cmd::Vm { sub } => match sub {
+                VmCmd::Create(args) => c.vm_create(args).await,
+                VmCmd::Start { name } => c.vm_set_desired(&name, "running").await,
+                VmCmd::Stop { name } => c.vm_set_desired(&name, "stopped").await,
+                VmCmd::Delete { name } => c.vm_delete(&name).await,
+                VmCmd::Status { name, stale } => c.vm_status(&name, stale).await,
+                VmCmd::List { stale } => c.vm_list(stale).await,
+                VmCmd::Wait { name, state, timeout } => c.vm_wait(&name, &state, timeout).await,
+            },
+        }
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Printing: JSON documents for scripts (the contract's shapes), aligned tables for people.
+
+use blixard_api::pb;
+use comfy_table::presets::NOTHING;
+use comfy_table::Table;
+use serde_json::{json, Value};
+
+pub fn resources(r: &Option<pb::Resources>) -> Value {
+    let r = r.clone().unwrap_or_default();
+    json!({"vcpus": r.vcpus, "memory_mb": r.memory_mb, "disk_gb": r.disk_gb})
+}
+
+pub fn node_json(n: &pb::NodeInfo) -> Value {
+    json!({
+        "id": n.id,
+        "addr": n.addr,
+        "state": n.state,
+        "capacity": resources(&n.capacity),
+        "allocated": resources(&n.allocated),
+        "vms": n.vms,
+        "kvm": n.kvm,
+        "labels": n.labels,
+    })
+}
+
+pub fn vm_json(v: &pb::VmInfo) -> Value {
+    json!({
+        "name": v.name,
+        "node_id": v.node_id,
+        "desired": v.desired,
+        "state": v.state,
+        "vcpus": v.vcpus,
+        "memory_mb": v.memory_mb,
+        "disk_gb": v.disk_gb,
+        "epoch": v.epoch,
+        "restart": v.restart,
+        "reason": v.reason,
+        "labels": v.labels,
+        "anti_affinity": v.anti_affinity,
+    })
+}
+
+pub fn status_json(s: &pb::ClusterStatusReply) -> Value {
+    json!({
+        "node_id": s.node_id,
+        "leader_id": s.leader_id,
+        "term": s.term,
+        "applied_index": s.applied_index,
+        "members": s.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "role": m.role})).collect::<Vec<_>>(),
+        "cluster_id": s.cluster_id,
+        "state_digest": s.state_digest,
+        "committed_index": s.committed_index,
+        "last_log_index": s.last_log_index,
+        "snapshot_index": s.snapshot_index,
+        "purged_index": s.purged_index,
+    })
+}
+
+pub fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(header.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>());
+    for r in rows {
+        t.add_row(r);
+    }
+    // comfy-table pads the first column with a leading space under NOTHING; trim each line.
+    t.to_string().lines().map(|l| l.trim().to_string()).collect::<Vec<_>>().join("\n")
+}
+
+pub fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}

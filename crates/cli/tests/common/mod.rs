@@ -1,0 +1,271 @@
+//! Test harness: real `blixard` daemons as child processes on 127.0.0.1 with ports chosen by
+//! the OS, driven through the real CLI. Every process is killed when the harness drops.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_blixard");
+
+/// Generous: the CI machine has two cores shared by parallel tests.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct TestNode {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub addr: String,
+    pub child: Option<Child>,
+    extra: Vec<String>,
+}
+
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub nodes: Vec<TestNode>,
+    /// Flags every node gets.
+    pub flags: Vec<String>,
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` at the deadline.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn run_cli(addr: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .env_remove("BLIXARD_ADDR")
+        .output()
+        .expect("run blixard cli")
+}
+
+/// Runs a `--json` command that must succeed and returns its document.
+pub fn json(addr: &str, args: &[&str]) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let out = run_cli(addr, &a);
+    assert!(
+        out.status.success(),
+        "blixard {args:?} via {addr} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout of {args:?} is not one JSON document ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Like [`json`] but returns `None` on failure (for polling).
+pub fn try_json(addr: &str, args: &[&str]) -> Option<Value> {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let out = run_cli(addr, &a);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn read_addr(dir: &Path) -> Option<String> {
+    let b = std::fs::read(dir.join("node.json")).ok()?;
+    let v: Value = serde_json::from_slice(&b).ok()?;
+    Some(v["addr"].as_str()?.to_string())
+}
+
+impl Cluster {
+    pub fn new(flags: &[&str]) -> Self {
+        Self { tmp: tempfile::tempdir().expect("tempdir"), nodes: Vec::new(), flags: flags.iter().map(|s| s.to_string()).collect() }
+    }
+
+    /// Starts a cluster of `n` nodes: node 1 bootstraps, the others join through it.
+    pub fn start(n: u64, flags: &[&str]) -> Self {
+        let mut c = Self::new(flags);
+        c.add_node(1, None, &[]);
+        for id in 2..=n {
+            let seed = c.nodes[0].addr.clone();
+            c.add_node(id, Some(&seed), &[]);
+        }
+        c.wait_members(n as usize);
+        c
+    }
+
+    fn spawn(&self, id: u64, dir: &Path, bootstrap: &[String], extra: &[String], listen: &str) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log")).expect("log file");
+        Command::new(BIN)
+            .args(["node", "--id", &id.to_string(), "--listen", listen, "--data-dir"])
+            .arg(dir)
+            .args(["--driver", "process"])
+            .args(bootstrap)
+            .args(&self.flags)
+            .args(extra)
+            .env("BLIXARD_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn blixard node")
+    }
+
+    /// Starts node `id`, bootstrapping (`seed == None`) or joining through `seed`.
+    pub fn add_node(&mut self, id: u64, seed: Option<&str>, extra: &[&str]) -> usize {
+        let dir = self.tmp.path().join(format!("n{id}"));
+        let bootstrap: Vec<String> = match seed {
+            None => vec!["--init".into()],
+            Some(s) => vec!["--join".into(), s.into()],
+        };
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = self.spawn(id, &dir, &bootstrap, &extra, "127.0.0.1:0");
+        let addr = wait_for(&format!("node {id} to bind"), DEADLINE, || read_addr(&dir));
+        self.nodes.push(TestNode { id, dir, addr, child: Some(child), extra });
+        self.nodes.len() - 1
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        self.nodes.iter().find(|n| n.id == id).expect("known node")
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut TestNode {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("known node")
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.node(id).addr.clone()
+    }
+
+    /// Ids of nodes whose process is running.
+    pub fn live(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+    }
+
+    /// `kill -9` a node.
+    pub fn kill9(&mut self, id: u64) {
+        let n = self.node_mut(id);
+        if let Some(mut c) = n.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts a stopped node from its data directory (no --init/--join).
+    pub fn restart(&mut self, id: u64) {
+        let (dir, extra) = {
+            let n = self.node(id);
+            (n.dir.clone(), n.extra.clone())
+        };
+        let child = self.spawn(id, &dir, &[], &extra, "127.0.0.1:0");
+        self.node_mut(id).child = Some(child);
+    }
+
+    /// Waits for a node process to exit by itself; returns whether it did.
+    pub fn wait_exit(&mut self, id: u64, deadline: Duration) -> bool {
+        let n = self.node_mut(id);
+        let Some(child) = n.child.as_mut() else { return true };
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = child.try_wait() {
+                n.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn status(&self, id: u64) -> Option<Value> {
+        try_json(&self.addr(id), &["cluster", "status", "--stale"])
+    }
+
+    /// Sorted (id, role) of the members node `id` reports.
+    pub fn members_of(&self, id: u64) -> Option<Vec<(u64, String)>> {
+        let s = self.status(id)?;
+        let mut m: Vec<(u64, String)> = s["members"]
+            .as_array()?
+            .iter()
+            .map(|m| (m["id"].as_u64().unwrap_or(0), m["role"].as_str().unwrap_or("").to_string()))
+            .collect();
+        m.sort();
+        Some(m)
+    }
+
+    /// Waits until every live node reports `n` voters and the same leader; returns the leader.
+    pub fn wait_members(&self, n: usize) -> u64 {
+        wait_for(&format!("{n} voters agreed by every live node"), DEADLINE, || {
+            let mut leader = None;
+            let mut members = None;
+            for id in self.live() {
+                let s = self.status(id)?;
+                let l = s["leader_id"].as_u64()?;
+                let m = self.members_of(id)?;
+                if m.iter().filter(|(_, r)| r == "voter").count() != n {
+                    return None;
+                }
+                if leader.is_some_and(|x| x != l) || members.as_ref().is_some_and(|x| x != &m) {
+                    return None;
+                }
+                leader = Some(l);
+                members = Some(m);
+            }
+            leader
+        })
+    }
+
+    pub fn leader(&self) -> u64 {
+        wait_for("a leader", DEADLINE, || {
+            self.live().into_iter().find_map(|id| self.status(id).and_then(|s| s["leader_id"].as_u64()))
+        })
+    }
+
+    /// Waits until every live node has applied the same index, then returns the digests.
+    pub fn wait_converged(&self) -> (u64, String) {
+        wait_for("every live node to apply the same index with the same digest", DEADLINE, || {
+            let mut seen: Option<(u64, String)> = None;
+            for id in self.live() {
+                let s = self.status(id)?;
+                let cur = (s["applied_index"].as_u64()?, s["state_digest"].as_str()?.to_string());
+                match &seen {
+                    None => seen = Some(cur),
+                    Some(prev) if prev.0 != cur.0 => return None,
+                    Some(prev) => assert_eq!(prev.1, cur.1, "digests differ at applied index {}", cur.0),
+                }
+            }
+            seen
+        })
+    }
+
+    fn dump_logs(&self) {
+        for n in &self.nodes {
+            if let Ok(s) = std::fs::read_to_string(n.dir.with_extension("log")) {
+                let tail: Vec<&str> = s.lines().rev().take(40).collect();
+                eprintln!("----- node {} log (last 40 lines) -----", n.id);
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

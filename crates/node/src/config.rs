@@ -1,0 +1,85 @@
+//! Daemon configuration: what `blixard node` is started with.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the node enters a cluster on its first start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Create a new cluster with this node as its only voter.
+    Init,
+    /// Join an existing cluster through any member.
+    Join(String),
+    /// Resume from the data directory (it must already hold a cluster).
+    Resume,
+}
+
+/// Raft timing and log-compaction policy.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind the latest snapshot (for followers that lag a little).
+    pub keep_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(500),
+            election_max: Duration::from_millis(1000),
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
+        }
+    }
+}
+
+/// Overrides for the capacity the node detects at start.
+#[derive(Debug, Clone, Default)]
+pub struct CapacityOverrides {
+    pub vcpus: Option<u32>,
+    pub memory_mb: Option<u64>,
+    pub disk_gb: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Address to listen on for both the client API and peers. Port 0 picks a free port (kept
+    /// across restarts: the chosen address is recorded in the data directory).
+    pub listen: SocketAddr,
+    /// Address peers and clients use to reach this node; defaults to the bound address.
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    pub bootstrap: Bootstrap,
+    /// Voters the cluster aims for; joining nodes beyond it stay learners.
+    pub target_voters: usize,
+    pub raft: RaftTuning,
+    pub capacity: CapacityOverrides,
+    pub labels: BTreeMap<String, String>,
+    /// `qemu` or `process`.
+    pub driver: String,
+}
+
+impl NodeConfig {
+    pub fn new(id: u64, listen: SocketAddr, data_dir: impl Into<PathBuf>, bootstrap: Bootstrap) -> Self {
+        Self {
+            id,
+            listen,
+            advertise: None,
+            data_dir: data_dir.into(),
+            bootstrap,
+            target_voters: 3,
+            raft: RaftTuning::default(),
+            capacity: CapacityOverrides::default(),
+            labels: BTreeMap::new(),
+            driver: "qemu".into(),
+        }
+    }
+}

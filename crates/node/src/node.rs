@@ -1,0 +1,446 @@
+//! The running node: its Raft instance, the applied state it reads, and the operations the
+//! API offers on top of them: proposing commands (forwarded to the leader when this node is
+//! not it), linearizable reads (ReadIndex through the leader), and membership changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use blixard_api::{pb, BlixardClient, FORWARDED_HEADER};
+use blixard_core::{Command, Outcome, Reply, Request};
+use blixard_raft::network::{peer_client, peer_request};
+use blixard_raft::{Raft, SharedState};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, ChangeMembers, ReadPolicy};
+use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+
+/// How long a proposal or read keeps retrying while there is no leader.
+pub const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// Pause between retries while the leader is unknown or changing.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A member as the applied membership records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+}
+
+pub struct Node {
+    pub id: u64,
+    pub addr: String,
+    pub cluster_id: Arc<str>,
+    pub raft: Raft,
+    pub state: SharedState,
+    pub config: NodeConfig,
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// Serializes membership changes on this node: openraft refuses a change while another
+    /// is in flight.
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Node {
+    /// Asks every task of this node to stop.
+    pub fn request_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Resolves once shutdown has been requested.
+    pub async fn stopped(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// A copy of the latest Raft metrics of this node.
+    pub fn metrics(&self) -> openraft::RaftMetrics<blixard_raft::TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// The current leader and its address, if known.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let m = self.metrics();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader().is_some_and(|(id, _)| id == self.id)
+    }
+
+    /// Members according to the applied membership (what this node's log says).
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let a = self.state.read();
+        let m = a.membership.membership();
+        let voters: BTreeSet<u64> = m.voter_ids().collect();
+        m.nodes()
+            .map(|(id, n)| MemberInfo { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
+            .collect()
+    }
+
+    fn in_cluster(&self) -> bool {
+        self.metrics().membership_config.membership().nodes().next().is_some()
+    }
+
+    fn not_in_cluster(&self) -> NodeError {
+        NodeError::NotInCluster(format!(
+            "node {} is not part of a cluster yet (still joining?): retry shortly or address another member",
+            self.id
+        ))
+    }
+
+    /// Proposes a command through Raft and returns what `apply` said. Any node may call this:
+    /// a follower hands the request to the leader.
+    pub async fn propose(&self, command: Command, request_id: Option<String>) -> Result<Reply, NodeError> {
+        let req = Request { request_id, time_ms: now_ms(), command };
+        let outcome = self.propose_request(req).await?;
+        outcome.map_err(NodeError::Rejected)
+    }
+
+    pub(crate) async fn propose_request(&self, mut req: Request) -> Result<Outcome, NodeError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut last_err = String::from("no leader elected yet");
+        loop {
+            match self.leader() {
+                Some((id, _)) if id == self.id => {
+                    // The leader stamps the time.
+                    req.time_ms = now_ms();
+                    match self.raft.client_write(req.clone()).await {
+                        Ok(resp) => return Ok(resp.data),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                            last_err = format!("leadership moved to {:?}", f.leader_id);
+                        }
+                        Err(RaftError::APIError(e)) => {
+                            // The entry may or may not commit; a retry is safe only with a
+                            // request id, which apply de-duplicates.
+                            if req.request_id.is_none() {
+                                return Err(NodeError::Raft(e.to_string()));
+                            }
+                            last_err = e.to_string();
+                        }
+                        Err(RaftError::Fatal(f)) => return Err(NodeError::Raft(f.to_string())),
+                    }
+                }
+                Some((id, addr)) => match self.forward_proposal(&addr, &req).await {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(e) => last_err = format!("forwarding to leader {id} at {addr}: {e}"),
+                },
+                None if !self.in_cluster() => return Err(self.not_in_cluster()),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::NoLeader(last_err));
+            }
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        }
+    }
+
+    async fn forward_proposal(&self, addr: &str, req: &Request) -> Result<Outcome, String> {
+        let mut client = peer_client(addr).map_err(|e| e.to_string())?;
+        let r = peer_request(&self.cluster_id, req, Some(LEADER_WAIT)).map_err(|e| e.to_string())?;
+        let reply = client.propose(r).await.map_err(|s| s.message().to_string())?;
+        serde_json::from_slice(&reply.into_inner().data).map_err(|e| format!("bad reply from leader: {e}"))
+    }
+
+    /// Proposes only if this node is the leader (used for requests forwarded by followers).
+    pub(crate) async fn propose_as_leader(&self, mut req: Request) -> Result<Outcome, NodeError> {
+        if !self.is_leader() {
+            return Err(NodeError::NoLeader(format!("node {} is not the leader", self.id)));
+        }
+        req.time_ms = now_ms();
+        match self.raft.client_write(req).await {
+            Ok(resp) => Ok(resp.data),
+            Err(e) => Err(NodeError::NoLeader(e.to_string())),
+        }
+    }
+
+    /// Waits until this node's applied state reflects every write acknowledged before the call
+    /// (ReadIndex through the leader). Reads made after it returns are linearizable.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut last_err = String::from("no leader elected yet");
+        loop {
+            match self.leader() {
+                Some((id, _)) if id == self.id => match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last_err = e.to_string(),
+                },
+                Some((id, addr)) => match self.remote_read_index(&addr).await {
+                    Ok(index) => {
+                        let wait = self.raft.wait(Some(LEADER_WAIT));
+                        return wait
+                            .applied_index_at_least(Some(index), "read barrier")
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| NodeError::Timeout(format!("catching up to index {index}: {e}")));
+                    }
+                    Err(e) => last_err = format!("read index from leader {id} at {addr}: {e}"),
+                },
+                None if !self.in_cluster() => return Err(self.not_in_cluster()),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::NoLeader(last_err));
+            }
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        }
+    }
+
+    async fn remote_read_index(&self, addr: &str) -> Result<u64, String> {
+        let mut client = peer_client(addr).map_err(|e| e.to_string())?;
+        let r = peer_request(&self.cluster_id, &(), Some(LEADER_WAIT)).map_err(|e| e.to_string())?;
+        let r = r.map(|_| pb::Empty {});
+        let reply = client.read_index(r).await.map_err(|s| s.message().to_string())?;
+        Ok(reply.into_inner().index)
+    }
+
+    /// On the leader: confirms leadership and returns the index a read must wait for.
+    pub(crate) async fn leader_read_index(&self) -> Result<u64, NodeError> {
+        let read = self
+            .raft
+            .get_read_linearizer(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| NodeError::NoLeader(e.to_string()))?;
+        Ok(read.read_log_id().index())
+    }
+
+    /// Runs `f` on the leader's client API (used for membership changes sent to a follower).
+    async fn on_leader<T, F, Fut>(&self, what: &str, f: F) -> Result<T, NodeError>
+    where
+        F: Fn(BlixardClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut last_err = String::from("no leader elected yet");
+        loop {
+            match self.leader() {
+                Some((id, addr)) if id != self.id => {
+                    let channel = blixard_raft::network::channel(&addr).map_err(|e| NodeError::Unreachable(e.to_string()))?;
+                    match f(BlixardClient::new(channel)).await {
+                        Ok(t) => return Ok(t),
+                        Err(s) if s.code() == tonic::Code::Unavailable => last_err = s.message().to_string(),
+                        Err(s) => return Err(status_to_error(s)),
+                    }
+                }
+                Some(_) => return Err(NodeError::NoLeader(format!("{what}: this node became the leader; retry"))),
+                None if !self.in_cluster() => return Err(self.not_in_cluster()),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::NoLeader(last_err));
+            }
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        }
+    }
+
+    /// Adds `id` at `addr` as a learner, then promotes it while voters are below the target.
+    /// Idempotent for the same address; refused for a known id with another address.
+    pub async fn join_member(&self, id: u64, addr: String, forwarded: bool) -> Result<pb::JoinReply, NodeError> {
+        if addr.is_empty() || addr.len() > blixard_core::spec::MAX_ADDR_LEN {
+            return Err(NodeError::Invalid("join address must be 1 to 256 bytes".into()));
+        }
+        if !self.is_leader() {
+            if forwarded {
+                return Err(NodeError::NoLeader(format!("node {} is not the leader", self.id)));
+            }
+            let req = pb::JoinRequest { node_id: id, addr: addr.clone() };
+            return self
+                .on_leader("join", |mut c| {
+                    let req = forwarded_request(req.clone());
+                    async move { c.join(req).await.map(|r| r.into_inner()) }
+                })
+                .await;
+        }
+        let _guard = self.membership_lock.lock().await;
+        let membership = self.metrics().membership_config.membership().clone();
+        if let Some(existing) = membership.get_node(&id) {
+            if existing.addr != addr {
+                return Err(NodeError::Invalid(format!(
+                    "node {id} is already a member at {}; refusing a second address {addr} (remove it first)",
+                    existing.addr
+                )));
+            }
+        } else {
+            // Blocking: returns once the learner has caught up (bounded, so an unreachable
+            // joiner cannot hold the membership lock forever).
+            let add = self.raft.add_learner(id, BasicNode { addr: addr.clone() }, true);
+            tokio::time::timeout(Duration::from_secs(60), add)
+                .await
+                .map_err(|_| NodeError::Timeout(format!("node {id} at {addr} did not catch up within 60s")))?
+                .map_err(|e| membership_err(&format!("adding node {id} as learner"), e))?;
+            tracing::info!(node = id, %addr, "added learner");
+        }
+        let voter = self.promote_if_needed(id).await?;
+        Ok(pb::JoinReply { cluster_id: self.cluster_id.to_string(), voter, leader_id: self.id })
+    }
+
+    /// Promotes learner `id` to voter when the cluster has fewer voters than its target.
+    /// Returns whether `id` is a voter afterwards.
+    async fn promote_if_needed(&self, id: u64) -> Result<bool, NodeError> {
+        let membership = self.metrics().membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            return Ok(true);
+        }
+        if voters.len() >= self.config.target_voters {
+            return Ok(false);
+        }
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| membership_err(&format!("promoting node {id} to voter"), e))?;
+        tracing::info!(node = id, "promoted to voter");
+        Ok(true)
+    }
+
+    /// On the leader, periodically: promote caught-up learners while voters are below target.
+    pub(crate) async fn promote_learners(&self) {
+        if !self.is_leader() {
+            return;
+        }
+        let (learners, matched, last) = {
+            let m = self.metrics();
+            let learners: Vec<u64> = m.membership_config.membership().learner_ids().collect();
+            let matched: BTreeMap<u64, u64> = m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index()).unwrap_or(0))).collect())
+                .unwrap_or_default();
+            (learners, matched, m.last_log_index.unwrap_or(0))
+        };
+        let _guard = self.membership_lock.lock().await;
+        for id in learners {
+            // Only learners that are close to the leader's log are worth promoting.
+            if matched.get(&id).is_some_and(|m| last.saturating_sub(*m) <= 100) {
+                match self.promote_if_needed(id).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => tracing::warn!(node = id, error = %e, "could not promote learner"),
+                }
+            }
+        }
+    }
+
+    /// Removes a member (voter or learner) through Raft, then forgets it as a worker.
+    pub async fn remove_member(&self, id: u64, forwarded: bool) -> Result<(), NodeError> {
+        if !self.is_leader() {
+            if forwarded {
+                return Err(NodeError::NoLeader(format!("node {} is not the leader", self.id)));
+            }
+            return self
+                .on_leader("remove", |mut c| {
+                    let req = forwarded_request(pb::RemoveMemberRequest { node_id: id });
+                    async move { c.remove_member(req).await.map(|_| ()) }
+                })
+                .await;
+        }
+        let guard = self.membership_lock.lock().await;
+        let membership = self.metrics().membership_config.membership().clone();
+        let Some(removed_addr) = membership.get_node(&id).map(|n| n.addr.clone()) else {
+            return Err(NodeError::Rejected(blixard_core::ApplyError::not_found("member", id)));
+        };
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let change = if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(NodeError::Invalid(format!("node {id} is the last voter; a cluster cannot remove its last voter")));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| membership_err(&format!("removing node {id}"), e))?;
+        drop(guard);
+        tracing::info!(node = id, "removed from membership");
+        if id != self.id {
+            self.notify_evicted(id, &removed_addr).await;
+        }
+        // The membership change is committed; now the worker record (best effort: the
+        // leader's housekeeping removes workers that are no longer members in any case).
+        if let Err(e) = self.propose(Command::RemoveWorker { id }, None).await {
+            tracing::debug!(node = id, error = %e, "removing worker record");
+        }
+        Ok(())
+    }
+
+    /// Tells a removed node so (best effort: it may be down).
+    async fn notify_evicted(&self, id: u64, addr: &str) {
+        let Ok(mut client) = peer_client(addr) else { return };
+        let Ok(req) = peer_request(&self.cluster_id, &(), Some(Duration::from_secs(2))) else { return };
+        let req = req.map(|_| pb::EvictedNotice { node_id: id });
+        if let Err(e) = client.evicted(req).await {
+            tracing::info!(node = id, error = %e.message(), "could not tell the removed node");
+        }
+    }
+
+    /// On the leader: forget workers that are no longer members (a removal whose follow-up
+    /// was interrupted, for instance).
+    pub(crate) async fn forget_departed_workers(&self) {
+        if !self.is_leader() {
+            return;
+        }
+        let departed: Vec<u64> = {
+            let a = self.state.read();
+            let m = a.membership.membership();
+            if m.nodes().next().is_none() {
+                return;
+            }
+            a.state.workers.keys().filter(|id| m.get_node(id).is_none()).copied().collect()
+        };
+        for id in departed {
+            tracing::info!(node = id, "forgetting worker that is no longer a member");
+            if let Err(e) = self.propose(Command::RemoveWorker { id }, None).await {
+                tracing::debug!(node = id, error = %e, "removing worker record");
+            }
+        }
+    }
+
+    /// True once this node's applied membership no longer lists it, after having listed it.
+    pub(crate) fn removed_from_cluster(&self, was_member: &mut bool) -> bool {
+        let a = self.state.read();
+        let m = a.membership.membership();
+        let member = m.get_node(&self.id).is_some();
+        if member {
+            *was_member = true;
+        }
+        *was_member && !member && m.nodes().next().is_some()
+    }
+}
+
+/// Leadership changes and concurrent changes are worth retrying; the rest are not.
+fn membership_err(what: &str, e: RaftError<blixard_raft::TypeConfig, ClientWriteError<blixard_raft::TypeConfig>>) -> NodeError {
+    use openraft::error::ChangeMembershipError as Cme;
+    match &e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_))
+        | RaftError::APIError(ClientWriteError::ChangeMembershipError(Cme::InProgress(_))) => {
+            NodeError::NoLeader(format!("{what}: {e}"))
+        }
+        _ => NodeError::Raft(format!("{what}: {e}")),
+    }
+}
+
+fn forwarded_request<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    r
+}
+
+/// Keeps a status from another member as it is (code and message).
+pub(crate) fn status_to_error(s: tonic::Status) -> NodeError {
+    NodeError::Forwarded(s)
+}

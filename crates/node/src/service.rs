@@ -1,0 +1,238 @@
+//! The gRPC services of a node: the client API (`Blixard`) and the peer service (`RaftPeer`).
+//! Handlers only parse and convert; the behaviour lives in [`Node`].
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use blixard_api::pb::blixard_server::Blixard;
+use blixard_api::pb::raft_peer_server::RaftPeer;
+use blixard_api::{pb, CLUSTER_HEADER, FORWARDED_HEADER};
+use blixard_core::{Command, Reply, Request, VmSpec};
+use blixard_raft::TypeConfig;
+use openraft::Snapshot;
+use serde::Serialize;
+use tonic::{Request as GrpcRequest, Response, Status};
+
+use crate::error::NodeError;
+use crate::node::Node;
+
+#[derive(Clone)]
+pub struct Api {
+    pub node: Arc<Node>,
+}
+
+fn request_id(s: &str) -> Result<Option<String>, Status> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() > blixard_core::spec::MAX_REQUEST_ID_LEN {
+        return Err(Status::invalid_argument("request id is longer than 128 bytes"));
+    }
+    Ok(Some(s.to_string()))
+}
+
+fn is_forwarded<T>(r: &GrpcRequest<T>) -> bool {
+    r.metadata().get(FORWARDED_HEADER).is_some()
+}
+
+impl Api {
+    async fn read(&self, stale: bool) -> Result<(), Status> {
+        if !stale {
+            self.node.read_barrier().await?;
+        }
+        Ok(())
+    }
+
+    fn vm_reply(reply: Reply) -> Result<pb::VmInfo, Status> {
+        match reply {
+            Reply::Vm(vm) => Ok(pb::VmInfo::from(&vm)),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Refuses peer requests from another cluster.
+    fn check_peer<T>(&self, r: &GrpcRequest<T>) -> Result<(), Status> {
+        let got = r.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok());
+        match got {
+            Some(id) if id == &*self.node.cluster_id => Ok(()),
+            Some(id) => Err(Status::permission_denied(format!(
+                "peer belongs to cluster {id}, this node to cluster {}",
+                self.node.cluster_id
+            ))),
+            None => Err(Status::permission_denied("peer request without a cluster id")),
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, Status> {
+    serde_json::from_slice(&m.data).map_err(|e| Status::invalid_argument(format!("malformed peer message: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Response<pb::RaftMessage>, Status> {
+    serde_json::to_vec(v)
+        .map(|data| Response::new(pb::RaftMessage { data }))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Blixard for Api {
+    async fn cluster_status(&self, r: GrpcRequest<pb::ReadOptions>) -> Result<Response<pb::ClusterStatusReply>, Status> {
+        if !r.get_ref().stale {
+            // Best effort: a node cut off from the leader still reports what it knows.
+            let _ = self.node.read_barrier().await;
+        }
+        let m = self.node.metrics();
+        let (applied, digest) = {
+            let a = self.node.state.read();
+            (a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0), a.state.digest())
+        };
+        let members = self
+            .node
+            .members()
+            .into_iter()
+            .map(|mi| pb::Member { id: mi.id, addr: mi.addr, role: if mi.voter { "voter" } else { "learner" }.into() })
+            .collect();
+        Ok(Response::new(pb::ClusterStatusReply {
+            node_id: self.node.id,
+            leader_id: m.current_leader,
+            term: m.current_term,
+            applied_index: applied,
+            members,
+            cluster_id: self.node.cluster_id.to_string(),
+            state_digest: digest,
+            committed_index: m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
+            purged_index: m.purged.as_ref().map(|l| l.index()).unwrap_or(0),
+        }))
+    }
+
+    async fn join(&self, r: GrpcRequest<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        let fwd = is_forwarded(&r);
+        let req = r.into_inner();
+        Ok(Response::new(self.node.join_member(req.node_id, req.addr, fwd).await?))
+    }
+
+    async fn remove_member(&self, r: GrpcRequest<pb::RemoveMemberRequest>) -> Result<Response<pb::Empty>, Status> {
+        let fwd = is_forwarded(&r);
+        self.node.remove_member(r.into_inner().node_id, fwd).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn leave(&self, _r: GrpcRequest<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
+        self.node.remove_member(self.node.id, false).await?;
+        crate::mark_left(&self.node)?;
+        tracing::info!(node = self.node.id, "left the cluster; shutting down");
+        self.node.request_shutdown();
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_nodes(&self, r: GrpcRequest<pb::ReadOptions>) -> Result<Response<pb::NodeList>, Status> {
+        self.read(r.get_ref().stale).await?;
+        let a = self.node.state.read();
+        let nodes = a.state.workers.values().map(pb::NodeInfo::from).collect();
+        Ok(Response::new(pb::NodeList { nodes }))
+    }
+
+    async fn set_node_state(&self, r: GrpcRequest<pb::SetNodeStateRequest>) -> Result<Response<pb::NodeInfo>, Status> {
+        let req = r.into_inner();
+        let state = blixard_api::parse_node_state(&req.state).map_err(Status::invalid_argument)?;
+        let reply = self.node.propose(Command::SetWorkerState { id: req.node_id, state }, request_id(&req.request_id)?).await?;
+        match reply {
+            Reply::Worker(w) => Ok(Response::new(pb::NodeInfo::from(&w))),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn create_vm(&self, r: GrpcRequest<pb::CreateVmRequest>) -> Result<Response<pb::VmInfo>, Status> {
+        let req = r.into_inner();
+        let spec = req.spec.ok_or_else(|| Status::invalid_argument("missing VM spec"))?;
+        let spec = VmSpec::try_from(spec).map_err(Status::invalid_argument)?;
+        // Refuse bad input before it costs a log entry; apply checks again.
+        spec.validate().map_err(NodeError::Rejected)?;
+        let reply = self.node.propose(Command::CreateVm { spec }, request_id(&req.request_id)?).await?;
+        Ok(Response::new(Self::vm_reply(reply)?))
+    }
+
+    async fn delete_vm(&self, r: GrpcRequest<pb::VmRef>) -> Result<Response<pb::Empty>, Status> {
+        let req = r.into_inner();
+        blixard_core::spec::validate_name(&req.name).map_err(NodeError::Rejected)?;
+        self.node.propose(Command::DeleteVm { name: req.name }, request_id(&req.request_id)?).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn set_vm_desired(&self, r: GrpcRequest<pb::SetVmDesiredRequest>) -> Result<Response<pb::VmInfo>, Status> {
+        let req = r.into_inner();
+        blixard_core::spec::validate_name(&req.name).map_err(NodeError::Rejected)?;
+        let desired = blixard_api::parse_desired(&req.desired).map_err(Status::invalid_argument)?;
+        let reply =
+            self.node.propose(Command::SetVmDesired { name: req.name, desired }, request_id(&req.request_id)?).await?;
+        Ok(Response::new(Self::vm_reply(reply)?))
+    }
+
+    async fn get_vm(&self, r: GrpcRequest<pb::GetVmRequest>) -> Result<Response<pb::VmInfo>, Status> {
+        let req = r.into_inner();
+        blixard_core::spec::validate_name(&req.name).map_err(NodeError::Rejected)?;
+        self.read(req.stale).await?;
+        let a = self.node.state.read();
+        match a.state.vms.get(&req.name) {
+            Some(vm) => Ok(Response::new(pb::VmInfo::from(vm))),
+            None => Err(Status::not_found(format!("VM '{}' not found", req.name))),
+        }
+    }
+
+    async fn list_vms(&self, r: GrpcRequest<pb::ReadOptions>) -> Result<Response<pb::VmList>, Status> {
+        self.read(r.get_ref().stale).await?;
+        let a = self.node.state.read();
+        Ok(Response::new(pb::VmList { vms: a.state.vms.values().map(pb::VmInfo::from).collect() }))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for Api {
+    async fn append_entries(&self, r: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        self.check_peer(&r)?;
+        let req = decode(r.get_ref())?;
+        encode(&self.node.raft.append_entries(req).await)
+    }
+
+    async fn vote(&self, r: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        self.check_peer(&r)?;
+        let req = decode(r.get_ref())?;
+        encode(&self.node.raft.vote(req).await)
+    }
+
+    async fn install_snapshot(&self, r: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        self.check_peer(&r)?;
+        type Meta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+        type Vote = openraft::alias::VoteOf<TypeConfig>;
+        let (vote, meta, data): (Vote, Meta, Vec<u8>) = decode(r.get_ref())?;
+        let snapshot = Snapshot { meta, snapshot: Cursor::new(data) };
+        let res = self.node.raft.install_full_snapshot(vote, snapshot).await.map_err(openraft::error::RaftError::<TypeConfig>::Fatal);
+        encode(&res)
+    }
+
+    async fn propose(&self, r: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        self.check_peer(&r)?;
+        let req: Request = decode(r.get_ref())?;
+        let outcome = self.node.propose_as_leader(req).await?;
+        encode(&outcome)
+    }
+
+    async fn read_index(&self, r: GrpcRequest<pb::Empty>) -> Result<Response<pb::ReadIndexReply>, Status> {
+        self.check_peer(&r)?;
+        let index = self.node.leader_read_index().await?;
+        Ok(Response::new(pb::ReadIndexReply { index }))
+    }
+
+    async fn evicted(&self, r: GrpcRequest<pb::EvictedNotice>) -> Result<Response<pb::Empty>, Status> {
+        self.check_peer(&r)?;
+        if r.get_ref().node_id != self.node.id {
+            return Err(Status::invalid_argument(format!("this is node {}, not node {}", self.node.id, r.get_ref().node_id)));
+        }
+        tracing::warn!(node = self.node.id, "the leader removed this node from the cluster; shutting down");
+        crate::mark_left(&self.node)?;
+        self.node.request_shutdown();
+        Ok(Response::new(pb::Empty {}))
+    }
+}
