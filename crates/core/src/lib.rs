@@ -9,6 +9,7 @@
 //! into `apply`, so that every node applying the same log reaches the same state bit for bit.
 
 pub mod command;
+pub mod planner;
 pub mod scheduler;
 pub mod spec;
 pub mod state;

@@ -127,6 +127,9 @@ pub struct VmRecord {
     pub reason: Option<String>,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// Times the executor restarted it after it ended unexpectedly.
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 impl VmRecord {
@@ -292,6 +295,7 @@ impl ClusterState {
                     reason: None,
                     created_ms: now,
                     updated_ms: now,
+                    restarts: 0,
                 };
                 self.vms.insert(spec.name.clone(), vm);
                 self.assign(&spec.name, node, index);
@@ -330,6 +334,9 @@ impl ClusterState {
                         current: vm.epoch,
                         node: vm.node_id,
                     });
+                }
+                if *state == VmState::Starting && vm.state == VmState::Failed && vm.desired == Desired::Running {
+                    vm.restarts = vm.restarts.saturating_add(1);
                 }
                 vm.state = *state;
                 vm.reason = reason.clone();
