@@ -94,20 +94,19 @@ impl TryFrom<pb::VmSpec> for core::VmSpec {
     type Error = String;
     fn try_from(s: pb::VmSpec) -> Result<Self, String> {
         let restart = if s.restart.is_empty() { core::RestartPolicy::default() } else { s.restart.parse()? };
-        Ok(core::VmSpec {
-            name: s.name,
-            vcpus: s.vcpus,
-            memory_mb: s.memory_mb,
-            disk_gb: s.disk_gb,
-            kernel: s.kernel,
-            initrd: s.initrd,
-            cmdline: s.cmdline,
-            labels: s.labels.into_iter().collect::<BTreeMap<_, _>>(),
-            anti_affinity: s.anti_affinity,
-            node: s.node,
-            restart,
-            start: s.start,
-        })
+        let mut spec = core::VmSpec::new(s.name);
+        spec.vcpus = s.vcpus;
+        spec.memory_mb = s.memory_mb;
+        spec.disk_gb = s.disk_gb;
+        spec.kernel = s.kernel;
+        spec.initrd = s.initrd;
+        spec.cmdline = s.cmdline;
+        spec.labels = s.labels.into_iter().collect::<BTreeMap<_, _>>();
+        spec.anti_affinity = s.anti_affinity;
+        spec.node = s.node;
+        spec.restart = restart;
+        spec.start = s.start;
+        Ok(spec)
     }
 }
 
