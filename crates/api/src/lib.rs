@@ -67,6 +67,7 @@ impl From<&core::VmRecord> for pb::VmInfo {
             anti_affinity: v.spec.anti_affinity.clone(),
             created_ms: v.created_ms,
             updated_ms: v.updated_ms,
+            restarts: v.restarts,
         }
     }
 }

@@ -246,27 +246,65 @@ impl Client {
         Ok(())
     }
 
-    pub async fn vm_wait(&self, name: &str, state: &str, timeout: u64) -> anyhow::Result<()> {
-        if blixard_core::VmState::parse(state).is_none() {
-            anyhow::bail!("unknown state '{state}': use pending, starting, running, stopping, stopped or failed");
-        }
+    pub async fn vm_restart(&self, name: &str, timeout: u64) -> anyhow::Result<()> {
+        let quiet = Client { addr: self.addr.clone(), json: false };
+        quiet.set_desired_quiet(name, "stopped").await?;
+        quiet.wait_state(name, &["stopped", "failed"], timeout).await?;
+        self.vm_set_desired(name, "running").await
+    }
+
+    async fn set_desired_quiet(&self, name: &str, desired: &str) -> anyhow::Result<()> {
+        self.connect()
+            .await?
+            .set_vm_desired(pb::SetVmDesiredRequest { name: name.into(), desired: desired.into(), request_id: request_id() })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
+        Ok(())
+    }
+
+    async fn wait_state(&self, name: &str, states: &[&str], timeout: u64) -> anyhow::Result<pb::VmInfo> {
         let deadline = Instant::now() + Duration::from_secs(timeout);
         let mut c = self.connect().await?;
         loop {
             let vm = self.get_vm(&mut c, name, false).await?;
-            if vm.state == state {
-                if self.json {
-                    output::print_json(&output::vm_json(&vm));
-                } else {
-                    println!("VM {name} is {state}");
-                }
-                return Ok(());
+            if states.contains(&vm.state.as_str()) {
+                return Ok(vm);
             }
             if Instant::now() >= deadline {
-                anyhow::bail!("timed out after {timeout}s waiting for VM {name} to be {state} (it is {})", vm.state);
+                anyhow::bail!("timed out after {timeout}s waiting for VM {name} to be {} (it is {})", states.join(" or "), vm.state);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    pub async fn vm_logs(&self, name: &str, follow: bool) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut stream = self
+            .connect()
+            .await?
+            .vm_logs(pb::VmLogsRequest { name: name.into(), follow })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?
+            .into_inner();
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = stream.message().await.map_err(|e| status_err(&self.addr, e))? {
+            out.write_all(&chunk.data)?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    pub async fn vm_wait(&self, name: &str, state: &str, timeout: u64) -> anyhow::Result<()> {
+        if blixard_core::VmState::parse(state).is_none() {
+            anyhow::bail!("unknown state '{state}': use pending, starting, running, stopping, stopped or failed");
+        }
+        let vm = self.wait_state(name, &[state], timeout).await?;
+        if self.json {
+            output::print_json(&output::vm_json(&vm));
+        } else {
+            println!("VM {name} is {state}");
+        }
+        Ok(())
     }
 }
 

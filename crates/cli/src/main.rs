@@ -47,6 +47,10 @@ enum Cmd {
         #[command(subcommand)]
         sub: VmCmd,
     },
+    /// The built-in idle workload the process driver runs (prints a readiness line, then
+    /// waits for SIGTERM).
+    #[command(name = "__workload", hide = true)]
+    Workload,
 }
 
 #[derive(Args)]
@@ -135,8 +139,21 @@ enum VmCmd {
     Start { name: String },
     /// Ask for a VM to stop.
     Stop { name: String },
+    /// Stop a VM, wait until it is stopped, then start it again.
+    Restart {
+        name: String,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Forget a VM.
     Delete { name: String },
+    /// Print the guest console.
+    Logs {
+        name: String,
+        /// Keep printing as the console grows.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Show one VM.
     Status {
         name: String,
@@ -219,7 +236,7 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let daemon = matches!(&cli.command, Cmd::Node { sub: None, .. });
+    let daemon = matches!(&cli.command, Cmd::Node { sub: None, .. } | Cmd::Workload);
     init_logging(daemon);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -232,6 +249,7 @@ fn main() -> ExitCode {
         let c = client::Client::new(cli.addr.clone(), cli.json);
         match cli.command {
             Cmd::Node { sub: None, daemon } => run_daemon(daemon).await,
+            Cmd::Workload => blixard_vmm::idle_workload().await.map_err(anyhow::Error::from),
             Cmd::Node { sub: Some(s), .. } => match s {
                 NodeCmd::List { stale } => c.node_list(stale).await,
                 NodeCmd::Drain { id } => c.node_set_state(id, "draining").await,
@@ -246,7 +264,9 @@ fn main() -> ExitCode {
                 VmCmd::Create(args) => c.vm_create(args).await,
                 VmCmd::Start { name } => c.vm_set_desired(&name, "running").await,
                 VmCmd::Stop { name } => c.vm_set_desired(&name, "stopped").await,
+                VmCmd::Restart { name, timeout } => c.vm_restart(&name, timeout).await,
                 VmCmd::Delete { name } => c.vm_delete(&name).await,
+                VmCmd::Logs { name, follow } => c.vm_logs(&name, follow).await,
                 VmCmd::Status { name, stale } => c.vm_status(&name, stale).await,
                 VmCmd::List { stale } => c.vm_list(stale).await,
                 VmCmd::Wait { name, state, timeout } => c.vm_wait(&name, &state, timeout).await,

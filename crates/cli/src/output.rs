@@ -34,6 +34,7 @@ pub fn vm_json(v: &pb::VmInfo) -> Value {
         "disk_gb": v.disk_gb,
         "epoch": v.epoch,
         "restart": v.restart,
+        "restarts": v.restarts,
         "reason": v.reason,
         "labels": v.labels,
         "anti_affinity": v.anti_affinity,

@@ -11,6 +11,7 @@
 pub mod capabilities;
 pub mod config;
 pub mod error;
+pub mod executor;
 pub mod meta;
 pub mod node;
 pub mod service;
@@ -100,6 +101,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let local = listener.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
     let addr = config.advertise.clone().unwrap_or_else(|| local.to_string());
 
+    let driver = executor::make_driver(&config.driver, config.data_dir.join("vms"))?;
     let (log, sm) = blixard_raft::open_stores(&config.data_dir.join("raft"))
         .map_err(|e| NodeError::Io(format!("opening stores in {dir}: {e}")))?;
     let state = sm.shared();
@@ -129,6 +131,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         config: config.clone(),
         shutdown,
         membership_lock: tokio::sync::Mutex::new(()),
+        driver: driver.clone(),
     });
     let mut identity = NodeMeta { node_id: config.id, cluster_id: cluster_id.clone(), addr: addr.clone(), left: false };
     if existing.is_none() && join_via.is_none() {
@@ -148,6 +151,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     tasks.push(tokio::spawn(register_worker(node.clone())));
     tasks.push(tokio::spawn(housekeeping(node.clone())));
+    tasks.push(tokio::spawn(executor::Executor::new(node.clone(), driver).run()));
     tracing::info!(node = config.id, %addr, cluster = %cluster_id, "node started");
     Ok(NodeHandle { node, addr, tasks })
 }

@@ -42,6 +42,8 @@ pub struct Node {
     /// Serializes membership changes on this node: openraft refuses a change while another
     /// is in flight.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    /// The hypervisor driver (local runtime handle; used by the executor and for consoles).
+    pub driver: std::sync::Arc<dyn blixard_vmm::VmDriver>,
 }
 
 pub fn now_ms() -> u64 {

@@ -74,8 +74,92 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<pb::RaftMessage>, Status> {
         .map_err(|e| Status::internal(e.to_string()))
 }
 
+/// Console bytes sent per message.
+const LOG_CHUNK: usize = 64 * 1024;
+
+/// Streams `path` from the start; with `follow`, keeps sending what is appended until the
+/// client goes away or the node stops.
+fn stream_file(node: Arc<Node>, path: std::path::PathBuf, follow: bool) -> LogStream {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::LogChunk, Status>>(8);
+    tokio::spawn(async move {
+        let mut offset = 0u64;
+        let mut buf = vec![0u8; LOG_CHUNK];
+        loop {
+            match tokio::fs::File::open(&path).await {
+                Ok(mut f) => {
+                    if f.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        match f.read(&mut buf).await {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                offset += n as u64;
+                                if tx.send(Ok(pb::LogChunk { data: buf[..n].to_vec() })).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(Status::internal(format!("reading console: {e}")))).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(format!("opening console: {e}")))).await;
+                    return;
+                }
+            }
+            if !follow {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = tx.closed() => return,
+                _ = node.stopped() => return,
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+type LogStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Blixard for Api {
+    type VmLogsStream = LogStream;
+
+    async fn vm_logs(&self, r: GrpcRequest<pb::VmLogsRequest>) -> Result<Response<Self::VmLogsStream>, Status> {
+        let fwd = is_forwarded(&r);
+        let req = r.into_inner();
+        blixard_core::spec::validate_name(&req.name).map_err(NodeError::Rejected)?;
+        self.node.read_barrier().await?;
+        let owner = {
+            let a = self.node.state.read();
+            let vm = a.state.vms.get(&req.name).ok_or_else(|| Status::not_found(format!("VM '{}' not found", req.name)))?;
+            let node = vm.node_id.ok_or_else(|| {
+                Status::failed_precondition(format!("VM '{}' is not placed on any node yet: no console", req.name))
+            })?;
+            (node, a.state.workers.get(&node).map(|w| w.addr.clone()))
+        };
+        if owner.0 == self.node.id {
+            let path = self.node.driver.console_path(&req.name);
+            return Ok(Response::new(stream_file(self.node.clone(), path, req.follow)));
+        }
+        if fwd {
+            return Err(Status::unavailable(format!("VM '{}' is not on node {}", req.name, self.node.id)));
+        }
+        let addr = owner.1.ok_or_else(|| Status::unavailable(format!("node {} has no known address", owner.0)))?;
+        let ch = blixard_raft::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut fwd_req = tonic::Request::new(req);
+        fwd_req.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        let upstream = blixard_api::BlixardClient::new(ch).vm_logs(fwd_req).await?.into_inner();
+        Ok(Response::new(Box::pin(upstream)))
+    }
+
     async fn cluster_status(&self, r: GrpcRequest<pb::ReadOptions>) -> Result<Response<pb::ClusterStatusReply>, Status> {
         if !r.get_ref().stale {
             // Best effort: a node cut off from the leader still reports what it knows.
@@ -150,6 +234,13 @@ impl Blixard for Api {
         let spec = VmSpec::try_from(spec).map_err(Status::invalid_argument)?;
         // Refuse bad input before it costs a log entry; apply checks again.
         spec.validate().map_err(NodeError::Rejected)?;
+        for (what, p) in [("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
+            if let Some(p) = p {
+                if !std::path::Path::new(p).is_file() {
+                    return Err(Status::invalid_argument(format!("{what} not found: {p} (paths must exist on the nodes)")));
+                }
+            }
+        }
         let reply = self.node.propose(Command::CreateVm { spec }, request_id(&req.request_id)?).await?;
         Ok(Response::new(Self::vm_reply(reply)?))
     }

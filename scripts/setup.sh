@@ -1,0 +1,32 @@
+#!/bin/sh
+# Install everything blixard needs to build, test and run on Debian 12, as root.
+# Idempotent and quiet when everything is present.
+#
+#  - build: a Rust toolchain must already be present (cargo); protoc is vendored by a crate.
+#  - tests and demo: iproute2 (network namespaces), cargo-nextest (optional: the test script
+#    falls back to cargo test), and the default guest (QEMU, busybox, the Debian cloud kernel)
+#    through scripts/setup-guest.sh.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+
+log() { echo "setup: $*" >&2; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+    log "cargo not found: install a Rust toolchain (https://rustup.rs) first"
+    exit 1
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+    missing=""
+    command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+    command -v setsid >/dev/null 2>&1 || missing="$missing util-linux"
+    if [ -n "$missing" ]; then
+        log "installing:$missing"
+        apt-get update -qq
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    fi
+    "$here/setup-guest.sh"
+else
+    log "not root: skipping system packages and the guest kernel (QEMU tests need them)"
+fi
