@@ -105,11 +105,12 @@ impl Cluster {
         Command::new(BIN)
             .args(["node", "--id", &id.to_string(), "--listen", listen, "--data-dir"])
             .arg(dir)
-            .args(["--driver", "process"])
+            .args(if self.flags.iter().any(|f| f == "--driver") { &[][..] } else { &["--driver", "process"][..] })
             .args(bootstrap)
             .args(&self.flags)
             .args(extra)
             .env("BLIXARD_LOG", "info,openraft=warn")
+            .env("BLIXARD_EVENTS_FILE", self.tmp.path().join("events.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -243,6 +244,28 @@ impl Cluster {
         })
     }
 
+    /// The pid of VM `name`'s process on node `id`, from its run directory.
+    pub fn vm_pid(&self, id: u64, name: &str) -> Option<u32> {
+        std::fs::read_to_string(self.node(id).dir.join("vms").join(name).join("pid")).ok()?.trim().parse().ok()
+    }
+
+    /// Names of the VM run directories on node `id`.
+    pub fn vm_dirs(&self, id: u64) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.node(id).dir.join("vms"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Waits until `vm status NAME` via node `via` satisfies `pred`; returns the VM object.
+    pub fn wait_vm(&self, via: u64, name: &str, what: &str, deadline: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(&format!("VM {name}: {what}"), deadline, || {
+            let v = try_json(&self.addr(via), &["vm", "status", name])?;
+            pred(&v).then_some(v)
+        })
+    }
+
     fn dump_logs(&self) {
         for n in &self.nodes {
             if let Ok(s) = std::fs::read_to_string(n.dir.with_extension("log")) {
@@ -256,10 +279,24 @@ impl Cluster {
     }
 }
 
+/// True while a process with this pid exists.
+pub fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.dump_logs();
+        }
+        // VMs run detached from their daemon: kill what the nodes started.
+        for n in &self.nodes {
+            for name in self.vm_dirs(n.id) {
+                if let Some(pid) = self.vm_pid(n.id, &name) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+            }
         }
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
