@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{NodeId, Resources, VmSpec};
+use crate::spec::{NodeId, Resources, Strategy, VmSpec};
 use crate::state::{Desired, NodeState, VmRecord, VmState, Worker};
 
 /// One entry of the replicated log: a command, stamped by the proposer.
@@ -60,6 +60,10 @@ pub enum Command {
     SetWorkerState { id: NodeId, state: NodeState },
     /// Record a new VM and place it.
     CreateVm { spec: VmSpec },
+    /// Change the cluster-wide scheduler settings: the default strategy and the vCPU
+    /// overcommit in percent (100 = none, at most 1000). Refused when a node already has more
+    /// vCPUs allocated than the new ratio allows.
+    SetSchedulerSettings { strategy: Strategy, vcpu_overcommit_pct: u32 },
     /// Forget a VM.
     DeleteVm { name: String },
     /// Ask for a VM to run or to be stopped.
@@ -75,6 +79,7 @@ impl Command {
             Command::RemoveWorker { .. } => "remove_worker",
             Command::SetWorkerState { .. } => "set_worker_state",
             Command::CreateVm { .. } => "create_vm",
+            Command::SetSchedulerSettings { .. } => "set_scheduler_settings",
             Command::DeleteVm { .. } => "delete_vm",
             Command::SetVmDesired { .. } => "set_vm_desired",
             Command::ReportVmStatus { .. } => "report_vm_status",

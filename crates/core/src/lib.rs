@@ -15,5 +15,6 @@ pub mod spec;
 pub mod state;
 
 pub use command::{ApplyError, Command, Outcome, Reply, Request};
-pub use spec::{NodeId, Resources, RestartPolicy, VmSpec};
+pub use scheduler::{explain, NodeVerdict, Placement, SchedulerSettings};
+pub use spec::{NodeId, Resources, RestartPolicy, Strategy, VmSpec};
 pub use state::{ClusterState, Desired, NodeState, RowKey, VmRecord, VmState, Worker};

@@ -152,6 +152,7 @@ mod tests {
             created_ms: 0,
             updated_ms: 0,
             restarts: 0,
+            placement: None,
         }
     }
 

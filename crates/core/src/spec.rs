@@ -1,7 +1,7 @@
 //! Identifiers, resource quantities, VM specifications and the limits every input is checked
 //! against. Validation lives here so that the API layer and `apply` enforce the same rules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,56 @@ pub const MAX_ADDR_LEN: usize = 256;
 pub const MAX_VMS: usize = 100_000;
 /// Most workers the cluster will hold.
 pub const MAX_WORKERS: usize = 1_024;
+/// Highest VM priority.
+pub const MAX_PRIORITY: u8 = 100;
+/// Priority of a VM that does not ask for one.
+pub const DEFAULT_PRIORITY: u8 = 50;
+/// Most required features on one VM.
+pub const MAX_FEATURES: usize = 16;
+/// The node features the scheduler knows. `kvm` is satisfied by workers that registered with
+/// `kvm = true`.
+pub const KNOWN_FEATURES: &[&str] = &["kvm"];
+
+/// How the scheduler chooses among the nodes a VM fits on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Fill the fullest node that fits, keeping others empty.
+    #[default]
+    Binpack,
+    /// Use the emptiest node that fits.
+    Spread,
+}
+
+impl Strategy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::Binpack => "binpack",
+            Strategy::Spread => "spread",
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "binpack" => Ok(Self::Binpack),
+            "spread" => Ok(Self::Spread),
+            other => Err(format!("unknown placement strategy '{}': use binpack or spread", truncate_for_message(other))),
+        }
+    }
+}
+
+fn default_priority() -> u8 {
+    DEFAULT_PRIORITY
+}
 
 /// An amount of the three resources the scheduler accounts for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +171,21 @@ pub struct VmSpec {
     pub restart: RestartPolicy,
     /// Start the VM once placed (`--no-start` clears it).
     pub start: bool,
+    /// Placement strategy for this VM; `None` uses the cluster default.
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+    /// Node label selector: every pair must be among the node's labels.
+    #[serde(default)]
+    pub constraints: BTreeMap<String, String>,
+    /// Node features the VM needs (see [`KNOWN_FEATURES`]).
+    #[serde(default)]
+    pub features: BTreeSet<String>,
+    /// 0 to 100, higher is more important; pending VMs are placed highest priority first.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// When nothing fits, may evict strictly-lower-priority VMs from one node.
+    #[serde(default)]
+    pub preempt: bool,
 }
 
 impl VmSpec {
@@ -139,6 +204,11 @@ impl VmSpec {
             node: None,
             restart: RestartPolicy::default(),
             start: true,
+            strategy: None,
+            constraints: BTreeMap::new(),
+            features: BTreeSet::new(),
+            priority: DEFAULT_PRIORITY,
+            preempt: false,
         }
     }
 
@@ -176,6 +246,23 @@ impl VmSpec {
         validate_labels(&self.labels)?;
         if let Some(g) = &self.anti_affinity {
             validate_label_part("anti-affinity group", g)?;
+        }
+        if self.priority > MAX_PRIORITY {
+            return Err(ApplyError::invalid(format!("priority must be between 0 and {MAX_PRIORITY}, got {}", self.priority)));
+        }
+        validate_labels(&self.constraints)
+            .map_err(|e| ApplyError::invalid(format!("invalid node constraint: {e}")))?;
+        if self.features.len() > MAX_FEATURES {
+            return Err(ApplyError::invalid(format!("at most {MAX_FEATURES} features, got {}", self.features.len())));
+        }
+        for f in &self.features {
+            if !KNOWN_FEATURES.contains(&f.as_str()) {
+                return Err(ApplyError::invalid(format!(
+                    "unknown feature '{}': known features are {}",
+                    truncate_for_message(f),
+                    KNOWN_FEATURES.join(", ")
+                )));
+            }
         }
         Ok(())
     }

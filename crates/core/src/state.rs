@@ -9,13 +9,15 @@
 //! `apply` records which rows it touched in [`ClusterState::take_touched`], so the store writes
 //! only those rows, in the same transaction that records the applied log id.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::command::{ApplyError, Command, Outcome, Reply, Request};
-use crate::scheduler;
+use crate::scheduler::{self, SchedulerSettings};
 use crate::spec::{self, NodeId, Resources, VmSpec, MAX_VMS, MAX_WORKERS};
 
 /// How many client request ids are remembered for de-duplication. Older ones are forgotten in
@@ -130,6 +132,10 @@ pub struct VmRecord {
     /// Times the executor restarted it after it ended unexpectedly.
     #[serde(default)]
     pub restarts: u32,
+    /// Why the scheduler put it where it is, e.g. "binpack: node 2 (score 0.81; 3 nodes
+    /// eligible)"; `None` while pending (see `reason`).
+    #[serde(default)]
+    pub placement: Option<String>,
 }
 
 impl VmRecord {
@@ -144,6 +150,8 @@ pub enum RowKey {
     Vm(String),
     Worker(NodeId),
     Request(String),
+    /// The cluster-wide scheduler settings.
+    Settings,
 }
 
 impl RowKey {
@@ -153,8 +161,19 @@ impl RowKey {
             RowKey::Vm(n) => format!("vm/{n}"),
             RowKey::Worker(id) => format!("worker/{id:020}"),
             RowKey::Request(id) => format!("req/{id}"),
+            RowKey::Settings => SETTINGS_ROW.to_string(),
         }
     }
+}
+
+/// Store key of the scheduler settings row.
+const SETTINGS_ROW: &str = "settings";
+
+/// Order in which pending VMs are tried: highest priority first, then oldest, then by name.
+type PendingKey = (Reverse<u8>, u64, String);
+
+fn pending_key(vm: &VmRecord) -> PendingKey {
+    (Reverse(vm.spec.priority), vm.created_ms, vm.spec.name.clone())
 }
 
 /// A remembered request outcome, for de-duplicating retries.
@@ -171,12 +190,24 @@ pub struct ClusterState {
     pub vms: BTreeMap<String, VmRecord>,
     /// Outcomes of recent client requests, by request id.
     pub requests: BTreeMap<String, Remembered>,
+    /// Cluster-wide scheduler settings (strategy, vCPU overcommit).
+    #[serde(default)]
+    pub settings: SchedulerSettings,
     /// Rows changed since the last `take_touched`; not part of the state.
     #[serde(skip)]
     touched: BTreeSet<RowKey>,
     /// `requests` ordered by log index, for eviction; derived, rebuilt on load.
     #[serde(skip)]
     request_order: BTreeMap<u64, String>,
+    /// Anti-affinity group -> node -> the group's VM there; derived, rebuilt on load.
+    #[serde(skip)]
+    groups: BTreeMap<String, BTreeMap<NodeId, String>>,
+    /// Node -> (priority, name) of the VMs placed there; derived, rebuilt on load.
+    #[serde(skip)]
+    by_node: BTreeMap<NodeId, BTreeSet<(u8, String)>>,
+    /// Unplaced VMs in the order `place_pending` tries them; derived, rebuilt on load.
+    #[serde(skip)]
+    pending: BTreeSet<PendingKey>,
 }
 
 impl ClusterState {
@@ -233,11 +264,15 @@ impl ClusterState {
                 w.capacity = *capacity;
                 w.kvm = *kvm;
                 w.labels = labels.clone();
-                let w = w.clone();
                 self.touched.insert(RowKey::Worker(*id));
+                // A re-registration may have taken labels, features or capacity away.
+                let evicted = self.evict_misfits(*id, now);
                 // New capacity may let pending VMs in.
-                self.place_pending(index, now);
-                Ok(Reply::Worker(self.workers.get(&w.id).cloned().unwrap_or(w)))
+                self.place_pending(index, now, BTreeSet::new(), evicted);
+                match self.workers.get(id) {
+                    Some(w) => Ok(Reply::Worker(w.clone())),
+                    None => Err(ApplyError::not_found("node", id)),
+                }
             }
             Command::RemoveWorker { id } => {
                 if self.workers.remove(id).is_none() {
@@ -245,17 +280,11 @@ impl ClusterState {
                 }
                 self.touched.insert(RowKey::Worker(*id));
                 let names: Vec<String> =
-                    self.vms.values().filter(|v| v.node_id == Some(*id)).map(|v| v.spec.name.clone()).collect();
-                for name in names {
-                    if let Some(vm) = self.vms.get_mut(&name) {
-                        vm.node_id = None;
-                        vm.state = VmState::Pending;
-                        vm.reason = Some(format!("node {id} left the cluster"));
-                        vm.updated_ms = now;
-                        self.touched.insert(RowKey::Vm(name));
-                    }
+                    self.by_node.get(id).map(|s| s.iter().map(|(_, n)| n.clone()).collect()).unwrap_or_default();
+                for name in &names {
+                    self.unplace_vm(name, now, format!("node {id} left the cluster"));
                 }
-                self.place_pending(index, now);
+                self.place_pending(index, now, BTreeSet::new(), names.into_iter().collect());
                 Ok(Reply::Done)
             }
             Command::SetWorkerState { id, state } => {
@@ -266,9 +295,26 @@ impl ClusterState {
                 let w = w.clone();
                 self.touched.insert(RowKey::Worker(*id));
                 if *state == NodeState::Up {
-                    self.place_pending(index, now);
+                    self.place_pending(index, now, BTreeSet::new(), BTreeSet::new());
                 }
                 Ok(Reply::Worker(w))
+            }
+            Command::SetSchedulerSettings { strategy, vcpu_overcommit_pct } => {
+                let new = SchedulerSettings { strategy: *strategy, vcpu_overcommit_pct: *vcpu_overcommit_pct };
+                new.validate()?;
+                for w in self.workers.values() {
+                    let limit = new.effective_capacity(&w.capacity).vcpus;
+                    if w.allocated.vcpus > limit {
+                        return Err(ApplyError::invalid(format!(
+                            "cannot set vcpu overcommit to {vcpu_overcommit_pct}%: node {} has {} vCPUs allocated, above its limit of {limit} at that ratio",
+                            w.id, w.allocated.vcpus
+                        )));
+                    }
+                }
+                self.settings = new;
+                self.touched.insert(RowKey::Settings);
+                self.place_pending(index, now, BTreeSet::new(), BTreeSet::new());
+                Ok(Reply::Done)
             }
             Command::CreateVm { spec } => {
                 spec.validate()?;
@@ -283,34 +329,55 @@ impl ClusterState {
                         return Err(ApplyError::not_found("node", pin));
                     }
                 }
-                let node = scheduler::place(self, spec)?;
+                let decision = scheduler::decide(self, spec);
+                let preemption = match decision.node {
+                    None if spec.preempt => scheduler::plan_preemption(self, spec),
+                    _ => None,
+                };
                 let desired = if spec.start { Desired::Running } else { Desired::Stopped };
-                let state = if spec.start { VmState::Pending } else { VmState::Stopped };
                 let vm = VmRecord {
                     spec: spec.clone(),
                     node_id: None,
                     desired,
-                    state,
-                    epoch: 0,
+                    state: VmState::Pending,
+                    epoch: index,
                     reason: None,
                     created_ms: now,
                     updated_ms: now,
                     restarts: 0,
+                    placement: None,
                 };
                 self.vms.insert(spec.name.clone(), vm);
-                self.assign(&spec.name, node, index);
+                self.index_add(&spec.name);
                 self.touched.insert(RowKey::Vm(spec.name.clone()));
+                match (decision.node, preemption) {
+                    (Some(node), _) => self.place_vm(&spec.name, node, index, now, decision.text),
+                    (None, Some(p)) => {
+                        let victims = self.preempt(spec, &p, now);
+                        self.place_vm(&spec.name, p.node, index, now, scheduler::preemption_text(spec, &p));
+                        // The victims may fit elsewhere; they may not preempt in turn.
+                        self.place_pending(index, now, victims.clone(), victims);
+                    }
+                    (None, None) => {
+                        if let Some(vm) = self.vms.get_mut(&spec.name) {
+                            vm.reason = Some(decision.text);
+                        }
+                    }
+                }
                 Ok(Reply::Vm(self.vms[&spec.name].clone()))
             }
             Command::DeleteVm { name } => {
-                let Some(vm) = self.vms.remove(name) else {
+                if !self.vms.contains_key(name) {
                     return Err(ApplyError::not_found("VM", name));
-                };
-                if let Some(node) = vm.node_id {
-                    self.release(node, &vm.spec.resources());
+                }
+                self.index_remove(name);
+                if let Some(vm) = self.vms.remove(name) {
+                    if let Some(node) = vm.node_id {
+                        self.release(node, &vm.spec.resources());
+                    }
                 }
                 self.touched.insert(RowKey::Vm(name.clone()));
-                self.place_pending(index, now);
+                self.place_pending(index, now, BTreeSet::new(), BTreeSet::new());
                 Ok(Reply::Done)
             }
             Command::SetVmDesired { name, desired } => {
@@ -348,25 +415,85 @@ impl ClusterState {
         }
     }
 
-    /// Places `name` on `node` (or leaves it pending), with epoch `index`.
-    fn assign(&mut self, name: &str, node: Option<NodeId>, index: u64) {
+    /// Adds VM `name` to the derived indexes: its node and group when placed, else pending.
+    fn index_add(&mut self, name: &str) {
+        let Some(vm) = self.vms.get(name) else { return };
+        match vm.node_id {
+            Some(n) => {
+                self.by_node.entry(n).or_default().insert((vm.spec.priority, name.to_string()));
+                if let Some(g) = &vm.spec.anti_affinity {
+                    self.groups.entry(g.clone()).or_default().insert(n, name.to_string());
+                }
+            }
+            None => {
+                self.pending.insert(pending_key(vm));
+            }
+        }
+    }
+
+    /// Removes VM `name` from the derived indexes (the inverse of `index_add`).
+    fn index_remove(&mut self, name: &str) {
+        let Some(vm) = self.vms.get(name) else { return };
+        match vm.node_id {
+            Some(n) => {
+                if let Some(set) = self.by_node.get_mut(&n) {
+                    set.remove(&(vm.spec.priority, name.to_string()));
+                    if set.is_empty() {
+                        self.by_node.remove(&n);
+                    }
+                }
+                if let Some(g) = &vm.spec.anti_affinity {
+                    if let Some(nodes) = self.groups.get_mut(g) {
+                        if nodes.get(&n).is_some_and(|v| v == name) {
+                            nodes.remove(&n);
+                        }
+                        if nodes.is_empty() {
+                            self.groups.remove(g);
+                        }
+                    }
+                }
+            }
+            None => {
+                self.pending.remove(&pending_key(vm));
+            }
+        }
+    }
+
+    /// Places the unplaced VM `name` on `node` with epoch `index`.
+    fn place_vm(&mut self, name: &str, node: NodeId, index: u64, now: u64, explanation: String) {
+        self.index_remove(name);
         let Some(vm) = self.vms.get_mut(name) else { return };
         let res = vm.spec.resources();
-        vm.node_id = node;
+        vm.node_id = Some(node);
         vm.epoch = index;
-        match node {
-            Some(_) => vm.reason = None,
-            None => {
-                vm.state = VmState::Pending;
-            }
+        vm.reason = None;
+        vm.placement = Some(explanation);
+        vm.updated_ms = now;
+        vm.state = if vm.desired == Desired::Stopped { VmState::Stopped } else { VmState::Pending };
+        if let Some(w) = self.workers.get_mut(&node) {
+            w.allocated = w.allocated.saturating_add(&res);
+            w.vms += 1;
+            self.touched.insert(RowKey::Worker(node));
         }
+        self.touched.insert(RowKey::Vm(name.to_string()));
+        self.index_add(name);
+    }
+
+    /// Takes VM `name` off its node, back to pending with `reason`.
+    fn unplace_vm(&mut self, name: &str, now: u64, reason: String) {
+        self.index_remove(name);
+        let Some(vm) = self.vms.get_mut(name) else { return };
+        let res = vm.spec.resources();
+        let node = vm.node_id.take();
+        vm.state = VmState::Pending;
+        vm.reason = Some(reason);
+        vm.placement = None;
+        vm.updated_ms = now;
+        self.touched.insert(RowKey::Vm(name.to_string()));
         if let Some(n) = node {
-            if let Some(w) = self.workers.get_mut(&n) {
-                w.allocated = w.allocated.saturating_add(&res);
-                w.vms += 1;
-                self.touched.insert(RowKey::Worker(n));
-            }
+            self.release(n, &res);
         }
+        self.index_add(name);
     }
 
     fn release(&mut self, node: NodeId, res: &Resources) {
@@ -377,26 +504,157 @@ impl ClusterState {
         }
     }
 
-    /// Tries to place every unplaced VM, oldest name order first (deterministic).
-    fn place_pending(&mut self, index: u64, now: u64) {
-        let pending: Vec<String> =
-            self.vms.values().filter(|v| v.node_id.is_none()).map(|v| v.spec.name.clone()).collect();
-        for name in pending {
-            let spec = self.vms[&name].spec.clone();
-            match scheduler::place(self, &spec) {
-                Ok(Some(node)) => {
-                    self.assign(&name, Some(node), index);
-                    if let Some(vm) = self.vms.get_mut(&name) {
-                        vm.updated_ms = now;
-                        if vm.desired == Desired::Stopped {
-                            vm.state = VmState::Stopped;
-                        }
-                    }
-                    self.touched.insert(RowKey::Vm(name));
-                }
-                Ok(None) | Err(_) => {}
+    /// Evicts the victims of a preemption by `by`; returns their names.
+    fn preempt(&mut self, by: &VmSpec, p: &scheduler::Preemption, now: u64) -> BTreeSet<String> {
+        for v in &p.victims {
+            self.unplace_vm(v, now, scheduler::preempted_reason(by));
+        }
+        p.victims.iter().cloned().collect()
+    }
+
+    /// After a re-registration: evicts the VMs on `id` whose label or feature constraints the
+    /// node no longer meets, then (lowest priority first) VMs until the allocation fits the
+    /// node's capacity again. Returns the evicted VMs.
+    fn evict_misfits(&mut self, id: NodeId, now: u64) -> BTreeSet<String> {
+        let mut evicted = BTreeSet::new();
+        let Some(w) = self.workers.get(&id) else { return evicted };
+        let on_node: Vec<String> =
+            self.by_node.get(&id).map(|s| s.iter().map(|(_, n)| n.clone()).collect()).unwrap_or_default();
+        let mut misfits = Vec::new();
+        for name in &on_node {
+            if let Some(why) = self.vms.get(name).and_then(|vm| scheduler::constraint_violation(&vm.spec, w)) {
+                misfits.push((name.clone(), why));
             }
         }
+        for (name, why) in misfits {
+            self.unplace_vm(&name, now, why);
+            evicted.insert(name);
+        }
+        loop {
+            let Some(w) = self.workers.get(&id) else { return evicted };
+            let cap = self.settings.effective_capacity(&w.capacity);
+            if cap.fits(&w.allocated) {
+                return evicted;
+            }
+            let why = format!(
+                "node {id} re-registered with less capacity ({} vCPUs, {} MiB memory, {} GiB disk)",
+                cap.vcpus, cap.memory_mb, cap.disk_gb
+            );
+            let Some((_, victim)) = self.by_node.get(&id).and_then(|s| s.first()).cloned() else { return evicted };
+            self.unplace_vm(&victim, now, why);
+            evicted.insert(victim);
+        }
+    }
+
+    /// The largest free amount of each resource over up nodes, each with the lowest node id
+    /// having it; `None` when no node is up.
+    fn free_bound(&self) -> Option<[(u64, NodeId); 3]> {
+        let mut b: Option<[(u64, NodeId); 3]> = None;
+        for w in self.workers.values().filter(|w| w.state == NodeState::Up) {
+            let free = self.settings.effective_capacity(&w.capacity).saturating_sub(&w.allocated);
+            let free = [u64::from(free.vcpus), free.memory_mb, free.disk_gb];
+            let b = b.get_or_insert([(free[0], w.id), (free[1], w.id), (free[2], w.id)]);
+            for (slot, v) in b.iter_mut().zip(free) {
+                if v > slot.0 {
+                    *slot = (v, w.id);
+                }
+            }
+        }
+        b
+    }
+
+    /// Tries to place every unplaced VM: highest priority first, then oldest, then by name.
+    /// A pending VM with `preempt` may evict lower-priority VMs, except the VMs in `barred`
+    /// (preempted earlier in the same apply), so preemption cannot cascade or loop. VMs in
+    /// `evicted` (taken off a node in this apply) that stay pending keep their eviction reason
+    /// ("preempted by VM x (priority p)", "node 3 left the cluster", ...).
+    ///
+    /// Cost: one ordered walk of the pending set. An unconstrained VM that needs more of some
+    /// resource than any up node has free is refused from a per-round bound without looking at
+    /// the nodes (with the same reason text `decide` would give); others cost one scan of the
+    /// workers.
+    fn place_pending(&mut self, index: u64, now: u64, mut barred: BTreeSet<String>, mut evicted: BTreeSet<String>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut bound = self.free_bound();
+        // Fast-path refusal texts by (vCPUs, MiB, GiB) needed; valid while `bound` is.
+        let mut texts: BTreeMap<(u32, u64, u64), Option<String>> = BTreeMap::new();
+        let mut cursor: Option<PendingKey> = None;
+        loop {
+            let next = match &cursor {
+                None => self.pending.first().cloned(),
+                Some(c) => self.pending.range((Bound::Excluded(c.clone()), Bound::Unbounded)).next().cloned(),
+            };
+            let Some(key) = next else { break };
+            let name = key.2.clone();
+            cursor = Some(key);
+            let Some(vm) = self.vms.get_mut(&name) else { continue };
+            let can_preempt = vm.spec.preempt && !barred.contains(&name);
+            let keep_reason = evicted.contains(&name);
+            if !can_preempt && scheduler::unconstrained(&vm.spec) {
+                // Fast path: more than any up node has free of some resource. The refusal
+                // follows from the bound alone, exactly as `decide` would word it.
+                let need = vm.spec.resources();
+                let text = texts
+                    .entry((need.vcpus, need.memory_mb, need.disk_gb))
+                    .or_insert_with(|| bound.as_ref().and_then(|b| scheduler::no_room_text(&need, b)));
+                if let Some(text) = text {
+                    if !keep_reason && vm.reason.as_deref() != Some(text.as_str()) {
+                        vm.reason = Some(text.clone());
+                        vm.updated_ms = now;
+                        self.touched.insert(RowKey::Vm(name));
+                    }
+                    continue;
+                }
+            }
+            let spec = vm.spec.clone();
+            let decision = scheduler::decide(self, &spec);
+            if let Some(node) = decision.node {
+                self.place_vm(&name, node, index, now, decision.text);
+                bound = self.free_bound();
+                texts.clear();
+                continue;
+            }
+            if can_preempt {
+                if let Some(p) = scheduler::plan_preemption(self, &spec) {
+                    // Victims have lower priority, so they sort after `name` and are retried
+                    // later in this same walk.
+                    let victims = self.preempt(&spec, &p, now);
+                    evicted.extend(victims.iter().cloned());
+                    barred.extend(victims);
+                    self.place_vm(&name, p.node, index, now, scheduler::preemption_text(&spec, &p));
+                    bound = self.free_bound();
+                    texts.clear();
+                    continue;
+                }
+            }
+            if keep_reason {
+                continue;
+            }
+            if let Some(vm) = self.vms.get_mut(&name) {
+                if vm.reason.as_deref() != Some(decision.text.as_str()) {
+                    vm.reason = Some(decision.text);
+                    vm.updated_ms = now;
+                    self.touched.insert(RowKey::Vm(name));
+                }
+            }
+        }
+    }
+
+    /// Anti-affinity group `group`: node -> the group's VM placed there.
+    pub fn anti_affinity_nodes(&self, group: &str) -> Option<&BTreeMap<NodeId, String>> {
+        self.groups.get(group)
+    }
+
+    /// The VMs placed on `node`, as (priority, name), lowest priority first.
+    pub fn vms_on_node(&self, node: NodeId) -> impl Iterator<Item = (u8, &str)> {
+        self.by_node.get(&node).into_iter().flatten().map(|(p, n)| (*p, n.as_str()))
+    }
+
+    /// The unplaced VMs, in the order they are retried.
+    pub fn pending_vms(&self) -> impl Iterator<Item = &str> {
+        self.pending.iter().map(|k| k.2.as_str())
     }
 
     /// The rows changed since the last call.
@@ -410,6 +668,7 @@ impl ClusterState {
             RowKey::Vm(n) => self.vms.get(n).map(serde_json::to_vec),
             RowKey::Worker(id) => self.workers.get(id).map(serde_json::to_vec),
             RowKey::Request(id) => self.requests.get(id).map(serde_json::to_vec),
+            RowKey::Settings => Some(serde_json::to_vec(&self.settings)),
         };
         // Serializing these plain data types cannot fail.
         json.and_then(Result::ok)
@@ -422,7 +681,8 @@ impl ClusterState {
             .keys()
             .map(|n| RowKey::Vm(n.clone()))
             .chain(self.workers.keys().map(|id| RowKey::Worker(*id)))
-            .chain(self.requests.keys().map(|id| RowKey::Request(id.clone())));
+            .chain(self.requests.keys().map(|id| RowKey::Request(id.clone())))
+            .chain(std::iter::once(RowKey::Settings));
         keys.filter_map(|k| self.row(&k).map(|v| (k.encode(), v))).collect()
     }
 
@@ -436,6 +696,8 @@ impl ClusterState {
             } else if let Some(id) = key.strip_prefix("worker/") {
                 let id: NodeId = id.parse().map_err(|_| format!("corrupt row key {key}"))?;
                 s.workers.insert(id, serde_json::from_slice(value).map_err(bad)?);
+            } else if key == SETTINGS_ROW {
+                s.settings = serde_json::from_slice(value).map_err(bad)?;
             } else if let Some(id) = key.strip_prefix("req/") {
                 s.requests.insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
             } else {
@@ -449,6 +711,13 @@ impl ClusterState {
     /// Restores the fields that are not serialized.
     pub fn rebuild_derived(&mut self) {
         self.request_order = self.requests.iter().map(|(id, r)| (r.index, id.clone())).collect();
+        self.groups.clear();
+        self.by_node.clear();
+        self.pending.clear();
+        let names: Vec<String> = self.vms.keys().cloned().collect();
+        for name in names {
+            self.index_add(&name);
+        }
         self.touched.clear();
     }
 
@@ -458,22 +727,26 @@ impl ClusterState {
         hex::encode(Sha256::digest(&bytes))
     }
 
-    /// Checks the invariants that must hold after every apply; returns the first violation.
+    /// Checks the invariants that must hold after every apply; returns the first violation:
+    /// allocations match the VMs placed, no node holds more than its capacity (vCPUs scaled by
+    /// the overcommit ratio), pinned VMs are on their node, placed VMs meet their label and
+    /// feature constraints, no anti-affinity group has two VMs on one node, and the derived
+    /// indexes equal a rebuild from scratch.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut alloc: BTreeMap<NodeId, (Resources, u32)> = BTreeMap::new();
         for vm in self.vms.values() {
             if let Some(n) = vm.node_id {
-                if !self.workers.contains_key(&n) {
+                let Some(w) = self.workers.get(&n) else {
                     return Err(format!("VM {} is placed on unknown node {n}", vm.spec.name));
-                }
-                if let Some(pin) = vm.spec.node {
-                    if pin != n {
-                        return Err(format!("VM {} is pinned to {pin} but placed on {n}", vm.spec.name));
-                    }
+                };
+                if let Some(why) = scheduler::constraint_violation(&vm.spec, w) {
+                    return Err(format!("VM {} breaks its constraints: {why}", vm.spec.name));
                 }
                 let e = alloc.entry(n).or_default();
                 e.0 = e.0.saturating_add(&vm.spec.resources());
                 e.1 += 1;
+            } else if vm.state != VmState::Pending {
+                return Err(format!("VM {} is unplaced but {}", vm.spec.name, vm.state.as_str()));
             }
         }
         for w in self.workers.values() {
@@ -481,8 +754,12 @@ impl ClusterState {
             if a != w.allocated || count != w.vms {
                 return Err(format!("node {} records allocation {:?}/{} but VMs sum to {:?}/{}", w.id, w.allocated, w.vms, a, count));
             }
-            if !w.capacity.fits(&w.allocated) {
-                return Err(format!("node {} over-committed: {:?} > {:?}", w.id, w.allocated, w.capacity));
+            let cap = self.settings.effective_capacity(&w.capacity);
+            if !cap.fits(&w.allocated) {
+                return Err(format!(
+                    "node {} over-committed: {:?} > {:?} (vcpu overcommit {}%)",
+                    w.id, w.allocated, cap, self.settings.vcpu_overcommit_pct
+                ));
             }
         }
         let mut groups: BTreeSet<(String, NodeId)> = BTreeSet::new();
@@ -492,6 +769,24 @@ impl ClusterState {
                     return Err(format!("anti-affinity group {g} has two VMs on node {n}"));
                 }
             }
+        }
+        self.settings.validate().map_err(|e| format!("invalid settings: {e}"))?;
+        let mut fresh = ClusterState {
+            workers: BTreeMap::new(),
+            vms: self.vms.clone(),
+            requests: BTreeMap::new(),
+            settings: self.settings,
+            ..ClusterState::default()
+        };
+        fresh.rebuild_derived();
+        if fresh.groups != self.groups {
+            return Err("anti-affinity index differs from a rebuild".into());
+        }
+        if fresh.by_node != self.by_node {
+            return Err("per-node VM index differs from a rebuild".into());
+        }
+        if fresh.pending != self.pending {
+            return Err("pending index differs from a rebuild".into());
         }
         Ok(())
     }
