@@ -3,6 +3,7 @@
 //! This file only parses arguments and dispatches; the daemon lives in `blixard-node`, the
 //! client commands in [`client`], and printing in [`output`].
 
+mod bench;
 mod client;
 mod output;
 
@@ -46,6 +47,11 @@ enum Cmd {
     Vm {
         #[command(subcommand)]
         sub: VmCmd,
+    },
+    /// Measure the cluster (closed-loop load from this machine).
+    Bench {
+        #[command(subcommand)]
+        sub: BenchCmd,
     },
     /// The built-in idle workload the process driver runs (prints a readiness line, then
     /// waits for SIGTERM).
@@ -103,6 +109,22 @@ struct DaemonArgs {
     /// Log entries kept behind the latest snapshot.
     #[arg(long, default_value_t = 1_000)]
     keep_logs: u64,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Replicated writes per second and latency, for each number of concurrent clients.
+    Writes {
+        /// Client counts to run, one after the other.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+        /// Seconds per client count.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Spread clients over these members (default: --addr).
+        #[arg(long, value_delimiter = ',')]
+        addrs: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,6 +271,10 @@ fn main() -> ExitCode {
         let c = client::Client::new(cli.addr.clone(), cli.json);
         match cli.command {
             Cmd::Node { sub: None, daemon } => run_daemon(daemon).await,
+            Cmd::Bench { sub: BenchCmd::Writes { clients, duration, addrs } } => {
+                let addrs = if addrs.is_empty() { vec![cli.addr.clone()] } else { addrs };
+                bench::writes(bench::Params { addrs, clients, duration: Duration::from_secs(duration), json: cli.json }).await
+            }
             Cmd::Workload => blixard_vmm::idle_workload().await.map_err(anyhow::Error::from),
             Cmd::Node { sub: Some(s), .. } => match s {
                 NodeCmd::List { stale } => c.node_list(stale).await,
