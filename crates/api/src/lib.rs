@@ -68,6 +68,8 @@ impl From<&core::VmRecord> for pb::VmInfo {
             created_ms: v.created_ms,
             updated_ms: v.updated_ms,
             restarts: v.restarts,
+            placement: v.placement.clone(),
+            priority: u32::from(v.spec.priority),
         }
     }
 }
@@ -87,6 +89,11 @@ impl From<&core::VmSpec> for pb::VmSpec {
             node: s.node,
             restart: s.restart.as_str().to_string(),
             start: s.start,
+            strategy: s.strategy.map(|x| x.as_str().to_string()).unwrap_or_default(),
+            constraints: s.constraints.clone().into_iter().collect(),
+            features: s.features.iter().cloned().collect(),
+            priority: Some(u32::from(s.priority)),
+            preempt: s.preempt,
         }
     }
 }
@@ -107,7 +114,32 @@ impl TryFrom<pb::VmSpec> for core::VmSpec {
         spec.node = s.node;
         spec.restart = restart;
         spec.start = s.start;
+        if !s.strategy.is_empty() {
+            spec.strategy = Some(s.strategy.parse()?);
+        }
+        spec.constraints = s.constraints.into_iter().collect();
+        spec.features = s.features.into_iter().collect();
+        if let Some(p) = s.priority {
+            spec.priority = u8::try_from(p).map_err(|_| format!("priority must be between 0 and 100, got {p}"))?;
+        }
+        spec.preempt = s.preempt;
         Ok(spec)
+    }
+}
+
+impl From<&core::Placement> for pb::PlacementExplanation {
+    fn from(p: &core::Placement) -> Self {
+        pb::PlacementExplanation {
+            node: p.node,
+            strategy: p.strategy.as_str().to_string(),
+            summary: p.summary.clone(),
+            preempted: p.preempted.clone(),
+            verdicts: p
+                .verdicts
+                .iter()
+                .map(|v| pb::NodeVerdict { node: v.node, eligible: v.eligible, score: v.score, reason: v.reason.clone() })
+                .collect(),
+        }
     }
 }
 

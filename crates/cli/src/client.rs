@@ -41,6 +41,30 @@ pub struct CreateArgs {
     /// Record the VM without starting it.
     #[arg(long)]
     no_start: bool,
+    /// Placement strategy for this VM: binpack or spread (default: the cluster's).
+    #[arg(long, value_parser = ["binpack", "spread"])]
+    strategy: Option<String>,
+    /// Only nodes with this label, KEY=VALUE (repeatable).
+    #[arg(long = "constraint", value_name = "K=V")]
+    constraints: Vec<String>,
+    /// Only nodes with this feature, e.g. kvm (repeatable).
+    #[arg(long = "feature")]
+    features: Vec<String>,
+    /// Priority 0-100 (default 50).
+    #[arg(long)]
+    priority: Option<u32>,
+    /// Allow evicting lower-priority VMs when nothing fits.
+    #[arg(long)]
+    preempt: bool,
+    /// Show where the VM would go and why, changing nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn parse_pairs(raw: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    raw.iter()
+        .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("{what} '{l}' must be KEY=VALUE")))
+        .collect()
 }
 
 pub struct Client {
@@ -156,11 +180,7 @@ impl Client {
     }
 
     pub async fn vm_create(&self, a: CreateArgs) -> anyhow::Result<()> {
-        let labels: BTreeMap<String, String> = a
-            .labels
-            .iter()
-            .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("label '{l}' must be KEY=VALUE")))
-            .collect::<anyhow::Result<_>>()?;
+        let labels = parse_pairs(&a.labels, "label")?;
         let spec = pb::VmSpec {
             name: a.name,
             vcpus: a.vcpus,
@@ -174,7 +194,39 @@ impl Client {
             node: a.node,
             restart: a.restart,
             start: !a.no_start,
+            strategy: a.strategy.unwrap_or_default(),
+            constraints: parse_pairs(&a.constraints, "constraint")?.into_iter().collect(),
+            features: a.features,
+            priority: a.priority,
+            preempt: a.preempt,
         };
+        if a.dry_run {
+            let r = self
+                .connect()
+                .await?
+                .explain_placement(pb::CreateVmRequest { spec: Some(spec), request_id: String::new() })
+                .await
+                .map_err(|e| status_err(&self.addr, e))?;
+            let p = r.into_inner();
+            if self.json {
+                output::print_json(&output::explain_json(&p));
+            } else {
+                match p.node {
+                    Some(n) => println!("would place on node {n}: {}", p.summary),
+                    None => println!("would stay pending: {}", p.summary),
+                }
+                if !p.preempted.is_empty() {
+                    println!("would evict: {}", p.preempted.join(", "));
+                }
+                let rows = p
+                    .verdicts
+                    .iter()
+                    .map(|v| vec![v.node.to_string(), if v.eligible { "yes" } else { "no" }.into(), v.reason.clone()])
+                    .collect();
+                println!("{}", table(&["node", "eligible", "verdict"], rows));
+            }
+            return Ok(());
+        }
         let r = self
             .connect()
             .await?
@@ -230,7 +282,33 @@ impl Client {
         if self.json {
             output::print_json(&output::vm_json(&vm));
         } else {
-            println!("{}", vm_table(&[vm]));
+            println!("{}", vm_table(std::slice::from_ref(&vm)));
+            if let Some(p) = &vm.placement {
+                println!("placement: {p}");
+            }
+            if vm.restarts > 0 {
+                println!("restarts: {}", vm.restarts);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn cluster_settings(&self, strategy: Option<String>, vcpu_overcommit: Option<u32>) -> anyhow::Result<()> {
+        let s = if strategy.is_none() && vcpu_overcommit.is_none() {
+            let r = self.connect().await?.cluster_status(pb::ReadOptions { stale: false }).await.map_err(|e| status_err(&self.addr, e))?;
+            r.into_inner().scheduler.unwrap_or_default()
+        } else {
+            let req = pb::SchedulerSettings {
+                strategy: strategy.unwrap_or_default(),
+                vcpu_overcommit_pct: vcpu_overcommit.unwrap_or(0),
+                request_id: request_id(),
+            };
+            self.connect().await?.set_scheduler_settings(req).await.map_err(|e| status_err(&self.addr, e))?.into_inner()
+        };
+        if self.json {
+            output::print_json(&serde_json::json!({"strategy": s.strategy, "vcpu_overcommit_pct": s.vcpu_overcommit_pct}));
+        } else {
+            println!("strategy {}  vcpu overcommit {}%", s.strategy, s.vcpu_overcommit_pct);
         }
         Ok(())
     }

@@ -151,6 +151,15 @@ enum ClusterCmd {
     Remove { id: u64 },
     /// The node at --addr leaves the cluster gracefully (and stops).
     Leave,
+    /// Show or change the scheduler's cluster-wide settings.
+    Settings {
+        /// Default placement strategy: binpack or spread.
+        #[arg(long, value_parser = ["binpack", "spread"])]
+        strategy: Option<String>,
+        /// vCPU overcommit in percent (100 = none, up to 1000).
+        #[arg(long)]
+        vcpu_overcommit: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -285,6 +294,7 @@ fn main() -> ExitCode {
                 ClusterCmd::Status { stale } => c.cluster_status(stale).await,
                 ClusterCmd::Remove { id } => c.cluster_remove(id).await,
                 ClusterCmd::Leave => c.cluster_leave().await,
+                ClusterCmd::Settings { strategy, vcpu_overcommit } => c.cluster_settings(strategy, vcpu_overcommit).await,
             },
             Cmd::Vm { sub } => match sub {
                 VmCmd::Create(args) => c.vm_create(args).await,

@@ -35,9 +35,21 @@ pub fn vm_json(v: &pb::VmInfo) -> Value {
         "epoch": v.epoch,
         "restart": v.restart,
         "restarts": v.restarts,
+        "priority": v.priority,
+        "placement": v.placement,
         "reason": v.reason,
         "labels": v.labels,
         "anti_affinity": v.anti_affinity,
+    })
+}
+
+pub fn explain_json(p: &pb::PlacementExplanation) -> Value {
+    json!({
+        "node_id": p.node,
+        "strategy": p.strategy,
+        "summary": p.summary,
+        "preempted": p.preempted,
+        "verdicts": p.verdicts.iter().map(|v| json!({"node": v.node, "eligible": v.eligible, "score": v.score, "reason": v.reason})).collect::<Vec<_>>(),
     })
 }
 
@@ -54,6 +66,7 @@ pub fn status_json(s: &pb::ClusterStatusReply) -> Value {
         "last_log_index": s.last_log_index,
         "snapshot_index": s.snapshot_index,
         "purged_index": s.purged_index,
+        "scheduler": s.scheduler.as_ref().map(|x| json!({"strategy": x.strategy, "vcpu_overcommit_pct": x.vcpu_overcommit_pct})),
     })
 }
 

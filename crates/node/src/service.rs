@@ -64,6 +64,29 @@ impl Api {
     }
 }
 
+/// Parses and checks a VM spec before it costs a log entry (apply checks again).
+fn parse_spec(spec: Option<pb::VmSpec>) -> Result<VmSpec, Status> {
+    let spec = spec.ok_or_else(|| Status::invalid_argument("missing VM spec"))?;
+    let spec = VmSpec::try_from(spec).map_err(Status::invalid_argument)?;
+    spec.validate().map_err(NodeError::Rejected)?;
+    for (what, p) in [("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
+        if let Some(p) = p {
+            if !std::path::Path::new(p).is_file() {
+                return Err(Status::invalid_argument(format!("{what} not found: {p} (paths must exist on the nodes)")));
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// A worker as clients see it: capacity is what the scheduler may allocate (after the vCPU
+/// overcommit ratio).
+fn node_info(state: &blixard_core::ClusterState, w: &blixard_core::Worker) -> pb::NodeInfo {
+    let mut n = pb::NodeInfo::from(w);
+    n.capacity = Some(state.settings.effective_capacity(&w.capacity).into());
+    n
+}
+
 fn decode<T: serde::de::DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, Status> {
     serde_json::from_slice(&m.data).map_err(|e| Status::invalid_argument(format!("malformed peer message: {e}")))
 }
@@ -166,9 +189,9 @@ impl Blixard for Api {
             let _ = self.node.read_barrier().await;
         }
         let m = self.node.metrics();
-        let (applied, digest) = {
+        let (applied, digest, settings) = {
             let a = self.node.state.read();
-            (a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0), a.state.digest())
+            (a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0), a.state.digest(), a.state.settings.clone())
         };
         let members = self
             .node
@@ -188,6 +211,11 @@ impl Blixard for Api {
             last_log_index: m.last_log_index.unwrap_or(0),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
             purged_index: m.purged.as_ref().map(|l| l.index()).unwrap_or(0),
+            scheduler: Some(pb::SchedulerSettings {
+                strategy: settings.strategy.as_str().into(),
+                vcpu_overcommit_pct: settings.vcpu_overcommit_pct,
+                request_id: String::new(),
+            }),
         }))
     }
 
@@ -214,7 +242,7 @@ impl Blixard for Api {
     async fn list_nodes(&self, r: GrpcRequest<pb::ReadOptions>) -> Result<Response<pb::NodeList>, Status> {
         self.read(r.get_ref().stale).await?;
         let a = self.node.state.read();
-        let nodes = a.state.workers.values().map(pb::NodeInfo::from).collect();
+        let nodes = a.state.workers.values().map(|w| node_info(&a.state, w)).collect();
         Ok(Response::new(pb::NodeList { nodes }))
     }
 
@@ -223,24 +251,34 @@ impl Blixard for Api {
         let state = blixard_api::parse_node_state(&req.state).map_err(Status::invalid_argument)?;
         let reply = self.node.propose(Command::SetWorkerState { id: req.node_id, state }, request_id(&req.request_id)?).await?;
         match reply {
-            Reply::Worker(w) => Ok(Response::new(pb::NodeInfo::from(&w))),
+            Reply::Worker(w) => Ok(Response::new(node_info(&self.node.state.read().state, &w))),
             other => Err(Status::internal(format!("unexpected reply {other:?}"))),
         }
     }
 
+    async fn explain_placement(&self, r: GrpcRequest<pb::CreateVmRequest>) -> Result<Response<pb::PlacementExplanation>, Status> {
+        let spec = parse_spec(r.into_inner().spec)?;
+        self.node.read_barrier().await?;
+        let a = self.node.state.read();
+        let p = blixard_core::explain(&a.state, &spec).map_err(NodeError::Rejected)?;
+        Ok(Response::new(pb::PlacementExplanation::from(&p)))
+    }
+
+    async fn set_scheduler_settings(&self, r: GrpcRequest<pb::SchedulerSettings>) -> Result<Response<pb::SchedulerSettings>, Status> {
+        let req = r.into_inner();
+        self.node.read_barrier().await?;
+        let current = self.node.state.read().state.settings.clone();
+        let strategy = if req.strategy.is_empty() { current.strategy } else { req.strategy.parse().map_err(Status::invalid_argument)? };
+        let pct = if req.vcpu_overcommit_pct == 0 { current.vcpu_overcommit_pct } else { req.vcpu_overcommit_pct };
+        let cmd = Command::SetSchedulerSettings { strategy, vcpu_overcommit_pct: pct };
+        self.node.propose(cmd, request_id(&req.request_id)?).await?;
+        Ok(Response::new(pb::SchedulerSettings { strategy: strategy.as_str().into(), vcpu_overcommit_pct: pct, request_id: String::new() }))
+    }
+
     async fn create_vm(&self, r: GrpcRequest<pb::CreateVmRequest>) -> Result<Response<pb::VmInfo>, Status> {
         let req = r.into_inner();
-        let spec = req.spec.ok_or_else(|| Status::invalid_argument("missing VM spec"))?;
-        let spec = VmSpec::try_from(spec).map_err(Status::invalid_argument)?;
-        // Refuse bad input before it costs a log entry; apply checks again.
-        spec.validate().map_err(NodeError::Rejected)?;
-        for (what, p) in [("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
-            if let Some(p) = p {
-                if !std::path::Path::new(p).is_file() {
-                    return Err(Status::invalid_argument(format!("{what} not found: {p} (paths must exist on the nodes)")));
-                }
-            }
-        }
+        let spec = parse_spec(req.spec)?;
+
         let reply = self.node.propose(Command::CreateVm { spec }, request_id(&req.request_id)?).await?;
         Ok(Response::new(Self::vm_reply(reply)?))
     }
