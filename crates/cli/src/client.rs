@@ -179,6 +179,40 @@ impl Client {
         Ok(())
     }
 
+    pub async fn node_drain(&self, id: u64, timeout: u64, no_wait: bool) -> anyhow::Result<()> {
+        if no_wait {
+            return self.node_set_state(id, "draining").await;
+        }
+        let mut c = self.connect().await?;
+        c.set_node_state(pb::SetNodeStateRequest { node_id: id, state: "draining".into(), request_id: request_id() })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
+        let deadline = Instant::now() + Duration::from_secs(timeout);
+        let mut last = String::new();
+        loop {
+            let vms = c.list_vms(pb::ReadOptions { stale: false }).await.map_err(|e| status_err(&self.addr, e))?.into_inner().vms;
+            let left: Vec<&pb::VmInfo> = vms.iter().filter(|v| v.node_id == Some(id)).collect();
+            let line = format!("node {id}: {} VMs left", left.len());
+            if line != last && !self.json {
+                println!("{line}");
+                last = line;
+            }
+            if left.is_empty() {
+                if self.json {
+                    output::print_json(&serde_json::json!({"node_id": id, "state": "draining", "vms_left": 0}));
+                } else {
+                    println!("node {id} is drained");
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let names: Vec<String> = left.iter().map(|v| format!("{} ({})", v.name, v.reason.clone().unwrap_or_else(|| v.state.clone()))).collect();
+                anyhow::bail!("node {id} still has {} VMs after {timeout}s: {}", left.len(), names.join(", "));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     pub async fn vm_create(&self, a: CreateArgs) -> anyhow::Result<()> {
         let labels = parse_pairs(&a.labels, "label")?;
         let spec = pb::VmSpec {

@@ -109,6 +109,21 @@ struct DaemonArgs {
     /// Log entries kept behind the latest snapshot.
     #[arg(long, default_value_t = 1_000)]
     keep_logs: u64,
+    /// How often this node heartbeats the leader, in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    liveness_heartbeat_ms: u64,
+    /// Lease in milliseconds: a node that cannot renew it for this long stops its VMs.
+    #[arg(long, default_value_t = 10_000)]
+    lease_ms: u64,
+    /// Extra wait after the lease before the leader declares a silent node down.
+    #[arg(long, default_value_t = 5_000)]
+    grace_ms: u64,
+    /// Seconds a voter may stay down before a healthy learner replaces it.
+    #[arg(long, default_value_t = 30)]
+    replace_voter_after: u64,
+    /// VMs moved at once off a draining node.
+    #[arg(long, default_value_t = 2)]
+    drain_parallelism: usize,
 }
 
 #[derive(Subcommand)]
@@ -134,8 +149,16 @@ enum NodeCmd {
         #[arg(long)]
         stale: bool,
     },
-    /// Stop placing new VMs on a node.
-    Drain { id: u64 },
+    /// Stop placing new VMs on a node and move its VMs elsewhere; shows progress until done.
+    Drain {
+        id: u64,
+        /// Give up waiting after this many seconds (the drain goes on).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Return at once instead of showing progress.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Let a drained node receive VMs again.
     Undrain { id: u64 },
 }
@@ -248,6 +271,16 @@ async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
         snapshot_every: a.snapshot_every.max(1),
         keep_logs: a.keep_logs,
     };
+    if a.lease_ms < a.liveness_heartbeat_ms * 2 {
+        anyhow::bail!("--lease-ms must be at least twice --liveness-heartbeat-ms");
+    }
+    config.liveness = blixard_node::config::LivenessTuning {
+        heartbeat: Duration::from_millis(a.liveness_heartbeat_ms.max(10)),
+        lease: Duration::from_millis(a.lease_ms),
+        grace: Duration::from_millis(a.grace_ms),
+        replace_voter_after: Duration::from_secs(a.replace_voter_after),
+        drain_parallelism: a.drain_parallelism.max(1),
+    };
     blixard_node::run(config, shutdown_signal()).await?;
     Ok(())
 }
@@ -287,7 +320,7 @@ fn main() -> ExitCode {
             Cmd::Workload => blixard_vmm::idle_workload().await.map_err(anyhow::Error::from),
             Cmd::Node { sub: Some(s), .. } => match s {
                 NodeCmd::List { stale } => c.node_list(stale).await,
-                NodeCmd::Drain { id } => c.node_set_state(id, "draining").await,
+                NodeCmd::Drain { id, timeout, no_wait } => c.node_drain(id, timeout, no_wait).await,
                 NodeCmd::Undrain { id } => c.node_set_state(id, "up").await,
             },
             Cmd::Cluster { sub } => match sub {

@@ -36,7 +36,7 @@ fn constraints_anti_affinity_and_draining() {
     assert_eq!(extra["state"], "pending");
     assert!(extra["reason"].as_str().unwrap().contains("anti-affinity group db"), "{extra}");
 
-    json(&a, &["node", "drain", "3"]);
+    json(&a, &["node", "drain", "3", "--no-wait"]);
     for i in 0..4 {
         let v = json(&a, &["vm", "create", &format!("w-{i}"), "--no-start", "--memory", "64"]);
         assert_ne!(v["node_id"], 3, "nothing new on a draining node");

@@ -68,6 +68,8 @@ pub enum Command {
     DeleteVm { name: String },
     /// Ask for a VM to run or to be stopped.
     SetVmDesired { name: String, desired: Desired },
+    /// Move a VM off its node (drain): stop it there, then place it elsewhere.
+    MoveVm { name: String },
     /// What an executor observed of a VM it runs, for the placement `epoch` it acts on.
     ReportVmStatus { name: String, node_id: NodeId, epoch: u64, state: VmState, reason: Option<String> },
 }
@@ -82,6 +84,7 @@ impl Command {
             Command::SetSchedulerSettings { .. } => "set_scheduler_settings",
             Command::DeleteVm { .. } => "delete_vm",
             Command::SetVmDesired { .. } => "set_vm_desired",
+            Command::MoveVm { .. } => "move_vm",
             Command::ReportVmStatus { .. } => "report_vm_status",
         }
     }

@@ -69,7 +69,9 @@ pub fn plan<'a>(me: NodeId, vms: impl IntoIterator<Item = &'a VmRecord>, observe
                 actions.push(Action::Report { name: name.clone(), epoch: vm.epoch, state, reason });
             }
         };
-        match (vm.desired, mine.map(|o| &o.run)) {
+        // A VM being moved off this node is stopped here whatever its desired state.
+        let desired = if vm.evacuating { Desired::Stopped } else { vm.desired };
+        match (desired, mine.map(|o| &o.run)) {
             (Desired::Running, None) => {
                 actions.push(Action::Start { spec: vm.spec.clone(), epoch: vm.epoch, restart: false });
             }
@@ -153,6 +155,7 @@ mod tests {
             updated_ms: 0,
             restarts: 0,
             placement: None,
+            evacuating: false,
         }
     }
 

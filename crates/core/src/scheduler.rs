@@ -942,4 +942,51 @@ mod tests {
         assert_eq!(back.settings.vcpu_overcommit_pct, 300);
         assert_eq!(back.anti_affinity_nodes("grp").map(|m| m.len()), Some(1));
     }
+
+    #[test]
+    fn a_down_node_reschedules_its_vms_with_new_epochs_and_loses_the_never_ones() {
+        let mut h = H::new();
+        h.node(1, 4, 4096);
+        let mut a = VmSpec::new("a");
+        a.restart = crate::spec::RestartPolicy::Always;
+        let mut n = VmSpec::new("n");
+        n.restart = crate::spec::RestartPolicy::Never;
+        let a0 = h.create(a);
+        h.create(n);
+        h.node(2, 4, 4096);
+        h.set_state(1, NodeState::Down);
+        let a1 = h.vm("a").clone();
+        assert_eq!(a1.node_id, Some(2), "rescheduled on the healthy node");
+        assert!(a1.epoch > a0.epoch, "with a new epoch");
+        let lost = h.vm("n").clone();
+        assert_eq!((lost.node_id, lost.state), (None, VmState::Lost));
+        assert!(lost.reason.unwrap().contains("node 1 went down"));
+        // A stale report from the old node is refused.
+        let stale = h.run(Command::ReportVmStatus { name: "a".into(), node_id: 1, epoch: a0.epoch, state: VmState::Running, reason: None });
+        assert!(matches!(stale, Err(crate::ApplyError::StaleEpoch { .. })));
+        // Lost VMs are not placed again by themselves, but on request.
+        h.set_state(1, NodeState::Up);
+        assert_eq!(h.vm("n").state, VmState::Lost);
+        h.run(Command::SetVmDesired { name: "n".into(), desired: crate::state::Desired::Running }).unwrap();
+        assert!(h.vm("n").node_id.is_some());
+    }
+
+    #[test]
+    fn moving_a_running_vm_stops_it_first_then_places_it_elsewhere() {
+        let mut h = H::new();
+        h.node(1, 4, 4096);
+        let v0 = h.create(VmSpec::new("m"));
+        h.run(Command::ReportVmStatus { name: "m".into(), node_id: 1, epoch: v0.epoch, state: VmState::Running, reason: None }).unwrap();
+        h.node(2, 4, 4096);
+        h.set_state(1, NodeState::Draining);
+        h.run(Command::MoveVm { name: "m".into() }).unwrap();
+        let v1 = h.vm("m").clone();
+        assert_eq!((v1.node_id, v1.evacuating), (Some(1), true), "still on node 1 until stopped there");
+        h.run(Command::ReportVmStatus { name: "m".into(), node_id: 1, epoch: v0.epoch, state: VmState::Stopped, reason: None }).unwrap();
+        let v2 = h.vm("m").clone();
+        assert_eq!(v2.node_id, Some(2));
+        assert!(v2.epoch > v0.epoch);
+        assert!(!v2.evacuating);
+        assert_eq!(v2.desired, crate::state::Desired::Running, "it is started there");
+    }
 }

@@ -87,6 +87,8 @@ pub enum VmState {
     Stopping,
     Stopped,
     Failed,
+    /// Its node went down and its restart policy (`never`) forbids running it elsewhere.
+    Lost,
 }
 
 impl VmState {
@@ -98,6 +100,7 @@ impl VmState {
             VmState::Stopping => "stopping",
             VmState::Stopped => "stopped",
             VmState::Failed => "failed",
+            VmState::Lost => "lost",
         }
     }
 
@@ -109,6 +112,7 @@ impl VmState {
             "stopping" => VmState::Stopping,
             "stopped" => VmState::Stopped,
             "failed" => VmState::Failed,
+            "lost" => VmState::Lost,
             _ => return None,
         })
     }
@@ -136,6 +140,10 @@ pub struct VmRecord {
     /// eligible)"; `None` while pending (see `reason`).
     #[serde(default)]
     pub placement: Option<String>,
+    /// Being moved off its node (drain): its executor stops it; once it reports `stopped`
+    /// it is placed elsewhere with a new epoch. Stop here, then start there: never both.
+    #[serde(default)]
+    pub evacuating: bool,
 }
 
 impl VmRecord {
@@ -291,12 +299,18 @@ impl ClusterState {
                 let Some(w) = self.workers.get_mut(id) else {
                     return Err(ApplyError::not_found("node", id));
                 };
+                let was = w.state;
                 w.state = *state;
-                let w = w.clone();
                 self.touched.insert(RowKey::Worker(*id));
-                if *state == NodeState::Up {
-                    self.place_pending(index, now, BTreeSet::new(), BTreeSet::new());
+                match *state {
+                    NodeState::Up => self.place_pending(index, now, BTreeSet::new(), BTreeSet::new()),
+                    NodeState::Down if was != NodeState::Down => {
+                        let evicted = self.reschedule_from_down_node(*id, now);
+                        self.place_pending(index, now, BTreeSet::new(), evicted);
+                    }
+                    _ => {}
                 }
+                let w = self.workers.get(id).cloned().ok_or_else(|| ApplyError::not_found("node", id))?;
                 Ok(Reply::Worker(w))
             }
             Command::SetSchedulerSettings { strategy, vcpu_overcommit_pct } => {
@@ -345,6 +359,7 @@ impl ClusterState {
                     created_ms: now,
                     updated_ms: now,
                     restarts: 0,
+                    evacuating: false,
                     placement: None,
                 };
                 self.vms.insert(spec.name.clone(), vm);
@@ -386,9 +401,34 @@ impl ClusterState {
                 };
                 vm.desired = *desired;
                 vm.updated_ms = now;
-                let vm = vm.clone();
                 self.touched.insert(RowKey::Vm(name.clone()));
-                Ok(Reply::Vm(vm))
+                if vm.state == VmState::Lost && *desired == Desired::Running {
+                    // Asked to run again: it becomes an ordinary pending VM.
+                    vm.state = VmState::Pending;
+                    vm.reason = Some("restarted by request after being lost".into());
+                    self.index_add(name);
+                    self.place_pending(index, now, BTreeSet::new(), BTreeSet::new());
+                }
+                Ok(Reply::Vm(self.vms[name].clone()))
+            }
+            Command::MoveVm { name } => {
+                let Some(vm) = self.vms.get_mut(name) else {
+                    return Err(ApplyError::not_found("VM", name));
+                };
+                let Some(from) = vm.node_id else {
+                    return Err(ApplyError::invalid(format!("VM '{name}' is not placed on any node")));
+                };
+                vm.updated_ms = now;
+                self.touched.insert(RowKey::Vm(name.clone()));
+                if matches!(vm.state, VmState::Stopped | VmState::Failed | VmState::Pending) {
+                    // Nothing runs: move it at once.
+                    self.unplace_vm(name, now, format!("moved off node {from}"));
+                    self.place_pending(index, now, BTreeSet::new(), BTreeSet::from([name.clone()]));
+                } else {
+                    vm.evacuating = true;
+                    vm.reason = Some(format!("moving off node {from}: stopping it there first"));
+                }
+                Ok(Reply::Vm(self.vms[name].clone()))
             }
             Command::ReportVmStatus { name, node_id, epoch, state, reason } => {
                 let Some(vm) = self.vms.get_mut(name) else {
@@ -408,9 +448,14 @@ impl ClusterState {
                 vm.state = *state;
                 vm.reason = reason.clone();
                 vm.updated_ms = now;
-                let vm = vm.clone();
                 self.touched.insert(RowKey::Vm(name.clone()));
-                Ok(Reply::Vm(vm))
+                if vm.evacuating && matches!(state, VmState::Stopped | VmState::Failed) {
+                    // The old copy is down: now place it elsewhere (new epoch).
+                    vm.evacuating = false;
+                    self.unplace_vm(name, now, format!("moved off node {node_id}"));
+                    self.place_pending(index, now, BTreeSet::new(), BTreeSet::from([name.clone()]));
+                }
+                Ok(Reply::Vm(self.vms[name].clone()))
             }
         }
     }
@@ -425,6 +470,7 @@ impl ClusterState {
                     self.groups.entry(g.clone()).or_default().insert(n, name.to_string());
                 }
             }
+            None if vm.state == VmState::Lost => {}
             None => {
                 self.pending.insert(pending_key(vm));
             }
@@ -477,6 +523,33 @@ impl ClusterState {
         }
         self.touched.insert(RowKey::Vm(name.to_string()));
         self.index_add(name);
+    }
+
+    /// A node went down: its VMs whose restart policy allows it go back to pending (to be
+    /// placed elsewhere with a new epoch); the others become lost. Returns the rescheduled.
+    fn reschedule_from_down_node(&mut self, id: NodeId, now: u64) -> BTreeSet<String> {
+        let on_node: Vec<String> =
+            self.by_node.get(&id).map(|s| s.iter().map(|(_, n)| n.clone()).collect()).unwrap_or_default();
+        let mut rescheduled = BTreeSet::new();
+        for name in on_node {
+            let Some(vm) = self.vms.get(&name) else { continue };
+            let policy = vm.spec.restart;
+            let desired = vm.desired;
+            self.unplace_vm(&name, now, format!("node {id} is down; rescheduled"));
+            if let Some(vm) = self.vms.get_mut(&name) {
+                vm.evacuating = false;
+                if desired == Desired::Running && policy == crate::spec::RestartPolicy::Never {
+                    self.index_remove(&name);
+                    if let Some(vm) = self.vms.get_mut(&name) {
+                        vm.state = VmState::Lost;
+                        vm.reason = Some(format!("node {id} went down and its restart policy is never"));
+                    }
+                    continue;
+                }
+            }
+            rescheduled.insert(name);
+        }
+        rescheduled
     }
 
     /// Takes VM `name` off its node, back to pending with `reason`.
@@ -745,7 +818,7 @@ impl ClusterState {
                 let e = alloc.entry(n).or_default();
                 e.0 = e.0.saturating_add(&vm.spec.resources());
                 e.1 += 1;
-            } else if vm.state != VmState::Pending {
+            } else if !matches!(vm.state, VmState::Pending | VmState::Lost) {
                 return Err(format!("VM {} is unplaced but {}", vm.spec.name, vm.state.as_str()));
             }
         }

@@ -4,8 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use blixard_core::RestartPolicy;
 use blixard_core::scheduler::explain;
-use blixard_core::{ClusterState, Command, NodeId, NodeState, Reply, Request, Resources, Strategy, VmSpec};
+use blixard_core::{ClusterState, Command, Desired, VmState, NodeId, NodeState, Reply, Request, Resources, Strategy, VmSpec};
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 
@@ -18,6 +19,10 @@ enum Op {
     Create(VmSpec),
     Delete { vm: u8 },
     Settings { strategy: Strategy, pct: u32 },
+    Move { vm: u8 },
+    Desired { vm: u8, running: bool },
+    /// A report for the VM's current placement (`current`) or a stale one.
+    Report { vm: u8, state: VmState, current: bool },
 }
 
 fn zone(z: u8) -> String {
@@ -38,9 +43,9 @@ fn spec() -> impl proptest::strategy::Strategy<Value = VmSpec> {
         proptest::option::weighted(0.2, 0u8..3),
         proptest::bool::weighted(0.2),
         proptest::option::weighted(0.1, 1u64..6),
-        (0u8..=100, proptest::bool::weighted(0.3), proptest::option::weighted(0.3, strategy()), proptest::bool::ANY),
+        (0u8..=100, proptest::bool::weighted(0.3), proptest::option::weighted(0.3, strategy()), proptest::bool::ANY, 0u8..3),
     )
-        .prop_map(|(n, vcpus, memory_mb, disk_gb, group, zone_c, kvm, pin, (priority, preempt, strategy, start))| {
+        .prop_map(|(n, vcpus, memory_mb, disk_gb, group, zone_c, kvm, pin, (priority, preempt, strategy, start, restart))| {
             let mut s = VmSpec::new(format!("vm-{n}"));
             s.vcpus = vcpus;
             s.memory_mb = memory_mb;
@@ -57,6 +62,7 @@ fn spec() -> impl proptest::strategy::Strategy<Value = VmSpec> {
             s.preempt = preempt;
             s.strategy = strategy;
             s.start = start;
+            s.restart = [RestartPolicy::Always, RestartPolicy::OnFailure, RestartPolicy::Never][restart as usize];
             s
         })
 }
@@ -75,11 +81,26 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         3 => (0u8..24).prop_map(|vm| Op::Delete { vm }),
         1 => (strategy(), prop_oneof![Just(50u32), Just(100), Just(150), Just(200), Just(400), Just(1001)])
             .prop_map(|(strategy, pct)| Op::Settings { strategy, pct }),
+        2 => (0u8..24).prop_map(|vm| Op::Move { vm }),
+        1 => (0u8..24, proptest::bool::ANY).prop_map(|(vm, running)| Op::Desired { vm, running }),
+        3 => (0u8..24, prop_oneof![Just(VmState::Starting), Just(VmState::Running), Just(VmState::Stopped), Just(VmState::Failed)], proptest::bool::weighted(0.8))
+            .prop_map(|(vm, state, current)| Op::Report { vm, state, current }),
     ]
 }
 
-fn command(op: &Op) -> Command {
+fn command(op: &Op, s: &ClusterState) -> Command {
     match op {
+        Op::Move { vm } => Command::MoveVm { name: format!("vm-{vm}") },
+        Op::Desired { vm, running } => Command::SetVmDesired {
+            name: format!("vm-{vm}"),
+            desired: if *running { Desired::Running } else { Desired::Stopped },
+        },
+        Op::Report { vm, state, current } => {
+            let name = format!("vm-{vm}");
+            let (node, epoch) = s.vms.get(&name).map(|v| (v.node_id.unwrap_or(1), v.epoch)).unwrap_or((1, 0));
+            let epoch = if *current { epoch } else { epoch.saturating_sub(1) };
+            Command::ReportVmStatus { name, node_id: node, epoch, state: *state, reason: None }
+        }
         Op::Register { id, vcpus, memory_mb, disk_gb, kvm, zone: z } => Command::RegisterWorker {
             id: *id,
             addr: format!("127.0.0.1:{}", 7000 + id),
@@ -106,7 +127,8 @@ fn run(ops: &[Op]) -> Result<(ClusterState, BTreeMap<String, Vec<u8>>), TestCase
             Op::Create(spec) => Some(explain(&s, spec)),
             _ => None,
         };
-        let out = s.apply(index, &Request::new(command(op), index * 10));
+        let cmd = command(op, &s);
+        let out = s.apply(index, &Request::new(cmd, index * 10));
         if let Err(e) = s.check_invariants() {
             return Err(TestCaseError::fail(format!("after {op:?} at {index}: {e}")));
         }
@@ -192,7 +214,7 @@ proptest! {
         let stuck: BTreeSet<&str> = s
             .vms
             .values()
-            .filter(|v| v.node_id.is_none() && v.spec.node.is_none() && v.spec.anti_affinity.is_none())
+            .filter(|v| v.node_id.is_none() && v.state != VmState::Lost && v.spec.node.is_none() && v.spec.anti_affinity.is_none())
             .map(|v| v.spec.name.as_str())
             .collect();
         prop_assert!(stuck.is_empty(), "still pending: {:?}", stuck);

@@ -65,6 +65,35 @@ pub struct NodeConfig {
     pub labels: BTreeMap<String, String>,
     /// `qemu` or `process`.
     pub driver: String,
+    pub liveness: LivenessTuning,
+}
+
+/// Failure detection and fencing.
+#[derive(Debug, Clone)]
+pub struct LivenessTuning {
+    /// How often a node heartbeats the leader.
+    pub heartbeat: Duration,
+    /// A node that could not renew its lease for this long stops (fences) its VMs.
+    pub lease: Duration,
+    /// The leader declares a node down after lease + grace without heartbeats, so its VMs
+    /// have stopped by the time they are placed elsewhere.
+    pub grace: Duration,
+    /// A voter down this long is replaced by a healthy learner, when there is one.
+    pub replace_voter_after: Duration,
+    /// VMs moved at once off a draining node.
+    pub drain_parallelism: usize,
+}
+
+impl Default for LivenessTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(1),
+            lease: Duration::from_secs(10),
+            grace: Duration::from_secs(5),
+            replace_voter_after: Duration::from_secs(30),
+            drain_parallelism: 2,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -80,6 +109,7 @@ impl NodeConfig {
             capacity: CapacityOverrides::default(),
             labels: BTreeMap::new(),
             driver: "qemu".into(),
+            liveness: LivenessTuning::default(),
         }
     }
 }

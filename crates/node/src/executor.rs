@@ -123,7 +123,14 @@ impl Executor {
                 }
             }
         }
-        let actions = planner::plan(self.node.id, mine.iter(), &observed);
+        let mut actions = planner::plan(self.node.id, mine.iter(), &observed);
+        // Without a lease (cut off from the cluster), or before catching up with what the
+        // leader had committed when it renewed it, start nothing: the cluster may be moving
+        // these VMs elsewhere. (The supervisors fence running VMs when the lease expires.)
+        let applied = self.node.state.read().last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+        if !self.node.liveness.may_act(applied) {
+            actions.retain(|a| !matches!(a, Action::Start { .. }));
+        }
         let mut per_vm: BTreeMap<String, Vec<Action>> = BTreeMap::new();
         for a in actions {
             let name = match &a {
@@ -248,12 +255,13 @@ fn action_kind(a: &Action) -> &'static str {
 }
 
 /// Builds the driver named in the configuration.
-pub fn make_driver(kind: &str, run_root: PathBuf) -> Result<Arc<dyn VmDriver>, NodeError> {
+pub fn make_driver(kind: &str, run_root: PathBuf, lease_file: &std::path::Path) -> Result<Arc<dyn VmDriver>, NodeError> {
+    let lease = lease_file.display().to_string();
     match kind {
         "process" => {
             let exe = std::env::current_exe().map_err(|e| NodeError::Config(format!("cannot find own executable: {e}")))?;
             let argv = vec![exe.display().to_string(), "__workload".to_string()];
-            let mut d = blixard_vmm::ProcessDriver::new(run_root, argv);
+            let mut d = blixard_vmm::ProcessDriver::new(run_root, argv).with_env(blixard_vmm::LEASE_FILE_ENV, lease);
             if let Ok(f) = std::env::var(blixard_vmm::EVENTS_FILE_ENV) {
                 d = d.with_env(blixard_vmm::EVENTS_FILE_ENV, f);
             }
@@ -268,7 +276,7 @@ pub fn make_driver(kind: &str, run_root: PathBuf) -> Result<Arc<dyn VmDriver>, N
                     "qemu-system-x86_64 not found: run scripts/setup.sh (as root) or start with --driver process".into(),
                 ));
             }
-            Ok(Arc::new(blixard_vmm::QemuDriver::new(run_root)))
+            Ok(Arc::new(blixard_vmm::QemuDriver::new(run_root).with_env(blixard_vmm::LEASE_FILE_ENV, lease)))
         }
         other => Err(NodeError::Config(format!("unknown driver '{other}': use qemu or process"))),
     }

@@ -12,6 +12,7 @@ pub mod capabilities;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod liveness;
 pub mod meta;
 pub mod node;
 pub mod service;
@@ -101,7 +102,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let local = listener.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
     let addr = config.advertise.clone().unwrap_or_else(|| local.to_string());
 
-    let driver = executor::make_driver(&config.driver, config.data_dir.join("vms"))?;
+    let run_root = config.data_dir.join("vms");
+    let driver = executor::make_driver(&config.driver, run_root.clone(), &run_root.join("lease"))?;
     let (log, sm) = blixard_raft::open_stores(&config.data_dir.join("raft"))
         .map_err(|e| NodeError::Io(format!("opening stores in {dir}: {e}")))?;
     let state = sm.shared();
@@ -132,6 +134,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         shutdown,
         membership_lock: tokio::sync::Mutex::new(()),
         driver: driver.clone(),
+        liveness: liveness::Liveness::default(),
     });
     let mut identity = NodeMeta { node_id: config.id, cluster_id: cluster_id.clone(), addr: addr.clone(), left: false };
     if existing.is_none() && join_via.is_none() {
@@ -152,6 +155,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     tasks.push(tokio::spawn(register_worker(node.clone())));
     tasks.push(tokio::spawn(housekeeping(node.clone())));
     tasks.push(tokio::spawn(executor::Executor::new(node.clone(), driver).run()));
+    tasks.push(tokio::spawn(liveness::heartbeat_loop(node.clone())));
+    tasks.push(tokio::spawn(liveness::leader_loop(node.clone())));
     tracing::info!(node = config.id, %addr, cluster = %cluster_id, "node started");
     Ok(NodeHandle { node, addr, tasks })
 }

@@ -44,6 +44,8 @@ pub struct Node {
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     /// The hypervisor driver (local runtime handle; used by the executor and for consoles).
     pub driver: std::sync::Arc<dyn blixard_vmm::VmDriver>,
+    /// Lease and, on the leader, heartbeat bookkeeping (local state).
+    pub liveness: crate::liveness::Liveness,
 }
 
 pub fn now_ms() -> u64 {
@@ -207,6 +209,30 @@ impl Node {
         let r = r.map(|_| pb::Empty {});
         let reply = client.read_index(r).await.map_err(|s| s.message().to_string())?;
         Ok(reply.into_inner().index)
+    }
+
+    /// Heartbeats the leader (or, on the leader, confirms leadership); returns the index this
+    /// node must apply before acting on its state.
+    pub(crate) async fn heartbeat_leader(&self) -> Result<u64, NodeError> {
+        match self.leader() {
+            Some((id, _)) if id == self.id => {
+                let index = self.leader_read_index().await?;
+                self.liveness.seen(self.id);
+                Ok(index)
+            }
+            Some((id, addr)) => {
+                let mut client = peer_client(&addr).map_err(|e| NodeError::Unreachable(e.to_string()))?;
+                let r = peer_request(&self.cluster_id, &(), Some(self.config.liveness.heartbeat * 3))
+                    .map_err(|e| NodeError::Unreachable(e.to_string()))?
+                    .map(|_| pb::HeartbeatRequest { node_id: self.id });
+                let reply = client
+                    .heartbeat(r)
+                    .await
+                    .map_err(|s| NodeError::Unreachable(format!("heartbeat to leader {id}: {}", s.message())))?;
+                Ok(reply.into_inner().index)
+            }
+            None => Err(NodeError::NoLeader("no leader known".into())),
+        }
     }
 
     /// On the leader: confirms leadership and returns the index a read must wait for.

@@ -354,6 +354,14 @@ impl RaftPeer for Api {
         Ok(Response::new(pb::ReadIndexReply { index }))
     }
 
+    async fn heartbeat(&self, r: GrpcRequest<pb::HeartbeatRequest>) -> Result<Response<pb::ReadIndexReply>, Status> {
+        self.check_peer(&r)?;
+        // Confirm leadership with a quorum first: a deposed leader must not renew leases.
+        let index = self.node.leader_read_index().await?;
+        self.node.liveness.seen(r.get_ref().node_id);
+        Ok(Response::new(pb::ReadIndexReply { index }))
+    }
+
     async fn evicted(&self, r: GrpcRequest<pb::EvictedNotice>) -> Result<Response<pb::Empty>, Status> {
         self.check_peer(&r)?;
         if r.get_ref().node_id != self.node.id {

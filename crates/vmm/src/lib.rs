@@ -39,7 +39,7 @@ pub mod rundir;
 pub use guest::{build_initramfs, default_guest, DEFAULT_GUEST_DIR};
 pub use process::{idle_workload, ProcessDriver};
 pub use qemu::{build_argv, choose_accel, Accel, QemuDriver, QemuPaths};
-pub use rundir::{read_events, Event, EventKind, EVENTS_FILE_ENV};
+pub use rundir::{read_events, Event, EventKind, EVENTS_FILE_ENV, LEASE_FILE_ENV};
 
 /// The line a guest prints on its console once it is up.
 pub const READY_LINE: &str = "BLIXARD-READY";

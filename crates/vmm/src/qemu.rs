@@ -167,6 +167,7 @@ pub struct QemuDriver {
     run_root: PathBuf,
     qemu: OsString,
     accel: Accel,
+    envs: Vec<(String, String)>,
 }
 
 impl QemuDriver {
@@ -176,7 +177,14 @@ impl QemuDriver {
             run_root: run_root.into(),
             qemu: DEFAULT_QEMU.into(),
             accel: host_accel(),
+            envs: Vec::new(),
         }
+    }
+
+    /// Adds an environment variable for the VM's supervisor (e.g. [`crate::LEASE_FILE_ENV`]).
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
     }
 
     pub fn with_qemu(mut self, qemu: impl Into<OsString>) -> Self {
@@ -291,7 +299,7 @@ impl VmDriver for QemuDriver {
         let mut argv = vec![self.qemu.to_string_lossy().into_owned()];
         argv.extend(build_argv(cfg, &paths, self.accel));
         tracing::debug!(vm = %cfg.name, ?argv, "launching qemu");
-        rd.launch(&cfg.name, epoch, VMM_LOG, &argv, &[]).await?;
+        rd.launch(&cfg.name, epoch, VMM_LOG, &argv, &self.envs).await?;
         let pid = rundir::record_pid(&rd, &mut meta, &[VMM_LOG, CONSOLE]).await?;
 
         // Up means: QMP answers (QEMU binds the socket before machine init, which may still

@@ -66,11 +66,34 @@ const SUPERVISOR: &str = r#"dir=$1; name=$2; epoch=$3; out=$4; shift 4
 ev() { [ -z "${BLIXARD_EVENTS_FILE:-}" ] || echo "$1 $(date +%s%3N) $name $epoch" >> "$BLIXARD_EVENTS_FILE"; }
 echo $$ > "$dir/supervisor.pid"
 ev start
+wd=
+if [ -n "${BLIXARD_LEASE_FILE:-}" ]; then
+  ( while sleep 0.25; do
+      [ -f "$dir/exit_code" ] && exit 0
+      [ -f "$dir/pid" ] || continue
+      p=$(cat "$dir/pid")
+      exp=$(cat "$BLIXARD_LEASE_FILE" 2>/dev/null)
+      if [ "$(date +%s%3N)" -gt "${exp:-0}" ]; then
+        echo "the node's lease expired (last valid until ${exp:-never} ms): fenced" > "$dir/fenced"
+        kill -9 "$p" 2>/dev/null; exit 0
+      fi
+    done ) < /dev/null > /dev/null 2>&1 &
+  wd=$!
+fi
 sh -c 'echo $$ > "$0/pid.tmp" && mv -f "$0/pid.tmp" "$0/pid" && exec "$@"' "$dir" "$@" >> "$dir/$out" 2>&1 < /dev/null
 code=$?
+[ -z "$wd" ] || kill "$wd" 2>/dev/null
 echo "$code" > "$dir/exit_code.tmp" && mv -f "$dir/exit_code.tmp" "$dir/exit_code"
 ev stop
 "#;
+
+/// Environment variable naming the node's lease file. When set, each VM's supervisor kills
+/// the VM as soon as the wall-clock time (Unix ms) passes the expiry written in that file: a
+/// node cut off from its cluster (or whose daemon is stopped or dead) fences its own VMs
+/// before the cluster may run them elsewhere.
+pub const LEASE_FILE_ENV: &str = "BLIXARD_LEASE_FILE";
+/// Written by the watchdog when it fenced the VM.
+pub const FENCED: &str = "fenced";
 
 /// `meta.json`: what was started, by whom, and which process it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,9 +309,11 @@ impl RunDir {
         if self.stop_requested() {
             return crate::RunState::Stopped { exit_code: code };
         }
-        let mut reason = match code {
-            Some(code) => format!("exited unexpectedly: {}", describe_exit(code)),
-            None => "the process is gone without a recorded exit status (host reboot, or its \
+        let fenced = std::fs::read_to_string(self.path(FENCED)).ok();
+        let mut reason = match (code, fenced) {
+            (_, Some(why)) => why.trim().to_string(),
+            (Some(code), None) => format!("exited unexpectedly: {}", describe_exit(code)),
+            (None, None) => "the process is gone without a recorded exit status (host reboot, or its \
                      supervisor was killed)"
                 .to_string(),
         };

@@ -96,7 +96,7 @@ impl Cluster {
             let seed = c.nodes[0].addr.clone();
             c.add_node(id, Some(&seed), &[]);
         }
-        c.wait_members(n as usize);
+        c.wait_members(n.min(3) as usize);
         c
     }
 
@@ -252,7 +252,12 @@ impl Cluster {
     /// Names of the VM run directories on node `id`.
     pub fn vm_dirs(&self, id: u64) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.node(id).dir.join("vms"))
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -304,5 +309,66 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+    }
+}
+
+/// Fast failure detection for tests: lease 2 s, grace 1 s, heartbeats every 250 ms.
+pub const FAST_LIVENESS: &[&str] =
+    &["--lease-ms", "2000", "--grace-ms", "1000", "--liveness-heartbeat-ms", "250", "--replace-voter-after", "2"];
+
+impl Cluster {
+    pub fn events_path(&self) -> PathBuf {
+        self.tmp.path().join("events.log")
+    }
+
+    /// Checks the workloads' own start/stop records: no VM ever ran twice at the same instant.
+    /// Returns the number of runs seen.
+    pub fn assert_never_ran_twice(&self) -> usize {
+        let text = std::fs::read_to_string(self.events_path()).unwrap_or_default();
+        // name -> list of (start, stop or open, epoch)
+        let mut runs: std::collections::BTreeMap<String, Vec<(u64, Option<u64>, u64)>> = Default::default();
+        let mut open: std::collections::BTreeMap<(String, u64), Vec<usize>> = Default::default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() != 4 {
+                continue;
+            }
+            let (kind, t, name, epoch) = (f[0], f[1].parse::<u64>().unwrap_or(0), f[2].to_string(), f[3].parse::<u64>().unwrap_or(0));
+            let list = runs.entry(name.clone()).or_default();
+            match kind {
+                "start" => {
+                    list.push((t, None, epoch));
+                    open.entry((name, epoch)).or_default().push(list.len() - 1);
+                }
+                "stop" => {
+                    if let Some(i) = open.get_mut(&(name, epoch)).and_then(|v| if v.is_empty() { None } else { Some(v.remove(0)) }) {
+                        list[i].1 = Some(t);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut total = 0;
+        for (name, list) in &runs {
+            total += list.len();
+            for (i, a) in list.iter().enumerate() {
+                for b in &list[i + 1..] {
+                    let a_end = a.1.unwrap_or(u64::MAX);
+                    let b_end = b.1.unwrap_or(u64::MAX);
+                    assert!(
+                        a_end <= b.0 || b_end <= a.0,
+                        "VM {name} ran twice at once: epoch {} [{}, {:?}] and epoch {} [{}, {:?}]",
+                        a.2, a.0, a.1, b.2, b.0, b.1
+                    );
+                }
+            }
+        }
+        total
+    }
+
+    /// Sends a signal to a node's daemon.
+    pub fn signal(&self, id: u64, sig: &str) {
+        let pid = self.node(id).child.as_ref().expect("running node").id();
+        assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
     }
 }

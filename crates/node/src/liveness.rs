@@ -1,0 +1,252 @@
+//! Liveness, leases and fencing: how the cluster tells a dead node from a live one, and how a
+//! node cut off from the cluster makes sure its VMs stop before they run elsewhere.
+//!
+//! - Every node heartbeats the leader (local traffic, not log entries). The leader answers
+//!   only after confirming its leadership with a quorum (ReadIndex), so a reply proves that at
+//!   the time it was sent, the cluster had not moved on without this node.
+//! - A successful reply renews the node's lease until `sent + lease`. The expiry is written to
+//!   the lease file, which every VM supervisor watches: when it passes, the supervisor kills
+//!   the VM (fencing works even if the daemon is stopped or dead). The executor also refuses to
+//!   start anything without a lease, and until it has applied the index the leader returned.
+//! - The leader tracks when it last heard from each worker (local state). After
+//!   `lease + grace` of silence it proposes `node down` through Raft (`apply` then reschedules
+//!   the node's VMs with new epochs); when heartbeats return steadily, `node up`. A new leader
+//!   first grants every node a fresh grace period.
+//! - The leader also drives drains (moving VMs off draining nodes, a few at a time) and
+//!   replaces voters that stay down when a healthy learner exists.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use blixard_core::{Command, NodeState};
+use openraft::ChangeMembers;
+
+use crate::node::Node;
+
+/// Local lease of this node.
+#[derive(Debug, Default)]
+struct Lease {
+    valid_until: Option<SystemTime>,
+    /// The executor acts only once its applied index reached this.
+    min_applied: u64,
+}
+
+/// The leader's local view of its workers.
+#[derive(Debug, Default)]
+struct LeaderView {
+    term: Option<u64>,
+    last_seen: HashMap<u64, Instant>,
+    back_since: HashMap<u64, Instant>,
+    down_since: HashMap<u64, Instant>,
+}
+
+#[derive(Default)]
+pub struct Liveness {
+    lease: Mutex<Lease>,
+    view: Mutex<LeaderView>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Liveness {
+    /// Whether this node may start VMs now: a valid lease, and caught up with the leader.
+    pub fn may_act(&self, applied: u64) -> bool {
+        let l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        l.valid_until.is_some_and(|t| SystemTime::now() < t) && applied >= l.min_applied
+    }
+
+    pub fn lease_valid(&self) -> bool {
+        let l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        l.valid_until.is_some_and(|t| SystemTime::now() < t)
+    }
+
+    fn renew(&self, until: SystemTime, min_applied: u64) {
+        let mut l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if l.valid_until.is_none_or(|t| until > t) {
+            l.valid_until = Some(until);
+        }
+        l.min_applied = l.min_applied.max(min_applied);
+    }
+
+    /// On the leader: a heartbeat from `node` arrived.
+    pub fn seen(&self, node: u64) {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).last_seen.insert(node, Instant::now());
+    }
+}
+
+/// The lease file every VM supervisor of this node watches.
+pub fn lease_file(node: &Node) -> PathBuf {
+    node.config.data_dir.join("vms").join("lease")
+}
+
+fn write_lease(path: &PathBuf, until: SystemTime) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, unix_ms(until).to_string())?;
+    std::fs::rename(tmp, path)
+}
+
+/// Heartbeats the leader and renews the lease, until the node stops.
+pub async fn heartbeat_loop(node: Arc<Node>) {
+    let t = &node.config.liveness;
+    let path = lease_file(&node);
+    let mut tick = tokio::time::interval(t.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = node.stopped() => return,
+        }
+        let sent = SystemTime::now();
+        let res = tokio::time::timeout(t.heartbeat * 3, node.heartbeat_leader()).await;
+        match res {
+            Ok(Ok(index)) => {
+                let until = sent + t.lease;
+                node.liveness.renew(until, index);
+                if let Err(e) = write_lease(&path, until) {
+                    tracing::error!(error = %e, path = %path.display(), "cannot write the lease file");
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat failed"),
+            Err(_) => tracing::debug!("heartbeat timed out"),
+        }
+    }
+}
+
+/// On the leader, periodically: failure detection, drains, voter replacement.
+pub async fn leader_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = node.stopped() => return,
+        }
+        if !node.is_leader() {
+            *node.liveness.view.lock().unwrap_or_else(|p| p.into_inner()) = LeaderView::default();
+            continue;
+        }
+        detect_failures(&node).await;
+        drive_drains(&node).await;
+        replace_dead_voters(&node).await;
+    }
+}
+
+async fn detect_failures(node: &Arc<Node>) {
+    let t = &node.config.liveness;
+    let term = node.metrics().current_term;
+    let workers: Vec<(u64, NodeState)> = node.state.read().state.workers.values().map(|w| (w.id, w.state)).collect();
+    let now = Instant::now();
+    let mut proposals = Vec::new();
+    {
+        let mut v = node.liveness.view.lock().unwrap_or_else(|p| p.into_inner());
+        if v.term != Some(term) {
+            // A new leader knows nothing of past heartbeats: everyone gets a fresh grace period.
+            tracing::info!(term, "leading: granting every node a fresh grace period");
+            v.term = Some(term);
+            for (id, _) in &workers {
+                v.last_seen.insert(*id, now);
+            }
+            v.back_since.clear();
+        }
+        v.last_seen.insert(node.id, now);
+        for (id, state) in &workers {
+            let seen = *v.last_seen.entry(*id).or_insert(now);
+            let silent = now.saturating_duration_since(seen);
+            match state {
+                NodeState::Down => {
+                    v.down_since.entry(*id).or_insert(now);
+                    if silent < t.heartbeat * 2 {
+                        let back = *v.back_since.entry(*id).or_insert(now);
+                        // Steady heartbeats for a while before trusting it again (no flapping).
+                        if now.saturating_duration_since(back) >= t.heartbeat * 3 {
+                            proposals.push((*id, NodeState::Up));
+                        }
+                    } else {
+                        v.back_since.remove(id);
+                    }
+                }
+                _ => {
+                    v.down_since.remove(id);
+                    if silent > t.lease + t.grace {
+                        proposals.push((*id, NodeState::Down));
+                    }
+                }
+            }
+        }
+    }
+    for (id, state) in proposals {
+        match state {
+            NodeState::Down => tracing::warn!(node = id, "no heartbeat for lease + grace: declaring the node down"),
+            _ => tracing::info!(node = id, "heartbeats are back: declaring the node up"),
+        }
+        if let Err(e) = node.propose(Command::SetWorkerState { id, state }, None).await {
+            tracing::warn!(node = id, error = %e, "could not change the node's state");
+        }
+    }
+}
+
+async fn drive_drains(node: &Arc<Node>) {
+    let parallelism = node.config.liveness.drain_parallelism.max(1);
+    let moves: Vec<String> = {
+        let a = node.state.read();
+        let st = &a.state;
+        let mut moves = Vec::new();
+        for w in st.workers.values().filter(|w| w.state == NodeState::Draining) {
+            let on_node: Vec<&blixard_core::VmRecord> = st.vms.values().filter(|v| v.node_id == Some(w.id)).collect();
+            let mut inflight = on_node.iter().filter(|v| v.evacuating).count();
+            for vm in on_node.iter().filter(|v| !v.evacuating) {
+                if inflight >= parallelism {
+                    break;
+                }
+                // Only move what can land somewhere (draining nodes are never chosen).
+                if blixard_core::scheduler::decide(st, &vm.spec).node.is_some() {
+                    moves.push(vm.spec.name.clone());
+                    inflight += 1;
+                }
+            }
+        }
+        moves
+    };
+    for name in moves {
+        tracing::info!(vm = %name, "drain: moving VM");
+        if let Err(e) = node.propose(Command::MoveVm { name: name.clone() }, None).await {
+            tracing::warn!(vm = %name, error = %e, "drain: could not move VM");
+        }
+    }
+}
+
+async fn replace_dead_voters(node: &Arc<Node>) {
+    let after = node.config.liveness.replace_voter_after;
+    let (dead, spare) = {
+        let v = node.liveness.view.lock().unwrap_or_else(|p| p.into_inner());
+        let a = node.state.read();
+        let m = a.membership.membership();
+        let voters: BTreeSet<u64> = m.voter_ids().collect();
+        let dead = voters
+            .iter()
+            .copied()
+            .find(|id| *id != node.id && v.down_since.get(id).is_some_and(|t| t.elapsed() >= after));
+        let spare = m
+            .learner_ids()
+            .find(|id| a.state.workers.get(id).is_some_and(|w| w.state == NodeState::Up));
+        (dead, spare)
+    };
+    let (Some(dead), Some(spare)) = (dead, spare) else { return };
+    let _guard = node.membership_lock.lock().await;
+    tracing::warn!(dead, spare, "replacing a voter that stayed down with a healthy learner");
+    let add = node.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([spare])), false).await;
+    if let Err(e) = add {
+        tracing::warn!(error = %e, "promoting the learner");
+        return;
+    }
+    // The dead voter stays a learner: if it comes back it catches up without a vote.
+    if let Err(e) = node.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([dead])), true).await {
+        tracing::warn!(error = %e, "demoting the dead voter");
+    }
+}
