@@ -122,3 +122,93 @@ async fn run(p: &Params, clients: usize) -> anyhow::Result<RunResult> {
     };
     Ok(RunResult { clients, writes: lat.len(), errors, secs, p50_ms: pct(0.50), p99_ms: pct(0.99) })
 }
+
+/// `blixard bench boot`: in the same run, time a raw QEMU boot of the default guest to its
+/// readiness line, and `vm create` -> `running` for a blixard VM of the same kernel and
+/// initramfs through the cluster at `addr`. The difference is the orchestration overhead.
+pub async fn boot(addr: String, runs: usize, memory_mb: u64, json_out: bool) -> anyhow::Result<()> {
+    use blixard_vmm::qemu::{build_argv, host_accel, QemuPaths};
+    let (kernel, initrd) = blixard_vmm::guest::default_guest(&blixard_vmm::guest::guest_dir())?;
+    let mut raw = Vec::new();
+    let mut orchestrated = Vec::new();
+    let mut c = connect(&addr).await?;
+    for i in 0..runs {
+        // Raw QEMU, same argv the driver builds.
+        let dir = std::env::temp_dir().join(format!("blixard-bench-boot-{}-{i}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut cfg = blixard_vmm::VmConfig::new(format!("raw-{i}"));
+        cfg.memory_mb = memory_mb;
+        cfg.kernel = Some(kernel.clone());
+        cfg.initrd = Some(initrd.clone());
+        let paths = QemuPaths::in_dir(&dir);
+        let argv = build_argv(&cfg, &paths, host_accel());
+        let t = Instant::now();
+        let mut child = tokio::process::Command::new("qemu-system-x86_64")
+            .args(&argv)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("running qemu-system-x86_64 (run scripts/setup.sh)")?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = std::fs::read_to_string(&paths.console).unwrap_or_default();
+            if text.contains(blixard_vmm::READY_LINE) {
+                break;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("raw QEMU boot did not reach {} within 120 s", blixard_vmm::READY_LINE);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        raw.push(t.elapsed());
+        let _ = child.kill().await;
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // Through blixard.
+        let name = format!("bench-boot-{}-{i}", std::process::id());
+        let mut spec = pb::VmSpec::from(&blixard_core::VmSpec::new(name.clone()));
+        spec.memory_mb = memory_mb;
+        let t = Instant::now();
+        c.create_vm(pb::CreateVmRequest { spec: Some(spec), request_id: format!("{name}-create") })
+            .await
+            .map_err(|s| anyhow!("create: {}", s.message()))?;
+        loop {
+            let vm = c.get_vm(pb::GetVmRequest { name: name.clone(), stale: false }).await.map_err(|s| anyhow!("status: {}", s.message()))?;
+            let vm = vm.into_inner();
+            if vm.state == "running" {
+                break;
+            }
+            if vm.state == "failed" || Instant::now() > deadline + Duration::from_secs(60) {
+                anyhow::bail!("blixard VM {name} did not reach running (state {}: {:?})", vm.state, vm.reason);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        orchestrated.push(t.elapsed());
+        c.delete_vm(pb::VmRef { name: name.clone(), request_id: String::new() }).await.map_err(|s| anyhow!("delete: {}", s.message()))?;
+    }
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        (ms(v[0]), ms(v[v.len() / 2]), ms(v[v.len() - 1]))
+    };
+    let (rmin, rmed, rmax) = stats(&mut raw);
+    let (bmin, bmed, bmax) = stats(&mut orchestrated);
+    if json_out {
+        crate::output::print_json(&json!({
+            "runs": runs,
+            "raw_qemu_ms": {"min": rmin, "median": rmed, "max": rmax},
+            "blixard_create_to_running_ms": {"min": bmin, "median": bmed, "max": bmax},
+            "overhead_median_ms": bmed - rmed,
+        }));
+    } else {
+        let rows = vec![
+            vec!["raw QEMU boot to ready".into(), format!("{rmin:.0}"), format!("{rmed:.0}"), format!("{rmax:.0}")],
+            vec!["blixard create -> running".into(), format!("{bmin:.0}"), format!("{bmed:.0}"), format!("{bmax:.0}")],
+        ];
+        println!("{}", crate::output::table(&["", "min ms", "median ms", "max ms"], rows));
+        println!("orchestration overhead (median): {:.0} ms over {runs} runs", bmed - rmed);
+    }
+    Ok(())
+}

@@ -140,6 +140,13 @@ enum BenchCmd {
         #[arg(long, value_delimiter = ',')]
         addrs: Vec<String>,
     },
+    /// Raw QEMU boot vs blixard create -> running, same kernel and initramfs, same run.
+    Boot {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 256)]
+        memory: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -313,6 +320,7 @@ fn main() -> ExitCode {
         let c = client::Client::new(cli.addr.clone(), cli.json);
         match cli.command {
             Cmd::Node { sub: None, daemon } => run_daemon(daemon).await,
+            Cmd::Bench { sub: BenchCmd::Boot { runs, memory } } => bench::boot(cli.addr.clone(), runs.max(1), memory, cli.json).await,
             Cmd::Bench { sub: BenchCmd::Writes { clients, duration, addrs } } => {
                 let addrs = if addrs.is_empty() { vec![cli.addr.clone()] } else { addrs };
                 bench::writes(bench::Params { addrs, clients, duration: Duration::from_secs(duration), json: cli.json }).await

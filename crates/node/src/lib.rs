@@ -135,6 +135,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         membership_lock: tokio::sync::Mutex::new(()),
         driver: driver.clone(),
         liveness: liveness::Liveness::default(),
+        peers: Default::default(),
     });
     let mut identity = NodeMeta { node_id: config.id, cluster_id: cluster_id.clone(), addr: addr.clone(), left: false };
     if existing.is_none() && join_via.is_none() {

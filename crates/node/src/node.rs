@@ -46,6 +46,8 @@ pub struct Node {
     pub driver: std::sync::Arc<dyn blixard_vmm::VmDriver>,
     /// Lease and, on the leader, heartbeat bookkeeping (local state).
     pub liveness: crate::liveness::Liveness,
+    /// Open connections to peers, by address (local state).
+    pub(crate) peers: std::sync::Mutex<std::collections::HashMap<String, blixard_api::RaftPeerClient<tonic::transport::Channel>>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -53,6 +55,17 @@ pub fn now_ms() -> u64 {
 }
 
 impl Node {
+    /// A (cached) connection to the peer at `addr`.
+    pub(crate) fn peer(&self, addr: &str) -> Result<blixard_api::RaftPeerClient<tonic::transport::Channel>, NodeError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = peer_client(addr).map_err(|e| NodeError::Unreachable(format!("bad peer address {addr}: {e}")))?;
+        peers.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
     /// Asks every task of this node to stop.
     pub fn request_shutdown(&self) {
         let _ = self.shutdown.send(true);
@@ -153,7 +166,7 @@ impl Node {
     }
 
     async fn forward_proposal(&self, addr: &str, req: &Request) -> Result<Outcome, String> {
-        let mut client = peer_client(addr).map_err(|e| e.to_string())?;
+        let mut client = self.peer(addr).map_err(|e| e.to_string())?;
         let r = peer_request(&self.cluster_id, req, Some(LEADER_WAIT)).map_err(|e| e.to_string())?;
         let reply = client.propose(r).await.map_err(|s| s.message().to_string())?;
         serde_json::from_slice(&reply.into_inner().data).map_err(|e| format!("bad reply from leader: {e}"))
@@ -204,7 +217,7 @@ impl Node {
     }
 
     async fn remote_read_index(&self, addr: &str) -> Result<u64, String> {
-        let mut client = peer_client(addr).map_err(|e| e.to_string())?;
+        let mut client = self.peer(addr).map_err(|e| e.to_string())?;
         let r = peer_request(&self.cluster_id, &(), Some(LEADER_WAIT)).map_err(|e| e.to_string())?;
         let r = r.map(|_| pb::Empty {});
         let reply = client.read_index(r).await.map_err(|s| s.message().to_string())?;
@@ -221,7 +234,7 @@ impl Node {
                 Ok(index)
             }
             Some((id, addr)) => {
-                let mut client = peer_client(&addr).map_err(|e| NodeError::Unreachable(e.to_string()))?;
+                let mut client = self.peer(&addr)?;
                 let r = peer_request(&self.cluster_id, &(), Some(self.config.liveness.heartbeat * 3))
                     .map_err(|e| NodeError::Unreachable(e.to_string()))?
                     .map(|_| pb::HeartbeatRequest { node_id: self.id });

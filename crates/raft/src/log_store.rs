@@ -130,7 +130,16 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), std::io::Error> {
-        self.put_meta(COMMITTED_KEY, &committed)
+        // A hint for faster recovery only (openraft learns the commit index from the leader
+        // anyway): no fsync of its own; the next append's commit persists it.
+        let bytes = serde_json::to_vec(&committed).map_err(io_err)?;
+        let mut tx = self.db.begin_write().map_err(io_err)?;
+        tx.set_durability(redb::Durability::Eventual);
+        {
+            let mut t = tx.open_table(META).map_err(io_err)?;
+            t.insert(COMMITTED_KEY, bytes.as_slice()).map_err(io_err)?;
+        }
+        tx.commit().map_err(io_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, std::io::Error> {

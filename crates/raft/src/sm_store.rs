@@ -7,7 +7,7 @@
 //!
 //! `apply` runs `core::ClusterState::apply` for each entry of a batch, then writes the rows it
 //! touched together with the applied log id in one transaction (invariant 1: nothing else
-//! writes these tables). The in-memory [`SharedState`] is the state machine itself; the node
+//! writes these tables). Those commits are not fsynced (the log is); snapshot commits are. The in-memory [`SharedState`] is the state machine itself; the node
 //! reads it (after a ReadIndex for linearizable reads), never writes it.
 
 use std::io::Cursor;
@@ -213,7 +213,13 @@ impl RaftStateMachine<C> for StateMachineStore {
             let a = self.shared.read();
             touched.iter().map(|k: &RowKey| (k.encode(), a.state.row(k))).collect()
         };
-        let tx = self.db.begin_write().map_err(io_err)?;
+        let mut tx = self.db.begin_write().map_err(io_err)?;
+        // No fsync here: the Raft log is the durable record. After a crash the state machine
+        // may come back at an older applied index, and openraft re-applies the committed
+        // entries after it (apply is deterministic). The log is purged only up to a snapshot,
+        // and saving a snapshot commits with immediate durability, which persists every
+        // earlier commit of this file too.
+        tx.set_durability(redb::Durability::Eventual);
         {
             let mut t = tx.open_table(ROWS).map_err(io_err)?;
             for (k, v) in &rows {

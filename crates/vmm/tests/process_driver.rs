@@ -200,7 +200,7 @@ async fn stop_escalates_to_sigkill_after_grace() {
     let root = tempfile::tempdir().expect("tempdir");
     let _guard = KillGuard::new(root.path());
     // Ignores SIGTERM (ignored signals survive exec) and never prints the ready line.
-    let driver = ProcessDriver::new(root.path(), sh("trap '' TERM; exec sleep 1000"));
+    let driver = ProcessDriver::new(root.path(), sh("trap '' TERM; echo armed; exec sleep 1000"));
     driver
         .start(&VmConfig::new("stubborn"), 1)
         .await
@@ -209,6 +209,13 @@ async fn stop_escalates_to_sigkill_after_grace() {
         *s == RunState::Starting
     })
     .await;
+    // Stop only once the trap is in place (a SIGTERM before it would simply end the shell).
+    let console = driver.console_path("stubborn");
+    let deadline = std::time::Instant::now() + T;
+    while !std::fs::read_to_string(&console).unwrap_or_default().contains("armed") {
+        assert!(std::time::Instant::now() < deadline, "the workload never armed its trap");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let started = std::time::Instant::now();
     driver
         .stop("stubborn", Duration::from_millis(300))

@@ -97,7 +97,16 @@ impl Cluster {
             c.add_node(id, Some(&seed), &[]);
         }
         c.wait_members(n.min(3) as usize);
+        c.wait_workers(n as usize);
         c
+    }
+
+    /// Waits until node 1 lists `n` registered workers.
+    pub fn wait_workers(&self, n: usize) {
+        let addr = self.nodes[0].addr.clone();
+        wait_for(&format!("{n} registered workers"), DEADLINE, || {
+            (try_json(&addr, &["node", "list"])?.as_array()?.len() == n).then_some(())
+        });
     }
 
     fn spawn(&self, id: u64, dir: &Path, bootstrap: &[String], extra: &[String], listen: &str) -> Child {
