@@ -207,3 +207,23 @@ fn a_voter_that_stays_down_is_replaced_by_a_healthy_learner() {
     });
     c.wait_members(3);
 }
+
+#[test]
+fn removing_a_node_moves_its_vms_without_running_them_twice() {
+    let mut c = Cluster::start(3, &flags(&[]));
+    json(&c.addr(1), &["cluster", "settings", "--strategy", "spread"]);
+    for i in 0..6 {
+        json(&c.addr(1), &["vm", "create", &format!("r{i}"), "--memory", "32"]);
+    }
+    wait_for("6 running VMs", DEADLINE, || {
+        let l = try_json(&c.addr(1), &["vm", "list"])?;
+        (l.as_array()?.iter().filter(|v| v["state"] == "running").count() == 6).then_some(())
+    });
+    let leader = c.leader();
+    let victim = [1, 2, 3].into_iter().find(|n| *n != leader && !c.vm_dirs(*n).is_empty()).expect("a follower with VMs");
+    let out = common::run_cli(&c.addr(leader), &["cluster", "remove", &victim.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.wait_exit(victim, DEADLINE), "the removed node stops");
+    wait_for("every VM running on the remaining nodes", DEADLINE, || all_running_off(&c, leader, victim, 6));
+    c.assert_never_ran_twice();
+}

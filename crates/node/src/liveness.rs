@@ -46,6 +46,7 @@ struct LeaderView {
 pub struct Liveness {
     lease: Mutex<Lease>,
     view: Mutex<LeaderView>,
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -64,7 +65,20 @@ impl Liveness {
         l.valid_until.is_some_and(|t| SystemTime::now() < t)
     }
 
+    /// Gives the lease up (leaving the cluster): nothing starts any more, and the VM
+    /// supervisors fence whatever still runs.
+    pub fn revoke(&self, lease_file: &std::path::Path) {
+        self.revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.lease.lock().unwrap_or_else(|p| p.into_inner()).valid_until = None;
+        if let Err(e) = write_lease(&lease_file.to_path_buf(), UNIX_EPOCH) {
+            tracing::warn!(error = %e, "writing the revoked lease");
+        }
+    }
+
     fn renew(&self, until: SystemTime, min_applied: u64) {
+        if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let mut l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         if l.valid_until.is_none_or(|t| until > t) {
             l.valid_until = Some(until);
@@ -75,6 +89,14 @@ impl Liveness {
     /// On the leader: a heartbeat from `node` arrived.
     pub fn seen(&self, node: u64) {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).last_seen.insert(node, Instant::now());
+    }
+
+    /// On the leader: how long since `node` was last heard from (since this leader's term
+    /// began, at most; unknown nodes count from now).
+    pub fn silent_for(&self, node: u64) -> Duration {
+        let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = *v.last_seen.entry(node).or_insert_with(Instant::now);
+        seen.elapsed()
     }
 }
 

@@ -408,24 +408,52 @@ impl Node {
             .map_err(|e| membership_err(&format!("removing node {id}"), e))?;
         drop(guard);
         tracing::info!(node = id, "removed from membership");
-        if id != self.id {
-            self.notify_evicted(id, &removed_addr).await;
-        }
-        // The membership change is committed; now the worker record (best effort: the
-        // leader's housekeeping removes workers that are no longer members in any case).
-        if let Err(e) = self.propose(Command::RemoveWorker { id }, None).await {
-            tracing::debug!(node = id, error = %e, "removing worker record");
+        // Its VMs may be placed elsewhere only once they have stopped there: either the node
+        // confirms it stopped them, or its lease has run out (it can no longer renew it: the
+        // leader refuses heartbeats from non-members). Until then the worker record, and so
+        // the placements, stay.
+        let fenced = if id == self.id { self.stop_all_vms().await } else { self.notify_evicted(id, &removed_addr).await };
+        if fenced {
+            if let Err(e) = self.propose(Command::RemoveWorker { id }, None).await {
+                tracing::debug!(node = id, error = %e, "removing worker record");
+            }
+        } else {
+            tracing::warn!(node = id, "the removed node did not confirm its VMs stopped: they move once its lease has expired");
         }
         Ok(())
     }
 
-    /// Tells a removed node so (best effort: it may be down).
-    async fn notify_evicted(&self, id: u64, addr: &str) {
-        let Ok(mut client) = peer_client(addr) else { return };
-        let Ok(req) = peer_request(&self.cluster_id, &(), Some(Duration::from_secs(2))) else { return };
+    /// Stops every VM on this host (before leaving the cluster). Returns whether all stopped.
+    pub(crate) async fn stop_all_vms(&self) -> bool {
+        self.liveness.revoke(&crate::liveness::lease_file(self));
+        let vms = match self.driver.list().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "listing VMs to stop them");
+                return false;
+            }
+        };
+        let mut ok = true;
+        for vm in vms.into_iter().filter(|v| v.state.is_alive()) {
+            if let Err(e) = self.driver.stop(&vm.name, crate::executor::STOP_GRACE).await {
+                tracing::error!(vm = %vm.name, error = %e, "stopping VM");
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// Tells a removed node so; it stops its VMs and confirms (false: no confirmation).
+    async fn notify_evicted(&self, id: u64, addr: &str) -> bool {
+        let Ok(mut client) = peer_client(addr) else { return false };
+        let Ok(req) = peer_request(&self.cluster_id, &(), Some(crate::executor::STOP_GRACE * 2)) else { return false };
         let req = req.map(|_| pb::EvictedNotice { node_id: id });
-        if let Err(e) = client.evicted(req).await {
-            tracing::info!(node = id, error = %e.message(), "could not tell the removed node");
+        match client.evicted(req).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::info!(node = id, error = %e.message(), "could not tell the removed node");
+                false
+            }
         }
     }
 
@@ -443,6 +471,9 @@ impl Node {
             }
             a.state.workers.keys().filter(|id| m.get_node(id).is_none()).copied().collect()
         };
+        // Only once they cannot be running any more: silent for lease + grace.
+        let t = &self.config.liveness;
+        let departed: Vec<u64> = departed.into_iter().filter(|id| self.liveness.silent_for(*id) > t.lease + t.grace).collect();
         for id in departed {
             tracing::info!(node = id, "forgetting worker that is no longer a member");
             if let Err(e) = self.propose(Command::RemoveWorker { id }, None).await {

@@ -356,6 +356,11 @@ impl RaftPeer for Api {
 
     async fn heartbeat(&self, r: GrpcRequest<pb::HeartbeatRequest>) -> Result<Response<pb::ReadIndexReply>, Status> {
         self.check_peer(&r)?;
+        // A removed node must not renew its lease: its VMs are about to run elsewhere.
+        let id = r.get_ref().node_id;
+        if self.node.members().iter().all(|m| m.id != id) {
+            return Err(Status::permission_denied(format!("node {id} is not a member of this cluster")));
+        }
         // Confirm leadership with a quorum first: a deposed leader must not renew leases.
         let index = self.node.leader_read_index().await?;
         self.node.liveness.seen(r.get_ref().node_id);
@@ -367,7 +372,10 @@ impl RaftPeer for Api {
         if r.get_ref().node_id != self.node.id {
             return Err(Status::invalid_argument(format!("this is node {}, not node {}", self.node.id, r.get_ref().node_id)));
         }
-        tracing::warn!(node = self.node.id, "the leader removed this node from the cluster; shutting down");
+        tracing::warn!(node = self.node.id, "the leader removed this node from the cluster; stopping its VMs and shutting down");
+        if !self.node.stop_all_vms().await {
+            return Err(Status::internal("could not stop every VM"));
+        }
         crate::mark_left(&self.node)?;
         self.node.request_shutdown();
         Ok(Response::new(pb::Empty {}))
