@@ -68,10 +68,12 @@ echo $$ > "$dir/supervisor.pid"
 ev start
 wd=
 if [ -n "${BLIXARD_LEASE_FILE:-}" ]; then
-  ( while sleep 0.25; do
+  ( p=
+    while sleep 0.25; do
       [ -f "$dir/exit_code" ] && exit 0
-      [ -f "$dir/pid" ] || continue
-      p=$(cat "$dir/pid")
+      [ -n "$p" ] || p=$(cat "$dir/pid" 2>/dev/null) || continue
+      [ -n "$p" ] || continue
+      if [ ! -d "$dir" ]; then kill -9 "$p" 2>/dev/null; exit 0; fi
       exp=$(cat "$BLIXARD_LEASE_FILE" 2>/dev/null)
       if [ "$(date +%s%3N)" -gt "${exp:-0}" ]; then
         echo "the node's lease expired (last valid until ${exp:-never} ms): fenced" > "$dir/fenced"

@@ -304,18 +304,19 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             self.dump_logs();
         }
-        // VMs run detached from their daemon: kill what the nodes started.
+        // Daemons first, so that nothing starts another VM; then the VMs, which run
+        // detached from their daemon.
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
         for n in &self.nodes {
             for name in self.vm_dirs(n.id) {
                 if let Some(pid) = self.vm_pid(n.id, &name) {
                     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
                 }
-            }
-        }
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
             }
         }
     }
