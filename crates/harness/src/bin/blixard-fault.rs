@@ -1,0 +1,80 @@
+//! `blixard-fault`: run the fault harness for one or more seeds and print a summary.
+//!
+//! ```text
+//! blixard-fault [--seed S | --seeds N [--first-seed S]] [--duration SECS] [--nodes N]
+//!               [--clients N] [--keys N] [--bin PATH] [--out DIR] [--keep]
+//! ```
+//! Exit status 1 when any seed found an anomaly, 2 on a harness error.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use blixard_harness::run::{run, Config};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut seeds: Vec<u64> = Vec::new();
+    let (mut count, mut first) = (None::<u64>, None::<u64>);
+    let mut cfg = Config::new(0, Duration::from_secs(30), blixard_harness::default_bin());
+    while let Some(a) = args.next() {
+        let mut val = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        match a.as_str() {
+            "--seed" => seeds.push(val().parse().unwrap_or_else(|_| usage("bad --seed"))),
+            "--seeds" => count = Some(val().parse().unwrap_or_else(|_| usage("bad --seeds"))),
+            "--first-seed" => first = Some(val().parse().unwrap_or_else(|_| usage("bad --first-seed"))),
+            "--duration" => cfg.duration = Duration::from_secs(val().parse().unwrap_or_else(|_| usage("bad --duration"))),
+            "--nodes" => cfg.nodes = val().parse().unwrap_or_else(|_| usage("bad --nodes")),
+            "--clients" => cfg.clients = val().parse().unwrap_or_else(|_| usage("bad --clients")),
+            "--keys" => cfg.keys = val().parse().unwrap_or_else(|_| usage("bad --keys")),
+            "--bin" => cfg.bin = PathBuf::from(val()),
+            "--out" => cfg.out = PathBuf::from(val()),
+            "--keep" => cfg.keep = true,
+            "-h" | "--help" => usage(""),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    if let Some(n) = count {
+        let base = first.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+        });
+        seeds.extend((0..n).map(|k| base + k));
+    }
+    if seeds.is_empty() {
+        seeds.push(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007));
+    }
+    if cfg.nodes < 3 {
+        usage("--nodes must be at least 3");
+    }
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let (mut ops, mut faults, mut anomalies, mut failed) = (0, 0, 0, Vec::new());
+    for s in &seeds {
+        let c = Config { seed: *s, ..cfg.clone() };
+        match rt.block_on(run(&c)) {
+            Ok(r) => {
+                ops += r.ops;
+                faults += r.faults_injected;
+                anomalies += r.anomalies.len();
+                if !r.passed() {
+                    failed.push(format!("seed {s}: {} anomalies, evidence {}; replay: {}", r.anomalies.len(), r.dir.display(), r.replay));
+                }
+            }
+            Err(e) => {
+                eprintln!("fault: seed {s}: harness error: {e:#}");
+                std::process::exit(2);
+            }
+        }
+    }
+    println!("SUMMARY seeds={} operations={ops} faults_injected={faults} anomalies={anomalies} failed_seeds={}", seeds.len(), failed.len());
+    for f in &failed {
+        println!("FAILED {f}");
+    }
+    std::process::exit(if failed.is_empty() { 0 } else { 1 });
+}
+
+fn usage(msg: &str) -> ! {
+    if !msg.is_empty() {
+        eprintln!("blixard-fault: {msg}");
+    }
+    eprintln!("usage: blixard-fault [--seed S]... [--seeds N [--first-seed S]] [--duration SECS] [--nodes N] [--clients N] [--keys N] [--bin PATH] [--out DIR] [--keep]");
+    std::process::exit(if msg.is_empty() { 0 } else { 2 });
+}
