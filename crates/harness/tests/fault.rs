@@ -20,7 +20,7 @@ fn seeds() -> Vec<u64> {
     std::env::var("BLIXARD_FAULT_SEEDS")
         .ok()
         .map(|s| s.split(',').map(|x| x.trim().parse().expect("BLIXARD_FAULT_SEEDS: numbers")).collect())
-        .unwrap_or_else(|| vec![1, 2])
+        .unwrap_or_else(|| vec![1, 2, 3])
 }
 
 fn duration() -> Duration {
