@@ -18,7 +18,10 @@ use crate::net::Net;
 pub const PORT: u16 = 7000;
 
 pub struct Daemon {
+    /// Slot (namespace number), from 1.
     pub id: usize,
+    /// Raft node id: the slot at first, a new id after a membership change replaced it.
+    pub node_id: u64,
     pub dir: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
@@ -57,7 +60,7 @@ impl Cluster {
         for i in 1..=n {
             let d = dir.join("nodes").join(format!("n{i}"));
             std::fs::create_dir_all(&d)?;
-            daemons.push(Daemon { id: i, log: dir.join("nodes").join(format!("n{i}.log")), dir: d.join("data"), child: None, paused: false });
+            daemons.push(Daemon { id: i, node_id: i as u64, log: dir.join("nodes").join(format!("n{i}.log")), dir: d.join("data"), child: None, paused: false });
             clients.push(client(&format!("{}:{PORT}", net.ip(i)), op_timeout)?);
         }
         let mut c = Cluster { bin: bin.to_path_buf(), events, daemons, clients, net };
@@ -82,7 +85,7 @@ impl Cluster {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns])
             .arg(&self.bin)
-            .args(["node", "--id", &i.to_string(), "--listen", &listen, "--data-dir"])
+            .args(["node", "--id", &d.node_id.to_string(), "--listen", &listen, "--data-dir"])
             .arg(&d.dir)
             .args(["--driver", "process", "--heartbeat-ms", "100", "--election-ms", "500"])
             .args(["--vcpus", "256", "--memory-mb", "262144"])
@@ -158,7 +161,37 @@ impl Cluster {
         for l in s.iter().flatten().filter_map(|s| s.leader_id) {
             *votes.entry(l).or_insert(0) += 1;
         }
-        votes.into_iter().max_by_key(|&(_, v)| v).map(|(l, _)| l as usize)
+        let l = votes.into_iter().max_by_key(|&(_, v)| v).map(|(l, _)| l)?;
+        self.daemons.iter().find(|d| d.node_id == l).map(|d| d.id)
+    }
+
+    /// Removes the node in slot `i` through another member, waits for it to stop, then starts
+    /// a fresh node (new id, empty data dir) in the same namespace that joins the cluster.
+    pub async fn replace(&mut self, i: usize) -> Result<String> {
+        let old = self.daemons[i - 1].node_id;
+        let via = (1..=self.daemons.len()).find(|&j| j != i && self.is_running(j)).context("no other live node")?;
+        let mut c = self.clients[via - 1].clone();
+        tokio::time::timeout(Duration::from_secs(5), c.remove_member(pb::RemoveMemberRequest { node_id: old }))
+            .await
+            .context("remove member: timeout")?
+            .context("remove member")?;
+        // A removed node is told to stop; make sure.
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            let exited = self.daemons[i - 1].child.as_mut().is_none_or(|ch| ch.try_wait().ok().flatten().is_some());
+            if exited {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.kill9(i);
+        let new = self.daemons.iter().map(|d| d.node_id).max().unwrap_or(0) + 1;
+        let d = &mut self.daemons[i - 1];
+        let _ = std::fs::rename(&d.dir, d.dir.with_file_name(format!("data.removed-{old}")));
+        d.node_id = new;
+        let join = format!("--join={}:{PORT}", self.net.ip(via));
+        self.spawn(i, Some(join))?;
+        Ok(format!("removed node {old} (slot {i}) and started node {new} in its place"))
     }
 
     pub async fn wait(

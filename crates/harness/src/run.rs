@@ -144,6 +144,7 @@ async fn inject(c: &Arc<tokio::sync::Mutex<Cluster>>, fault: &Fault) -> Result<O
             c.pause(*node);
             Some(format!("SIGSTOP node {node}"))
         }
+        Fault::Replace { node } => Some(c.replace(*node).await?),
         Fault::Netem { node, delay_ms, loss_pct } => {
             if c.net.netem_supported() {
                 c.net.netem(*node, *delay_ms, *loss_pct)?;

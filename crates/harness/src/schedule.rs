@@ -21,6 +21,9 @@ pub enum Fault {
     Pause { node: usize },
     /// tc netem delay and loss on the node's link (skipped when the kernel lacks netem).
     Netem { node: usize, delay_ms: u64, loss_pct: u64 },
+    /// Membership change: remove the node in slot `node` through Raft, then start a new node
+    /// (fresh data dir, new id) in the same namespace that joins the cluster.
+    Replace { node: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,12 +53,13 @@ impl Schedule {
         let mut t = rng.gen_range(1_000..2_500);
         let end = duration_ms.saturating_sub(2_000);
         let mut first = true;
+        let mut replaced = false;
         while t + 1_500 < end {
             let node = rng.gen_range(1..=nodes);
             let fault = if first {
                 Fault::Isolate { node }
             } else {
-                match rng.gen_range(0..6) {
+                match rng.gen_range(0..7) {
                     0 => Fault::Isolate { node },
                     1 => Fault::IsolateLeader,
                     2 => {
@@ -67,6 +71,11 @@ impl Schedule {
                     }
                     3 => Fault::Kill { node },
                     4 => Fault::Pause { node },
+                    6 if !replaced => {
+                        replaced = true;
+                        Fault::Replace { node }
+                    }
+                    6 => Fault::Kill { node },
                     _ => Fault::Netem { node, delay_ms: rng.gen_range(20..200), loss_pct: rng.gen_range(0..20) },
                 }
             };

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! blixard-fault [--seed S | --seeds N [--first-seed S]] [--duration SECS] [--nodes N]
-//!               [--clients N] [--keys N] [--bin PATH] [--out DIR] [--keep]
+//!               [--clients N] [--keys N] [--bin PATH] [--out DIR] [--keep] [--schedule-only]
+//! blixard-fault --check-history FOLDER/history.jsonl
 //! ```
 //! Exit status 1 when any seed found an anomaly, 2 on a harness error.
 
@@ -15,6 +16,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mut seeds: Vec<u64> = Vec::new();
     let (mut count, mut first) = (None::<u64>, None::<u64>);
+    let mut schedule_only = false;
     let mut cfg = Config::new(0, Duration::from_secs(30), blixard_harness::default_bin());
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
@@ -29,6 +31,11 @@ fn main() {
             "--bin" => cfg.bin = PathBuf::from(val()),
             "--out" => cfg.out = PathBuf::from(val()),
             "--keep" => cfg.keep = true,
+            "--schedule-only" => schedule_only = true,
+            "--check-history" => {
+                check_history(&PathBuf::from(val()));
+                return;
+            }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -44,6 +51,13 @@ fn main() {
     }
     if cfg.nodes < 3 {
         usage("--nodes must be at least 3");
+    }
+    if schedule_only {
+        for s in &seeds {
+            let sch = blixard_harness::schedule::Schedule::generate(*s, cfg.nodes, cfg.duration.as_millis() as u64);
+            println!("{}", serde_json::to_string(&sch).expect("json"));
+        }
+        return;
     }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let (mut ops, mut faults, mut anomalies, mut failed) = (0, 0, 0, Vec::new());
@@ -75,6 +89,30 @@ fn usage(msg: &str) -> ! {
     if !msg.is_empty() {
         eprintln!("blixard-fault: {msg}");
     }
-    eprintln!("usage: blixard-fault [--seed S]... [--seeds N [--first-seed S]] [--duration SECS] [--nodes N] [--clients N] [--keys N] [--bin PATH] [--out DIR] [--keep]");
+    eprintln!("usage: blixard-fault [--seed S]... [--seeds N [--first-seed S]] [--duration SECS] [--nodes N] [--clients N] [--keys N] [--bin PATH] [--out DIR] [--keep] [--schedule-only]");
     std::process::exit(if msg.is_empty() { 0 } else { 2 });
+}
+
+/// Re-runs the linearizability check on a saved `history.jsonl` and explains violations.
+fn check_history(path: &std::path::Path) {
+    use blixard_harness::history::Record;
+    use blixard_harness::lin;
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| usage(&format!("{}: {e}", path.display())));
+    let history: Vec<Record> = text.lines().map(|l| serde_json::from_str(l).expect("history line")).collect();
+    let mut keys: Vec<String> = history.iter().filter_map(|r| r.key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let ops = lin::project(&history, &key);
+        let v = lin::check(&ops, lin::ABSENT, 20_000_000);
+        println!("{key}: {} ops, {v:?}", ops.len());
+        if let Some(k) = lin::shortest_failing_prefix(&ops, 20_000_000) {
+            let mut sorted = ops.clone();
+            sorted.sort_by_key(|o| o.call);
+            println!("  shortest failing prefix: {k} ops; its last operations:");
+            for o in &sorted[k.saturating_sub(12)..k] {
+                println!("    {}", serde_json::to_string(&history[o.record]).unwrap_or_default());
+            }
+        }
+    }
 }
