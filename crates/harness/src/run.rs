@@ -33,6 +33,8 @@ pub struct Config {
     pub out: PathBuf,
     /// Keep the run folder even when the run passes.
     pub keep: bool,
+    /// Allow membership-change faults in the schedule.
+    pub replace: bool,
 }
 
 impl Config {
@@ -48,16 +50,18 @@ impl Config {
             bin,
             out: std::env::temp_dir().join("blixard-fault"),
             keep: false,
+            replace: true,
         }
     }
 
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run -p blixard-harness --bin blixard-fault -- --seed {} --duration {} --nodes {} --bin {}",
+            "cargo run -p blixard-harness --bin blixard-fault -- --seed {} --duration {} --nodes {} --bin {}{}",
             self.seed,
             self.duration.as_secs(),
             self.nodes,
-            self.bin.display()
+            self.bin.display(),
+            if self.replace { "" } else { " --no-replace" }
         )
     }
 }
@@ -184,7 +188,7 @@ pub async fn run(cfg: &Config) -> Result<Report> {
     let started = std::time::Instant::now();
     let dir = cfg.out.join(format!("seed-{}-{}", cfg.seed, now_unix_ms()));
     std::fs::create_dir_all(&dir)?;
-    let schedule = Schedule::generate(cfg.seed, cfg.nodes, cfg.duration.as_millis() as u64);
+    let schedule = Schedule::generate_with(cfg.seed, cfg.nodes, cfg.duration.as_millis() as u64, cfg.replace);
     std::fs::write(dir.join("schedule.json"), serde_json::to_string_pretty(&schedule)?)?;
     std::fs::write(dir.join("replay.sh"), format!("#!/bin/sh\n{}\n", cfg.replay_command()))?;
     eprintln!("fault: seed {} ({} faults scheduled over {:?}), folder {}", cfg.seed, schedule.steps.len(), cfg.duration, dir.display());

@@ -48,6 +48,12 @@ impl Schedule {
     /// 1-3 s of healthy network. The first fault always isolates one node for at least 3 s, so
     /// every run exercises reads served by a node cut off from the quorum.
     pub fn generate(seed: u64, nodes: usize, duration_ms: u64) -> Schedule {
+        Self::generate_with(seed, nodes, duration_ms, true)
+    }
+
+    /// `replace`: whether membership changes may be scheduled (when not, a kill takes their
+    /// place, so the rest of the schedule stays the same).
+    pub fn generate_with(seed: u64, nodes: usize, duration_ms: u64, replace: bool) -> Schedule {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut steps = Vec::new();
         let mut t = rng.gen_range(1_000..2_500);
@@ -71,7 +77,7 @@ impl Schedule {
                     }
                     3 => Fault::Kill { node },
                     4 => Fault::Pause { node },
-                    6 if !replaced => {
+                    6 if replace && !replaced => {
                         replaced = true;
                         Fault::Replace { node }
                     }
@@ -104,5 +110,10 @@ mod tests {
             assert!(w[0].at_ms + w[0].dur_ms < w[1].at_ms, "faults overlap: {w:?}");
         }
         assert!(a.steps.iter().all(|s| s.at_ms + s.dur_ms <= 38_000));
+        for seed in 0..50 {
+            let s = Schedule::generate_with(seed, 3, 40_000, false);
+            assert!(!s.steps.iter().any(|s| matches!(s.fault, Fault::Replace { .. })));
+            assert_eq!(s.steps.len(), Schedule::generate(seed, 3, 40_000).steps.len());
+        }
     }
 }

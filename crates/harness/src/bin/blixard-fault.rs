@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! blixard-fault [--seed S | --seeds N [--first-seed S]] [--duration SECS] [--nodes N]
-//!               [--clients N] [--keys N] [--bin PATH] [--out DIR] [--keep] [--schedule-only]
+//!               [--clients N] [--keys N] [--bin PATH] [--out DIR] [--keep] [--no-replace] [--schedule-only]
 //! blixard-fault --check-history FOLDER/history.jsonl
 //! ```
 //! Exit status 1 when any seed found an anomaly, 2 on a harness error.
@@ -31,6 +31,7 @@ fn main() {
             "--bin" => cfg.bin = PathBuf::from(val()),
             "--out" => cfg.out = PathBuf::from(val()),
             "--keep" => cfg.keep = true,
+            "--no-replace" => cfg.replace = false,
             "--schedule-only" => schedule_only = true,
             "--check-history" => {
                 check_history(&PathBuf::from(val()));
@@ -54,7 +55,7 @@ fn main() {
     }
     if schedule_only {
         for s in &seeds {
-            let sch = blixard_harness::schedule::Schedule::generate(*s, cfg.nodes, cfg.duration.as_millis() as u64);
+            let sch = blixard_harness::schedule::Schedule::generate_with(*s, cfg.nodes, cfg.duration.as_millis() as u64, cfg.replace);
             println!("{}", serde_json::to_string(&sch).expect("json"));
         }
         return;
@@ -89,7 +90,7 @@ fn usage(msg: &str) -> ! {
     if !msg.is_empty() {
         eprintln!("blixard-fault: {msg}");
     }
-    eprintln!("usage: blixard-fault [--seed S]... [--seeds N [--first-seed S]] [--duration SECS] [--nodes N] [--clients N] [--keys N] [--bin PATH] [--out DIR] [--keep] [--schedule-only]");
+    eprintln!("usage: blixard-fault [--seed S]... [--seeds N [--first-seed S]] [--duration SECS] [--nodes N] [--clients N] [--keys N] [--bin PATH] [--out DIR] [--keep] [--no-replace] [--schedule-only]");
     std::process::exit(if msg.is_empty() { 0 } else { 2 });
 }
 
