@@ -48,8 +48,13 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
+/// Alive and not a zombie (a harness killed with SIGKILL may linger unreaped).
 fn pid_alive(pid: i32) -> bool {
-    PathBuf::from(format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
 }
 
 fn marker(run: u8) -> PathBuf {

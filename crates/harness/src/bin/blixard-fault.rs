@@ -64,7 +64,22 @@ fn main() {
     let (mut ops, mut faults, mut anomalies, mut failed) = (0, 0, 0, Vec::new());
     for s in &seeds {
         let c = Config { seed: *s, ..cfg.clone() };
-        match rt.block_on(run(&c)) {
+        // Ctrl-C / SIGTERM: drop the run (and the runtime's tasks), whose Drop guards kill the
+        // daemons and remove the namespaces, then exit.
+        let r = rt.block_on(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+            tokio::select! {
+                r = run(&c) => Some(r),
+                _ = tokio::signal::ctrl_c() => None,
+                _ = term.recv() => None,
+            }
+        });
+        let Some(r) = r else {
+            drop(rt);
+            eprintln!("fault: interrupted; cleaned up");
+            std::process::exit(130);
+        };
+        match r {
             Ok(r) => {
                 ops += r.ops;
                 faults += r.faults_injected;
