@@ -9,16 +9,34 @@ use crate::history::{OpKind, Outcome, Record};
 /// Every acknowledged create is present after healing unless a delete (acknowledged or of
 /// unknown outcome) may have followed it; every acknowledged set-desired is visible unless a
 /// later write may have overwritten it. `final_state`: key -> desired running? for present VMs.
-pub fn acknowledged_survive(history: &[Record], final_state: &BTreeMap<String, bool>) -> Vec<String> {
+pub fn acknowledged_survive(
+    history: &[Record],
+    final_state: &BTreeMap<String, bool>,
+) -> Vec<String> {
     let mut out = Vec::new();
     let may_apply = |r: &Record| matches!(r.outcome, Outcome::Ok | Outcome::Unknown { .. });
-    let end = |r: &Record| if matches!(r.outcome, Outcome::Unknown { .. }) { u64::MAX } else { r.complete_us };
-    for w in history.iter().filter(|r| r.outcome == Outcome::Ok && !r.op.is_read()) {
+    let end = |r: &Record| {
+        if matches!(r.outcome, Outcome::Unknown { .. }) {
+            u64::MAX
+        } else {
+            r.complete_us
+        }
+    };
+    for w in history
+        .iter()
+        .filter(|r| r.outcome == Outcome::Ok && !r.op.is_read())
+    {
         let key = w.key.as_deref().unwrap_or_default();
         // writes on the key that may be ordered after w (not finished before w started)
         let later: Vec<&Record> = history
             .iter()
-            .filter(|r| r.id != w.id && r.key.as_deref() == Some(key) && !r.op.is_read() && may_apply(r) && end(r) > w.invoke_us)
+            .filter(|r| {
+                r.id != w.id
+                    && r.key.as_deref() == Some(key)
+                    && !r.op.is_read()
+                    && may_apply(r)
+                    && end(r) > w.invoke_us
+            })
             .collect();
         let fin = final_state.get(key);
         match &w.op {
@@ -27,7 +45,9 @@ pub fn acknowledged_survive(history: &[Record], final_state: &BTreeMap<String, b
                 if fin.is_none() && !deleted_after {
                     out.push(format!("acknowledged {:?} of {key} (record {}) lost: absent after healing, no delete may follow it", w.op, w.id));
                 }
-                let overwritten = later.iter().any(|r| matches!(r.op, OpKind::SetDesired { .. } | OpKind::Create { .. }));
+                let overwritten = later
+                    .iter()
+                    .any(|r| matches!(r.op, OpKind::SetDesired { .. } | OpKind::Create { .. }));
                 if fin.is_some_and(|f| f != start) && !overwritten && !deleted_after {
                     out.push(format!("acknowledged {:?} of {key} (record {}) lost: desired differs after healing", w.op, w.id));
                 }
@@ -43,8 +63,12 @@ pub fn acknowledged_survive(history: &[Record], final_state: &BTreeMap<String, b
     }
     // No half-applied or invented state: every present key was written by some create.
     for key in final_state.keys() {
-        if !history.iter().any(|r| r.key.as_deref() == Some(key) && matches!(r.op, OpKind::Create { .. }) && may_apply(r)) {
-            out.push(format!("{key} is present after healing but no create of it may have taken effect"));
+        if !history.iter().any(|r| {
+            r.key.as_deref() == Some(key) && matches!(r.op, OpKind::Create { .. }) && may_apply(r)
+        }) {
+            out.push(format!(
+                "{key} is present after healing but no create of it may have taken effect"
+            ));
         }
     }
     out
@@ -69,10 +93,21 @@ pub fn intervals(events: &[Event]) -> Vec<Interval> {
         match e.kind {
             EventKind::Start => {
                 open.entry(k).or_default().push(out.len());
-                out.push(Interval { name: e.name.clone(), epoch: e.epoch, start: e.unix_ms, stop: None });
+                out.push(Interval {
+                    name: e.name.clone(),
+                    epoch: e.epoch,
+                    start: e.unix_ms,
+                    stop: None,
+                });
             }
             EventKind::Stop => {
-                if let Some(i) = open.get_mut(&k).and_then(|v| if v.is_empty() { None } else { Some(v.remove(0)) }) {
+                if let Some(i) = open.get_mut(&k).and_then(|v| {
+                    if v.is_empty() {
+                        None
+                    } else {
+                        Some(v.remove(0))
+                    }
+                }) {
                     out[i].stop = Some(e.unix_ms);
                 }
             }
@@ -118,16 +153,30 @@ mod tests {
     use super::*;
 
     fn ev(kind: EventKind, t: u64, name: &str, epoch: u64) -> Event {
-        Event { kind, unix_ms: t, name: name.into(), epoch }
+        Event {
+            kind,
+            unix_ms: t,
+            name: name.into(),
+            epoch,
+        }
     }
 
     #[test]
     fn overlap_across_epochs_is_found() {
         use EventKind::*;
         let strict: BTreeSet<String> = ["a".to_string()].into();
-        let ok = vec![ev(Start, 1, "a", 5), ev(Stop, 10, "a", 5), ev(Start, 10, "a", 9), ev(Start, 3, "b", 2)];
+        let ok = vec![
+            ev(Start, 1, "a", 5),
+            ev(Stop, 10, "a", 5),
+            ev(Start, 10, "a", 9),
+            ev(Start, 3, "b", 2),
+        ];
         assert_eq!(runs_twice(&ok, &strict), (vec![], vec![]));
-        let bad = vec![ev(Start, 1, "a", 5), ev(Start, 5, "a", 9), ev(Stop, 10, "a", 5)];
+        let bad = vec![
+            ev(Start, 1, "a", 5),
+            ev(Start, 5, "a", 9),
+            ev(Stop, 10, "a", 5),
+        ];
         assert_eq!(runs_twice(&bad, &strict).0.len(), 1);
         let open = vec![ev(Start, 1, "b", 5), ev(Start, 5, "b", 9)];
         let (a, w) = runs_twice(&open, &strict);
@@ -135,18 +184,44 @@ mod tests {
     }
 
     fn rec(id: usize, key: &str, op: OpKind, t: (u64, u64), outcome: Outcome) -> Record {
-        Record { id, client: 0, node: 1, key: Some(key.into()), op, invoke_us: t.0, complete_us: t.1, outcome }
+        Record {
+            id,
+            client: 0,
+            node: 1,
+            key: Some(key.into()),
+            op,
+            invoke_us: t.0,
+            complete_us: t.1,
+            outcome,
+        }
     }
 
     #[test]
     fn lost_create_is_found() {
-        let h = vec![rec(0, "k", OpKind::Create { start: true }, (0, 1), Outcome::Ok)];
+        let h = vec![rec(
+            0,
+            "k",
+            OpKind::Create { start: true },
+            (0, 1),
+            Outcome::Ok,
+        )];
         assert!(acknowledged_survive(&h, &BTreeMap::from([("k".to_string(), true)])).is_empty());
         assert_eq!(acknowledged_survive(&h, &BTreeMap::new()).len(), 1);
         let mut h2 = h.clone();
-        h2.push(rec(1, "k", OpKind::Delete, (5, 6), Outcome::Unknown { error: "timeout".into() }));
+        h2.push(rec(
+            1,
+            "k",
+            OpKind::Delete,
+            (5, 6),
+            Outcome::Unknown {
+                error: "timeout".into(),
+            },
+        ));
         assert!(acknowledged_survive(&h2, &BTreeMap::new()).is_empty());
         // present but never created
-        assert_eq!(acknowledged_survive(&[], &BTreeMap::from([("z".to_string(), true)])).len(), 1);
+        assert_eq!(
+            acknowledged_survive(&[], &BTreeMap::from([("z".to_string(), true)])).len(),
+            1
+        );
     }
 }

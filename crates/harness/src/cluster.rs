@@ -60,17 +60,37 @@ impl Cluster {
         for i in 1..=n {
             let d = dir.join("nodes").join(format!("n{i}"));
             std::fs::create_dir_all(&d)?;
-            daemons.push(Daemon { id: i, node_id: i as u64, log: dir.join("nodes").join(format!("n{i}.log")), dir: d.join("data"), child: None, paused: false });
+            daemons.push(Daemon {
+                id: i,
+                node_id: i as u64,
+                log: dir.join("nodes").join(format!("n{i}.log")),
+                dir: d.join("data"),
+                child: None,
+                paused: false,
+            });
             clients.push(client(&format!("{}:{PORT}", net.ip(i)), op_timeout)?);
         }
-        let mut c = Cluster { bin: bin.to_path_buf(), events, daemons, clients, net };
+        let mut c = Cluster {
+            bin: bin.to_path_buf(),
+            events,
+            daemons,
+            clients,
+            net,
+        };
         c.spawn(1, Some("--init".into()))?;
-        c.wait("node 1 to lead", Duration::from_secs(30), |s| s.iter().flatten().any(|s| s.leader_id == Some(1))).await?;
+        c.wait("node 1 to lead", Duration::from_secs(30), |s| {
+            s.iter().flatten().any(|s| s.leader_id == Some(1))
+        })
+        .await?;
         for i in 2..=n {
             c.spawn(i, Some(format!("--join={}:{PORT}", c.net.ip(1))))?;
         }
         c.wait("all nodes to be voters", Duration::from_secs(60), |s| {
-            s.iter().all(|s| s.as_ref().is_some_and(|s| s.members.len() == n && s.members.iter().all(|m| m.role == "voter")))
+            s.iter().all(|s| {
+                s.as_ref().is_some_and(|s| {
+                    s.members.len() == n && s.members.iter().all(|m| m.role == "voter")
+                })
+            })
         })
         .await?;
         Ok(c)
@@ -85,12 +105,29 @@ impl Cluster {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns])
             .arg(&self.bin)
-            .args(["node", "--id", &d.node_id.to_string(), "--listen", &listen, "--data-dir"])
+            .args([
+                "node",
+                "--id",
+                &d.node_id.to_string(),
+                "--listen",
+                &listen,
+                "--data-dir",
+            ])
             .arg(&d.dir)
-            .args(["--driver", "process", "--heartbeat-ms", "100", "--election-ms", "500"])
+            .args([
+                "--driver",
+                "process",
+                "--heartbeat-ms",
+                "100",
+                "--election-ms",
+                "500",
+            ])
             .args(["--vcpus", "256", "--memory-mb", "262144"])
             .env("BLIXARD_EVENTS_FILE", &self.events)
-            .env("RUST_LOG", std::env::var("BLIXARD_FAULT_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BLIXARD_FAULT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -103,7 +140,10 @@ impl Cluster {
     }
 
     fn pid(&self, i: usize) -> Option<Pid> {
-        self.daemons[i - 1].child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+        self.daemons[i - 1]
+            .child
+            .as_ref()
+            .map(|c| Pid::from_raw(c.id() as i32))
     }
 
     pub fn kill9(&mut self, i: usize) {
@@ -149,7 +189,11 @@ impl Cluster {
     pub async fn statuses(&self) -> Vec<Option<pb::ClusterStatusReply>> {
         let mut out = Vec::new();
         for i in 1..=self.daemons.len() {
-            out.push(if self.is_running(i) { self.status(i).await } else { None });
+            out.push(if self.is_running(i) {
+                self.status(i).await
+            } else {
+                None
+            });
         }
         out
     }
@@ -169,16 +213,24 @@ impl Cluster {
     /// a fresh node (new id, empty data dir) in the same namespace that joins the cluster.
     pub async fn replace(&mut self, i: usize) -> Result<String> {
         let old = self.daemons[i - 1].node_id;
-        let via = (1..=self.daemons.len()).find(|&j| j != i && self.is_running(j)).context("no other live node")?;
+        let via = (1..=self.daemons.len())
+            .find(|&j| j != i && self.is_running(j))
+            .context("no other live node")?;
         let mut c = self.clients[via - 1].clone();
-        tokio::time::timeout(Duration::from_secs(5), c.remove_member(pb::RemoveMemberRequest { node_id: old }))
-            .await
-            .context("remove member: timeout")?
-            .context("remove member")?;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            c.remove_member(pb::RemoveMemberRequest { node_id: old }),
+        )
+        .await
+        .context("remove member: timeout")?
+        .context("remove member")?;
         // A removed node is told to stop; make sure.
         let end = Instant::now() + Duration::from_secs(3);
         while Instant::now() < end {
-            let exited = self.daemons[i - 1].child.as_mut().is_none_or(|ch| ch.try_wait().ok().flatten().is_some());
+            let exited = self.daemons[i - 1]
+                .child
+                .as_mut()
+                .is_none_or(|ch| ch.try_wait().ok().flatten().is_some());
             if exited {
                 break;
             }
@@ -191,7 +243,9 @@ impl Cluster {
         d.node_id = new;
         let join = format!("--join={}:{PORT}", self.net.ip(via));
         self.spawn(i, Some(join))?;
-        Ok(format!("removed node {old} (slot {i}) and started node {new} in its place"))
+        Ok(format!(
+            "removed node {old} (slot {i}) and started node {new} in its place"
+        ))
     }
 
     pub async fn wait(

@@ -9,10 +9,14 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "f", rename_all = "snake_case")]
 pub enum OpKind {
     /// CreateVm with `start` (desired running) or not (desired stopped).
-    Create { start: bool },
+    Create {
+        start: bool,
+    },
     Delete,
     /// SetVmDesired: the per-VM register write.
-    SetDesired { running: bool },
+    SetDesired {
+        running: bool,
+    },
     /// GetVm (linearizable read).
     Get,
     /// ListVms (linearizable read over every key).

@@ -37,12 +37,16 @@ pub fn target_dir() -> PathBuf {
 pub fn build_blixard(features: Option<&str>) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "-p", "blixard"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.args(["build", "-p", "blixard"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
     if let Some(f) = features {
         cmd.args(["--features", f]);
     }
     let status = cmd.status()?;
-    anyhow::ensure!(status.success(), "cargo build -p blixard {features:?} failed");
+    anyhow::ensure!(
+        status.success(),
+        "cargo build -p blixard {features:?} failed"
+    );
     let dir = target_dir().join("harness-bins");
     std::fs::create_dir_all(&dir)?;
     let dst = dir.join(match features {

@@ -63,7 +63,10 @@ fn step1(s: u8, st: Step) -> u8 {
 
 /// Successors of a set of states.
 pub fn step(mask: u8, st: Step) -> u8 {
-    [ABSENT, RUNNING, STOPPED].iter().filter(|&&s| mask & s != 0).fold(0, |acc, &s| acc | step1(s, st))
+    [ABSENT, RUNNING, STOPPED]
+        .iter()
+        .filter(|&&s| mask & s != 0)
+        .fold(0, |acc, &s| acc | step1(s, st))
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +84,10 @@ pub enum Verdict {
     Ok,
     /// No linearization exists. `stuck_record` is the history record whose return could not be
     /// reached at the deepest point of the search; `linearized` how many ops were placed there.
-    Violation { stuck_record: usize, linearized: usize },
+    Violation {
+        stuck_record: usize,
+        linearized: usize,
+    },
     /// The search budget ran out.
     Inconclusive,
 }
@@ -92,12 +98,14 @@ pub fn project(history: &[Record], key: &str) -> Vec<Op> {
     for (i, r) in history.iter().enumerate() {
         let unknown = matches!(r.outcome, Outcome::Unknown { .. });
         let st = match (&r.op, &r.outcome) {
-            (OpKind::List, Outcome::List { values }) => {
-                Some(Step::Read(values.get(key).map_or(ABSENT, |&run| present(run))))
-            }
+            (OpKind::List, Outcome::List { values }) => Some(Step::Read(
+                values.get(key).map_or(ABSENT, |&run| present(run)),
+            )),
             (OpKind::List, _) => None,
             _ if r.key.as_deref() != Some(key) => None,
-            (OpKind::Get, Outcome::Value { value }) => Some(Step::Read(value.map_or(ABSENT, present))),
+            (OpKind::Get, Outcome::Value { value }) => {
+                Some(Step::Read(value.map_or(ABSENT, present)))
+            }
             (OpKind::Get, _) => None,
             (OpKind::Create { start }, Outcome::Ok) => Some(Step::CreateOk(*start)),
             (OpKind::Create { .. }, Outcome::Exists) => Some(Step::CreateExists),
@@ -111,7 +119,12 @@ pub fn project(history: &[Record], key: &str) -> Vec<Op> {
         };
         if let Some(step) = st {
             let ret = if unknown { u64::MAX } else { r.complete_us };
-            ops.push(Op { call: r.invoke_us, ret, step, record: i });
+            ops.push(Op {
+                call: r.invoke_us,
+                ret,
+                step,
+                record: i,
+            });
         }
     }
     ops
@@ -201,7 +214,10 @@ pub fn check_with(ops: &[Op], init: u8, budget: u64, prune: bool) -> Verdict {
             }
             loop {
                 let Some((e, s)) = stack.pop() else {
-                    return Verdict::Violation { stuck_record: stuck, linearized: deepest };
+                    return Verdict::Violation {
+                        stuck_record: stuck,
+                        linearized: deepest,
+                    };
                 };
                 state = s;
                 let i = op_of[e];
@@ -218,7 +234,12 @@ pub fn check_with(ops: &[Op], init: u8, budget: u64, prune: bool) -> Verdict {
                 // `prune` is an experiment kept switchable for cross-checking: backtracking past
                 // unknown writes is NOT sound (a later read may need the write placed later),
                 // so `check` never prunes.
-                if !prune || !matches!(ops[i].step, Step::UnknownCreate(_) | Step::UnknownDelete | Step::UnknownSet(_)) {
+                if !prune
+                    || !matches!(
+                        ops[i].step,
+                        Step::UnknownCreate(_) | Step::UnknownDelete | Step::UnknownSet(_)
+                    )
+                {
                     entry = next[e];
                     break;
                 }
@@ -234,7 +255,12 @@ pub fn check_with(ops: &[Op], init: u8, budget: u64, prune: bool) -> Verdict {
 pub fn shortest_failing_prefix(ops: &[Op], budget: u64) -> Option<usize> {
     let mut sorted = ops.to_vec();
     sorted.sort_by_key(|o| o.call);
-    let fails = |k: usize| matches!(check(&sorted[..k], ABSENT, budget), Verdict::Violation { .. });
+    let fails = |k: usize| {
+        matches!(
+            check(&sorted[..k], ABSENT, budget),
+            Verdict::Violation { .. }
+        )
+    };
     if !fails(sorted.len()) {
         return None;
     }
@@ -251,8 +277,14 @@ pub fn shortest_failing_prefix(ops: &[Op], budget: u64) -> Option<usize> {
 }
 
 /// Checks every key; returns the verdict per key.
-pub fn check_history(history: &[Record], keys: &[String], budget: u64) -> BTreeMap<String, Verdict> {
-    keys.iter().map(|k| (k.clone(), check(&project(history, k), ABSENT, budget))).collect()
+pub fn check_history(
+    history: &[Record],
+    keys: &[String],
+    budget: u64,
+) -> BTreeMap<String, Verdict> {
+    keys.iter()
+        .map(|k| (k.clone(), check(&project(history, k), ABSENT, budget)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -260,7 +292,12 @@ mod tests {
     use super::*;
 
     fn op(call: u64, ret: u64, step: Step) -> Op {
-        Op { call, ret, step, record: 0 }
+        Op {
+            call,
+            ret,
+            step,
+            record: 0,
+        }
     }
 
     #[test]
@@ -280,29 +317,57 @@ mod tests {
 
     #[test]
     fn stale_read_is_a_violation() {
-        let ops = vec![op(0, 1, Step::CreateOk(true)), op(2, 3, Step::SetOk(false)), op(4, 5, Step::Read(RUNNING))];
-        assert!(matches!(check(&ops, ABSENT, 1_000_000), Verdict::Violation { .. }));
+        let ops = vec![
+            op(0, 1, Step::CreateOk(true)),
+            op(2, 3, Step::SetOk(false)),
+            op(4, 5, Step::Read(RUNNING)),
+        ];
+        assert!(matches!(
+            check(&ops, ABSENT, 1_000_000),
+            Verdict::Violation { .. }
+        ));
         // the same read concurrent with the write is fine
-        let ops = vec![op(0, 1, Step::CreateOk(true)), op(2, 6, Step::SetOk(false)), op(4, 5, Step::Read(RUNNING))];
+        let ops = vec![
+            op(0, 1, Step::CreateOk(true)),
+            op(2, 6, Step::SetOk(false)),
+            op(4, 5, Step::Read(RUNNING)),
+        ];
         assert_eq!(check(&ops, ABSENT, 1_000_000), Verdict::Ok);
     }
 
     #[test]
     fn lost_write_is_a_violation() {
-        let ops = vec![op(0, 1, Step::CreateOk(false)), op(2, 3, Step::Read(ABSENT))];
-        assert!(matches!(check(&ops, ABSENT, 1_000_000), Verdict::Violation { .. }));
+        let ops = vec![
+            op(0, 1, Step::CreateOk(false)),
+            op(2, 3, Step::Read(ABSENT)),
+        ];
+        assert!(matches!(
+            check(&ops, ABSENT, 1_000_000),
+            Verdict::Violation { .. }
+        ));
     }
 
     #[test]
     fn unknown_writes_may_or_may_not_apply() {
         let unknown = op(0, u64::MAX, Step::UnknownCreate(true));
-        let applied = vec![unknown.clone(), op(10, 11, Step::Read(RUNNING)), op(12, 13, Step::Read(RUNNING))];
+        let applied = vec![
+            unknown.clone(),
+            op(10, 11, Step::Read(RUNNING)),
+            op(12, 13, Step::Read(RUNNING)),
+        ];
         assert_eq!(check(&applied, ABSENT, 1_000_000), Verdict::Ok);
         let not_applied = vec![unknown.clone(), op(10, 11, Step::Read(ABSENT))];
         assert_eq!(check(&not_applied, ABSENT, 1_000_000), Verdict::Ok);
         // but once observed applied it cannot be un-applied
-        let flip = vec![unknown, op(10, 11, Step::Read(RUNNING)), op(12, 13, Step::Read(ABSENT))];
-        assert!(matches!(check(&flip, ABSENT, 1_000_000), Verdict::Violation { .. }));
+        let flip = vec![
+            unknown,
+            op(10, 11, Step::Read(RUNNING)),
+            op(12, 13, Step::Read(ABSENT)),
+        ];
+        assert!(matches!(
+            check(&flip, ABSENT, 1_000_000),
+            Verdict::Violation { .. }
+        ));
     }
 
     /// Found by the harness on seed 102: an unknown write placed early is then filtered away
@@ -317,14 +382,28 @@ mod tests {
             op(5, 6, Step::Read(RUNNING)),
         ];
         assert_eq!(check(&ops, ABSENT, 1_000_000), Verdict::Ok);
-        assert!(matches!(check_with(&ops, ABSENT, 1_000_000, true), Verdict::Violation { .. }));
+        assert!(matches!(
+            check_with(&ops, ABSENT, 1_000_000, true),
+            Verdict::Violation { .. }
+        ));
     }
 
     #[test]
     fn concurrent_creates_one_wins() {
-        let ops = vec![op(0, 10, Step::CreateOk(true)), op(1, 9, Step::CreateExists), op(2, 8, Step::CreateOk(false))];
-        assert!(matches!(check(&ops, ABSENT, 1_000_000), Verdict::Violation { .. }));
-        let ops = vec![op(0, 10, Step::CreateOk(true)), op(1, 9, Step::CreateExists), op(11, 12, Step::Read(RUNNING))];
+        let ops = vec![
+            op(0, 10, Step::CreateOk(true)),
+            op(1, 9, Step::CreateExists),
+            op(2, 8, Step::CreateOk(false)),
+        ];
+        assert!(matches!(
+            check(&ops, ABSENT, 1_000_000),
+            Verdict::Violation { .. }
+        ));
+        let ops = vec![
+            op(0, 10, Step::CreateOk(true)),
+            op(1, 9, Step::CreateExists),
+            op(11, 12, Step::Read(RUNNING)),
+        ];
         assert_eq!(check(&ops, ABSENT, 1_000_000), Verdict::Ok);
     }
 
@@ -340,7 +419,14 @@ mod tests {
                 3 => Step::Read(if i % 3 == 0 { ABSENT } else { RUNNING }),
                 _ => Step::CreateExists,
             };
-            let ret = if matches!(s, Step::UnknownSet(_) | Step::UnknownCreate(_) | Step::UnknownDelete) { u64::MAX } else { t + 3 };
+            let ret = if matches!(
+                s,
+                Step::UnknownSet(_) | Step::UnknownCreate(_) | Step::UnknownDelete
+            ) {
+                u64::MAX
+            } else {
+                t + 3
+            };
             ops.push(op(t, ret, s));
             t += 2;
         }

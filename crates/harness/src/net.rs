@@ -22,25 +22,45 @@ pub fn sh(argv: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("running {argv:?}"))?;
     if !out.status.success() {
-        bail!("{argv:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{argv:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs a command, ignoring failure (cleanup paths).
 fn sh_quiet(argv: &[&str]) {
-    let _ = Command::new(argv[0]).args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Fails with a clear message unless we are root and `ip netns`/`iptables` work.
 pub fn preflight() -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     // /proc/self belongs to the effective uid
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX) != 0 {
-        bail!("the fault harness needs root (network namespaces, iptables); run it as root (CI does)");
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
+        != 0
+    {
+        bail!(
+            "the fault harness needs root (network namespaces, iptables); run it as root (CI does)"
+        );
     }
     for tool in ["ip", "iptables"] {
-        if Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        if Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
             bail!("the fault harness needs `{tool}` (iproute2 / iptables) on PATH");
         }
     }
@@ -52,7 +72,9 @@ pub fn preflight() -> Result<()> {
 fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // "pid (comm) S ...": the state follows the last ')'
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
         Err(_) => false,
     }
 }
@@ -67,7 +89,11 @@ pub fn clean_stale() {
     if let Ok(list) = sh(&["ip", "netns", "list"]) {
         for line in list.lines() {
             let name = line.split_whitespace().next().unwrap_or("");
-            if let Some(r) = name.strip_prefix("blx").and_then(|s| s.split_once("-n")).and_then(|(r, _)| r.parse::<u8>().ok()) {
+            if let Some(r) = name
+                .strip_prefix("blx")
+                .and_then(|s| s.split_once("-n"))
+                .and_then(|(r, _)| r.parse::<u8>().ok())
+            {
                 runs.insert(r);
             }
         }
@@ -75,13 +101,19 @@ pub fn clean_stale() {
     if let Ok(links) = sh(&["ip", "-o", "link", "show"]) {
         for line in links.lines() {
             let name = line.split(':').nth(1).unwrap_or("").trim();
-            if let Some(r) = name.strip_prefix("blx").and_then(|s| s.strip_suffix("br")).and_then(|r| r.parse::<u8>().ok()) {
+            if let Some(r) = name
+                .strip_prefix("blx")
+                .and_then(|s| s.strip_suffix("br"))
+                .and_then(|r| r.parse::<u8>().ok())
+            {
                 runs.insert(r);
             }
         }
     }
     for r in runs {
-        let owner = std::fs::read_to_string(marker(r)).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        let owner = std::fs::read_to_string(marker(r))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
         if owner.is_some_and(pid_alive) {
             continue;
         }
@@ -99,9 +131,18 @@ fn teardown(run: u8, max_nodes: usize) {
     for i in 1..=max_nodes {
         let ns = ns_name(run, i);
         if let Ok(pids) = sh(&["ip", "netns", "pids", &ns]) {
-            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGCONT);
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             sh_quiet(&["ip", "netns", "del", &ns]);
         }
@@ -133,14 +174,23 @@ impl Net {
                 continue;
             }
             // create_new: two harness processes never pick the same number.
-            if std::fs::OpenOptions::new().write(true).create_new(true).open(&m).is_ok() {
+            if std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&m)
+                .is_ok()
+            {
                 std::fs::write(&m, std::process::id().to_string())?;
                 chosen = Some(r);
                 break;
             }
         }
         let run = chosen.context("no free run number in 1..=250")?;
-        let net = Net { run, nodes, netem: None };
+        let net = Net {
+            run,
+            nodes,
+            netem: None,
+        };
         net.setup().context("setting up namespaces")?;
         Ok(net)
     }
@@ -149,7 +199,14 @@ impl Net {
         let r = self.run;
         let br = format!("blx{r}br");
         sh(&["ip", "link", "add", &br, "type", "bridge"])?;
-        sh(&["ip", "addr", "add", &format!("10.99.{r}.254/24"), "dev", &br])?;
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.99.{r}.254/24"),
+            "dev",
+            &br,
+        ])?;
         sh(&["ip", "link", "set", &br, "up"])?;
         for i in 1..=self.nodes {
             let ns = ns_name(r, i);
@@ -159,7 +216,18 @@ impl Net {
             sh(&["ip", "link", "set", &p, "netns", &ns])?;
             sh(&["ip", "link", "set", &v, "master", &br])?;
             sh(&["ip", "link", "set", &v, "up"])?;
-            sh(&["ip", "netns", "exec", &ns, "ip", "addr", "add", &format!("{}/24", self.ip(i)), "dev", &p])?;
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", self.ip(i)),
+                "dev",
+                &p,
+            ])?;
             sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &p, "up"])?;
             sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
         }
@@ -181,8 +249,14 @@ impl Net {
             for (a, b) in [(i, j), (j, i)] {
                 let ns = self.ns(a);
                 let peer = self.ip(b);
-                sh(&["ip", "netns", "exec", &ns, "iptables", "-w", "-A", "INPUT", "-s", &peer, "-j", "DROP"])?;
-                sh(&["ip", "netns", "exec", &ns, "iptables", "-w", "-A", "OUTPUT", "-d", &peer, "-j", "DROP"])?;
+                sh(&[
+                    "ip", "netns", "exec", &ns, "iptables", "-w", "-A", "INPUT", "-s", &peer, "-j",
+                    "DROP",
+                ])?;
+                sh(&[
+                    "ip", "netns", "exec", &ns, "iptables", "-w", "-A", "OUTPUT", "-d", &peer,
+                    "-j", "DROP",
+                ])?;
             }
         }
         Ok(())
@@ -195,8 +269,14 @@ impl Net {
         }
         let ns = self.ns(1);
         let dev = format!("blx{}p1", self.run);
-        let ok = sh(&["ip", "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "netem", "delay", "1ms"]).is_ok();
-        sh_quiet(&["ip", "netns", "exec", &ns, "tc", "qdisc", "del", "dev", &dev, "root"]);
+        let ok = sh(&[
+            "ip", "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "netem",
+            "delay", "1ms",
+        ])
+        .is_ok();
+        sh_quiet(&[
+            "ip", "netns", "exec", &ns, "tc", "qdisc", "del", "dev", &dev, "root",
+        ]);
         self.netem = Some(ok);
         ok
     }
@@ -205,8 +285,21 @@ impl Net {
     pub fn netem(&self, i: usize, delay_ms: u64, loss_pct: u64) -> Result<()> {
         let dev = format!("blx{}p{i}", self.run);
         sh(&[
-            "ip", "netns", "exec", &self.ns(i), "tc", "qdisc", "add", "dev", &dev, "root", "netem", "delay",
-            &format!("{delay_ms}ms"), "loss", &format!("{loss_pct}%"),
+            "ip",
+            "netns",
+            "exec",
+            &self.ns(i),
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            &dev,
+            "root",
+            "netem",
+            "delay",
+            &format!("{delay_ms}ms"),
+            "loss",
+            &format!("{loss_pct}%"),
         ])?;
         Ok(())
     }
@@ -216,7 +309,18 @@ impl Net {
         for i in 1..=self.nodes {
             let ns = self.ns(i);
             sh_quiet(&["ip", "netns", "exec", &ns, "iptables", "-w", "-F"]);
-            sh_quiet(&["ip", "netns", "exec", &ns, "tc", "qdisc", "del", "dev", &format!("blx{}p{i}", self.run), "root"]);
+            sh_quiet(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "tc",
+                "qdisc",
+                "del",
+                "dev",
+                &format!("blx{}p{i}", self.run),
+                "root",
+            ]);
         }
     }
 }

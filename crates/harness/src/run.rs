@@ -112,7 +112,9 @@ struct NemesisLog {
 }
 
 fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Applies one fault; returns a description, or `None` when skipped.
@@ -149,10 +151,16 @@ async fn inject(c: &Arc<tokio::sync::Mutex<Cluster>>, fault: &Fault) -> Result<O
             Some(format!("SIGSTOP node {node}"))
         }
         Fault::Replace { node } => Some(c.replace(*node).await?),
-        Fault::Netem { node, delay_ms, loss_pct } => {
+        Fault::Netem {
+            node,
+            delay_ms,
+            loss_pct,
+        } => {
             if c.net.netem_supported() {
                 c.net.netem(*node, *delay_ms, *loss_pct)?;
-                Some(format!("netem node {node}: delay {delay_ms}ms loss {loss_pct}%"))
+                Some(format!(
+                    "netem node {node}: delay {delay_ms}ms loss {loss_pct}%"
+                ))
             } else {
                 None
             }
@@ -188,20 +196,45 @@ pub async fn run(cfg: &Config) -> Result<Report> {
     let started = std::time::Instant::now();
     let dir = cfg.out.join(format!("seed-{}-{}", cfg.seed, now_unix_ms()));
     std::fs::create_dir_all(&dir)?;
-    let schedule = Schedule::generate_with(cfg.seed, cfg.nodes, cfg.duration.as_millis() as u64, cfg.replace);
-    std::fs::write(dir.join("schedule.json"), serde_json::to_string_pretty(&schedule)?)?;
-    std::fs::write(dir.join("replay.sh"), format!("#!/bin/sh\n{}\n", cfg.replay_command()))?;
-    eprintln!("fault: seed {} ({} faults scheduled over {:?}), folder {}", cfg.seed, schedule.steps.len(), cfg.duration, dir.display());
+    let schedule = Schedule::generate_with(
+        cfg.seed,
+        cfg.nodes,
+        cfg.duration.as_millis() as u64,
+        cfg.replace,
+    );
+    std::fs::write(
+        dir.join("schedule.json"),
+        serde_json::to_string_pretty(&schedule)?,
+    )?;
+    std::fs::write(
+        dir.join("replay.sh"),
+        format!("#!/bin/sh\n{}\n", cfg.replay_command()),
+    )?;
+    eprintln!(
+        "fault: seed {} ({} faults scheduled over {:?}), folder {}",
+        cfg.seed,
+        schedule.steps.len(),
+        cfg.duration,
+        dir.display()
+    );
 
     let result = run_in(cfg, &dir, &schedule, started).await;
     let report = match result {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("fault: seed {} harness error, folder kept: {}\nfault: replay: {}", cfg.seed, dir.display(), cfg.replay_command());
+            eprintln!(
+                "fault: seed {} harness error, folder kept: {}\nfault: replay: {}",
+                cfg.seed,
+                dir.display(),
+                cfg.replay_command()
+            );
             return Err(e.context(format!("run folder {}", dir.display())));
         }
     };
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     if report.passed() && !cfg.keep {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -210,15 +243,26 @@ pub async fn run(cfg: &Config) -> Result<Report> {
         for a in report.anomalies.iter().take(10) {
             eprintln!("fault: ANOMALY {a}");
         }
-        eprintln!("fault: evidence in {}\nfault: replay: {}", dir.display(), cfg.replay_command());
+        eprintln!(
+            "fault: evidence in {}\nfault: replay: {}",
+            dir.display(),
+            cfg.replay_command()
+        );
     }
     Ok(report)
 }
 
-async fn run_in(cfg: &Config, dir: &Path, schedule: &Schedule, started: std::time::Instant) -> Result<Report> {
+async fn run_in(
+    cfg: &Config,
+    dir: &Path,
+    schedule: &Schedule,
+    started: std::time::Instant,
+) -> Result<Report> {
     let mut anomalies = Vec::new();
     let mut warnings = Vec::new();
-    let cluster = Cluster::start(&cfg.bin, dir, cfg.nodes, cfg.op_timeout).await.context("starting the cluster")?;
+    let cluster = Cluster::start(&cfg.bin, dir, cfg.nodes, cfg.op_timeout)
+        .await
+        .context("starting the cluster")?;
     let events_path = cluster.events.clone();
     let clients = cluster.clients.clone();
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
@@ -229,7 +273,10 @@ async fn run_in(cfg: &Config, dir: &Path, schedule: &Schedule, started: std::tim
         let rid = uuid::Uuid::new_v4().to_string();
         let end = Instant::now() + Duration::from_secs(20);
         loop {
-            let req = pb::CreateVmRequest { spec: Some(client::spec(p, true)), request_id: rid.clone() };
+            let req = pb::CreateVmRequest {
+                spec: Some(client::spec(p, true)),
+                request_id: rid.clone(),
+            };
             let r = tokio::time::timeout(cfg.op_timeout, clients[0].clone().create_vm(req)).await;
             if matches!(r, Ok(Ok(_))) {
                 break;
@@ -242,11 +289,21 @@ async fn run_in(cfg: &Config, dir: &Path, schedule: &Schedule, started: std::tim
     let keys: Vec<String> = (0..cfg.keys).map(|i| format!("k{i}")).collect();
     let epoch = Instant::now();
     let until = epoch + cfg.duration;
-    let workload = Arc::new(Workload { seed: cfg.seed, keys: keys.clone(), clients: clients.clone(), op_timeout: cfg.op_timeout, epoch });
+    let workload = Arc::new(Workload {
+        seed: cfg.seed,
+        keys: keys.clone(),
+        clients: clients.clone(),
+        op_timeout: cfg.op_timeout,
+        epoch,
+    });
     let history: History = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for i in 0..cfg.clients {
-        tasks.push(tokio::spawn(workload.clone().client(i, until, history.clone())));
+        tasks.push(tokio::spawn(workload.clone().client(
+            i,
+            until,
+            history.clone(),
+        )));
     }
 
     // The nemesis, on its own task, following the schedule.
@@ -261,21 +318,40 @@ async fn run_in(cfg: &Config, dir: &Path, schedule: &Schedule, started: std::tim
             match inject(&nem_cluster, &s.fault).await {
                 Ok(Some(what)) => {
                     injected += 1;
-                    log.push(NemesisLog { at_ms: at, step: k, action: what });
+                    log.push(NemesisLog {
+                        at_ms: at,
+                        step: k,
+                        action: what,
+                    });
                 }
                 Ok(None) => {
                     skipped += 1;
-                    log.push(NemesisLog { at_ms: at, step: k, action: format!("skipped {:?}", s.fault) });
+                    log.push(NemesisLog {
+                        at_ms: at,
+                        step: k,
+                        action: format!("skipped {:?}", s.fault),
+                    });
                 }
                 Err(e) => {
                     skipped += 1;
-                    log.push(NemesisLog { at_ms: at, step: k, action: format!("failed {:?}: {e:#}", s.fault) });
+                    log.push(NemesisLog {
+                        at_ms: at,
+                        step: k,
+                        action: format!("failed {:?}: {e:#}", s.fault),
+                    });
                 }
             }
             tokio::time::sleep_until(epoch + Duration::from_millis(s.at_ms + s.dur_ms)).await;
             let at = epoch.elapsed().as_millis() as u64;
             let healed = heal_all(&nem_cluster).await;
-            log.push(NemesisLog { at_ms: at, step: k, action: format!("heal {}", healed.err().map_or("ok".into(), |e| format!("{e:#}"))) });
+            log.push(NemesisLog {
+                at_ms: at,
+                step: k,
+                action: format!(
+                    "heal {}",
+                    healed.err().map_or("ok".into(), |e| format!("{e:#}"))
+                ),
+            });
         }
         (log, injected, skipped)
     });
@@ -291,9 +367,12 @@ async fn run_in(cfg: &Config, dir: &Path, schedule: &Schedule, started: std::tim
     let n = cfg.nodes;
     let converged = c
         .wait("convergence after healing", Duration::from_secs(40), |s| {
-            let Some(first) = s.first().and_then(|s| s.as_ref()) else { return false };
+            let Some(first) = s.first().and_then(|s| s.as_ref()) else {
+                return false;
+            };
             let members = |r: &pb::ClusterStatusReply| {
-                let mut m: Vec<(u64, String)> = r.members.iter().map(|m| (m.id, m.role.clone())).collect();
+                let mut m: Vec<(u64, String)> =
+                    r.members.iter().map(|m| (m.id, m.role.clone())).collect();
                 m.sort();
                 m
             };
@@ -310,7 +389,9 @@ async fn run_in(cfg: &Config, dir: &Path, schedule: &Schedule, started: std::tim
         })
         .await;
     if let Err(e) = &converged {
-        anomalies.push(format!("nodes did not converge (applied index, digest, membership): {e:#}"));
+        anomalies.push(format!(
+            "nodes did not converge (applied index, digest, membership): {e:#}"
+        ));
     }
 
     // Final linearizable reads from every node join the history.
@@ -319,12 +400,28 @@ async fn run_in(cfg: &Config, dir: &Path, schedule: &Schedule, started: std::tim
     for i in 1..=n {
         let mut cl = clients[i - 1].clone();
         let invoke_us = workload.us();
-        let outcome = client::perform(&mut cl, None, &OpKind::List, &keyset, Duration::from_secs(10)).await;
+        let outcome = client::perform(
+            &mut cl,
+            None,
+            &OpKind::List,
+            &keyset,
+            Duration::from_secs(10),
+        )
+        .await;
         let complete_us = workload.us();
         if let Outcome::List { values } = &outcome {
             final_state.get_or_insert_with(|| values.clone());
         }
-        history.lock().unwrap().push(Record { id: 0, client: usize::MAX, node: i, key: None, op: OpKind::List, invoke_us, complete_us, outcome });
+        history.lock().unwrap().push(Record {
+            id: 0,
+            client: usize::MAX,
+            node: i,
+            key: None,
+            op: OpKind::List,
+            invoke_us,
+            complete_us,
+            outcome,
+        });
     }
     let vm_events = blixard_vmm::read_events(&events_path).unwrap_or_default();
     drop(c);
@@ -355,21 +452,41 @@ async fn run_in(cfg: &Config, dir: &Path, schedule: &Schedule, started: std::tim
     let (a, w) = check::runs_twice(&vm_events, &strict);
     anomalies.extend(a);
     warnings.extend(w);
-    let started_pins: BTreeSet<&str> = vm_events.iter().map(|e| e.name.as_str()).filter(|n| strict.contains(*n)).collect();
+    let started_pins: BTreeSet<&str> = vm_events
+        .iter()
+        .map(|e| e.name.as_str())
+        .filter(|n| strict.contains(*n))
+        .collect();
     if started_pins.len() < pinned.len() {
-        warnings.push(format!("only {} of {} pinned VMs ever started", started_pins.len(), pinned.len()));
+        warnings.push(format!(
+            "only {} of {} pinned VMs ever started",
+            started_pins.len(),
+            pinned.len()
+        ));
     }
 
-    let unknown = history.iter().filter(|r| matches!(r.outcome, Outcome::Unknown { .. })).count();
+    let unknown = history
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Unknown { .. }))
+        .count();
     let by_outcome: BTreeMap<String, usize> = history.iter().fold(BTreeMap::new(), |mut m, r| {
         let k = match &r.outcome {
-            Outcome::Unknown { error } => format!("unknown: {}", error.chars().take(60).collect::<String>()),
-            o => format!("{o:?}").split([' ', '{']).next().unwrap_or("").to_string(),
+            Outcome::Unknown { error } => {
+                format!("unknown: {}", error.chars().take(60).collect::<String>())
+            }
+            o => format!("{o:?}")
+                .split([' ', '{'])
+                .next()
+                .unwrap_or("")
+                .to_string(),
         };
         *m.entry(k).or_insert(0) += 1;
         m
     });
-    std::fs::write(dir.join("outcomes.json"), serde_json::to_string_pretty(&by_outcome)?)?;
+    std::fs::write(
+        dir.join("outcomes.json"),
+        serde_json::to_string_pretty(&by_outcome)?,
+    )?;
     // The cluster (processes, namespaces) is torn down when the last Arc drops, here.
     drop(cluster);
     Ok(Report {

@@ -20,7 +20,11 @@ pub enum Fault {
     /// `SIGSTOP` the daemon; `SIGCONT` when the fault ends.
     Pause { node: usize },
     /// tc netem delay and loss on the node's link (skipped when the kernel lacks netem).
-    Netem { node: usize, delay_ms: u64, loss_pct: u64 },
+    Netem {
+        node: usize,
+        delay_ms: u64,
+        loss_pct: u64,
+    },
     /// Membership change: remove the node in slot `node` through Raft, then start a new node
     /// (fresh data dir, new id) in the same namespace that joins the cluster.
     Replace { node: usize },
@@ -69,7 +73,8 @@ impl Schedule {
                     0 => Fault::Isolate { node },
                     1 => Fault::IsolateLeader,
                     2 => {
-                        let mut side: Vec<usize> = (1..=nodes).filter(|_| rng.gen_bool(0.5)).collect();
+                        let mut side: Vec<usize> =
+                            (1..=nodes).filter(|_| rng.gen_bool(0.5)).collect();
                         if side.is_empty() || side.len() == nodes {
                             side = vec![node];
                         }
@@ -82,16 +87,29 @@ impl Schedule {
                         Fault::Replace { node }
                     }
                     6 => Fault::Kill { node },
-                    _ => Fault::Netem { node, delay_ms: rng.gen_range(20..200), loss_pct: rng.gen_range(0..20) },
+                    _ => Fault::Netem {
+                        node,
+                        delay_ms: rng.gen_range(20..200),
+                        loss_pct: rng.gen_range(0..20),
+                    },
                 }
             };
             let min = if first { 3_000 } else { 1_500 };
             let dur = rng.gen_range(min..5_000).min(end - t);
-            steps.push(Step { at_ms: t, dur_ms: dur, fault });
+            steps.push(Step {
+                at_ms: t,
+                dur_ms: dur,
+                fault,
+            });
             t += dur + rng.gen_range(1_000..3_000);
             first = false;
         }
-        Schedule { seed, nodes, duration_ms, steps }
+        Schedule {
+            seed,
+            nodes,
+            duration_ms,
+            steps,
+        }
     }
 }
 
@@ -107,13 +125,22 @@ mod tests {
         assert!(a.steps.len() >= 4, "{a:?}");
         assert!(matches!(a.steps[0].fault, Fault::Isolate { .. }));
         for w in a.steps.windows(2) {
-            assert!(w[0].at_ms + w[0].dur_ms < w[1].at_ms, "faults overlap: {w:?}");
+            assert!(
+                w[0].at_ms + w[0].dur_ms < w[1].at_ms,
+                "faults overlap: {w:?}"
+            );
         }
         assert!(a.steps.iter().all(|s| s.at_ms + s.dur_ms <= 38_000));
         for seed in 0..50 {
             let s = Schedule::generate_with(seed, 3, 40_000, false);
-            assert!(!s.steps.iter().any(|s| matches!(s.fault, Fault::Replace { .. })));
-            assert_eq!(s.steps.len(), Schedule::generate(seed, 3, 40_000).steps.len());
+            assert!(!s
+                .steps
+                .iter()
+                .any(|s| matches!(s.fault, Fault::Replace { .. })));
+            assert_eq!(
+                s.steps.len(),
+                Schedule::generate(seed, 3, 40_000).steps.len()
+            );
         }
     }
 }

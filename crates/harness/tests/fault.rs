@@ -24,17 +24,27 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn seeds() -> Vec<u64> {
     std::env::var("BLIXARD_FAULT_SEEDS")
         .ok()
-        .map(|s| s.split(',').map(|x| x.trim().parse().expect("BLIXARD_FAULT_SEEDS: numbers")).collect())
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().parse().expect("BLIXARD_FAULT_SEEDS: numbers"))
+                .collect()
+        })
         .unwrap_or_else(|| vec![1, 3, 7])
 }
 
 fn duration() -> Duration {
-    Duration::from_secs(std::env::var("BLIXARD_FAULT_DURATION").ok().map_or(30, |s| s.parse().expect("BLIXARD_FAULT_DURATION: seconds")))
+    Duration::from_secs(
+        std::env::var("BLIXARD_FAULT_DURATION")
+            .ok()
+            .map_or(30, |s| s.parse().expect("BLIXARD_FAULT_DURATION: seconds")),
+    )
 }
 
 fn preflight() {
     if let Err(e) = blixard_harness::net::preflight() {
-        panic!("fault tests cannot run here: {e:#}. They need root and `ip netns` (CI runs as root).");
+        panic!(
+            "fault tests cannot run here: {e:#}. They need root and `ip netns` (CI runs as root)."
+        );
     }
 }
 
@@ -49,27 +59,48 @@ fn correct_build_survives_faults() {
         let cfg = Config::new(seed, duration(), bin.clone());
         let r = rt.block_on(run(&cfg)).expect("harness error");
         eprintln!("{}", r.summary());
-        assert!(r.ops > 100, "seed {seed}: too few operations to judge anything: {}", r.summary());
-        assert!(r.faults_injected >= 3, "seed {seed}: too few faults injected: {}", r.summary());
+        assert!(
+            r.ops > 100,
+            "seed {seed}: too few operations to judge anything: {}",
+            r.summary()
+        );
+        assert!(
+            r.faults_injected >= 3,
+            "seed {seed}: too few faults injected: {}",
+            r.summary()
+        );
         if !r.passed() {
-            failures.push(format!("seed {seed}: {:#?}\n  evidence: {}\n  replay: {}", r.anomalies, r.dir.display(), r.replay));
+            failures.push(format!(
+                "seed {seed}: {:#?}\n  evidence: {}\n  replay: {}",
+                r.anomalies,
+                r.dir.display(),
+                r.replay
+            ));
         }
     }
-    assert!(failures.is_empty(), "anomalies found:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "anomalies found:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn stale_reads_build_is_caught() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     preflight();
-    let bin = blixard_harness::build_blixard(Some("fault-stale-reads")).expect("building blixard --features fault-stale-reads");
+    let bin = blixard_harness::build_blixard(Some("fault-stale-reads"))
+        .expect("building blixard --features fault-stale-reads");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let seed = seeds()[0];
     let mut cfg = Config::new(seed, duration(), bin);
     cfg.out = std::env::temp_dir().join("blixard-fault-selftest");
     let r = rt.block_on(run(&cfg)).expect("harness error");
     eprintln!("{}", r.summary());
-    assert!(!r.passed(), "the checkers missed the stale reads of the fault-stale-reads build (seed {seed})");
+    assert!(
+        !r.passed(),
+        "the checkers missed the stale reads of the fault-stale-reads build (seed {seed})"
+    );
     assert!(
         r.anomalies.iter().any(|a| a.contains("not linearizable")),
         "expected a linearizability violation, got {:#?}",
@@ -85,7 +116,15 @@ fn known_bug_removed_node_keeps_running_its_vms() {
     preflight();
     let bin = blixard_harness::build_blixard(None).expect("building blixard");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let r = rt.block_on(run(&Config::new(2, Duration::from_secs(30), bin))).expect("harness error");
+    let r = rt
+        .block_on(run(&Config::new(2, Duration::from_secs(30), bin)))
+        .expect("harness error");
     eprintln!("{}", r.summary());
-    assert!(r.passed(), "seed 2: {:#?}\n  evidence: {}\n  replay: {}", r.anomalies, r.dir.display(), r.replay);
+    assert!(
+        r.passed(),
+        "seed 2: {:#?}\n  evidence: {}\n  replay: {}",
+        r.anomalies,
+        r.dir.display(),
+        r.replay
+    );
 }

@@ -19,12 +19,20 @@ fn main() {
     let mut schedule_only = false;
     let mut cfg = Config::new(0, Duration::from_secs(30), blixard_harness::default_bin());
     while let Some(a) = args.next() {
-        let mut val = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--seed" => seeds.push(val().parse().unwrap_or_else(|_| usage("bad --seed"))),
             "--seeds" => count = Some(val().parse().unwrap_or_else(|_| usage("bad --seeds"))),
-            "--first-seed" => first = Some(val().parse().unwrap_or_else(|_| usage("bad --first-seed"))),
-            "--duration" => cfg.duration = Duration::from_secs(val().parse().unwrap_or_else(|_| usage("bad --duration"))),
+            "--first-seed" => {
+                first = Some(val().parse().unwrap_or_else(|_| usage("bad --first-seed")))
+            }
+            "--duration" => {
+                cfg.duration =
+                    Duration::from_secs(val().parse().unwrap_or_else(|_| usage("bad --duration")))
+            }
             "--nodes" => cfg.nodes = val().parse().unwrap_or_else(|_| usage("bad --nodes")),
             "--clients" => cfg.clients = val().parse().unwrap_or_else(|_| usage("bad --clients")),
             "--keys" => cfg.keys = val().parse().unwrap_or_else(|_| usage("bad --keys")),
@@ -43,19 +51,30 @@ fn main() {
     }
     if let Some(n) = count {
         let base = first.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
         });
         seeds.extend((0..n).map(|k| base + k));
     }
     if seeds.is_empty() {
-        seeds.push(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007));
+        seeds.push(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007),
+        );
     }
     if cfg.nodes < 3 {
         usage("--nodes must be at least 3");
     }
     if schedule_only {
         for s in &seeds {
-            let sch = blixard_harness::schedule::Schedule::generate_with(*s, cfg.nodes, cfg.duration.as_millis() as u64, cfg.replace);
+            let sch = blixard_harness::schedule::Schedule::generate_with(
+                *s,
+                cfg.nodes,
+                cfg.duration.as_millis() as u64,
+                cfg.replace,
+            );
             println!("{}", serde_json::to_string(&sch).expect("json"));
         }
         return;
@@ -63,11 +82,16 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let (mut ops, mut faults, mut anomalies, mut failed) = (0, 0, 0, Vec::new());
     for s in &seeds {
-        let c = Config { seed: *s, ..cfg.clone() };
+        let c = Config {
+            seed: *s,
+            ..cfg.clone()
+        };
         // Ctrl-C / SIGTERM: drop the run (and the runtime's tasks), whose Drop guards kill the
         // daemons and remove the namespaces, then exit.
         let r = rt.block_on(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal");
             tokio::select! {
                 r = run(&c) => Some(r),
                 _ = tokio::signal::ctrl_c() => None,
@@ -85,7 +109,12 @@ fn main() {
                 faults += r.faults_injected;
                 anomalies += r.anomalies.len();
                 if !r.passed() {
-                    failed.push(format!("seed {s}: {} anomalies, evidence {}; replay: {}", r.anomalies.len(), r.dir.display(), r.replay));
+                    failed.push(format!(
+                        "seed {s}: {} anomalies, evidence {}; replay: {}",
+                        r.anomalies.len(),
+                        r.dir.display(),
+                        r.replay
+                    ));
                 }
             }
             Err(e) => {
@@ -113,8 +142,12 @@ fn usage(msg: &str) -> ! {
 fn check_history(path: &std::path::Path) {
     use blixard_harness::history::Record;
     use blixard_harness::lin;
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| usage(&format!("{}: {e}", path.display())));
-    let history: Vec<Record> = text.lines().map(|l| serde_json::from_str(l).expect("history line")).collect();
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| usage(&format!("{}: {e}", path.display())));
+    let history: Vec<Record> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("history line"))
+        .collect();
     let mut keys: Vec<String> = history.iter().filter_map(|r| r.key.clone()).collect();
     keys.sort();
     keys.dedup();
@@ -127,7 +160,10 @@ fn check_history(path: &std::path::Path) {
             sorted.sort_by_key(|o| o.call);
             println!("  shortest failing prefix: {k} ops; its last operations:");
             for o in &sorted[k.saturating_sub(12)..k] {
-                println!("    {}", serde_json::to_string(&history[o.record]).unwrap_or_default());
+                println!(
+                    "    {}",
+                    serde_json::to_string(&history[o.record]).unwrap_or_default()
+                );
             }
         }
     }
