@@ -162,6 +162,22 @@ impl Cluster {
         self.daemons[i - 1].child.is_some()
     }
 
+    /// Forgets daemons that exited on their own (reaps them); returns the slots affected.
+    pub fn reap(&mut self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for d in &mut self.daemons {
+            if d.child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            {
+                d.child = None;
+                d.paused = false;
+                out.push(d.id);
+            }
+        }
+        out
+    }
+
     pub fn pause(&mut self, i: usize) {
         if let Some(p) = self.pid(i) {
             let _ = kill(p, Signal::SIGSTOP);
@@ -216,14 +232,31 @@ impl Cluster {
         let via = (1..=self.daemons.len())
             .find(|&j| j != i && self.is_running(j))
             .context("no other live node")?;
-        let mut c = self.clients[via - 1].clone();
-        tokio::time::timeout(
-            Duration::from_secs(5),
+        // Membership changes take longer than data operations: a client with its own timeout.
+        // If the answer is lost (timeout), the log decides: wait until `old` left the members.
+        let mut c = client(
+            &format!("{}:{PORT}", self.net.ip(via)),
+            Duration::from_secs(15),
+        )?;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(15),
             c.remove_member(pb::RemoveMemberRequest { node_id: old }),
         )
-        .await
-        .context("remove member: timeout")?
-        .context("remove member")?;
+        .await;
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            let gone = self
+                .status(via)
+                .await
+                .is_some_and(|s| !s.members.iter().any(|m| m.id == old));
+            if gone {
+                break;
+            }
+            if Instant::now() > end {
+                bail!("node {old} still a member after RemoveMember ({answer:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         // A removed node is told to stop; make sure.
         let end = Instant::now() + Duration::from_secs(3);
         while Instant::now() < end {

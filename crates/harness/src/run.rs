@@ -169,9 +169,15 @@ async fn inject(c: &Arc<tokio::sync::Mutex<Cluster>>, fault: &Fault) -> Result<O
 }
 
 /// Heals everything: network rules, paused and killed daemons.
-async fn heal_all(c: &Arc<tokio::sync::Mutex<Cluster>>) -> Result<()> {
+async fn heal_all(c: &Arc<tokio::sync::Mutex<Cluster>>) -> Result<Vec<usize>> {
     let mut c = c.lock().await;
     c.net.heal();
+    // A daemon that exited by itself (it should not) is restarted like a killed one; its log
+    // tells why it stopped.
+    let exited = c.reap();
+    for i in &exited {
+        eprintln!("fault: node in slot {i} exited on its own; restarting it");
+    }
     for i in 1..=c.daemons.len() {
         if !c.is_running(i) {
             c.spawn(i, None)?;
@@ -179,7 +185,7 @@ async fn heal_all(c: &Arc<tokio::sync::Mutex<Cluster>>) -> Result<()> {
             c.resume(i);
         }
     }
-    Ok(())
+    Ok(exited)
 }
 
 fn write_jsonl<T: Serialize>(path: &Path, items: &[T]) -> Result<()> {
@@ -312,6 +318,7 @@ async fn run_in(
     let nemesis = tokio::spawn(async move {
         let mut log = Vec::new();
         let (mut injected, mut skipped) = (0, 0);
+        let mut exited: Vec<usize> = Vec::new();
         for (k, s) in steps.iter().enumerate() {
             tokio::time::sleep_until(epoch + Duration::from_millis(s.at_ms)).await;
             let at = epoch.elapsed().as_millis() as u64;
@@ -347,20 +354,29 @@ async fn run_in(
             log.push(NemesisLog {
                 at_ms: at,
                 step: k,
-                action: format!(
-                    "heal {}",
-                    healed.err().map_or("ok".into(), |e| format!("{e:#}"))
-                ),
+                action: match healed {
+                    Ok(ex) if ex.is_empty() => "heal ok".into(),
+                    Ok(ex) => {
+                        exited.extend(ex.iter().copied());
+                        format!("heal ok; restarted slots {ex:?}, which had exited on their own")
+                    }
+                    Err(e) => format!("heal failed: {e:#}"),
+                },
             });
         }
-        (log, injected, skipped)
+        (log, injected, skipped, exited)
     });
     for t in tasks {
         t.await?;
     }
-    let (nem_log, faults_injected, faults_skipped) = nemesis.await?;
+    let (nem_log, faults_injected, faults_skipped, mut exited) = nemesis.await?;
     write_jsonl(&dir.join("nemesis.jsonl"), &nem_log)?;
-    heal_all(&cluster).await?;
+    exited.extend(heal_all(&cluster).await?);
+    for i in exited {
+        warnings.push(format!(
+            "the daemon in slot {i} exited on its own during the run (see nodes/n{i}.log)"
+        ));
+    }
 
     // After healing: every node converges to the same applied index, digest and membership.
     let c = cluster.lock().await;
