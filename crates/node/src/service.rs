@@ -37,6 +37,8 @@ fn is_forwarded<T>(r: &GrpcRequest<T>) -> bool {
 
 impl Api {
     async fn read(&self, stale: bool) -> Result<(), Status> {
+        #[cfg(feature = "fault-stale-reads")] // harness self-test only: serve every read stale
+        let stale = { let _ = stale; true };
         if !stale {
             self.node.read_barrier().await?;
         }

@@ -1,0 +1,310 @@
+//! Real `blixard` daemons, one per network namespace. Dropping the cluster kills them all (and
+//! the namespaces go with the [`Net`] it owns).
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use blixard_api::pb;
+use blixard_api::BlixardClient;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::net::Net;
+
+pub const PORT: u16 = 7000;
+
+pub struct Daemon {
+    /// Slot (namespace number), from 1.
+    pub id: usize,
+    /// Raft node id: the slot at first, a new id after a membership change replaced it.
+    pub node_id: u64,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    pub paused: bool,
+}
+
+pub struct Cluster {
+    pub bin: PathBuf,
+    pub events: PathBuf,
+    pub daemons: Vec<Daemon>,
+    pub clients: Vec<BlixardClient<Channel>>,
+    /// Declared last: dropped after the daemons are killed.
+    pub net: Net,
+}
+
+pub fn client(addr: &str, timeout: Duration) -> Result<BlixardClient<Channel>> {
+    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(timeout)
+        .connect_lazy();
+    Ok(BlixardClient::new(ch))
+}
+
+impl Cluster {
+    /// Starts `n` nodes: node 1 bootstraps, the others join through it; returns once every node
+    /// reports all `n` members as voters.
+    pub async fn start(bin: &Path, dir: &Path, n: usize, op_timeout: Duration) -> Result<Cluster> {
+        if !bin.is_file() {
+            bail!("blixard binary not found at {}", bin.display());
+        }
+        let net = Net::create(n)?;
+        let events = dir.join("events.log");
+        std::fs::write(&events, "")?;
+        let mut daemons = Vec::new();
+        let mut clients = Vec::new();
+        for i in 1..=n {
+            let d = dir.join("nodes").join(format!("n{i}"));
+            std::fs::create_dir_all(&d)?;
+            daemons.push(Daemon {
+                id: i,
+                node_id: i as u64,
+                log: dir.join("nodes").join(format!("n{i}.log")),
+                dir: d.join("data"),
+                child: None,
+                paused: false,
+            });
+            clients.push(client(&format!("{}:{PORT}", net.ip(i)), op_timeout)?);
+        }
+        let mut c = Cluster {
+            bin: bin.to_path_buf(),
+            events,
+            daemons,
+            clients,
+            net,
+        };
+        c.spawn(1, Some("--init".into()))?;
+        c.wait("node 1 to lead", Duration::from_secs(30), |s| {
+            s.iter().flatten().any(|s| s.leader_id == Some(1))
+        })
+        .await?;
+        for i in 2..=n {
+            c.spawn(i, Some(format!("--join={}:{PORT}", c.net.ip(1))))?;
+        }
+        c.wait("all nodes to be voters", Duration::from_secs(60), |s| {
+            s.iter().all(|s| {
+                s.as_ref().is_some_and(|s| {
+                    s.members.len() == n && s.members.iter().all(|m| m.role == "voter")
+                })
+            })
+        })
+        .await?;
+        Ok(c)
+    }
+
+    /// Spawns node `i` (`extra`: `--init`, `--join=...`, or nothing to resume).
+    pub fn spawn(&mut self, i: usize, extra: Option<String>) -> Result<()> {
+        let ns = self.net.ns(i);
+        let listen = format!("{}:{PORT}", self.net.ip(i));
+        let d = &mut self.daemons[i - 1];
+        let log = OpenOptions::new().create(true).append(true).open(&d.log)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns])
+            .arg(&self.bin)
+            .args([
+                "node",
+                "--id",
+                &d.node_id.to_string(),
+                "--listen",
+                &listen,
+                "--data-dir",
+            ])
+            .arg(&d.dir)
+            .args([
+                "--driver",
+                "process",
+                "--heartbeat-ms",
+                "100",
+                "--election-ms",
+                "500",
+            ])
+            .args(["--vcpus", "256", "--memory-mb", "262144"])
+            .env("BLIXARD_EVENTS_FILE", &self.events)
+            .env(
+                "RUST_LOG",
+                std::env::var("BLIXARD_FAULT_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(e) = extra {
+            cmd.arg(e);
+        }
+        d.child = Some(cmd.spawn().with_context(|| format!("spawning node {i}"))?);
+        d.paused = false;
+        Ok(())
+    }
+
+    fn pid(&self, i: usize) -> Option<Pid> {
+        self.daemons[i - 1]
+            .child
+            .as_ref()
+            .map(|c| Pid::from_raw(c.id() as i32))
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        let d = &mut self.daemons[i - 1];
+        if let Some(mut c) = d.child.take() {
+            if d.paused {
+                let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        d.paused = false;
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.daemons[i - 1].child.is_some()
+    }
+
+    /// Forgets daemons that exited on their own (reaps them); returns the slots affected.
+    pub fn reap(&mut self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for d in &mut self.daemons {
+            if d.child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            {
+                d.child = None;
+                d.paused = false;
+                out.push(d.id);
+            }
+        }
+        out
+    }
+
+    pub fn pause(&mut self, i: usize) {
+        if let Some(p) = self.pid(i) {
+            let _ = kill(p, Signal::SIGSTOP);
+            self.daemons[i - 1].paused = true;
+        }
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        if let Some(p) = self.pid(i) {
+            let _ = kill(p, Signal::SIGCONT);
+        }
+        self.daemons[i - 1].paused = false;
+    }
+
+    /// `cluster status --stale` of node `i`, or `None` when it does not answer in time.
+    pub async fn status(&self, i: usize) -> Option<pb::ClusterStatusReply> {
+        let mut c = self.clients[i - 1].clone();
+        let f = c.cluster_status(pb::ReadOptions { stale: true });
+        match tokio::time::timeout(Duration::from_secs(1), f).await {
+            Ok(Ok(r)) => Some(r.into_inner()),
+            _ => None,
+        }
+    }
+
+    pub async fn statuses(&self) -> Vec<Option<pb::ClusterStatusReply>> {
+        let mut out = Vec::new();
+        for i in 1..=self.daemons.len() {
+            out.push(if self.is_running(i) {
+                self.status(i).await
+            } else {
+                None
+            });
+        }
+        out
+    }
+
+    /// The leader most nodes agree on.
+    pub async fn leader(&self) -> Option<usize> {
+        let s = self.statuses().await;
+        let mut votes = std::collections::BTreeMap::new();
+        for l in s.iter().flatten().filter_map(|s| s.leader_id) {
+            *votes.entry(l).or_insert(0) += 1;
+        }
+        let l = votes.into_iter().max_by_key(|&(_, v)| v).map(|(l, _)| l)?;
+        self.daemons.iter().find(|d| d.node_id == l).map(|d| d.id)
+    }
+
+    /// Removes the node in slot `i` through another member, waits for it to stop, then starts
+    /// a fresh node (new id, empty data dir) in the same namespace that joins the cluster.
+    pub async fn replace(&mut self, i: usize) -> Result<String> {
+        let old = self.daemons[i - 1].node_id;
+        let via = (1..=self.daemons.len())
+            .find(|&j| j != i && self.is_running(j))
+            .context("no other live node")?;
+        // Membership changes take longer than data operations: a client with its own timeout.
+        // If the answer is lost (timeout), the log decides: wait until `old` left the members.
+        let mut c = client(
+            &format!("{}:{PORT}", self.net.ip(via)),
+            Duration::from_secs(15),
+        )?;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(15),
+            c.remove_member(pb::RemoveMemberRequest { node_id: old }),
+        )
+        .await;
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            let gone = self
+                .status(via)
+                .await
+                .is_some_and(|s| !s.members.iter().any(|m| m.id == old));
+            if gone {
+                break;
+            }
+            if Instant::now() > end {
+                bail!("node {old} still a member after RemoveMember ({answer:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A removed node is told to stop; make sure.
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            let exited = self.daemons[i - 1]
+                .child
+                .as_mut()
+                .is_none_or(|ch| ch.try_wait().ok().flatten().is_some());
+            if exited {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.kill9(i);
+        let new = self.daemons.iter().map(|d| d.node_id).max().unwrap_or(0) + 1;
+        let d = &mut self.daemons[i - 1];
+        let _ = std::fs::rename(&d.dir, d.dir.with_file_name(format!("data.removed-{old}")));
+        d.node_id = new;
+        let join = format!("--join={}:{PORT}", self.net.ip(via));
+        self.spawn(i, Some(join))?;
+        Ok(format!(
+            "removed node {old} (slot {i}) and started node {new} in its place"
+        ))
+    }
+
+    pub async fn wait(
+        &self,
+        what: &str,
+        deadline: Duration,
+        mut f: impl FnMut(&[Option<pb::ClusterStatusReply>]) -> bool,
+    ) -> Result<Vec<Option<pb::ClusterStatusReply>>> {
+        let end = Instant::now() + deadline;
+        loop {
+            let s = self.statuses().await;
+            if f(&s) {
+                return Ok(s);
+            }
+            if Instant::now() > end {
+                bail!("timed out after {deadline:?} waiting for {what}; last statuses: {s:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 1..=self.daemons.len() {
+            self.kill9(i);
+        }
+    }
+}

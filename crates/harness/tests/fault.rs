@@ -1,0 +1,130 @@
+//! The CI part of the fault harness: short runs against real daemons in network namespaces.
+//! Needs root and `ip netns`; without them these tests FAIL with a clear message (they never
+//! pass silently).
+//!
+//! - `correct_build_survives_faults`: the normal build passes every CI seed.
+//! - `stale_reads_build_is_caught`: a build whose reads skip the read barrier
+//!   (feature `fault-stale-reads`) is caught by the checkers on the same seed.
+//!
+//! - `known_bug_removed_node_keeps_running_its_vms` (ignored until fixed): seed 2 replaces a
+//!   node; the removed node shuts down but leaves its VMs running while the leader re-places
+//!   them, so the "runs twice" checker fails.
+//!
+//! The default seeds 1, 3 and 7 together inject every fault kind except the membership change.
+//! `BLIXARD_FAULT_SEEDS=1,2` and `BLIXARD_FAULT_DURATION=30` (seconds) override the defaults.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use blixard_harness::run::{run, Config};
+
+/// Runs share the host (namespaces, two cores): one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn seeds() -> Vec<u64> {
+    std::env::var("BLIXARD_FAULT_SEEDS")
+        .ok()
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().parse().expect("BLIXARD_FAULT_SEEDS: numbers"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1, 3, 7])
+}
+
+fn duration() -> Duration {
+    Duration::from_secs(
+        std::env::var("BLIXARD_FAULT_DURATION")
+            .ok()
+            .map_or(30, |s| s.parse().expect("BLIXARD_FAULT_DURATION: seconds")),
+    )
+}
+
+fn preflight() {
+    if let Err(e) = blixard_harness::net::preflight() {
+        panic!(
+            "fault tests cannot run here: {e:#}. They need root and `ip netns` (CI runs as root)."
+        );
+    }
+}
+
+#[test]
+fn correct_build_survives_faults() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    preflight();
+    let bin = blixard_harness::build_blixard(None).expect("building blixard");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut failures = Vec::new();
+    for seed in seeds() {
+        let cfg = Config::new(seed, duration(), bin.clone());
+        let r = rt.block_on(run(&cfg)).expect("harness error");
+        eprintln!("{}", r.summary());
+        assert!(
+            r.ops > 100,
+            "seed {seed}: too few operations to judge anything: {}",
+            r.summary()
+        );
+        assert!(
+            r.faults_injected >= 3,
+            "seed {seed}: too few faults injected: {}",
+            r.summary()
+        );
+        if !r.passed() {
+            failures.push(format!(
+                "seed {seed}: {:#?}\n  evidence: {}\n  replay: {}",
+                r.anomalies,
+                r.dir.display(),
+                r.replay
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "anomalies found:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn stale_reads_build_is_caught() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    preflight();
+    let bin = blixard_harness::build_blixard(Some("fault-stale-reads"))
+        .expect("building blixard --features fault-stale-reads");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seed = seeds()[0];
+    let mut cfg = Config::new(seed, duration(), bin);
+    cfg.out = std::env::temp_dir().join("blixard-fault-selftest");
+    let r = rt.block_on(run(&cfg)).expect("harness error");
+    eprintln!("{}", r.summary());
+    assert!(
+        !r.passed(),
+        "the checkers missed the stale reads of the fault-stale-reads build (seed {seed})"
+    );
+    assert!(
+        r.anomalies.iter().any(|a| a.contains("not linearizable")),
+        "expected a linearizability violation, got {:#?}",
+        r.anomalies
+    );
+    let _ = std::fs::remove_dir_all(&r.dir);
+}
+
+#[test]
+#[ignore = "known bug: a node removed from the cluster keeps its VMs running while they are re-placed elsewhere"]
+fn known_bug_removed_node_keeps_running_its_vms() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    preflight();
+    let bin = blixard_harness::build_blixard(None).expect("building blixard");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt
+        .block_on(run(&Config::new(2, Duration::from_secs(30), bin)))
+        .expect("harness error");
+    eprintln!("{}", r.summary());
+    assert!(
+        r.passed(),
+        "seed 2: {:#?}\n  evidence: {}\n  replay: {}",
+        r.anomalies,
+        r.dir.display(),
+        r.replay
+    );
+}
