@@ -6,9 +6,10 @@
 //! - `stale_reads_build_is_caught`: a build whose reads skip the read barrier
 //!   (feature `fault-stale-reads`) is caught by the checkers on the same seed.
 //!
-//! - `known_bug_removed_node_keeps_running_its_vms` (ignored until fixed): seed 2 replaces a
-//!   node; the removed node shuts down but leaves its VMs running while the leader re-places
-//!   them, so the "runs twice" checker fails.
+//! - `removed_node_stops_its_vms_before_they_run_elsewhere`: seed 2 replaces a node (the
+//!   membership change fault). This found a real bug: the removed node used to leave its VMs
+//!   running while the leader re-placed them; now the node stops them (or its lease expires)
+//!   before they move.
 //!
 //! The default seeds 1, 3 and 7 together inject every fault kind except the membership change.
 //! `BLIXARD_FAULT_SEEDS=1,2` and `BLIXARD_FAULT_DURATION=30` (seconds) override the defaults.
@@ -110,8 +111,7 @@ fn stale_reads_build_is_caught() {
 }
 
 #[test]
-#[ignore = "known bug: a node removed from the cluster keeps its VMs running while they are re-placed elsewhere"]
-fn known_bug_removed_node_keeps_running_its_vms() {
+fn removed_node_stops_its_vms_before_they_run_elsewhere() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     preflight();
     let bin = blixard_harness::build_blixard(None).expect("building blixard");
