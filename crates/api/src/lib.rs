@@ -94,6 +94,7 @@ impl From<&core::VmSpec> for pb::VmSpec {
             features: s.features.iter().cloned().collect(),
             priority: Some(u32::from(s.priority)),
             preempt: s.preempt,
+            disk_image: s.disk_image.clone(),
         }
     }
 }
@@ -123,6 +124,7 @@ impl TryFrom<pb::VmSpec> for core::VmSpec {
             spec.priority = u8::try_from(p).map_err(|_| format!("priority must be between 0 and 100, got {p}"))?;
         }
         spec.preempt = s.preempt;
+        spec.disk_image = s.disk_image;
         Ok(spec)
     }
 }

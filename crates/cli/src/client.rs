@@ -28,6 +28,9 @@ pub struct CreateArgs {
     initrd: Option<String>,
     #[arg(long)]
     cmdline: Option<String>,
+    /// Root disk image (raw, or qcow2 by its .qcow2 extension).
+    #[arg(long)]
+    disk_image: Option<String>,
     /// Label KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
@@ -233,6 +236,7 @@ impl Client {
             features: a.features,
             priority: a.priority,
             preempt: a.preempt,
+            disk_image: a.disk_image,
         };
         if a.dry_run {
             let r = self

@@ -151,3 +151,23 @@ fn builtin_workload_signals_ready_and_stops_cleanly_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status on SIGTERM: {status}");
 }
+
+#[test]
+fn qemu_vm_boots_with_a_raw_disk_image_and_missing_paths_are_refused() {
+    let c = Cluster::start(1, &["--driver", "qemu"]);
+    let missing = run_cli(&c.addr(1), &["vm", "create", "nodisk", "--disk-image", "/nonexistent/disk.qcow2"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/disk.qcow2"), "the error names the path");
+    let kernel = run_cli(&c.addr(1), &["vm", "create", "nokernel", "--kernel", "/nonexistent/vmlinuz"]);
+    assert!(String::from_utf8_lossy(&kernel.stderr).contains("/nonexistent/vmlinuz"));
+
+    // A raw image is just a (sparse) file.
+    let img = c.tmp.path().join("disk.img");
+    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    json(&c.addr(1), &["vm", "create", "withdisk", "--memory", "256", "--disk-image", img.to_str().unwrap()]);
+    c.wait_vm(1, "withdisk", "running", BOOT, |v| v["state"] == "running");
+    let pid = c.vm_pid(1, "withdisk").unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains(img.to_str().unwrap()) && cmdline.contains("format=raw"), "QEMU got the disk: {cmdline}");
+}

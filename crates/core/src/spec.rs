@@ -186,6 +186,9 @@ pub struct VmSpec {
     /// When nothing fits, may evict strictly-lower-priority VMs from one node.
     #[serde(default)]
     pub preempt: bool,
+    /// Root disk image (raw, or qcow2 by its `.qcow2` extension), attached as virtio-blk.
+    #[serde(default)]
+    pub disk_image: Option<String>,
 }
 
 impl VmSpec {
@@ -209,6 +212,7 @@ impl VmSpec {
             features: BTreeSet::new(),
             priority: DEFAULT_PRIORITY,
             preempt: false,
+            disk_image: None,
         }
     }
 
@@ -231,7 +235,7 @@ impl VmSpec {
         if self.disk_gb > MAX_DISK_GB {
             return Err(ApplyError::invalid(format!("disk must be at most {MAX_DISK_GB} GiB, got {}", self.disk_gb)));
         }
-        for (what, p) in [("kernel", &self.kernel), ("initrd", &self.initrd)] {
+        for (what, p) in [("kernel", &self.kernel), ("initrd", &self.initrd), ("disk image", &self.disk_image)] {
             if let Some(p) = p {
                 if p.is_empty() || p.len() > MAX_PATH_LEN || p.contains('\0') {
                     return Err(ApplyError::invalid(format!("{what} path must be 1 to {MAX_PATH_LEN} bytes")));

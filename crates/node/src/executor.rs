@@ -224,6 +224,7 @@ impl Executor {
         cfg.cmdline = spec.cmdline.clone();
         cfg.kernel = spec.kernel.as_ref().map(PathBuf::from);
         cfg.initrd = spec.initrd.as_ref().map(PathBuf::from);
+        cfg.disk_image = spec.disk_image.as_ref().map(PathBuf::from);
         if self.driver.kind() == "qemu" && cfg.kernel.is_none() {
             let (k, i) = self.default_guest()?;
             cfg.kernel = Some(k);

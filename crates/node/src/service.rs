@@ -71,7 +71,7 @@ fn parse_spec(spec: Option<pb::VmSpec>) -> Result<VmSpec, Status> {
     let spec = spec.ok_or_else(|| Status::invalid_argument("missing VM spec"))?;
     let spec = VmSpec::try_from(spec).map_err(Status::invalid_argument)?;
     spec.validate().map_err(NodeError::Rejected)?;
-    for (what, p) in [("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
+    for (what, p) in [("kernel", &spec.kernel), ("initrd", &spec.initrd), ("disk image", &spec.disk_image)] {
         if let Some(p) = p {
             if !std::path::Path::new(p).is_file() {
                 return Err(Status::invalid_argument(format!("{what} not found: {p} (paths must exist on the nodes)")));
