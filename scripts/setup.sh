@@ -3,7 +3,8 @@
 # Idempotent and quiet when everything is present.
 #
 #  - build: a Rust toolchain must already be present (cargo); protoc is vendored by a crate.
-#  - tests and demo: iproute2 (network namespaces), cargo-nextest (optional: the test script
+#  - tests and demo: iproute2 and iptables (the fault harness's network namespaces and
+#    partitions), procps (kill), util-linux (setsid), cargo-nextest (optional: the test script
 #    falls back to cargo test), and the default guest (QEMU, busybox, the Debian cloud kernel)
 #    through scripts/setup-guest.sh.
 set -eu
@@ -19,6 +20,8 @@ fi
 if [ "$(id -u)" -eq 0 ]; then
     missing=""
     command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+    command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
+    command -v kill >/dev/null 2>&1 || missing="$missing procps"
     command -v setsid >/dev/null 2>&1 || missing="$missing util-linux"
     if [ -n "$missing" ]; then
         log "installing:$missing"
