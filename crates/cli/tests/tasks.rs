@@ -134,6 +134,7 @@ fn tasks_on_one_node() {
 fn pending_tasks_wait_for_capacity() {
     let c = Cluster::start(1, &["--vcpus", "2"]);
     let a = c.addr(1);
+    wait_for("node 1 to register", DEADLINE, || (try_json(&a, &["node", "list"])?.as_array()?.len() == 1).then_some(()));
     let first = submit(&a, &["--cpus", "2", "--", "sh", "-c", "sleep 2"]);
     let second = submit(&a, &["--cpus", "1", "--", "true"]);
     let t = json(&a, &["task", "status", &second]);
