@@ -210,3 +210,27 @@ fn node_death_retries_on_another_node_and_the_old_attempt_never_reports() {
     assert!(out.status.success());
     assert_eq!(wait_end(&a, &hold, DEADLINE)["state"], "cancelled");
 }
+
+#[test]
+fn a_daemon_restart_mid_task_reports_the_attempt_failed_and_never_reruns_it() {
+    let mut c = Cluster::start(1, &[]);
+    let a = c.addr(1);
+    wait_for("node 1 to register", DEADLINE, || (try_json(&a, &["node", "list"])?.as_array()?.len() == 1).then_some(()));
+    let id = submit(&a, &["--", "sh", "-c", "echo $$ > pid; echo started >> runs; sleep 60"]);
+    wait_for("the task to run", DEADLINE, || {
+        let t = try_json(&a, &["task", "status", &id])?;
+        (t["state"] == "running").then_some(())
+    });
+    let dir = c.node(1).dir.join("tasks").join(&id);
+    let pid: u32 = wait_for("the pid file", DEADLINE, || std::fs::read_to_string(dir.join("pid")).ok()?.trim().parse().ok());
+    c.kill9(1);
+    c.restart(1);
+    let t = wait_end(&a, &id, DEADLINE);
+    assert_eq!(t["state"], "failed", "{t}");
+    assert_eq!(t["attempt"], 1);
+    assert!(t["reason"].as_str().unwrap().contains("restarted"), "{t}");
+    wait_for("the orphaned process to be gone", Duration::from_secs(10), || (!common::pid_alive(pid)).then_some(()));
+    std::thread::sleep(Duration::from_secs(1));
+    let runs = std::fs::read_to_string(dir.join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the attempt ran once");
+}
