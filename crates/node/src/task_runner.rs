@@ -164,6 +164,13 @@ impl TaskRunner {
         let may_start = self.node.liveness.may_act(applied);
         let current: HashMap<&str, u64> = mine.iter().map(|t| (t.id.as_str(), t.epoch)).collect();
 
+        // Attempts running here that are no longer this node's (reassigned, forgotten): stop them.
+        for (id, (epoch, tx)) in self.running.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if current.get(id.as_str()) != Some(epoch) {
+                let _ = tx.send(true);
+            }
+        }
+
         // Leftovers: attempts started here that are no longer this node's current ones.
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
@@ -321,8 +328,19 @@ impl TaskRunner {
         }
 
         // Started: tell the cluster (best effort; the result is what counts).
-        if let Err(e) = self.node.propose(Command::ReportTaskStarted { id: t.id.clone(), node_id: self.node.id, epoch: t.epoch }, None).await {
-            tracing::info!(task = %t.id, error = %e, "reporting the start");
+        match self.node.propose(Command::ReportTaskStarted { id: t.id.clone(), node_id: self.node.id, epoch: t.epoch }, None).await {
+            Ok(_) => {}
+            Err(NodeError::Rejected(e)) => {
+                // No longer this node's attempt (reassigned, cancelled or forgotten): stop.
+                tracing::info!(task = %t.id, epoch = t.epoch, "start refused, stopping: {e}");
+                kill_group(pid);
+                let _ = child.wait().await;
+                tail.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+                flush(&tail, &out_path);
+                let _ = write_marker(&dir, &Marker { done: true, ..marker });
+                return Ok(());
+            }
+            Err(e) => tracing::info!(task = %t.id, error = %e, "reporting the start"),
         }
 
         let timeout = Duration::from_secs(t.spec.timeout_secs);
