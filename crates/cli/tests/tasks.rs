@@ -168,6 +168,11 @@ fn node_death_retries_on_another_node_and_the_old_attempt_never_reports() {
     });
     let victim = t["node_id"].as_u64().unwrap();
     assert_ne!(victim, leader);
+    // The pinned task is on its node; `--node` filters the list.
+    assert_eq!(json(&a, &["task", "status", &hold])["node_id"], leader);
+    let on_leader = json(&a, &["task", "list", "--node", &leader.to_string()]);
+    assert_eq!(on_leader.as_array().unwrap().len(), 1);
+    assert_eq!(on_leader[0]["id"], hold.as_str());
     assert_eq!(t["attempt"], 1);
     let first_epoch = t["epoch"].as_u64().unwrap();
     c.kill9(victim);
