@@ -164,8 +164,77 @@ pub fn parse_desired(s: &str) -> Result<core::Desired, String> {
     }
 }
 
+impl From<&core::TaskRecord> for pb::TaskInfo {
+    fn from(t: &core::TaskRecord) -> Self {
+        pb::TaskInfo {
+            id: t.id.clone(),
+            node_id: t.node_id,
+            state: t.state.as_str().to_string(),
+            exit_code: t.exit_code,
+            duration_ms: t.duration_ms,
+            attempt: t.attempt,
+            max_attempts: t.spec.max_attempts,
+            epoch: t.epoch,
+            reason: t.reason.clone(),
+            command: t.spec.command.clone(),
+            cpus: t.spec.cpus,
+            memory_mb: t.spec.memory_mb,
+            timeout_secs: t.spec.timeout_secs,
+            pinned_node: t.spec.node,
+            cancel_requested: t.cancel_requested,
+            submitted_ms: t.submitted_ms,
+            started_ms: t.started_ms,
+            finished_ms: t.finished_ms,
+            env: t.spec.env.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl From<&core::TaskSpec> for pb::TaskSpec {
+    fn from(s: &core::TaskSpec) -> Self {
+        pb::TaskSpec {
+            command: s.command.clone(),
+            env: s.env.clone().into_iter().collect(),
+            cpus: s.cpus,
+            memory_mb: s.memory_mb,
+            timeout_secs: s.timeout_secs,
+            node: s.node,
+            max_attempts: s.max_attempts,
+        }
+    }
+}
+
+impl From<pb::TaskSpec> for core::TaskSpec {
+    /// Zero cpus, timeout or attempts mean the defaults.
+    fn from(s: pb::TaskSpec) -> Self {
+        let mut spec = core::TaskSpec::new(s.command);
+        spec.env = s.env.into_iter().collect();
+        if s.cpus != 0 {
+            spec.cpus = s.cpus;
+        }
+        spec.memory_mb = s.memory_mb;
+        if s.timeout_secs != 0 {
+            spec.timeout_secs = s.timeout_secs;
+        }
+        spec.node = s.node;
+        if s.max_attempts != 0 {
+            spec.max_attempts = s.max_attempts;
+        }
+        spec
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn task_spec_round_trips() {
+        let mut s = core::TaskSpec::new(vec!["sh".into(), "-c".into(), "echo hi".into()]);
+        s.env.insert("A".into(), "b".into());
+        s.node = Some(2);
+        s.max_attempts = 5;
+        assert_eq!(core::TaskSpec::from(pb::TaskSpec::from(&s)), s);
+    }
+
     use super::*;
 
     #[test]

@@ -48,6 +48,11 @@ enum Cmd {
         #[command(subcommand)]
         sub: VmCmd,
     },
+    /// One-shot tasks: a command run once on a node the scheduler picks.
+    Task {
+        #[command(subcommand)]
+        sub: TaskCmd,
+    },
     /// Measure the cluster (closed-loop load from this machine).
     Bench {
         #[command(subcommand)]
@@ -236,6 +241,39 @@ enum VmCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// Submit a task: `blixard task submit [options] -- COMMAND [ARGS...]`; prints its id.
+    Submit(client::SubmitArgs),
+    /// Show one task.
+    Status {
+        id: String,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// List tasks (oldest first).
+    List {
+        #[arg(long)]
+        stale: bool,
+        /// Only tasks in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only tasks on this node.
+        #[arg(long)]
+        node: Option<u64>,
+    },
+    /// Wait until a task ends: exit 0 when it succeeded.
+    Wait {
+        id: String,
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Print a task's captured output (stdout and stderr, the last 64 KiB).
+    Logs { id: String },
+    /// Cancel a task (its process group is killed).
+    Cancel { id: String },
+}
+
 fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     raw.iter()
         .map(|l| match l.split_once('=') {
@@ -336,6 +374,14 @@ fn main() -> ExitCode {
                 ClusterCmd::Remove { id } => c.cluster_remove(id).await,
                 ClusterCmd::Leave => c.cluster_leave().await,
                 ClusterCmd::Settings { strategy, vcpu_overcommit } => c.cluster_settings(strategy, vcpu_overcommit).await,
+            },
+            Cmd::Task { sub } => match sub {
+                TaskCmd::Submit(args) => c.task_submit(args).await,
+                TaskCmd::Status { id, stale } => c.task_status(&id, stale).await,
+                TaskCmd::List { stale, state, node } => c.task_list(stale, state, node).await,
+                TaskCmd::Wait { id, timeout } => c.task_wait(&id, timeout).await,
+                TaskCmd::Logs { id } => c.task_logs(&id).await,
+                TaskCmd::Cancel { id } => c.task_cancel(&id).await,
             },
             Cmd::Vm { sub } => match sub {
                 VmCmd::Create(args) => c.vm_create(args).await,

@@ -43,6 +43,30 @@ pub fn vm_json(v: &pb::VmInfo) -> Value {
     })
 }
 
+pub fn task_json(t: &pb::TaskInfo) -> Value {
+    json!({
+        "id": t.id,
+        "node_id": t.node_id,
+        "state": t.state,
+        "exit_code": t.exit_code,
+        "duration_ms": t.duration_ms,
+        "attempt": t.attempt,
+        "max_attempts": t.max_attempts,
+        "epoch": t.epoch,
+        "reason": t.reason,
+        "command": t.command,
+        "env": t.env.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "cpus": t.cpus,
+        "memory_mb": t.memory_mb,
+        "timeout_secs": t.timeout_secs,
+        "pinned_node": t.pinned_node,
+        "cancel_requested": t.cancel_requested,
+        "submitted_ms": t.submitted_ms,
+        "started_ms": t.started_ms,
+        "finished_ms": t.finished_ms,
+    })
+}
+
 pub fn explain_json(p: &pb::PlacementExplanation) -> Value {
     json!({
         "node_id": p.node,

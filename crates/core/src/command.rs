@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{NodeId, Resources, Strategy, VmSpec};
 use crate::state::{Desired, NodeState, VmRecord, VmState, Worker};
+use crate::task::{TaskRecord, TaskSpec, TaskState};
 
 /// One entry of the replicated log: a command, stamped by the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +73,22 @@ pub enum Command {
     MoveVm { name: String },
     /// What an executor observed of a VM it runs, for the placement `epoch` it acts on.
     ReportVmStatus { name: String, node_id: NodeId, epoch: u64, state: VmState, reason: Option<String> },
+    /// Record a one-shot task (its id chosen by the proposer) and place it when capacity allows.
+    SubmitTask { id: String, spec: TaskSpec },
+    /// The node running attempt `epoch` of a task started it.
+    ReportTaskStarted { id: String, node_id: NodeId, epoch: u64 },
+    /// The result of attempt `epoch` of a task (succeeded, failed, timed_out or cancelled).
+    ReportTaskResult {
+        id: String,
+        node_id: NodeId,
+        epoch: u64,
+        state: TaskState,
+        exit_code: Option<i32>,
+        duration_ms: Option<u64>,
+        reason: Option<String>,
+    },
+    /// Cancel a task: at once while it waits for a node, else its node stops it and reports.
+    CancelTask { id: String },
 }
 
 impl Command {
@@ -86,6 +103,10 @@ impl Command {
             Command::SetVmDesired { .. } => "set_vm_desired",
             Command::MoveVm { .. } => "move_vm",
             Command::ReportVmStatus { .. } => "report_vm_status",
+            Command::SubmitTask { .. } => "submit_task",
+            Command::ReportTaskStarted { .. } => "report_task_started",
+            Command::ReportTaskResult { .. } => "report_task_result",
+            Command::CancelTask { .. } => "cancel_task",
         }
     }
 }
@@ -96,6 +117,7 @@ pub enum Reply {
     Done,
     Vm(VmRecord),
     Worker(Worker),
+    Task(Box<TaskRecord>),
 }
 
 /// Why `apply` refused a command. A refused command changes nothing.
@@ -113,6 +135,8 @@ pub enum ApplyError {
     StaleEpoch { name: String, got: u64, current: u64, node: Option<NodeId> },
     #[error("{0}")]
     LimitReached(String),
+    #[error("stale report for task '{id}': attempt epoch {got} is not the current assignment (epoch {current} on node {node:?})")]
+    StaleAttempt { id: String, got: u64, current: u64, node: Option<NodeId> },
 }
 
 impl ApplyError {

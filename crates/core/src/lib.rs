@@ -13,8 +13,10 @@ pub mod planner;
 pub mod scheduler;
 pub mod spec;
 pub mod state;
+pub mod task;
 
 pub use command::{ApplyError, Command, Outcome, Reply, Request};
 pub use scheduler::{explain, NodeVerdict, Placement, SchedulerSettings};
 pub use spec::{NodeId, Resources, RestartPolicy, Strategy, VmSpec};
 pub use state::{ClusterState, Desired, NodeState, RowKey, VmRecord, VmState, Worker};
+pub use task::{TaskRecord, TaskSpec, TaskState};

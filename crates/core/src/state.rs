@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::command::{ApplyError, Command, Outcome, Reply, Request};
 use crate::scheduler::{self, SchedulerSettings};
 use crate::spec::{self, NodeId, Resources, VmSpec, MAX_VMS, MAX_WORKERS};
+use crate::task::{self, TaskRecord, TaskSpec, TaskState, MAX_ACTIVE_TASKS, MAX_FINISHED_TASKS};
 
 /// How many client request ids are remembered for de-duplication. Older ones are forgotten in
 /// log order, so a retry arriving after this many newer requests is applied again.
@@ -160,6 +161,7 @@ pub enum RowKey {
     Request(String),
     /// The cluster-wide scheduler settings.
     Settings,
+    Task(String),
 }
 
 impl RowKey {
@@ -170,6 +172,7 @@ impl RowKey {
             RowKey::Worker(id) => format!("worker/{id:020}"),
             RowKey::Request(id) => format!("req/{id}"),
             RowKey::Settings => SETTINGS_ROW.to_string(),
+            RowKey::Task(id) => format!("task/{id}"),
         }
     }
 }
@@ -201,6 +204,9 @@ pub struct ClusterState {
     /// Cluster-wide scheduler settings (strategy, vCPU overcommit).
     #[serde(default)]
     pub settings: SchedulerSettings,
+    /// One-shot tasks: active ones and the most recent finished ones.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskRecord>,
     /// Rows changed since the last `take_touched`; not part of the state.
     #[serde(skip)]
     touched: BTreeSet<RowKey>,
@@ -216,6 +222,12 @@ pub struct ClusterState {
     /// Unplaced VMs in the order `place_pending` tries them; derived, rebuilt on load.
     #[serde(skip)]
     pending: BTreeSet<PendingKey>,
+    /// Unassigned active tasks as (submitted_ms, id), in the order they are placed; derived.
+    #[serde(skip)]
+    pending_tasks: BTreeSet<(u64, String)>,
+    /// Finished tasks as (finishing log index, id), oldest first, for retention; derived.
+    #[serde(skip)]
+    finished_tasks: BTreeSet<(u64, String)>,
 }
 
 impl ClusterState {
@@ -228,6 +240,10 @@ impl ClusterState {
             }
         }
         let outcome = self.apply_command(index, req.time_ms, &req.command);
+        if outcome.is_ok() && !self.pending_tasks.is_empty() {
+            // Any change may have made room (or a node) for waiting tasks.
+            self.place_pending_tasks(index, req.time_ms);
+        }
         if let Some(id) = &req.request_id {
             if id.len() <= spec::MAX_REQUEST_ID_LEN {
                 self.remember(id.clone(), index, outcome.clone());
@@ -274,7 +290,7 @@ impl ClusterState {
                 w.labels = labels.clone();
                 self.touched.insert(RowKey::Worker(*id));
                 // A re-registration may have taken labels, features or capacity away.
-                let evicted = self.evict_misfits(*id, now);
+                let evicted = self.evict_misfits(*id, index, now);
                 // New capacity may let pending VMs in.
                 self.place_pending(index, now, BTreeSet::new(), evicted);
                 match self.workers.get(id) {
@@ -287,6 +303,7 @@ impl ClusterState {
                     return Err(ApplyError::not_found("node", id));
                 }
                 self.touched.insert(RowKey::Worker(*id));
+                self.requeue_tasks_from_node(*id, index, now, &format!("node {id} left the cluster"));
                 let names: Vec<String> =
                     self.by_node.get(id).map(|s| s.iter().map(|(_, n)| n.clone()).collect()).unwrap_or_default();
                 for name in &names {
@@ -305,6 +322,7 @@ impl ClusterState {
                 match *state {
                     NodeState::Up => self.place_pending(index, now, BTreeSet::new(), BTreeSet::new()),
                     NodeState::Down if was != NodeState::Down => {
+                        self.requeue_tasks_from_node(*id, index, now, &format!("node {id} is down"));
                         let evicted = self.reschedule_from_down_node(*id, now);
                         self.place_pending(index, now, BTreeSet::new(), evicted);
                     }
@@ -457,7 +475,272 @@ impl ClusterState {
                 }
                 Ok(Reply::Vm(self.vms[name].clone()))
             }
+            Command::SubmitTask { id, spec } => self.submit_task(index, now, id, spec),
+            Command::ReportTaskStarted { id, node_id, epoch } => {
+                let t = self.current_task(id, *node_id, *epoch)?;
+                if t.state == TaskState::Pending {
+                    t.state = TaskState::Running;
+                    t.started_ms = Some(now);
+                    t.reason = None;
+                    t.updated_ms = now;
+                    self.touched.insert(RowKey::Task(id.clone()));
+                }
+                Ok(Reply::Task(Box::new(self.tasks[id].clone())))
+            }
+            Command::ReportTaskResult { id, node_id, epoch, state, exit_code, duration_ms, reason } => {
+                if !state.is_result() {
+                    return Err(ApplyError::invalid(format!(
+                        "a task result must be succeeded, failed, timed_out or cancelled, not {}",
+                        state.as_str()
+                    )));
+                }
+                self.current_task(id, *node_id, *epoch)?;
+                self.finish_task(id, index, now, *state, reason.as_deref().map(task::clip_reason));
+                if let Some(t) = self.tasks.get_mut(id) {
+                    t.exit_code = *exit_code;
+                    t.duration_ms = *duration_ms;
+                }
+                let reply = self.tasks.get(id).cloned();
+                self.evict_finished_tasks();
+                // Freed capacity may let waiting VMs in.
+                self.place_pending(index, now, BTreeSet::new(), BTreeSet::new());
+                match reply {
+                    Some(t) => Ok(Reply::Task(Box::new(t))),
+                    None => Ok(Reply::Done),
+                }
+            }
+            Command::CancelTask { id } => {
+                let Some(t) = self.tasks.get_mut(id) else {
+                    return Err(ApplyError::not_found("task", id));
+                };
+                if t.state.is_finished() {
+                    return Err(ApplyError::invalid(format!("task '{id}' already finished ({})", t.state.as_str())));
+                }
+                if t.node_id.is_none() {
+                    self.finish_task(id, index, now, TaskState::Cancelled, Some("cancelled before it was placed".into()));
+                } else {
+                    t.cancel_requested = true;
+                    t.reason = Some("cancel requested: waiting for its node to stop it".into());
+                    t.updated_ms = now;
+                    self.touched.insert(RowKey::Task(id.clone()));
+                }
+                let reply = self.tasks.get(id).cloned();
+                self.evict_finished_tasks();
+                match reply {
+                    Some(t) => Ok(Reply::Task(Box::new(t))),
+                    None => Ok(Reply::Done),
+                }
+            }
         }
+    }
+
+    fn submit_task(&mut self, index: u64, now: u64, id: &str, spec: &TaskSpec) -> Outcome {
+        task::validate_task_id(id)?;
+        spec.validate()?;
+        if self.tasks.contains_key(id) {
+            return Err(ApplyError::AlreadyExists { what: "task".into(), name: id.to_string() });
+        }
+        let active = self.tasks.len() - self.finished_tasks.len();
+        if active >= MAX_ACTIVE_TASKS {
+            return Err(ApplyError::LimitReached(format!("the cluster already holds {MAX_ACTIVE_TASKS} unfinished tasks")));
+        }
+        if let Some(pin) = spec.node {
+            let Some(w) = self.workers.get(&pin) else {
+                return Err(ApplyError::not_found("node", pin));
+            };
+            let cap = self.settings.effective_capacity(&w.capacity);
+            if !cap.fits(&spec.resources()) {
+                return Err(ApplyError::NoCapacity(format!(
+                    "node {pin} can never fit this task: it offers {} vCPUs and {} MiB memory",
+                    cap.vcpus, cap.memory_mb
+                )));
+            }
+        }
+        let t = TaskRecord {
+            id: id.to_string(),
+            spec: spec.clone(),
+            node_id: None,
+            state: TaskState::Pending,
+            attempt: 0,
+            epoch: index,
+            exit_code: None,
+            duration_ms: None,
+            reason: None,
+            cancel_requested: false,
+            submitted_ms: now,
+            started_ms: None,
+            finished_ms: None,
+            finished_index: None,
+            updated_ms: now,
+        };
+        self.pending_tasks.insert((now, id.to_string()));
+        self.tasks.insert(id.to_string(), t);
+        self.touched.insert(RowKey::Task(id.to_string()));
+        self.place_pending_tasks(index, now);
+        Ok(Reply::Task(Box::new(self.tasks[id].clone())))
+    }
+
+    /// The task `id` if (`node`, `epoch`) is its current, unfinished assignment.
+    fn current_task(&mut self, id: &str, node: NodeId, epoch: u64) -> Result<&mut TaskRecord, ApplyError> {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return Err(ApplyError::not_found("task", id));
+        };
+        if t.epoch != epoch || t.node_id != Some(node) || t.state.is_finished() {
+            return Err(ApplyError::StaleAttempt { id: id.to_string(), got: epoch, current: t.epoch, node: t.node_id });
+        }
+        Ok(t)
+    }
+
+    /// Ends task `id` in `state`: frees what it held and records it as finished. (Eviction of
+    /// old finished tasks is left to the caller, after it has read the record.)
+    fn finish_task(&mut self, id: &str, index: u64, now: u64, state: TaskState, reason: Option<String>) {
+        let Some(t) = self.tasks.get_mut(id) else { return };
+        if t.state.is_finished() {
+            return;
+        }
+        let held = t.node_id.map(|n| (n, t.spec.resources()));
+        if t.node_id.is_none() {
+            self.pending_tasks.remove(&(t.submitted_ms, id.to_string()));
+        }
+        t.state = state;
+        t.reason = reason;
+        t.finished_ms = Some(now);
+        t.finished_index = Some(index);
+        t.updated_ms = now;
+        self.finished_tasks.insert((index, id.to_string()));
+        self.touched.insert(RowKey::Task(id.to_string()));
+        if let Some((n, res)) = held {
+            self.release_task(n, &res);
+        }
+    }
+
+    /// Forgets the oldest finished tasks beyond [`MAX_FINISHED_TASKS`].
+    fn evict_finished_tasks(&mut self) {
+        while self.finished_tasks.len() > MAX_FINISHED_TASKS {
+            let Some((_, id)) = self.finished_tasks.pop_first() else { break };
+            self.tasks.remove(&id);
+            self.touched.insert(RowKey::Task(id));
+        }
+    }
+
+    fn release_task(&mut self, node: NodeId, res: &Resources) {
+        if let Some(w) = self.workers.get_mut(&node) {
+            w.allocated = w.allocated.saturating_sub(res);
+            self.touched.insert(RowKey::Worker(node));
+        }
+    }
+
+    /// Node `id` is gone (down, removed, or shrunk): each unfinished task assigned there is
+    /// retried elsewhere with a new attempt while attempts remain, else it is lost (or
+    /// cancelled, when a cancel was pending).
+    fn requeue_tasks_from_node(&mut self, id: NodeId, index: u64, now: u64, why: &str) {
+        let on_node: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| t.node_id == Some(id) && !t.state.is_finished())
+            .map(|t| t.id.clone())
+            .collect();
+        for tid in on_node {
+            let Some(t) = self.tasks.get(&tid) else { continue };
+            let (cancel, attempt, max) = (t.cancel_requested, t.attempt, t.spec.max_attempts);
+            if cancel {
+                self.finish_task(&tid, index, now, TaskState::Cancelled, Some(format!("cancelled; {why}")));
+            } else if attempt >= max {
+                self.finish_task(
+                    &tid,
+                    index,
+                    now,
+                    TaskState::Lost,
+                    Some(format!("{why} during attempt {attempt} of {max}; no attempt left")),
+                );
+            } else {
+                let res = t.spec.resources();
+                let Some(t) = self.tasks.get_mut(&tid) else { continue };
+                t.node_id = None;
+                t.state = TaskState::Pending;
+                t.started_ms = None;
+                t.reason = Some(format!("{why} during attempt {attempt} of {max}; retrying"));
+                t.updated_ms = now;
+                let key = (t.submitted_ms, tid.clone());
+                self.pending_tasks.insert(key);
+                self.touched.insert(RowKey::Task(tid.clone()));
+                self.release_task(id, &res);
+            }
+        }
+        self.evict_finished_tasks();
+    }
+
+    /// Where task `spec` would go now: an up node (the pinned one, if any) with room, the one
+    /// with the most free vCPUs, then memory, then the lowest id. `Err` says why none.
+    fn choose_task_node(&self, spec: &TaskSpec) -> Result<NodeId, String> {
+        let need = spec.resources();
+        let mut best: Option<(u32, u64, NodeId)> = None;
+        for w in self.workers.values() {
+            if w.state != NodeState::Up || spec.node.is_some_and(|p| p != w.id) {
+                continue;
+            }
+            let free = self.settings.effective_capacity(&w.capacity).saturating_sub(&w.allocated);
+            if !free.fits(&need) {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some((c, m, _)) => (free.vcpus, free.memory_mb) > (c, m),
+            };
+            if better {
+                best = Some((free.vcpus, free.memory_mb, w.id));
+            }
+        }
+        match (best, spec.node) {
+            (Some((_, _, n)), _) => Ok(n),
+            (None, Some(p)) => match self.workers.get(&p) {
+                Some(w) if w.state != NodeState::Up => Err(format!("waiting for node {p}: it is {}", w.state.as_str())),
+                Some(_) => Err(format!("waiting for node {p} to have {} free vCPUs and {} MiB memory", need.vcpus, need.memory_mb)),
+                None => Err(format!("node {p} is no longer in the cluster")),
+            },
+            (None, None) => Err(format!("waiting for an up node with {} free vCPUs and {} MiB memory", need.vcpus, need.memory_mb)),
+        }
+    }
+
+    /// Assigns every waiting task that fits somewhere, oldest first; the others keep waiting
+    /// (with the reason). Each assignment is a new attempt whose epoch is `index`.
+    fn place_pending_tasks(&mut self, index: u64, now: u64) {
+        let waiting: Vec<(u64, String)> = self.pending_tasks.iter().cloned().collect();
+        for key in waiting {
+            let Some(t) = self.tasks.get(&key.1) else { continue };
+            match self.choose_task_node(&t.spec) {
+                Ok(node) => {
+                    let res = t.spec.resources();
+                    self.pending_tasks.remove(&key);
+                    let Some(t) = self.tasks.get_mut(&key.1) else { continue };
+                    t.node_id = Some(node);
+                    t.attempt += 1;
+                    t.epoch = index;
+                    t.state = TaskState::Pending;
+                    t.reason = None;
+                    t.updated_ms = now;
+                    self.touched.insert(RowKey::Task(key.1.clone()));
+                    if let Some(w) = self.workers.get_mut(&node) {
+                        w.allocated = w.allocated.saturating_add(&res);
+                        self.touched.insert(RowKey::Worker(node));
+                    }
+                }
+                Err(why) => {
+                    let Some(t) = self.tasks.get_mut(&key.1) else { continue };
+                    // A retry keeps the story of why it is waiting until it is placed again.
+                    if t.attempt == 0 && t.reason.as_deref() != Some(why.as_str()) {
+                        t.reason = Some(why);
+                        t.updated_ms = now;
+                        self.touched.insert(RowKey::Task(key.1.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Unassigned tasks, in the order they are placed.
+    pub fn pending_task_ids(&self) -> impl Iterator<Item = &str> {
+        self.pending_tasks.iter().map(|k| k.1.as_str())
     }
 
     /// Adds VM `name` to the derived indexes: its node and group when placed, else pending.
@@ -588,7 +871,7 @@ impl ClusterState {
     /// After a re-registration: evicts the VMs on `id` whose label or feature constraints the
     /// node no longer meets, then (lowest priority first) VMs until the allocation fits the
     /// node's capacity again. Returns the evicted VMs.
-    fn evict_misfits(&mut self, id: NodeId, now: u64) -> BTreeSet<String> {
+    fn evict_misfits(&mut self, id: NodeId, index: u64, now: u64) -> BTreeSet<String> {
         let mut evicted = BTreeSet::new();
         let Some(w) = self.workers.get(&id) else { return evicted };
         let on_node: Vec<String> =
@@ -613,7 +896,11 @@ impl ClusterState {
                 "node {id} re-registered with less capacity ({} vCPUs, {} MiB memory, {} GiB disk)",
                 cap.vcpus, cap.memory_mb, cap.disk_gb
             );
-            let Some((_, victim)) = self.by_node.get(&id).and_then(|s| s.first()).cloned() else { return evicted };
+            let Some((_, victim)) = self.by_node.get(&id).and_then(|s| s.first()).cloned() else {
+                // Only tasks hold the rest: run them elsewhere.
+                self.requeue_tasks_from_node(id, index, now, &why);
+                return evicted;
+            };
             self.unplace_vm(&victim, now, why);
             evicted.insert(victim);
         }
@@ -742,6 +1029,7 @@ impl ClusterState {
             RowKey::Worker(id) => self.workers.get(id).map(serde_json::to_vec),
             RowKey::Request(id) => self.requests.get(id).map(serde_json::to_vec),
             RowKey::Settings => Some(serde_json::to_vec(&self.settings)),
+            RowKey::Task(id) => self.tasks.get(id).map(serde_json::to_vec),
         };
         // Serializing these plain data types cannot fail.
         json.and_then(Result::ok)
@@ -755,6 +1043,7 @@ impl ClusterState {
             .map(|n| RowKey::Vm(n.clone()))
             .chain(self.workers.keys().map(|id| RowKey::Worker(*id)))
             .chain(self.requests.keys().map(|id| RowKey::Request(id.clone())))
+            .chain(self.tasks.keys().map(|id| RowKey::Task(id.clone())))
             .chain(std::iter::once(RowKey::Settings));
         keys.filter_map(|k| self.row(&k).map(|v| (k.encode(), v))).collect()
     }
@@ -771,6 +1060,8 @@ impl ClusterState {
                 s.workers.insert(id, serde_json::from_slice(value).map_err(bad)?);
             } else if key == SETTINGS_ROW {
                 s.settings = serde_json::from_slice(value).map_err(bad)?;
+            } else if let Some(id) = key.strip_prefix("task/") {
+                s.tasks.insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
             } else if let Some(id) = key.strip_prefix("req/") {
                 s.requests.insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
             } else {
@@ -790,6 +1081,15 @@ impl ClusterState {
         let names: Vec<String> = self.vms.keys().cloned().collect();
         for name in names {
             self.index_add(&name);
+        }
+        self.pending_tasks.clear();
+        self.finished_tasks.clear();
+        for t in self.tasks.values() {
+            if t.state.is_finished() {
+                self.finished_tasks.insert((t.finished_index.unwrap_or(0), t.id.clone()));
+            } else if t.node_id.is_none() {
+                self.pending_tasks.insert((t.submitted_ms, t.id.clone()));
+            }
         }
         self.touched.clear();
     }
@@ -822,10 +1122,36 @@ impl ClusterState {
                 return Err(format!("VM {} is unplaced but {}", vm.spec.name, vm.state.as_str()));
             }
         }
+        let mut task_alloc: BTreeMap<NodeId, Resources> = BTreeMap::new();
+        for t in self.tasks.values() {
+            if t.state.is_finished() {
+                continue;
+            }
+            if let Some(n) = t.node_id {
+                if !self.workers.contains_key(&n) {
+                    return Err(format!("task {} is assigned to unknown node {n}", t.id));
+                }
+                if t.spec.node.is_some_and(|p| p != n) {
+                    return Err(format!("task {} is pinned to node {:?} but assigned to node {n}", t.id, t.spec.node));
+                }
+                if t.attempt == 0 || t.attempt > t.spec.max_attempts {
+                    return Err(format!("task {} is assigned with attempt {}", t.id, t.attempt));
+                }
+                let e = task_alloc.entry(n).or_default();
+                *e = e.saturating_add(&t.spec.resources());
+            } else if t.state != TaskState::Pending {
+                return Err(format!("task {} is unassigned but {}", t.id, t.state.as_str()));
+            }
+        }
+        let finished = self.tasks.values().filter(|t| t.state.is_finished()).count();
+        if finished > MAX_FINISHED_TASKS {
+            return Err(format!("{finished} finished tasks kept, above the limit of {MAX_FINISHED_TASKS}"));
+        }
         for w in self.workers.values() {
             let (a, count) = alloc.get(&w.id).copied().unwrap_or_default();
+            let a = a.saturating_add(&task_alloc.get(&w.id).copied().unwrap_or_default());
             if a != w.allocated || count != w.vms {
-                return Err(format!("node {} records allocation {:?}/{} but VMs sum to {:?}/{}", w.id, w.allocated, w.vms, a, count));
+                return Err(format!("node {} records allocation {:?}/{} but VMs and tasks sum to {:?}/{}", w.id, w.allocated, w.vms, a, count));
             }
             let cap = self.settings.effective_capacity(&w.capacity);
             if !cap.fits(&w.allocated) {
@@ -849,6 +1175,7 @@ impl ClusterState {
             vms: self.vms.clone(),
             requests: BTreeMap::new(),
             settings: self.settings,
+            tasks: self.tasks.clone(),
             ..ClusterState::default()
         };
         fresh.rebuild_derived();
@@ -860,6 +1187,9 @@ impl ClusterState {
         }
         if fresh.pending != self.pending {
             return Err("pending index differs from a rebuild".into());
+        }
+        if fresh.pending_tasks != self.pending_tasks || fresh.finished_tasks != self.finished_tasks {
+            return Err("task indexes differ from a rebuild".into());
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use blixard_core::RestartPolicy;
+use blixard_core::{RestartPolicy, TaskSpec, TaskState};
 use blixard_core::scheduler::explain;
 use blixard_core::{ClusterState, Command, Desired, VmState, NodeId, NodeState, Reply, Request, Resources, Strategy, VmSpec};
 use proptest::prelude::*;
@@ -23,6 +23,10 @@ enum Op {
     Desired { vm: u8, running: bool },
     /// A report for the VM's current placement (`current`) or a stale one.
     Report { vm: u8, state: VmState, current: bool },
+    SubmitTask { t: u8, cpus: u32, memory_mb: u64, pin: Option<NodeId>, max_attempts: u32 },
+    /// A task start (`state == None`) or result for its current assignment or a stale one.
+    TaskReport { t: u8, state: Option<TaskState>, current: bool },
+    CancelTask { t: u8 },
 }
 
 fn zone(z: u8) -> String {
@@ -85,6 +89,11 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         1 => (0u8..24, proptest::bool::ANY).prop_map(|(vm, running)| Op::Desired { vm, running }),
         3 => (0u8..24, prop_oneof![Just(VmState::Starting), Just(VmState::Running), Just(VmState::Stopped), Just(VmState::Failed)], proptest::bool::weighted(0.8))
             .prop_map(|(vm, state, current)| Op::Report { vm, state, current }),
+        3 => (0u8..12, 1u32..4, prop_oneof![Just(0u64), Just(512), Just(4096)], proptest::option::weighted(0.2, 1u64..6), 1u32..4)
+            .prop_map(|(t, cpus, memory_mb, pin, max_attempts)| Op::SubmitTask { t, cpus, memory_mb, pin, max_attempts }),
+        3 => (0u8..12, proptest::option::of(prop_oneof![Just(TaskState::Succeeded), Just(TaskState::Failed), Just(TaskState::TimedOut), Just(TaskState::Cancelled), Just(TaskState::Running)]), proptest::bool::weighted(0.8))
+            .prop_map(|(t, state, current)| Op::TaskReport { t, state, current }),
+        1 => (0u8..12).prop_map(|t| Op::CancelTask { t }),
     ]
 }
 
@@ -113,6 +122,24 @@ fn command(op: &Op, s: &ClusterState) -> Command {
         Op::Create(spec) => Command::CreateVm { spec: spec.clone() },
         Op::Delete { vm } => Command::DeleteVm { name: format!("vm-{vm}") },
         Op::Settings { strategy, pct } => Command::SetSchedulerSettings { strategy: *strategy, vcpu_overcommit_pct: *pct },
+        Op::SubmitTask { t, cpus, memory_mb, pin, max_attempts } => {
+            let mut spec = TaskSpec::new(vec!["true".into()]);
+            spec.cpus = *cpus;
+            spec.memory_mb = *memory_mb;
+            spec.node = *pin;
+            spec.max_attempts = *max_attempts;
+            Command::SubmitTask { id: format!("t-{t}"), spec }
+        }
+        Op::TaskReport { t, state, current } => {
+            let id = format!("t-{t}");
+            let (node, epoch) = s.tasks.get(&id).map(|t| (t.node_id.unwrap_or(1), t.epoch)).unwrap_or((1, 0));
+            let epoch = if *current { epoch } else { epoch.saturating_sub(1) };
+            match state {
+                None => Command::ReportTaskStarted { id, node_id: node, epoch },
+                Some(st) => Command::ReportTaskResult { id, node_id: node, epoch, state: *st, exit_code: Some(0), duration_ms: Some(5), reason: None },
+            }
+        }
+        Op::CancelTask { t } => Command::CancelTask { id: format!("t-{t}") },
     }
 }
 

@@ -16,6 +16,7 @@ pub mod liveness;
 pub mod meta;
 pub mod node;
 pub mod service;
+pub mod task_runner;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,6 +157,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     tasks.push(tokio::spawn(register_worker(node.clone())));
     tasks.push(tokio::spawn(housekeeping(node.clone())));
     tasks.push(tokio::spawn(executor::Executor::new(node.clone(), driver).run()));
+    tasks.push(tokio::spawn(task_runner::TaskRunner::new(node.clone()).run()));
     tasks.push(tokio::spawn(liveness::heartbeat_loop(node.clone())));
     tasks.push(tokio::spawn(liveness::leader_loop(node.clone())));
     tracing::info!(node = config.id, %addr, cluster = %cluster_id, "node started");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use blixard_api::pb::blixard_server::Blixard;
 use blixard_api::pb::raft_peer_server::RaftPeer;
 use blixard_api::{pb, CLUSTER_HEADER, FORWARDED_HEADER};
-use blixard_core::{Command, Reply, Request, VmSpec};
+use blixard_core::{Command, Reply, Request, TaskSpec, VmSpec};
 use blixard_raft::TypeConfig;
 use openraft::Snapshot;
 use serde::Serialize;
@@ -87,6 +87,13 @@ fn node_info(state: &blixard_core::ClusterState, w: &blixard_core::Worker) -> pb
     let mut n = pb::NodeInfo::from(w);
     n.capacity = Some(state.settings.effective_capacity(&w.capacity).into());
     n
+}
+
+fn task_reply(reply: Reply) -> Result<pb::TaskInfo, Status> {
+    match reply {
+        Reply::Task(t) => Ok(pb::TaskInfo::from(&*t)),
+        other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, Status> {
@@ -182,6 +189,92 @@ impl Blixard for Api {
         let mut fwd_req = tonic::Request::new(req);
         fwd_req.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
         let upstream = blixard_api::BlixardClient::new(ch).vm_logs(fwd_req).await?.into_inner();
+        Ok(Response::new(Box::pin(upstream)))
+    }
+
+    type TaskLogsStream = LogStream;
+
+    async fn submit_task(&self, r: GrpcRequest<pb::SubmitTaskRequest>) -> Result<Response<pb::TaskInfo>, Status> {
+        let req = r.into_inner();
+        let spec: TaskSpec = req.spec.ok_or_else(|| Status::invalid_argument("missing task spec"))?.into();
+        spec.validate().map_err(NodeError::Rejected)?;
+        // The proposer chooses the id: apply has no randomness.
+        let id = uuid::Uuid::new_v4().to_string();
+        let reply = self.node.propose(Command::SubmitTask { id, spec }, request_id(&req.request_id)?).await?;
+        Ok(Response::new(task_reply(reply)?))
+    }
+
+    async fn get_task(&self, r: GrpcRequest<pb::GetTaskRequest>) -> Result<Response<pb::TaskInfo>, Status> {
+        let req = r.into_inner();
+        blixard_core::task::validate_task_id(&req.id).map_err(NodeError::Rejected)?;
+        self.read(req.stale).await?;
+        let a = self.node.state.read();
+        match a.state.tasks.get(&req.id) {
+            Some(t) => Ok(Response::new(pb::TaskInfo::from(t))),
+            None => Err(Status::not_found(format!("task '{}' not found", req.id))),
+        }
+    }
+
+    async fn list_tasks(&self, r: GrpcRequest<pb::ListTasksRequest>) -> Result<Response<pb::TaskList>, Status> {
+        let req = r.into_inner();
+        let state = if req.state.is_empty() {
+            None
+        } else {
+            Some(blixard_core::TaskState::parse(&req.state).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "unknown task state '{}': use pending, running, succeeded, failed, timed_out, cancelled or lost",
+                    req.state
+                ))
+            })?)
+        };
+        self.read(req.stale).await?;
+        let a = self.node.state.read();
+        let mut tasks: Vec<&blixard_core::TaskRecord> = a
+            .state
+            .tasks
+            .values()
+            .filter(|t| state.is_none_or(|s| t.state == s) && req.node.is_none_or(|n| t.node_id == Some(n)))
+            .collect();
+        tasks.sort_by(|x, y| (x.submitted_ms, &x.id).cmp(&(y.submitted_ms, &y.id)));
+        Ok(Response::new(pb::TaskList { tasks: tasks.into_iter().map(pb::TaskInfo::from).collect() }))
+    }
+
+    async fn cancel_task(&self, r: GrpcRequest<pb::TaskRef>) -> Result<Response<pb::TaskInfo>, Status> {
+        let req = r.into_inner();
+        blixard_core::task::validate_task_id(&req.id).map_err(NodeError::Rejected)?;
+        let reply = self.node.propose(Command::CancelTask { id: req.id }, request_id(&req.request_id)?).await?;
+        Ok(Response::new(task_reply(reply)?))
+    }
+
+    async fn task_logs(&self, r: GrpcRequest<pb::TaskRef>) -> Result<Response<Self::TaskLogsStream>, Status> {
+        let fwd = is_forwarded(&r);
+        let req = r.into_inner();
+        blixard_core::task::validate_task_id(&req.id).map_err(NodeError::Rejected)?;
+        self.node.read_barrier().await?;
+        let owner = {
+            let a = self.node.state.read();
+            let t = a.state.tasks.get(&req.id).ok_or_else(|| Status::not_found(format!("task '{}' not found", req.id)))?;
+            let node = t.node_id.ok_or_else(|| {
+                Status::failed_precondition(format!("task '{}' has not been placed on a node yet: no output", req.id))
+            })?;
+            (node, a.state.workers.get(&node).map(|w| w.addr.clone()))
+        };
+        if owner.0 == self.node.id {
+            let path = crate::task_runner::output_path(&self.node.config.data_dir, &req.id);
+            return Ok(Response::new(stream_file(self.node.clone(), path, false)));
+        }
+        if fwd {
+            return Err(Status::unavailable(format!("task '{}' did not run on node {}", req.id, self.node.id)));
+        }
+        let addr = owner.1.ok_or_else(|| Status::unavailable(format!("node {} has no known address", owner.0)))?;
+        let ch = blixard_raft::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut fwd_req = tonic::Request::new(req);
+        fwd_req.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        let upstream = blixard_api::BlixardClient::new(ch)
+            .task_logs(fwd_req)
+            .await
+            .map_err(|e| Status::unavailable(format!("node {} that ran the task: {}", owner.0, e.message())))?
+            .into_inner();
         Ok(Response::new(Box::pin(upstream)))
     }
 
