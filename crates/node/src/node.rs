@@ -506,7 +506,7 @@ fn membership_err(what: &str, e: RaftError<blixard_raft::TypeConfig, ClientWrite
     }
 }
 
-fn forwarded_request<T>(msg: T) -> tonic::Request<T> {
+pub(crate) fn forwarded_request<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
     r

@@ -158,6 +158,13 @@ fn stream_file(node: Arc<Node>, path: std::path::PathBuf, follow: bool) -> LogSt
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// A client for the node (id, address) that holds a VM's console or a task's output.
+fn owner_client(owner: &(u64, Option<String>)) -> Result<blixard_api::BlixardClient<tonic::transport::Channel>, Status> {
+    let addr = owner.1.as_deref().ok_or_else(|| Status::unavailable(format!("node {} has no known address", owner.0)))?;
+    let ch = blixard_raft::network::channel(addr).map_err(|e| Status::unavailable(e.to_string()))?;
+    Ok(blixard_api::BlixardClient::new(ch))
+}
+
 type LogStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -184,11 +191,7 @@ impl Blixard for Api {
         if fwd {
             return Err(Status::unavailable(format!("VM '{}' is not on node {}", req.name, self.node.id)));
         }
-        let addr = owner.1.ok_or_else(|| Status::unavailable(format!("node {} has no known address", owner.0)))?;
-        let ch = blixard_raft::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut fwd_req = tonic::Request::new(req);
-        fwd_req.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
-        let upstream = blixard_api::BlixardClient::new(ch).vm_logs(fwd_req).await?.into_inner();
+        let upstream = owner_client(&owner)?.vm_logs(crate::node::forwarded_request(req)).await?.into_inner();
         Ok(Response::new(Box::pin(upstream)))
     }
 
@@ -266,12 +269,8 @@ impl Blixard for Api {
         if fwd {
             return Err(Status::unavailable(format!("task '{}' did not run on node {}", req.id, self.node.id)));
         }
-        let addr = owner.1.ok_or_else(|| Status::unavailable(format!("node {} has no known address", owner.0)))?;
-        let ch = blixard_raft::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut fwd_req = tonic::Request::new(req);
-        fwd_req.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
-        let upstream = blixard_api::BlixardClient::new(ch)
-            .task_logs(fwd_req)
+        let upstream = owner_client(&owner)?
+            .task_logs(crate::node::forwarded_request(req))
             .await
             .map_err(|e| Status::unavailable(format!("node {} that ran the task: {}", owner.0, e.message())))?
             .into_inner();
