@@ -288,7 +288,8 @@ async fn housekeeping(node: Arc<Node>) {
             _ = node.stopped() => return,
         }
         if node.removed_from_cluster(&mut was_member) {
-            tracing::warn!(node = node.id, "this node was removed from the cluster; shutting down");
+            tracing::warn!(node = node.id, "this node was removed from the cluster; stopping its VMs and shutting down");
+            node.stop_all_vms().await;
             if let Err(e) = mark_left(&node) {
                 tracing::error!(error = %e, "recording departure");
             }
