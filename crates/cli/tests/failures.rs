@@ -24,6 +24,14 @@ fn vm_nodes(c: &Cluster, via: u64) -> Vec<(String, Option<u64>, String, u64)> {
         .collect()
 }
 
+/// Waits until `n` VMs are reported running (read through node 1).
+fn wait_running(c: &Cluster, n: usize) {
+    wait_for(&format!("{n} running VMs"), DEADLINE, || {
+        let l = try_json(&c.addr(1), &["vm", "list"])?;
+        (l.as_array()?.iter().filter(|v| v["state"] == "running").count() == n).then_some(())
+    });
+}
+
 fn all_running_off(c: &Cluster, via: u64, off: u64, n: usize) -> Option<()> {
     let l = try_json(&c.addr(via), &["vm", "list"])?;
     let ok = l.as_array()?.iter().filter(|v| v["state"] == "running" && v["node_id"].as_u64().is_some_and(|x| x != off)).count();
@@ -38,10 +46,7 @@ fn worker_loss(stop_signal: &str) {
     for i in 0..6 {
         json(&c.addr(1), &["vm", "create", &format!("w{i}"), "--memory", "32"]);
     }
-    wait_for("6 running VMs", DEADLINE, || {
-        let l = try_json(&c.addr(1), &["vm", "list"])?;
-        (l.as_array()?.iter().filter(|v| v["state"] == "running").count() == 6).then_some(())
-    });
+    wait_running(&c, 6);
     let leader = c.leader();
     let victim = [1, 2, 3].into_iter().find(|n| *n != leader && !c.vm_dirs(*n).is_empty()).expect("a follower with VMs");
     let via = [1, 2, 3].into_iter().find(|n| *n != victim).unwrap();
@@ -97,10 +102,7 @@ fn leader_failover_does_not_declare_live_nodes_down() {
     for i in 0..3 {
         json(&c.addr(1), &["vm", "create", &format!("f{i}"), "--memory", "32"]);
     }
-    wait_for("3 running VMs", DEADLINE, || {
-        let l = try_json(&c.addr(1), &["vm", "list"])?;
-        (l.as_array()?.iter().filter(|v| v["state"] == "running").count() == 3).then_some(())
-    });
+    wait_running(&c, 3);
     let old = c.leader();
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != old).collect();
     let before: Vec<_> = vm_nodes(&c, survivors[0]).into_iter().filter(|v| v.1 != Some(old)).collect();
@@ -140,10 +142,7 @@ fn drain_moves_every_vm_respecting_anti_affinity() {
     for i in 0..3 {
         json(&c.addr(1), &["vm", "create", &format!("x{i}"), "--memory", "32"]);
     }
-    wait_for("6 running VMs", DEADLINE, || {
-        let l = try_json(&c.addr(1), &["vm", "list"])?;
-        (l.as_array()?.iter().filter(|v| v["state"] == "running").count() == 6).then_some(())
-    });
+    wait_running(&c, 6);
     let target = vm_nodes(&c, 1).into_iter().find(|v| v.0 == "g0").unwrap().1.unwrap();
     let out = common::run_cli(&c.addr(1), &["node", "drain", &target.to_string(), "--timeout", "60"]);
     assert!(out.status.success(), "drain: {}", String::from_utf8_lossy(&out.stderr));
@@ -169,10 +168,7 @@ fn flapping_node_does_not_cause_a_rescheduling_storm() {
     for i in 0..3 {
         json(&c.addr(1), &["vm", "create", &format!("s{i}"), "--memory", "32"]);
     }
-    wait_for("3 running VMs", DEADLINE, || {
-        let l = try_json(&c.addr(1), &["vm", "list"])?;
-        (l.as_array()?.iter().filter(|v| v["state"] == "running").count() == 3).then_some(())
-    });
+    wait_running(&c, 3);
     let leader = c.leader();
     let flapper = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
     let before = vm_nodes(&c, leader);
@@ -215,10 +211,7 @@ fn removing_a_node_moves_its_vms_without_running_them_twice() {
     for i in 0..6 {
         json(&c.addr(1), &["vm", "create", &format!("r{i}"), "--memory", "32"]);
     }
-    wait_for("6 running VMs", DEADLINE, || {
-        let l = try_json(&c.addr(1), &["vm", "list"])?;
-        (l.as_array()?.iter().filter(|v| v["state"] == "running").count() == 6).then_some(())
-    });
+    wait_running(&c, 6);
     let leader = c.leader();
     let victim = [1, 2, 3].into_iter().find(|n| *n != leader && !c.vm_dirs(*n).is_empty()).expect("a follower with VMs");
     let out = common::run_cli(&c.addr(leader), &["cluster", "remove", &victim.to_string()]);

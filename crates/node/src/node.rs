@@ -88,7 +88,9 @@ impl Node {
 
     /// The current leader and its address, if known.
     pub fn leader(&self) -> Option<(u64, String)> {
-        let m = self.metrics();
+        // Borrow, don't clone: this runs on every proposal and read.
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
         let id = m.current_leader?;
         let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
         Some((id, addr))
@@ -109,7 +111,7 @@ impl Node {
     }
 
     fn in_cluster(&self) -> bool {
-        self.metrics().membership_config.membership().nodes().next().is_some()
+        self.raft.metrics().borrow_watched().membership_config.membership().nodes().next().is_some()
     }
 
     fn not_in_cluster(&self) -> NodeError {
