@@ -156,6 +156,7 @@ mod tests {
             restarts: 0,
             placement: None,
             evacuating: false,
+            preempted_by: None,
         }
     }
 
