@@ -41,8 +41,8 @@ fn preempting_running_vms_stops_them_before_anything_starts_in_their_place() {
     let other = if full == 1 { 2 } else { 1 };
 
     let vip = json(&a, &["vm", "create", "vip", "--vcpus", "3", "--memory", "32", "--priority", "90", "--preempt", "--node", &full.to_string()]);
-    // It waits for its victims to stop on their node.
-    assert!(vip["node_id"].is_null(), "{vip}");
+    // It holds the room at once, and starts only once its victims stopped there.
+    assert_eq!(vip["node_id"], full, "{vip}");
     wait_running_on(&c, "vip", Some(full));
     for i in 0..3 {
         let v = wait_running_on(&c, &format!("low-{i}"), Some(other));

@@ -8,6 +8,7 @@ use blixard_core::{
     ApplyError, ClusterState, Command, Desired, NodeState, Reply, Request, Resources, TaskSpec, TaskState, VmSpec,
     VmState,
 };
+use blixard_core::planner::{plan, Action, Observed, RunState};
 use proptest::prelude::*;
 
 struct H {
@@ -85,16 +86,20 @@ fn preemption_waits_for_the_victim_to_stop_on_its_node() {
     h.create("low", 2, 10, false);
     h.running("low");
     h.create("high", 2, 90, true);
-    // Both would run on node 1 if high were placed now.
-    assert_eq!(h.node_of("high"), None);
+    // high holds the room on node 1, but its node must not start it while low runs there.
+    assert_eq!(h.node_of("high"), Some(1));
     assert_eq!(h.node_of("low"), Some(1));
     assert!(h.s.vms["low"].evacuating);
+    let observed = [Observed { name: "low".into(), epoch: h.s.vms["low"].epoch, run: RunState::Running }];
+    let actions = plan(1, h.s.vms.values(), &observed);
+    assert!(actions.iter().any(|a| matches!(a, Action::Stop { name } if name == "low")), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Start { .. })), "{actions:?}");
     // The victim's old epoch is still current: its node can report it stopped.
     h.report("low", VmState::Stopping).unwrap();
-    assert_eq!(h.node_of("high"), None);
     h.report("low", VmState::Stopped).unwrap();
-    assert_eq!(h.node_of("high"), Some(1));
     assert_eq!(h.node_of("low"), None);
+    let actions = plan(1, h.s.vms.values(), &[]);
+    assert!(actions.iter().any(|a| matches!(a, Action::Start { spec, .. } if spec.name == "high")), "{actions:?}");
 }
 
 #[test]
