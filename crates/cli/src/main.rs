@@ -344,6 +344,12 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    // The workload supervisor (`blixard supervise ...`, started by the daemon, hidden): plain
+    // synchronous code, before any runtime or logging is set up.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "supervise") {
+        let code = blixard_vmm::supervisor::main(std::env::args_os().skip(1).collect());
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     let daemon = matches!(&cli.command, Cmd::Node { sub: None, .. } | Cmd::Workload);
     init_logging(daemon);
