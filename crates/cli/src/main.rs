@@ -219,6 +219,9 @@ enum VmCmd {
         /// Keep printing as the console grows.
         #[arg(long, short)]
         follow: bool,
+        /// Print the console of the run before the last restart on the VM's node.
+        #[arg(long, conflicts_with = "follow")]
+        previous: bool,
     },
     /// Show one VM.
     Status {
@@ -395,7 +398,7 @@ fn main() -> ExitCode {
                 VmCmd::Stop { name } => c.vm_set_desired(&name, "stopped").await,
                 VmCmd::Restart { name, timeout } => c.vm_restart(&name, timeout).await,
                 VmCmd::Delete { name } => c.vm_delete(&name).await,
-                VmCmd::Logs { name, follow } => c.vm_logs(&name, follow).await,
+                VmCmd::Logs { name, follow, previous } => c.vm_logs(&name, follow, previous).await,
                 VmCmd::Status { name, stale } => c.vm_status(&name, stale).await,
                 VmCmd::List { stale } => c.vm_list(stale).await,
                 VmCmd::Wait { name, state, timeout } => c.vm_wait(&name, &state, timeout).await,
