@@ -476,7 +476,11 @@ fn supervise(spec: &Spec) -> i32 {
             return 0;
         }
     };
-    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("blixard"));
+    // This very executable, even if its file was replaced or removed since it started.
+    let me = std::env::current_exe()
+        .ok()
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
     let mut cmd = Command::new(me);
     cmd.arg("supervise")
         .arg("--exec")
