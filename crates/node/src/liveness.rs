@@ -281,3 +281,26 @@ async fn replace_dead_voters(node: &Arc<Node>) {
         tracing::warn!(error = %e, "demoting the dead voter");
     }
 }
+
+#[cfg(test)]
+mod lease_file_tests {
+    use super::*;
+    use blixard_vmm::supervisor::{boottime_ms, check_lease};
+
+    #[test]
+    fn a_revoked_lease_is_never_rewritten_by_a_later_renewal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vms").join("lease");
+        let l = Liveness::default();
+        let now = boottime_ms().expect("boottime");
+        l.renew(SystemTime::now() + Duration::from_secs(60), Some(now + 60_000), 1, &path);
+        assert!(check_lease(&path).is_ok(), "renewed");
+        assert!(l.lease_valid());
+        l.revoke(&path);
+        assert!(check_lease(&path).unwrap_err().contains("revoked"));
+        // A heartbeat that was in flight when the lease was revoked comes back.
+        l.renew(SystemTime::now() + Duration::from_secs(60), Some(now + 120_000), 2, &path);
+        assert!(check_lease(&path).unwrap_err().contains("revoked"), "still revoked");
+        assert!(!l.lease_valid());
+    }
+}
