@@ -253,7 +253,8 @@ fn a_lost_node_s_task_stops_before_its_retry_starts(freeze: bool) {
     let a = c.addr(leader);
     // Keep the leader busy so the task lands on a follower.
     let hold = submit(&a, &["--node", &leader.to_string(), "--cpus", "4", "--", "sleep", "120"]);
-    let id = submit(&a, &["--timeout", "300", "--", "sh", "-c", "echo attempt $BLIXARD_TASK_ATTEMPT; sleep 6; echo done"]);
+    // The first attempt would run for a minute: only fencing can end it early.
+    let id = submit(&a, &["--timeout", "300", "--", "sh", "-c", "echo attempt $BLIXARD_TASK_ATTEMPT; if [ $BLIXARD_TASK_ATTEMPT = 1 ]; then sleep 60; fi; echo done"]);
     let t = wait_for("the task to run", DEADLINE, || {
         let t = try_json(&a, &["task", "status", &id])?;
         (t["state"] == "running").then_some(t)
@@ -272,8 +273,9 @@ fn a_lost_node_s_task_stops_before_its_retry_starts(freeze: bool) {
         c.kill9(victim);
     }
     // Fenced by its supervisor, with nobody left to tell it.
-    wait_for("the first attempt to be fenced", DEADLINE, || (!common::pid_alive(pid)).then_some(()));
-    let fenced = c.node(victim).dir.join("tasks").join(&id).join("run").join("fenced");
+    let run = c.node(victim).dir.join("tasks").join(&id).join("run");
+    wait_for("the first attempt to be fenced", DEADLINE, || (!common::pid_alive(pid) && run.join("exit_code").exists()).then_some(()));
+    let fenced = run.join("fenced");
     let why = std::fs::read_to_string(&fenced).expect("the supervisor recorded why it fenced the task");
     assert!(why.contains("expired"), "{why}");
 
