@@ -242,10 +242,19 @@ fn a_daemon_restart_mid_task_reports_the_attempt_failed_and_never_reruns_it() {
     assert_eq!(runs.lines().count(), 1, "the attempt ran once");
 }
 
-/// The node running a task stops answering (`kill -9`, or frozen with SIGSTOP): the task's
+/// The node running a task stops answering (`kill -9`, frozen with SIGSTOP, or stopped
+/// gracefully, which leaves workloads running to be adopted on restart): the task's
 /// supervisor fences it when the lease expires, before the leader (after lease + grace)
 /// retries it elsewhere. The workloads' own start/stop records show no overlap.
-fn a_lost_node_s_task_stops_before_its_retry_starts(freeze: bool) {
+#[derive(PartialEq, Debug)]
+enum Loss {
+    Kill,
+    Freeze,
+    GracefulStop,
+}
+
+fn a_lost_node_s_task_stops_before_its_retry_starts(loss: Loss) {
+    let freeze = loss == Loss::Freeze;
     let mut f = FAST_LIVENESS.to_vec();
     f.extend_from_slice(&["--vcpus", "4"]);
     let mut c = Cluster::start(3, &f);
@@ -267,10 +276,10 @@ fn a_lost_node_s_task_stops_before_its_retry_starts(freeze: bool) {
         let m: Value = serde_json::from_slice(&std::fs::read(&marker).ok()?).ok()?;
         m["pid"].as_u64()
     }) as u32;
-    if freeze {
-        c.signal(victim, "-STOP");
-    } else {
-        c.kill9(victim);
+    match loss {
+        Loss::Kill => c.kill9(victim),
+        Loss::Freeze => c.signal(victim, "-STOP"),
+        Loss::GracefulStop => c.stop(victim),
     }
     // Fenced by its supervisor, with nobody left to tell it.
     let run = c.node(victim).dir.join("tasks").join(&id).join("run");
@@ -301,7 +310,7 @@ fn a_lost_node_s_task_stops_before_its_retry_starts(freeze: bool) {
             .unwrap()
     };
     let gap = at("start", t["epoch"].as_u64().unwrap()) as i64 - at("stop", first_epoch) as i64;
-    eprintln!("fenced {gap} ms before the retry started (freeze: {freeze})");
+    eprintln!("fenced {gap} ms before the retry started ({loss:?})");
 
     if freeze {
         // Woken up, the node learns the attempt is no longer its own: no result from it.
@@ -321,10 +330,15 @@ fn a_lost_node_s_task_stops_before_its_retry_starts(freeze: bool) {
 
 #[test]
 fn a_killed_daemon_s_task_is_fenced_before_its_retry_starts() {
-    a_lost_node_s_task_stops_before_its_retry_starts(false);
+    a_lost_node_s_task_stops_before_its_retry_starts(Loss::Kill);
+}
+
+#[test]
+fn a_stopped_daemon_s_task_is_fenced_before_its_retry_starts() {
+    a_lost_node_s_task_stops_before_its_retry_starts(Loss::GracefulStop);
 }
 
 #[test]
 fn a_frozen_daemon_s_task_is_fenced_before_its_retry_starts() {
-    a_lost_node_s_task_stops_before_its_retry_starts(true);
+    a_lost_node_s_task_stops_before_its_retry_starts(Loss::Freeze);
 }
