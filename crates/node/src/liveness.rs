@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use blixard_core::liveness::{regrant, verdicts, Seen};
 use blixard_core::{Command, NodeState};
@@ -75,6 +75,10 @@ impl Default for Liveness {
 /// A detector tick later than this after the previous one means this process was not running
 /// (stopped, frozen, starved) for a while: the silence it measured is its own.
 const PAUSE: Duration = Duration::from_secs(2);
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
 
 impl Liveness {
     /// Whether this node may start VMs now: a valid lease, and caught up with the leader.
@@ -170,9 +174,11 @@ pub async fn heartbeat_loop(node: Arc<Node>) {
         let sent_boot = blixard_vmm::supervisor::boottime_ms();
         let res = tokio::time::timeout(heartbeat * 3, node.heartbeat_leader()).await;
         match res {
-            Ok(Ok(index)) => {
-                let until = sent + Duration::from_millis(t.lease_ms);
-                let deadline = sent_boot.map(|b| b + t.lease_ms);
+            Ok(Ok((index, lease_ms))) => {
+                // The leader's lease, never longer than the bound (a peer speaking nonsense).
+                let lease_ms = lease_ms.min(blixard_core::liveness::MAX_LEASE_MS);
+                let until = sent + Duration::from_millis(lease_ms);
+                let deadline = sent_boot.map(|b| b + lease_ms);
                 node.liveness.renew(until, deadline, index, &path);
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat failed"),
@@ -226,7 +232,7 @@ async fn detect_failures(node: &Arc<Node>) {
                 v.down_since.remove(id);
             }
         }
-        verdicts(&settings, &workers, &mut v.seen, now)
+        verdicts(&settings, unix_ms(SystemTime::now()), &workers, &mut v.seen, now)
     };
     for (id, state) in proposals {
         match state {
