@@ -542,7 +542,12 @@ impl ClusterState {
                 vm.updated_ms = now;
                 self.touched.insert(RowKey::Vm(name.clone()));
                 let ended_by_itself = vm.state == VmState::Failed || (vm.state == VmState::Stopped && was == Desired::Running);
-                if *desired == Desired::Running && vm.node_id.is_some() && ended_by_itself && !vm.evacuating {
+                let node_up = vm.node_id.and_then(|n| self.workers.get(&n)).is_some_and(|w| w.state == NodeState::Up);
+                let Some(vm) = self.vms.get_mut(name) else {
+                    return Err(ApplyError::not_found("VM", name));
+                };
+                // (On a node that is not up, a drain or the failure detector moves it instead.)
+                if *desired == Desired::Running && node_up && ended_by_itself && !vm.evacuating {
                     // It ended on its own and its restart policy let it be: a start asks for a
                     // fresh run, under a new epoch on the same node (the old run is cleaned up
                     // first; its console is kept as the previous one).
