@@ -156,6 +156,8 @@ mod tests {
             restarts: 0,
             placement: None,
             evacuating: false,
+            network: None,
+            ip: None,
         }
     }
 

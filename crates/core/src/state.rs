@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::command::{ApplyError, Command, Outcome, Reply, Request};
+use crate::network::Network;
 use crate::scheduler::{self, SchedulerSettings};
 use crate::spec::{self, NodeId, Resources, VmSpec, MAX_VMS, MAX_WORKERS};
 use crate::task::{self, TaskRecord, TaskSpec, TaskState, MAX_ACTIVE_TASKS, MAX_FINISHED_TASKS};
@@ -145,6 +146,11 @@ pub struct VmRecord {
     /// it is placed elsewhere with a new epoch. Stop here, then start there: never both.
     #[serde(default)]
     pub evacuating: bool,
+    /// The network its address is on (see [`crate::network`]); kept for its whole life.
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 impl VmRecord {
@@ -162,6 +168,7 @@ pub enum RowKey {
     /// The cluster-wide scheduler settings.
     Settings,
     Task(String),
+    Network(String),
 }
 
 impl RowKey {
@@ -173,6 +180,7 @@ impl RowKey {
             RowKey::Request(id) => format!("req/{id}"),
             RowKey::Settings => SETTINGS_ROW.to_string(),
             RowKey::Task(id) => format!("task/{id}"),
+            RowKey::Network(n) => format!("net/{n}"),
         }
     }
 }
@@ -207,9 +215,12 @@ pub struct ClusterState {
     /// One-shot tasks: active ones and the most recent finished ones.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskRecord>,
+    /// Networks and their address leases (see [`crate::network`]).
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
     /// Rows changed since the last `take_touched`; not part of the state.
     #[serde(skip)]
-    touched: BTreeSet<RowKey>,
+    pub(crate) touched: BTreeSet<RowKey>,
     /// `requests` ordered by log index, for eviction; derived, rebuilt on load.
     #[serde(skip)]
     request_order: BTreeMap<u64, String>,
@@ -289,6 +300,7 @@ impl ClusterState {
                 w.kvm = *kvm;
                 w.labels = labels.clone();
                 self.touched.insert(RowKey::Worker(*id));
+                self.node_registered(*id);
                 // A re-registration may have taken labels, features or capacity away.
                 let evicted = self.evict_misfits(*id, index, now);
                 // New capacity may let pending VMs in.
@@ -303,6 +315,7 @@ impl ClusterState {
                     return Err(ApplyError::not_found("node", id));
                 }
                 self.touched.insert(RowKey::Worker(*id));
+                self.node_removed(*id);
                 self.requeue_tasks_from_node(*id, index, now, &format!("node {id} left the cluster"));
                 let names: Vec<String> =
                     self.by_node.get(id).map(|s| s.iter().map(|(_, n)| n.clone()).collect()).unwrap_or_default();
@@ -322,6 +335,7 @@ impl ClusterState {
                 match *state {
                     NodeState::Up => self.place_pending(index, now, BTreeSet::new(), BTreeSet::new()),
                     NodeState::Down if was != NodeState::Down => {
+                        self.node_fenced(*id);
                         self.requeue_tasks_from_node(*id, index, now, &format!("node {id} is down"));
                         let evicted = self.reschedule_from_down_node(*id, now);
                         self.place_pending(index, now, BTreeSet::new(), evicted);
@@ -367,6 +381,8 @@ impl ClusterState {
                     _ => None,
                 };
                 let desired = if spec.start { Desired::Running } else { Desired::Stopped };
+                // The last refusal possible: taking the address is the first change.
+                let address = self.assign_address(spec)?;
                 let vm = VmRecord {
                     spec: spec.clone(),
                     node_id: None,
@@ -379,6 +395,8 @@ impl ClusterState {
                     restarts: 0,
                     evacuating: false,
                     placement: None,
+                    network: address.as_ref().map(|a| a.0.clone()),
+                    ip: address.map(|a| a.1),
                 };
                 self.vms.insert(spec.name.clone(), vm);
                 self.index_add(&spec.name);
@@ -407,6 +425,9 @@ impl ClusterState {
                 if let Some(vm) = self.vms.remove(name) {
                     if let Some(node) = vm.node_id {
                         self.release(node, &vm.spec.resources());
+                    }
+                    if let (Some(net), Some(ip)) = (&vm.network, vm.ip) {
+                        self.release_vm_address(net, ip, name, vm.node_id.map(|n| (n, vm.epoch)));
                     }
                 }
                 self.touched.insert(RowKey::Vm(name.clone()));
@@ -476,6 +497,10 @@ impl ClusterState {
                 Ok(Reply::Vm(self.vms[name].clone()))
             }
             Command::SubmitTask { id, spec } => self.submit_task(index, now, id, spec),
+            Command::CreateNetwork { .. }
+            | Command::EnsureDefaultNetwork { .. }
+            | Command::DeleteNetwork { .. }
+            | Command::ReleaseAddresses { .. } => self.apply_network_command(now, cmd),
             Command::ReportTaskStarted { id, node_id, epoch } => {
                 let t = self.current_task(id, *node_id, *epoch)?;
                 if t.state == TaskState::Pending {
@@ -1030,6 +1055,7 @@ impl ClusterState {
             RowKey::Request(id) => self.requests.get(id).map(serde_json::to_vec),
             RowKey::Settings => Some(serde_json::to_vec(&self.settings)),
             RowKey::Task(id) => self.tasks.get(id).map(serde_json::to_vec),
+            RowKey::Network(n) => self.networks.get(n).map(serde_json::to_vec),
         };
         // Serializing these plain data types cannot fail.
         json.and_then(Result::ok)
@@ -1044,6 +1070,7 @@ impl ClusterState {
             .chain(self.workers.keys().map(|id| RowKey::Worker(*id)))
             .chain(self.requests.keys().map(|id| RowKey::Request(id.clone())))
             .chain(self.tasks.keys().map(|id| RowKey::Task(id.clone())))
+            .chain(self.networks.keys().map(|n| RowKey::Network(n.clone())))
             .chain(std::iter::once(RowKey::Settings));
         keys.filter_map(|k| self.row(&k).map(|v| (k.encode(), v))).collect()
     }
@@ -1062,6 +1089,8 @@ impl ClusterState {
                 s.settings = serde_json::from_slice(value).map_err(bad)?;
             } else if let Some(id) = key.strip_prefix("task/") {
                 s.tasks.insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
+            } else if let Some(name) = key.strip_prefix("net/") {
+                s.networks.insert(name.to_string(), serde_json::from_slice(value).map_err(bad)?);
             } else if let Some(id) = key.strip_prefix("req/") {
                 s.requests.insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
             } else {
@@ -1170,6 +1199,7 @@ impl ClusterState {
             }
         }
         self.settings.validate().map_err(|e| format!("invalid settings: {e}"))?;
+        self.check_network_invariants()?;
         let mut fresh = ClusterState {
             workers: BTreeMap::new(),
             vms: self.vms.clone(),
