@@ -332,6 +332,11 @@ impl ClusterState {
                 let Some(n) = self.networks.get(name) else {
                     return Err(ApplyError::not_found("network", name));
                 };
+                if name == DEFAULT_NETWORK {
+                    return Err(ApplyError::invalid(format!(
+                        "the '{DEFAULT_NETWORK}' network cannot be deleted (VMs without --network use it)"
+                    )));
+                }
                 let users: Vec<&str> = n
                     .leases
                     .values()

@@ -123,6 +123,7 @@ impl Executor {
                 }
             }
         }
+        self.confirm_released(&observed).await;
         let mut actions = planner::plan(self.node.id, mine.iter(), &observed);
         // Without a lease (cut off from the cluster), or before catching up with what the
         // leader had committed when it renewed it, start nothing: the cluster may be moving
@@ -158,6 +159,40 @@ impl Executor {
             });
         }
         Ok(())
+    }
+
+    /// Addresses of deleted VMs stay quarantined until their node confirms the placement no
+    /// longer runs (see `blixard_core::network`): confirm those of this node whose VM (that
+    /// epoch) is not alive here and has no action in flight.
+    async fn confirm_released(&self, observed: &[Observed]) {
+        let waiting: Vec<(String, u64)> = {
+            let a = self.node.state.read();
+            a.state
+                .networks
+                .values()
+                .flat_map(|n| n.leases.values())
+                .filter_map(|l| match l {
+                    blixard_core::Lease::Quarantined { name, node, epoch } if *node == self.node.id => Some((name.clone(), *epoch)),
+                    _ => None,
+                })
+                .collect()
+        };
+        if waiting.is_empty() {
+            return;
+        }
+        let busy: HashSet<String> = self.local.lock().unwrap_or_else(|p| p.into_inner()).inflight.clone();
+        let alive = |name: &str, epoch: u64| {
+            observed.iter().any(|o| o.name == name && o.epoch == epoch && matches!(o.run, RunState::Starting | RunState::Running))
+        };
+        let done: Vec<(String, u64)> = waiting.into_iter().filter(|(n, e)| !busy.contains(n) && !alive(n, *e)).collect();
+        if done.is_empty() {
+            return;
+        }
+        let cmd = Command::ReleaseAddresses { node_id: self.node.id, vms: done.clone() };
+        match self.node.propose(cmd, None).await {
+            Ok(_) => tracing::info!(vms = ?done, "confirmed deleted VMs stopped: their addresses are free"),
+            Err(e) => tracing::debug!(error = %e, "confirming released addresses: will retry"),
+        }
     }
 
     async fn perform(&self, action: &Action) -> Result<(), NodeError> {
