@@ -12,6 +12,7 @@ pub mod capabilities;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod hostnet;
 pub mod liveness;
 pub mod meta;
 pub mod node;
