@@ -17,12 +17,14 @@ const BOOT: Duration = Duration::from_secs(120);
 /// `GET /` over plain TCP; the body on success.
 fn http_get(addr: &str) -> Option<String> {
     let ip: Ipv4Addr = addr.parse().ok()?;
-    let mut s = TcpStream::connect_timeout(&SocketAddr::from((ip, 80)), Duration::from_secs(2)).ok()?;
+    let mut s =
+        TcpStream::connect_timeout(&SocketAddr::from((ip, 80)), Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     s.write_all(b"GET / HTTP/1.0\r\nHost: vm\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
-    buf.split_once("\r\n\r\n").map(|(_, body)| body.trim().to_string())
+    buf.split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_string())
 }
 
 /// A /24 of its own per test process, so parallel test runs do not share routes.
@@ -32,7 +34,9 @@ fn unique_cidr(salt: u32) -> String {
 }
 
 fn answers(ip: &str, name: &str) {
-    let got = wait_for(&format!("{name} to answer HTTP at {ip}"), BOOT, || http_get(ip).filter(|b| !b.is_empty()));
+    let got = wait_for(&format!("{name} to answer HTTP at {ip}"), BOOT, || {
+        http_get(ip).filter(|b| !b.is_empty())
+    });
     assert_eq!(got, name, "the page at {ip} names the VM");
 }
 
@@ -43,7 +47,10 @@ fn qemu_vms_answer_on_their_addresses_and_devices_follow_them() {
     let a = c.addr(1);
     let web = json(&a, &["vm", "create", "web", "--memory", "256"]);
     let db = json(&a, &["vm", "create", "db", "--memory", "256"]);
-    let (web_ip, db_ip) = (web["ip"].as_str().unwrap().to_string(), db["ip"].as_str().unwrap().to_string());
+    let (web_ip, db_ip) = (
+        web["ip"].as_str().unwrap().to_string(),
+        db["ip"].as_str().unwrap().to_string(),
+    );
     assert_ne!(web_ip, db_ip);
     for name in ["web", "db"] {
         c.wait_vm(1, name, "running", BOOT, |v| v["state"] == "running");
@@ -55,14 +62,20 @@ fn qemu_vms_answer_on_their_addresses_and_devices_follow_them() {
 
     // A restart keeps the address.
     let out = run_cli(&a, &["vm", "restart", "web", "--timeout", "120"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = c.wait_vm(1, "web", "running again", BOOT, |v| v["state"] == "running");
     assert_eq!(v["ip"].as_str(), Some(web_ip.as_str()));
     answers(&web_ip, "web");
 
     // Deleting a VM removes its tap.
     json(&a, &["vm", "delete", "db"]);
-    wait_for("db's tap to go", DEADLINE, || (c.net_devices(1).len() == 2).then_some(()));
+    wait_for("db's tap to go", DEADLINE, || {
+        (c.net_devices(1).len() == 2).then_some(())
+    });
     assert!(http_get(&db_ip).is_none());
 
     // kill -9 of the daemon, a leftover tap of this node appears meanwhile: after the restart
@@ -71,12 +84,29 @@ fn qemu_vms_answer_on_their_addresses_and_devices_follow_them() {
     let qemu = c.vm_pid(1, "web").expect("web's qemu");
     c.kill9(1);
     let stale = format!("{}tdeadbeef", prefix.trim());
-    let made = Command::new("ip").args(["tuntap", "add", "dev", &stale, "mode", "tap"]).output().unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let made = Command::new("ip")
+        .args(["tuntap", "add", "dev", &stale, "mode", "tap"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     c.restart(1);
-    wait_for("the leftover tap to be removed", DEADLINE, || (!c.net_devices(1).contains(&stale)).then_some(()));
-    assert!(pid_alive(qemu), "the VM kept running through the daemon's restart");
-    assert_eq!(c.net_devices(1).len(), 2, "bridge and web's tap: {:?}", c.net_devices(1));
+    wait_for("the leftover tap to be removed", DEADLINE, || {
+        (!c.net_devices(1).contains(&stale)).then_some(())
+    });
+    assert!(
+        pid_alive(qemu),
+        "the VM kept running through the daemon's restart"
+    );
+    assert_eq!(
+        c.net_devices(1).len(),
+        2,
+        "bridge and web's tap: {:?}",
+        c.net_devices(1)
+    );
     answers(&web_ip, "web");
     assert_eq!(c.vm_pid(1, "web"), Some(qemu));
 }

@@ -98,7 +98,9 @@ pub struct HostNet {
 
 impl HostNet {
     pub fn new(cluster_id: &str, node_id: u64, advertised: &str) -> Self {
-        let local = advertised.rsplit_once(':').and_then(|(h, _)| h.parse::<Ipv4Addr>().ok());
+        let local = advertised
+            .rsplit_once(':')
+            .and_then(|(h, _)| h.parse::<Ipv4Addr>().ok());
         Self {
             prefix: format!("bx{}", short_hash(&format!("{cluster_id}/{node_id}"), 4)),
             local,
@@ -161,9 +163,13 @@ impl HostNet {
     /// This node's links (name -> link).
     async fn links(&self) -> Result<BTreeMap<String, Link>, NodeError> {
         let json = Self::ip(&["-j", "-d", "link", "show"]).await?;
-        let links: Vec<Link> =
-            serde_json::from_str(&json).map_err(|e| NodeError::Io(format!("parsing `ip -j link show`: {e}")))?;
-        Ok(links.into_iter().filter(|l| l.ifname.starts_with(&self.prefix)).map(|l| (l.ifname.clone(), l)).collect())
+        let links: Vec<Link> = serde_json::from_str(&json)
+            .map_err(|e| NodeError::Io(format!("parsing `ip -j link show`: {e}")))?;
+        Ok(links
+            .into_iter()
+            .filter(|l| l.ifname.starts_with(&self.prefix))
+            .map(|l| (l.ifname.clone(), l))
+            .collect())
     }
 
     async fn del(name: &str) {
@@ -174,7 +180,11 @@ impl HostNet {
     }
 
     /// Makes the host match `nets` (by VNI) and keeps only the taps in `keep_taps`.
-    pub async fn sync(&self, nets: &BTreeMap<u32, WantedNet>, keep_taps: &BTreeSet<String>) -> Result<(), NodeError> {
+    pub async fn sync(
+        &self,
+        nets: &BTreeMap<u32, WantedNet>,
+        keep_taps: &BTreeSet<String>,
+    ) -> Result<(), NodeError> {
         let _g = self.lock.lock().await;
         let links = self.links().await?;
         for (vni, want) in nets {
@@ -187,7 +197,11 @@ impl HostNet {
         let vxlans: BTreeSet<String> = nets.keys().map(|v| self.vxlan_name(*v)).collect();
         let tap_prefix = format!("{}t", self.prefix);
         for (name, link) in &links {
-            let kind = link.linkinfo.as_ref().and_then(|i| i.info_kind.as_deref()).unwrap_or("");
+            let kind = link
+                .linkinfo
+                .as_ref()
+                .and_then(|i| i.info_kind.as_deref())
+                .unwrap_or("");
             let stale = match kind {
                 "bridge" => !bridges.contains(name),
                 "vxlan" => !vxlans.contains(name),
@@ -201,15 +215,30 @@ impl HostNet {
         Ok(())
     }
 
-    async fn ensure_bridge(&self, links: &BTreeMap<String, Link>, vni: u32, want: &WantedNet) -> Result<(), NodeError> {
+    async fn ensure_bridge(
+        &self,
+        links: &BTreeMap<String, Link>,
+        vni: u32,
+        want: &WantedNet,
+    ) -> Result<(), NodeError> {
         let br = self.bridge_name(vni);
         if !links.contains_key(&br) {
             tracing::info!(bridge = %br, vni, addr = %want.addr, "creating bridge");
             // Bridged VM traffic is not the host firewall's business (br_netfilter).
-            Self::ip(&["link", "add", &br, "type", "bridge", "nf_call_iptables", "0"]).await?;
+            Self::ip(&[
+                "link",
+                "add",
+                &br,
+                "type",
+                "bridge",
+                "nf_call_iptables",
+                "0",
+            ])
+            .await?;
         }
-        let addrs: Vec<AddrInfo> = serde_json::from_str(&Self::ip(&["-j", "addr", "show", "dev", &br]).await?)
-            .map_err(|e| NodeError::Io(format!("parsing `ip -j addr show`: {e}")))?;
+        let addrs: Vec<AddrInfo> =
+            serde_json::from_str(&Self::ip(&["-j", "addr", "show", "dev", &br]).await?)
+                .map_err(|e| NodeError::Io(format!("parsing `ip -j addr show`: {e}")))?;
         let want_addr = (want.addr.to_string(), want.prefix);
         let have: Vec<(String, u8)> = addrs
             .iter()
@@ -221,18 +250,35 @@ impl HostNet {
             Self::ip(&["addr", "del", &format!("{}/{}", a.0, a.1), "dev", &br]).await?;
         }
         if !have.contains(&want_addr) {
-            Self::ip(&["addr", "add", &format!("{}/{}", want.addr, want.prefix), "dev", &br]).await?;
+            Self::ip(&[
+                "addr",
+                "add",
+                &format!("{}/{}", want.addr, want.prefix),
+                "dev",
+                &br,
+            ])
+            .await?;
         }
-        let up = links.get(&br).is_some_and(|l| l.flags.iter().any(|f| f == "UP"));
+        let up = links
+            .get(&br)
+            .is_some_and(|l| l.flags.iter().any(|f| f == "UP"));
         if !up {
             Self::ip(&["link", "set", &br, "up"]).await?;
         }
         Ok(())
     }
 
-    async fn ensure_vxlan(&self, links: &BTreeMap<String, Link>, vni: u32, want: &WantedNet) -> Result<(), NodeError> {
-        let Some(local) = self.local else { return Ok(()) };
-        let peers: BTreeSet<Ipv4Addr> = want.peers.iter().copied().filter(|p| *p != local).collect();
+    async fn ensure_vxlan(
+        &self,
+        links: &BTreeMap<String, Link>,
+        vni: u32,
+        want: &WantedNet,
+    ) -> Result<(), NodeError> {
+        let Some(local) = self.local else {
+            return Ok(());
+        };
+        let peers: BTreeSet<Ipv4Addr> =
+            want.peers.iter().copied().filter(|p| *p != local).collect();
         let vx = self.vxlan_name(vni);
         let br = self.bridge_name(vni);
         if peers.is_empty() {
@@ -244,18 +290,36 @@ impl HostNet {
         match links.get(&vx) {
             None => {
                 tracing::info!(device = %vx, vni, %local, "creating VXLAN device");
-                let (id, port, local_s) = (vni.to_string(), VXLAN_PORT.to_string(), local.to_string());
-                Self::ip(&["link", "add", &vx, "type", "vxlan", "id", &id, "dstport", &port, "local", &local_s, "nolearning"])
-                    .await?;
+                let (id, port, local_s) =
+                    (vni.to_string(), VXLAN_PORT.to_string(), local.to_string());
+                Self::ip(&[
+                    "link",
+                    "add",
+                    &vx,
+                    "type",
+                    "vxlan",
+                    "id",
+                    &id,
+                    "dstport",
+                    &port,
+                    "local",
+                    &local_s,
+                    "nolearning",
+                ])
+                .await?;
                 Self::ip(&["link", "set", &vx, "master", &br, "up"]).await?;
             }
-            Some(l) if l.master.as_deref() != Some(br.as_str()) || l.operstate.as_deref() == Some("DOWN") => {
+            Some(l)
+                if l.master.as_deref() != Some(br.as_str())
+                    || l.operstate.as_deref() == Some("DOWN") =>
+            {
                 Self::ip(&["link", "set", &vx, "master", &br, "up"]).await?;
             }
             Some(_) => {}
         }
-        let fdb: Vec<Fdb> = serde_json::from_str(&Self::run("bridge", &["-j", "fdb", "show", "dev", &vx]).await?)
-            .map_err(|e| NodeError::Io(format!("parsing `bridge -j fdb show`: {e}")))?;
+        let fdb: Vec<Fdb> =
+            serde_json::from_str(&Self::run("bridge", &["-j", "fdb", "show", "dev", &vx]).await?)
+                .map_err(|e| NodeError::Io(format!("parsing `bridge -j fdb show`: {e}")))?;
         let have: BTreeSet<Ipv4Addr> = fdb
             .iter()
             .filter(|f| f.mac == "00:00:00:00:00:00")
@@ -263,12 +327,20 @@ impl HostNet {
             .collect();
         for p in peers.difference(&have) {
             let p = p.to_string();
-            Self::run("bridge", &["fdb", "append", "00:00:00:00:00:00", "dev", &vx, "dst", &p]).await?;
+            Self::run(
+                "bridge",
+                &["fdb", "append", "00:00:00:00:00:00", "dev", &vx, "dst", &p],
+            )
+            .await?;
             tracing::info!(device = %vx, peer = %p, "VXLAN peer added");
         }
         for p in have.difference(&peers) {
             let p = p.to_string();
-            Self::run("bridge", &["fdb", "del", "00:00:00:00:00:00", "dev", &vx, "dst", &p]).await?;
+            Self::run(
+                "bridge",
+                &["fdb", "del", "00:00:00:00:00:00", "dev", &vx, "dst", &p],
+            )
+            .await?;
             tracing::info!(device = %vx, peer = %p, "VXLAN peer removed");
         }
         Ok(())
@@ -291,7 +363,10 @@ impl HostNet {
                 Self::ip(&["link", "set", tap, "master", &br, "up"]).await?;
                 tracing::info!(tap, bridge = %br, "created tap");
             }
-            Some(l) if l.master.as_deref() != Some(br.as_str()) || !l.flags.iter().any(|f| f == "UP") => {
+            Some(l)
+                if l.master.as_deref() != Some(br.as_str())
+                    || !l.flags.iter().any(|f| f == "UP") =>
+            {
                 Self::ip(&["link", "set", tap, "master", &br, "up"]).await?;
             }
             Some(_) => {}
@@ -319,13 +394,20 @@ mod tests {
         let a = HostNet::new("c1", 1, "10.0.0.1:7000");
         let b = HostNet::new("c1", 2, "10.0.0.2:7000");
         assert_ne!(a.bridge_name(1), b.bridge_name(1));
-        for n in [a.bridge_name(0xff_ffff), a.vxlan_name(0xff_ffff), a.tap_name(&"x".repeat(63))] {
+        for n in [
+            a.bridge_name(0xff_ffff),
+            a.vxlan_name(0xff_ffff),
+            a.tap_name(&"x".repeat(63)),
+        ] {
             assert!(n.len() <= 15, "{n}");
         }
         assert_eq!(a.tap_name("web"), a.tap_name("web"));
         assert_ne!(a.tap_name("web"), a.tap_name("db"));
         assert_eq!(a.local_underlay(), Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(HostNet::new("c", 1, "node-a:7000").local_underlay(), None);
-        assert_eq!(HostNet::mac(Ipv4Addr::new(10, 88, 0, 5)), "02:b1:0a:58:00:05");
+        assert_eq!(
+            HostNet::mac(Ipv4Addr::new(10, 88, 0, 5)),
+            "02:b1:0a:58:00:05"
+        );
     }
 }

@@ -19,8 +19,8 @@ use common::{wait_for, wait_state, KillGuard};
 const BOOT: Duration = Duration::from_secs(90);
 
 fn guest_config(name: &str) -> VmConfig {
-    let (kernel, initrd) =
-        default_guest(&guest::guest_dir()).unwrap_or_else(|e| panic!("the default guest is not usable: {e}"));
+    let (kernel, initrd) = default_guest(&guest::guest_dir())
+        .unwrap_or_else(|e| panic!("the default guest is not usable: {e}"));
     let mut cfg = VmConfig::new(name);
     cfg.memory_mb = 256;
     cfg.kernel = Some(kernel);
@@ -30,7 +30,11 @@ fn guest_config(name: &str) -> VmConfig {
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A host tap with an address, deleted on drop.
@@ -55,7 +59,8 @@ impl Drop for Tap {
 
 /// `GET /` over plain TCP; the body on success.
 fn http_get(addr: Ipv4Addr) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::from((addr, 80)), Duration::from_secs(2)).ok()?;
+    let mut s =
+        TcpStream::connect_timeout(&SocketAddr::from((addr, 80)), Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     s.write_all(b"GET / HTTP/1.0\r\nHost: vm\r\n\r\n").ok()?;
     let mut buf = String::new();
@@ -77,19 +82,39 @@ async fn guest_answers_http_on_its_address_and_sees_its_disk() {
     std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk image");
 
     let mut cfg = guest_config("web1");
-    cfg.net = Some(NetAttachment { tap: tap.0.clone(), mac: "02:b1:0a:d5:00:07".into() });
+    cfg.net = Some(NetAttachment {
+        tap: tap.0.clone(),
+        mac: "02:b1:0a:d5:00:07".into(),
+    });
     cfg.cmdline = Some(format!("ip={vm_ip}::{host}:255.255.255.0:web1:eth0:off"));
     cfg.disk_image = Some(disk);
     let driver = QemuDriver::new(root.path()).with_accel(host_accel());
     driver.start(&cfg, 1).await.expect("start");
-    wait_state(&driver, "web1", BOOT, "Running", |s| *s == RunState::Running).await;
+    wait_state(&driver, "web1", BOOT, "Running", |s| {
+        *s == RunState::Running
+    })
+    .await;
 
     let console = std::fs::read_to_string(driver.console_path("web1")).expect("console");
-    assert!(console.contains("blixard: eth0 10.213."), "eth0 configured:\n{console}");
-    assert!(console.contains("blixard: /dev/vda present"), "the disk is visible:\n{console}");
-    let body = wait_for(Duration::from_secs(30), "the guest's httpd to answer", || async move { http_get(vm_ip) }).await;
+    assert!(
+        console.contains("blixard: eth0 10.213."),
+        "eth0 configured:\n{console}"
+    );
+    assert!(
+        console.contains("blixard: /dev/vda present"),
+        "the disk is visible:\n{console}"
+    );
+    let body = wait_for(
+        Duration::from_secs(30),
+        "the guest's httpd to answer",
+        || async move { http_get(vm_ip) },
+    )
+    .await;
     assert_eq!(body.trim(), "web1");
 
-    driver.stop("web1", Duration::from_secs(5)).await.expect("stop");
+    driver
+        .stop("web1", Duration::from_secs(5))
+        .await
+        .expect("stop");
     driver.remove("web1").await.expect("remove");
 }
