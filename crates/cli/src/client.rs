@@ -616,9 +616,10 @@ fn vm_table(vms: &[pb::VmInfo]) -> String {
                 v.vcpus.to_string(),
                 v.memory_mb.to_string(),
                 v.epoch.to_string(),
+                opt(v.ip.clone()),
                 v.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    table(&["name", "node", "desired", "state", "vcpus", "memory mib", "epoch", "reason"], rows)
+    table(&["name", "node", "desired", "state", "vcpus", "memory mib", "epoch", "ip", "reason"], rows)
 }
