@@ -9,6 +9,7 @@
 //! into `apply`, so that every node applying the same log reaches the same state bit for bit.
 
 pub mod command;
+pub mod liveness;
 pub mod network;
 pub mod planner;
 pub mod scheduler;
@@ -17,6 +18,7 @@ pub mod state;
 pub mod task;
 
 pub use command::{ApplyError, Command, Outcome, Reply, Request};
+pub use liveness::LivenessSettings;
 pub use network::{Cidr, Lease, Network};
 pub use scheduler::{explain, NodeVerdict, Placement, SchedulerSettings};
 pub use spec::{NodeId, Resources, RestartPolicy, Strategy, VmSpec};

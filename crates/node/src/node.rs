@@ -174,6 +174,25 @@ impl Node {
         serde_json::from_slice(&reply.into_inner().data).map_err(|e| format!("bad reply from leader: {e}"))
     }
 
+    /// The cluster's lease settings, from this node's applied state.
+    pub fn liveness_settings(&self) -> blixard_core::LivenessSettings {
+        self.state.read().state.liveness
+    }
+
+    /// Proposes a leader-only verdict decided in `term` (liveness, worker removal): only on
+    /// this node, only while it leads in that term; never forwarded. `apply` refuses it if its
+    /// log entry ends up in another term.
+    pub(crate) async fn propose_verdict(&self, term: u64, command: Command) -> Result<Reply, NodeError> {
+        let m = self.metrics();
+        if m.current_leader != Some(self.id) || m.current_term != term {
+            return Err(NodeError::NoLeader(format!("node {} no longer leads in term {term}; the verdict is void", self.id)));
+        }
+        match self.raft.client_write(Request::new(command, now_ms())).await {
+            Ok(resp) => resp.data.map_err(NodeError::Rejected),
+            Err(e) => Err(NodeError::NoLeader(e.to_string())),
+        }
+    }
+
     /// Proposes only if this node is the leader (used for requests forwarded by followers).
     pub(crate) async fn propose_as_leader(&self, mut req: Request) -> Result<Outcome, NodeError> {
         if !self.is_leader() {
@@ -227,24 +246,28 @@ impl Node {
     }
 
     /// Heartbeats the leader (or, on the leader, confirms leadership); returns the index this
-    /// node must apply before acting on its state.
-    pub(crate) async fn heartbeat_leader(&self) -> Result<u64, NodeError> {
+    /// node must apply before acting on its state, and the lease the leader grants (ms).
+    pub(crate) async fn heartbeat_leader(&self) -> Result<(u64, u64), NodeError> {
         match self.leader() {
             Some((id, _)) if id == self.id => {
                 let index = self.leader_read_index().await?;
                 self.liveness.seen(self.id);
-                Ok(index)
+                Ok((index, self.liveness_settings().lease_ms))
             }
             Some((id, addr)) => {
                 let mut client = self.peer(&addr)?;
-                let r = peer_request(&self.cluster_id, &(), Some(self.config.liveness.heartbeat * 3))
+                let heartbeat = Duration::from_millis(self.liveness_settings().heartbeat_ms);
+                let r = peer_request(&self.cluster_id, &(), Some(heartbeat * 3))
                     .map_err(|e| NodeError::Unreachable(e.to_string()))?
                     .map(|_| pb::HeartbeatRequest { node_id: self.id });
                 let reply = client
                     .heartbeat(r)
                     .await
-                    .map_err(|s| NodeError::Unreachable(format!("heartbeat to leader {id}: {}", s.message())))?;
-                Ok(reply.into_inner().index)
+                    .map_err(|s| NodeError::Unreachable(format!("heartbeat to leader {id}: {}", s.message())))?
+                    .into_inner();
+                // An older leader that does not say: our own applied setting.
+                let lease = if reply.lease_ms == 0 { self.liveness_settings().lease_ms } else { reply.lease_ms };
+                Ok((reply.index, lease))
             }
             None => Err(NodeError::NoLeader("no leader known".into())),
         }
@@ -308,6 +331,11 @@ impl Node {
                 .await;
         }
         let _guard = self.membership_lock.lock().await;
+        if self.state.read().state.id_was_used(id) {
+            // A wiped node rejoining under an old id could split the quorum (openraft's
+            // membership docs): ids are never reused.
+            return Err(NodeError::Rejected(blixard_core::ApplyError::IdUsed(id)));
+        }
         let membership = self.metrics().membership_config.membership().clone();
         if let Some(existing) = membership.get_node(&id) {
             if existing.addr != addr {
@@ -391,6 +419,7 @@ impl Node {
                 .await;
         }
         let guard = self.membership_lock.lock().await;
+        let term = self.metrics().current_term;
         let membership = self.metrics().membership_config.membership().clone();
         let Some(removed_addr) = membership.get_node(&id).map(|n| n.addr.clone()) else {
             return Err(NodeError::Rejected(blixard_core::ApplyError::not_found("member", id)));
@@ -416,7 +445,7 @@ impl Node {
         // the placements, stay.
         let fenced = if id == self.id { self.stop_all_vms().await } else { self.notify_evicted(id, &removed_addr).await };
         if fenced {
-            if let Err(e) = self.propose(Command::RemoveWorker { id }, None).await {
+            if let Err(e) = self.propose_verdict(term, Command::RemoveWorker { id, term }).await {
                 tracing::debug!(node = id, error = %e, "removing worker record");
             }
         } else {
@@ -473,12 +502,14 @@ impl Node {
             }
             a.state.workers.keys().filter(|id| m.get_node(id).is_none()).copied().collect()
         };
-        // Only once they cannot be running any more: silent for lease + grace.
-        let t = &self.config.liveness;
-        let departed: Vec<u64> = departed.into_iter().filter(|id| self.liveness.silent_for(*id) > t.lease + t.grace).collect();
+        // Only once they cannot be running any more: silent for lease + grace, as judged by
+        // the leader of this term.
+        let term = self.metrics().current_term;
+        let after = Duration::from_millis(self.liveness_settings().down_after_ms(now_ms()));
+        let departed: Vec<u64> = departed.into_iter().filter(|id| self.liveness.silent_for(*id) > after).collect();
         for id in departed {
             tracing::info!(node = id, "forgetting worker that is no longer a member");
-            if let Err(e) = self.propose(Command::RemoveWorker { id }, None).await {
+            if let Err(e) = self.propose_verdict(term, Command::RemoveWorker { id, term }).await {
                 tracing::debug!(node = id, error = %e, "removing worker record");
             }
         }
