@@ -22,6 +22,8 @@ use crate::node::Node;
 
 /// File in the data directory naming the prefix of this node's network devices.
 pub const NETDEV_PREFIX_FILE: &str = "netdev-prefix";
+/// How often host network devices are checked when nothing changed.
+const NET_RESYNC: Duration = Duration::from_secs(10);
 /// How often the executor compares desired and observed state even when nothing changed.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
 /// Graceful stop timeout before the VM is forced off.
@@ -36,6 +38,10 @@ struct Local {
     inflight: HashSet<String>,
     /// Consecutive restarts and when the next one may happen.
     backoff: HashMap<String, (u32, Instant)>,
+    /// The host network last made to match (networks, taps) and when.
+    net_synced: Option<(BTreeMap<u32, WantedNet>, std::collections::BTreeSet<String>, Instant)>,
+    /// The last host-networking error logged.
+    net_error: Option<String>,
 }
 
 pub struct Executor {
@@ -140,8 +146,30 @@ impl Executor {
         self.confirm_released(&observed).await;
         if let Some(h) = &self.hostnet {
             let (nets, taps) = self.wanted_network(h, &mine, &observed);
-            if let Err(e) = h.sync(&nets, &taps).await {
-                tracing::warn!(error = %e, "host networking");
+            // Each sync costs a few `ip` processes: skip it while nothing changed, but look
+            // again now and then (someone may have removed a device by hand).
+            let due = {
+                let l = self.local.lock().unwrap_or_else(|p| p.into_inner());
+                l.net_synced.as_ref().is_none_or(|(n, t, at)| *n != nets || *t != taps || at.elapsed() >= NET_RESYNC)
+            };
+            if due {
+                let result = h.sync(&nets, &taps).await;
+                let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());
+                match result {
+                    Ok(()) => {
+                        l.net_synced = Some((nets, taps, Instant::now()));
+                        l.net_error = None;
+                    }
+                    Err(e) => {
+                        l.net_synced = None;
+                        let text = e.to_string();
+                        // Once per distinct error, not every pass.
+                        if l.net_error.as_deref() != Some(text.as_str()) {
+                            tracing::warn!(error = %text, "host networking");
+                            l.net_error = Some(text);
+                        }
+                    }
+                }
             }
         }
         let mut actions = planner::plan(self.node.id, mine.iter(), &observed);
