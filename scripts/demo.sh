@@ -21,6 +21,14 @@ cleanup() {
         for p in $pids; do kill "$p" 2>/dev/null || true; done
         wait 2>/dev/null || true
         pkill -f "$DIR/n" 2>/dev/null || true
+        # The nodes' bridges and taps (qemu driver).
+        for f in "$DIR"/n*/netdev-prefix; do
+            [ -f "$f" ] || continue
+            prefix=$(cat "$f")
+            for dev in $(ip -o link show | sed -n "s/^[0-9]*: \($prefix[^:@]*\).*/\1/p"); do
+                ip link del "$dev" 2>/dev/null || true
+            done
+        done
         rm -rf "$DIR"
     fi
 }
@@ -51,6 +59,21 @@ echo "== creating VM 'demo' through node 3 and waiting for it to run"
 echo
 echo "== the guest console (last lines), read through node 2"
 "$B" --addr "127.0.0.1:$((BASE + 1))" vm logs demo | tail -n 5
+if [ "$DRIVER" = qemu ] && command -v curl >/dev/null 2>&1; then
+    ip=$("$B" --json vm status demo | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p')
+    node=$("$B" --json vm status demo | sed -n 's/.*"node_id": \([0-9]*\).*/\1/p')
+    # All three demo nodes share this host, each with its own bridge on the default network:
+    # ask through the bridge of the node that runs the VM.
+    bridge="$(cat "$DIR/n$node/netdev-prefix")b1"
+    echo
+    echo "== the VM answers on its address $ip (curl --interface $bridge http://$ip/)"
+    tries=0
+    until curl -s --max-time 3 --interface "$bridge" "http://$ip/"; do
+        tries=$((tries + 1))
+        [ "$tries" -lt 20 ] || { echo "no answer from $ip" >&2; exit 1; }
+        sleep 1
+    done
+fi
 if [ -n "${KEEP:-}" ]; then
     echo "== cluster left running; logs in $DIR; stop it with: pkill -f 'blixard node'"
 fi

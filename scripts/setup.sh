@@ -4,9 +4,10 @@
 #
 #  - build: a Rust toolchain must already be present (cargo); protoc is vendored by a crate.
 #  - tests and demo: iproute2 and iptables (the fault harness's network namespaces and
-#    partitions), procps (kill), util-linux (setsid), cargo-nextest (optional: the test script
-#    falls back to cargo test), and the default guest (QEMU, busybox, the Debian cloud kernel)
-#    through scripts/setup-guest.sh.
+#    partitions), procps (kill), util-linux (setsid), curl (the demo fetches a VM's page),
+#    cargo-nextest (optional: the test script falls back to cargo test), and the default guest
+#    (QEMU, busybox, the Debian cloud kernel and its virtio modules) through
+#    scripts/setup-guest.sh.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -23,6 +24,7 @@ if [ "$(id -u)" -eq 0 ]; then
     command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
     command -v kill >/dev/null 2>&1 || missing="$missing procps"
     command -v setsid >/dev/null 2>&1 || missing="$missing util-linux"
+    command -v curl >/dev/null 2>&1 || missing="$missing curl"
     if [ -n "$missing" ]; then
         log "installing:$missing"
         apt-get update -qq

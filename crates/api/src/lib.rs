@@ -12,6 +12,7 @@ pub mod pb {
 }
 
 pub use pb::blixard_client::BlixardClient;
+pub use pb::networks_client::NetworksClient;
 pub use pb::raft_peer_client::RaftPeerClient;
 
 /// Metadata header carrying the cluster id on peer requests.
@@ -70,6 +71,8 @@ impl From<&core::VmRecord> for pb::VmInfo {
             restarts: v.restarts,
             placement: v.placement.clone(),
             priority: u32::from(v.spec.priority),
+            network: v.network.clone(),
+            ip: v.ip.map(|ip| ip.to_string()),
         }
     }
 }
@@ -95,6 +98,8 @@ impl From<&core::VmSpec> for pb::VmSpec {
             priority: Some(u32::from(s.priority)),
             preempt: s.preempt,
             disk_image: s.disk_image.clone(),
+            network: s.network.clone(),
+            ip: s.ip.map(|ip| ip.to_string()),
         }
     }
 }
@@ -125,6 +130,10 @@ impl TryFrom<pb::VmSpec> for core::VmSpec {
         }
         spec.preempt = s.preempt;
         spec.disk_image = s.disk_image;
+        spec.network = s.network.filter(|n| !n.is_empty());
+        if let Some(ip) = s.ip.filter(|ip| !ip.is_empty()) {
+            spec.ip = Some(ip.parse().map_err(|_| format!("invalid IPv4 address '{ip}'"))?);
+        }
         Ok(spec)
     }
 }
@@ -141,6 +150,18 @@ impl From<&core::Placement> for pb::PlacementExplanation {
                 .iter()
                 .map(|v| pb::NodeVerdict { node: v.node, eligible: v.eligible, score: v.score, reason: v.reason.clone() })
                 .collect(),
+        }
+    }
+}
+
+impl From<&core::Network> for pb::NetworkInfo {
+    fn from(n: &core::Network) -> Self {
+        pb::NetworkInfo {
+            name: n.name.clone(),
+            cidr: n.cidr.to_string(),
+            vms: n.vm_count() as u32,
+            vni: n.vni,
+            nodes: n.node_addresses().into_iter().map(|(id, ip)| (id, ip.to_string())).collect(),
         }
     }
 }

@@ -62,6 +62,12 @@ pub struct CreateArgs {
     /// Show where the VM would go and why, changing nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Network to take the VM's address from (default: the network "default").
+    #[arg(long)]
+    network: Option<String>,
+    /// A specific address on that network, A.B.C.D.
+    #[arg(long)]
+    ip: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Args)]
@@ -96,16 +102,16 @@ fn parse_pairs(raw: &[String], what: &str) -> anyhow::Result<BTreeMap<String, St
 }
 
 pub struct Client {
-    addr: String,
-    json: bool,
+    pub(crate) addr: String,
+    pub(crate) json: bool,
 }
 
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
 /// Turns a gRPC status into one clear line.
-fn status_err(addr: &str, s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(addr: &str, s: tonic::Status) -> anyhow::Error {
     match s.code() {
         tonic::Code::Unavailable if s.message().contains("transport error") || s.message().contains("connect") => {
             anyhow!("cannot reach blixard at {addr}: is the node running? ({})", s.message())
@@ -120,14 +126,18 @@ impl Client {
     }
 
     async fn connect(&self) -> anyhow::Result<BlixardClient<Channel>> {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+        Ok(BlixardClient::new(self.channel().await?))
+    }
+
+    /// A connection to `--addr` (shared by the services' clients).
+    pub(crate) async fn channel(&self) -> anyhow::Result<Channel> {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
             .with_context(|| format!("invalid address '{}'", self.addr))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(70))
             .connect()
             .await
-            .map_err(|e| anyhow!("cannot reach blixard at {}: {e}", self.addr))?;
-        Ok(BlixardClient::new(ch))
+            .map_err(|e| anyhow!("cannot reach blixard at {}: {e}", self.addr))
     }
 
     pub async fn cluster_status(&self, stale: bool) -> anyhow::Result<()> {
@@ -155,7 +165,7 @@ impl Client {
         Ok(())
     }
 
-    fn done(&self, msg: &str) {
+    pub(crate) fn done(&self, msg: &str) {
         if self.json {
             output::print_json(&serde_json::json!({"ok": true, "message": msg}));
         } else {
@@ -262,6 +272,8 @@ impl Client {
             priority: a.priority,
             preempt: a.preempt,
             disk_image: a.disk_image,
+            network: a.network,
+            ip: a.ip.map(|ip| ip.to_string()),
         };
         if a.dry_run {
             let r = self
@@ -638,9 +650,10 @@ fn vm_table(vms: &[pb::VmInfo]) -> String {
                 v.vcpus.to_string(),
                 v.memory_mb.to_string(),
                 v.epoch.to_string(),
+                opt(v.ip.clone()),
                 v.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    table(&["name", "node", "desired", "state", "vcpus", "memory mib", "epoch", "reason"], rows)
+    table(&["name", "node", "desired", "state", "vcpus", "memory mib", "epoch", "ip", "reason"], rows)
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod client;
+mod network;
 mod output;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,11 @@ enum Cmd {
     Vm {
         #[command(subcommand)]
         sub: VmCmd,
+    },
+    /// Networks VMs take their addresses from.
+    Network {
+        #[command(subcommand)]
+        sub: network::NetworkCmd,
     },
     /// One-shot tasks: a command run once on a node the scheduler picks.
     Task {
@@ -132,6 +138,13 @@ struct DaemonArgs {
     /// VMs moved at once off a draining node.
     #[arg(long, default_value_t = 2)]
     drain_parallelism: usize,
+    /// CIDR of the `default` network (used with --init).
+    #[arg(long, default_value = blixard_core::network::DEFAULT_CIDR)]
+    network_cidr: String,
+    /// Do not create bridges, taps and VXLAN devices on this host: VMs keep their addresses
+    /// in the cluster state but get no network interface.
+    #[arg(long)]
+    no_host_network: bool,
 }
 
 #[derive(Subcommand)]
@@ -323,6 +336,9 @@ async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
     config.target_voters = a.target_voters.max(1);
     config.capacity = CapacityOverrides { vcpus: a.vcpus, memory_mb: a.memory_mb, disk_gb: a.disk_gb };
     config.labels = parse_labels(&a.labels)?;
+    a.network_cidr.parse::<blixard_core::Cidr>().map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;
+    config.default_network_cidr = a.network_cidr;
+    config.host_network = !a.no_host_network;
     blixard_core::spec::validate_labels(&config.labels)?;
     config.raft = RaftTuning {
         heartbeat: Duration::from_millis(a.heartbeat_ms.max(10)),
@@ -414,6 +430,7 @@ fn main() -> ExitCode {
                     c.cluster_settings(strategy, vcpu_overcommit, [lease_ms, grace_ms, heartbeat_ms]).await
                 }
             },
+            Cmd::Network { sub } => network::run(&c, sub).await,
             Cmd::Task { sub } => match sub {
                 TaskCmd::Submit(args) => c.task_submit(args).await,
                 TaskCmd::Status { id, stale } => c.task_status(&id, stale).await,

@@ -40,6 +40,18 @@ pub fn vm_json(v: &pb::VmInfo) -> Value {
         "reason": v.reason,
         "labels": v.labels,
         "anti_affinity": v.anti_affinity,
+        "network": v.network,
+        "ip": v.ip,
+    })
+}
+
+pub fn network_json(n: &pb::NetworkInfo) -> Value {
+    json!({
+        "name": n.name,
+        "cidr": n.cidr,
+        "vms": n.vms,
+        "vni": n.vni,
+        "nodes": n.nodes.iter().map(|(id, ip)| (id.to_string(), ip.clone())).collect::<std::collections::BTreeMap<_, _>>(),
     })
 }
 

@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::Network;
 use crate::spec::{NodeId, Resources, Strategy, VmSpec};
 use crate::state::{Desired, NodeState, VmRecord, VmState, Worker};
 use crate::task::{TaskRecord, TaskSpec, TaskState};
@@ -111,6 +112,16 @@ pub enum Command {
     },
     /// Cancel a task: at once while it waits for a node, else its node stops it and reports.
     CancelTask { id: String },
+    /// Create a network (see [`crate::network`]): a private CIDR, disjoint from the others.
+    CreateNetwork { name: String, cidr: String },
+    /// Create the network `default` with `cidr` unless it exists (proposed by the node that
+    /// ran `--init`, and by any node that finds it missing).
+    EnsureDefaultNetwork { cidr: String },
+    /// Delete a network no VM uses.
+    DeleteNetwork { name: String },
+    /// Node `node_id` confirms that these (VM name, placement epoch) no longer run there: their
+    /// quarantined addresses are free again.
+    ReleaseAddresses { node_id: NodeId, vms: Vec<(String, u64)> },
 }
 
 impl Command {
@@ -131,6 +142,10 @@ impl Command {
             Command::ReportTaskStarted { .. } => "report_task_started",
             Command::ReportTaskResult { .. } => "report_task_result",
             Command::CancelTask { .. } => "cancel_task",
+            Command::CreateNetwork { .. } => "create_network",
+            Command::EnsureDefaultNetwork { .. } => "ensure_default_network",
+            Command::DeleteNetwork { .. } => "delete_network",
+            Command::ReleaseAddresses { .. } => "release_addresses",
         }
     }
 }
@@ -142,6 +157,7 @@ pub enum Reply {
     Vm(VmRecord),
     Worker(Worker),
     Task(Box<TaskRecord>),
+    Network(Box<Network>),
 }
 
 /// Why `apply` refused a command. A refused command changes nothing.

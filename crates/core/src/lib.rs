@@ -11,6 +11,7 @@
 pub mod budget;
 pub mod command;
 pub mod liveness;
+pub mod network;
 pub mod planner;
 pub mod scheduler;
 pub mod spec;
@@ -19,6 +20,7 @@ pub mod task;
 
 pub use command::{ApplyError, Command, Outcome, Reply, Request};
 pub use liveness::LivenessSettings;
+pub use network::{Cidr, Lease, Network};
 pub use scheduler::{explain, NodeVerdict, Placement, SchedulerSettings};
 pub use spec::{NodeId, Resources, RestartPolicy, Strategy, VmSpec};
 pub use state::{ClusterState, Desired, NodeState, RowKey, VmRecord, VmState, Worker};

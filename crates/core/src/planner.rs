@@ -167,6 +167,8 @@ mod tests {
             placement: None,
             evacuating: false,
             preempted_by: None,
+            network: None,
+            ip: None,
         }
     }
 

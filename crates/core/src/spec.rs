@@ -189,6 +189,12 @@ pub struct VmSpec {
     /// Root disk image (raw, or qcow2 by its `.qcow2` extension), attached as virtio-blk.
     #[serde(default)]
     pub disk_image: Option<String>,
+    /// The network to take an address from; `None`: `default` when the cluster has it.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// A specific address on that network instead of the next free one.
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 impl VmSpec {
@@ -213,6 +219,8 @@ impl VmSpec {
             priority: DEFAULT_PRIORITY,
             preempt: false,
             disk_image: None,
+            network: None,
+            ip: None,
         }
     }
 
@@ -248,6 +256,9 @@ impl VmSpec {
             }
         }
         validate_labels(&self.labels)?;
+        if let Some(n) = &self.network {
+            crate::network::validate_network_name(n)?;
+        }
         if let Some(g) = &self.anti_affinity {
             validate_label_part("anti-affinity group", g)?;
         }

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::command::{ApplyError, Command, Outcome, Reply, Request};
 use crate::liveness::LivenessSettings;
+use crate::network::Network;
 use crate::scheduler::{self, SchedulerSettings};
 use crate::spec::{self, NodeId, Resources, VmSpec, MAX_VMS, MAX_WORKERS};
 use crate::task::{self, TaskRecord, TaskSpec, TaskState, MAX_ACTIVE_TASKS, MAX_FINISHED_TASKS};
@@ -150,6 +151,11 @@ pub struct VmRecord {
     /// While evacuating for a preemption: the VM waiting for its room.
     #[serde(default)]
     pub preempted_by: Option<String>,
+    /// The network its address is on (see [`crate::network`]); kept for its whole life.
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 impl VmRecord {
@@ -171,6 +177,7 @@ pub enum RowKey {
     Liveness,
     /// The current members and every node id ever used.
     NodeIds,
+    Network(String),
 }
 
 impl RowKey {
@@ -184,6 +191,7 @@ impl RowKey {
             RowKey::Task(id) => format!("task/{id}"),
             RowKey::Liveness => LIVENESS_ROW.to_string(),
             RowKey::NodeIds => NODE_IDS_ROW.to_string(),
+            RowKey::Network(n) => format!("net/{n}"),
         }
     }
 }
@@ -237,9 +245,12 @@ pub struct ClusterState {
     /// Members and used ids (kept from the membership entries, see [`Self::note_membership`]).
     #[serde(default)]
     pub node_ids: NodeIds,
+    /// Networks and their address leases (see [`crate::network`]).
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
     /// Rows changed since the last `take_touched`; not part of the state.
     #[serde(skip)]
-    touched: BTreeSet<RowKey>,
+    pub(crate) touched: BTreeSet<RowKey>,
     /// `requests` ordered by log index, for eviction; derived, rebuilt on load.
     #[serde(skip)]
     request_order: BTreeMap<u64, String>,
@@ -379,6 +390,7 @@ impl ClusterState {
                 w.kvm = *kvm;
                 w.labels = labels.clone();
                 self.touched.insert(RowKey::Worker(*id));
+                self.node_registered(*id);
                 // A re-registration may have taken labels, features or capacity away.
                 let evicted = self.evict_misfits(*id, index, now);
                 // New capacity may let pending VMs in.
@@ -394,6 +406,7 @@ impl ClusterState {
                     return Err(ApplyError::not_found("node", id));
                 }
                 self.touched.insert(RowKey::Worker(*id));
+                self.node_removed(*id);
                 self.requeue_tasks_from_node(*id, index, now, &format!("node {id} left the cluster"));
                 let names: Vec<String> =
                     self.by_node.get(id).map(|s| s.iter().map(|(_, n)| n.clone()).collect()).unwrap_or_default();
@@ -484,6 +497,8 @@ impl ClusterState {
                     _ => None,
                 };
                 let desired = if spec.start { Desired::Running } else { Desired::Stopped };
+                // The last refusal possible: taking the address is the first change.
+                let address = self.assign_address(spec)?;
                 let vm = VmRecord {
                     spec: spec.clone(),
                     node_id: None,
@@ -497,6 +512,8 @@ impl ClusterState {
                     evacuating: false,
                     preempted_by: None,
                     placement: None,
+                    network: address.as_ref().map(|a| a.0.clone()),
+                    ip: address.map(|a| a.1),
                 };
                 self.vms.insert(spec.name.clone(), vm);
                 self.bytes.vms += weight;
@@ -527,6 +544,9 @@ impl ClusterState {
                     self.bytes.vms = self.bytes.vms.saturating_sub(crate::budget::vm_spec_bytes(&vm.spec));
                     if let Some(node) = vm.node_id {
                         self.release(node, &vm.spec.resources());
+                    }
+                    if let (Some(net), Some(ip)) = (&vm.network, vm.ip) {
+                        self.release_vm_address(net, ip, name, vm.node_id.map(|n| (n, vm.epoch)));
                     }
                 }
                 self.touched.insert(RowKey::Vm(name.clone()));
@@ -613,6 +633,10 @@ impl ClusterState {
                 Ok(Reply::Vm(self.vms[name].clone()))
             }
             Command::SubmitTask { id, spec } => self.submit_task(index, now, id, spec),
+            Command::CreateNetwork { .. }
+            | Command::EnsureDefaultNetwork { .. }
+            | Command::DeleteNetwork { .. }
+            | Command::ReleaseAddresses { .. } => self.apply_network_command(now, cmd),
             Command::ReportTaskStarted { id, node_id, epoch } => {
                 let t = self.current_task(id, *node_id, *epoch)?;
                 if t.state == TaskState::Pending {
@@ -683,6 +707,7 @@ impl ClusterState {
         match state {
             NodeState::Up => self.place_pending(index, now, BTreeSet::new(), BTreeSet::new()),
             NodeState::Down if was != NodeState::Down => {
+                self.node_fenced(id);
                 self.requeue_tasks_from_node(id, index, now, &format!("node {id} is down"));
                 let evicted = self.reschedule_from_down_node(id, now);
                 self.place_pending(index, now, BTreeSet::new(), evicted);
@@ -1271,6 +1296,7 @@ impl ClusterState {
             RowKey::Task(id) => self.tasks.get(id).map(serde_json::to_vec),
             RowKey::Liveness => Some(serde_json::to_vec(&self.liveness)),
             RowKey::NodeIds => Some(serde_json::to_vec(&self.node_ids)),
+            RowKey::Network(n) => self.networks.get(n).map(serde_json::to_vec),
         };
         // Serializing these plain data types cannot fail.
         json.and_then(Result::ok)
@@ -1285,6 +1311,7 @@ impl ClusterState {
             .chain(self.workers.keys().map(|id| RowKey::Worker(*id)))
             .chain(self.requests.keys().map(|id| RowKey::Request(id.clone())))
             .chain(self.tasks.keys().map(|id| RowKey::Task(id.clone())))
+            .chain(self.networks.keys().map(|n| RowKey::Network(n.clone())))
             .chain([RowKey::Settings, RowKey::Liveness, RowKey::NodeIds]);
         keys.filter_map(|k| self.row(&k).map(|v| (k.encode(), v))).collect()
     }
@@ -1307,6 +1334,8 @@ impl ClusterState {
                 s.node_ids = serde_json::from_slice(value).map_err(bad)?;
             } else if let Some(id) = key.strip_prefix("task/") {
                 s.tasks.insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
+            } else if let Some(name) = key.strip_prefix("net/") {
+                s.networks.insert(name.to_string(), serde_json::from_slice(value).map_err(bad)?);
             } else if let Some(id) = key.strip_prefix("req/") {
                 s.requests.insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
             } else {
@@ -1424,6 +1453,7 @@ impl ClusterState {
             }
         }
         self.settings.validate().map_err(|e| format!("invalid settings: {e}"))?;
+        self.check_network_invariants()?;
         self.liveness.validate().map_err(|e| format!("invalid lease settings: {e}"))?;
         for vm in self.vms.values() {
             if vm.evacuating && vm.node_id.is_none() {

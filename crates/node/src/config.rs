@@ -66,6 +66,11 @@ pub struct NodeConfig {
     /// `qemu` or `process`.
     pub driver: String,
     pub liveness: LivenessTuning,
+    /// CIDR of the `default` network, created by the node that runs `--init`.
+    pub default_network_cidr: String,
+    /// Build bridges, taps and VXLAN devices for VMs' networks on this host (qemu driver only;
+    /// see `hostnet`).
+    pub host_network: bool,
 }
 
 /// Failure detection and fencing. The lease, its grace and the heartbeat interval are cluster
@@ -114,6 +119,8 @@ impl NodeConfig {
             labels: BTreeMap::new(),
             driver: "qemu".into(),
             liveness: LivenessTuning::default(),
+            default_network_cidr: blixard_core::network::DEFAULT_CIDR.into(),
+            host_network: true,
         }
     }
 }

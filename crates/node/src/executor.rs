@@ -17,8 +17,13 @@ use blixard_vmm::{DriverError, VmConfig, VmDriver};
 use openraft::async_runtime::WatchReceiver;
 
 use crate::error::NodeError;
+use crate::hostnet::{HostNet, WantedNet};
 use crate::node::Node;
 
+/// File in the data directory naming the prefix of this node's network devices.
+pub const NETDEV_PREFIX_FILE: &str = "netdev-prefix";
+/// How often host network devices are checked when nothing changed.
+const NET_RESYNC: Duration = Duration::from_secs(10);
 /// How often the executor compares desired and observed state even when nothing changed.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
 /// Graceful stop timeout before the VM is forced off.
@@ -33,11 +38,17 @@ struct Local {
     inflight: HashSet<String>,
     /// Consecutive restarts and when the next one may happen.
     backoff: HashMap<String, (u32, Instant)>,
+    /// The host network last made to match (networks, taps) and when.
+    net_synced: Option<(BTreeMap<u32, WantedNet>, std::collections::BTreeSet<String>, Instant)>,
+    /// The last host-networking error logged.
+    net_error: Option<String>,
 }
 
 pub struct Executor {
     node: Arc<Node>,
     driver: Arc<dyn VmDriver>,
+    /// Bridges, VXLAN devices and taps for VMs' networks (qemu with host networking only).
+    hostnet: Option<HostNet>,
     /// Default guest (kernel, initrd) for VMs that name none; built lazily.
     default_guest: Mutex<Option<(PathBuf, PathBuf)>>,
     local: Mutex<Local>,
@@ -71,7 +82,16 @@ fn short_reason(reason: &str) -> String {
 
 impl Executor {
     pub fn new(node: Arc<Node>, driver: Arc<dyn VmDriver>) -> Arc<Self> {
-        Arc::new(Self { node, driver, default_guest: Mutex::new(None), local: Mutex::new(Local::default()) })
+        let hostnet = (node.config.host_network && driver.kind() == "qemu")
+            .then(|| HostNet::new(&node.cluster_id, node.id, &node.addr));
+        if let Some(h) = &hostnet {
+            // For operators and tests: which host devices belong to this node.
+            let path = node.config.data_dir.join(NETDEV_PREFIX_FILE);
+            if let Err(e) = std::fs::write(&path, h.prefix()) {
+                tracing::warn!(path = %path.display(), error = %e, "recording the network device prefix");
+            }
+        }
+        Arc::new(Self { node, driver, hostnet, default_guest: Mutex::new(None), local: Mutex::new(Local::default()) })
     }
 
     pub fn driver(&self) -> &Arc<dyn VmDriver> {
@@ -123,6 +143,35 @@ impl Executor {
                 }
             }
         }
+        self.confirm_released(&observed).await;
+        if let Some(h) = &self.hostnet {
+            let (nets, taps) = self.wanted_network(h, &mine, &observed);
+            // Each sync costs a few `ip` processes: skip it while nothing changed, but look
+            // again now and then (someone may have removed a device by hand).
+            let due = {
+                let l = self.local.lock().unwrap_or_else(|p| p.into_inner());
+                l.net_synced.as_ref().is_none_or(|(n, t, at)| *n != nets || *t != taps || at.elapsed() >= NET_RESYNC)
+            };
+            if due {
+                let result = h.sync(&nets, &taps).await;
+                let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());
+                match result {
+                    Ok(()) => {
+                        l.net_synced = Some((nets, taps, Instant::now()));
+                        l.net_error = None;
+                    }
+                    Err(e) => {
+                        l.net_synced = None;
+                        let text = e.to_string();
+                        // Once per distinct error, not every pass.
+                        if l.net_error.as_deref() != Some(text.as_str()) {
+                            tracing::warn!(error = %text, "host networking");
+                            l.net_error = Some(text);
+                        }
+                    }
+                }
+            }
+        }
         let mut actions = planner::plan(self.node.id, mine.iter(), &observed);
         // Without a lease (cut off from the cluster), or before catching up with what the
         // leader had committed when it renewed it, start nothing: the cluster may be moving
@@ -160,13 +209,104 @@ impl Executor {
         Ok(())
     }
 
+    /// The networks this node bridges (those it has an address on) and the taps to keep: those
+    /// of the VMs placed here with an address, and of the VMs still running here.
+    fn wanted_network(
+        &self,
+        h: &HostNet,
+        mine: &[VmRecord],
+        observed: &[Observed],
+    ) -> (BTreeMap<u32, WantedNet>, std::collections::BTreeSet<String>) {
+        let a = self.node.state.read();
+        let peers: std::collections::BTreeSet<std::net::Ipv4Addr> = a
+            .state
+            .workers
+            .values()
+            .filter(|w| w.id != self.node.id)
+            .filter_map(|w| HostNet::underlay(&w.addr))
+            .collect();
+        let nets = a
+            .state
+            .networks
+            .values()
+            .filter_map(|n| {
+                let addr = n.node_address(self.node.id)?;
+                Some((n.vni, WantedNet { vni: n.vni, addr, prefix: n.cidr.prefix(), peers: peers.clone() }))
+            })
+            .collect();
+        let mut taps: std::collections::BTreeSet<String> =
+            mine.iter().filter(|v| v.ip.is_some()).map(|v| h.tap_name(v.name())).collect();
+        taps.extend(observed.iter().filter(|o| matches!(o.run, RunState::Starting | RunState::Running)).map(|o| h.tap_name(&o.name)));
+        (nets, taps)
+    }
+
+    /// The VM's interface: its tap (created on its network's bridge), MAC, and the `ip=` kernel
+    /// parameter (address, this node's address as gateway, netmask, the VM's name as hostname).
+    async fn attach_network(&self, cfg: &mut VmConfig) -> Result<(), NodeError> {
+        let Some(h) = &self.hostnet else { return Ok(()) };
+        let found = {
+            let a = self.node.state.read();
+            a.state.vms.get(&cfg.name).and_then(|vm| {
+                let net = a.state.networks.get(vm.network.as_deref()?)?;
+                Some((vm.ip?, net.vni, net.cidr.netmask(), net.node_address(self.node.id)))
+            })
+        };
+        let Some((ip, vni, mask, gw)) = found else { return Ok(()) };
+        let tap = h.tap_name(&cfg.name);
+        h.ensure_tap(&tap, vni).await?;
+        cfg.net = Some(blixard_vmm::NetAttachment { tap, mac: HostNet::mac(ip) });
+        let gw = gw.map(|g| g.to_string()).unwrap_or_default();
+        let param = format!("ip={ip}::{gw}:{mask}:{}:eth0:off", cfg.name);
+        // Before the user's command line, so that an `ip=` of theirs wins.
+        cfg.cmdline = Some(match cfg.cmdline.take() {
+            Some(c) if !c.trim().is_empty() => format!("{param} {c}"),
+            _ => param,
+        });
+        Ok(())
+    }
+
+    /// Addresses of deleted VMs stay quarantined until their node confirms the placement no
+    /// longer runs (see `blixard_core::network`): confirm those of this node whose VM (that
+    /// epoch) is not alive here and has no action in flight.
+    async fn confirm_released(&self, observed: &[Observed]) {
+        let waiting: Vec<(String, u64)> = {
+            let a = self.node.state.read();
+            a.state
+                .networks
+                .values()
+                .flat_map(|n| n.leases.values())
+                .filter_map(|l| match l {
+                    blixard_core::Lease::Quarantined { name, node, epoch } if *node == self.node.id => Some((name.clone(), *epoch)),
+                    _ => None,
+                })
+                .collect()
+        };
+        if waiting.is_empty() {
+            return;
+        }
+        let busy: HashSet<String> = self.local.lock().unwrap_or_else(|p| p.into_inner()).inflight.clone();
+        let alive = |name: &str, epoch: u64| {
+            observed.iter().any(|o| o.name == name && o.epoch == epoch && matches!(o.run, RunState::Starting | RunState::Running))
+        };
+        let done: Vec<(String, u64)> = waiting.into_iter().filter(|(n, e)| !busy.contains(n) && !alive(n, *e)).collect();
+        if done.is_empty() {
+            return;
+        }
+        let cmd = Command::ReleaseAddresses { node_id: self.node.id, vms: done.clone() };
+        match self.node.propose(cmd, None).await {
+            Ok(_) => tracing::info!(vms = ?done, "confirmed deleted VMs stopped: their addresses are free"),
+            Err(e) => tracing::debug!(error = %e, "confirming released addresses: will retry"),
+        }
+    }
+
     async fn perform(&self, action: &Action) -> Result<(), NodeError> {
         match action {
             Action::Start { spec, epoch, restart } => {
                 if *restart && !self.restart_allowed(&spec.name) {
                     return Ok(());
                 }
-                let cfg = self.vm_config(spec)?;
+                let mut cfg = self.vm_config(spec)?;
+                self.attach_network(&mut cfg).await?;
                 tracing::info!(vm = %spec.name, epoch, restart, "starting VM");
                 match self.driver.start(&cfg, *epoch).await {
                     // Counted once per restart, by the node that did it.

@@ -12,6 +12,7 @@ pub mod capabilities;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod hostnet;
 pub mod liveness;
 pub mod meta;
 pub mod node;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blixard_api::pb::blixard_server::BlixardServer;
+use blixard_api::pb::networks_server::NetworksServer;
 use blixard_api::pb::raft_peer_server::RaftPeerServer;
 use blixard_api::{pb, BlixardClient, MAX_CLIENT_MESSAGE, MAX_PEER_MESSAGE};
 use blixard_core::Command;
@@ -263,6 +265,7 @@ async fn serve(node: Arc<Node>, listener: TcpListener) {
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
         )
+        .add_service(NetworksServer::new(api.clone()).max_decoding_message_size(MAX_CLIENT_MESSAGE))
         .add_service(
             RaftPeerServer::new(api)
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
@@ -341,11 +344,20 @@ async fn register_worker(node: Arc<Node>) {
         kvm: caps.kvm,
         labels: node.config.labels.clone(),
     };
+    if matches!(node.config.bootstrap, Bootstrap::Init) {
+        ensure_default_network(&node).await;
+    }
     loop {
         tokio::select! {
             res = node.propose(cmd.clone(), None) => match res {
                 Ok(_) => {
                     tracing::info!(node = node.id, capacity = ?caps.capacity, kvm = caps.kvm, "registered as worker");
+                    // A cluster from before networks (or whose first node crashed before
+                    // creating it) gets its default network now.
+                    let missing = !node.state.read().state.networks.contains_key(blixard_core::network::DEFAULT_NETWORK);
+                    if missing {
+                        ensure_default_network(&node).await;
+                    }
                     return;
                 }
                 Err(e) => tracing::debug!(error = %e, "worker registration: retrying"),
@@ -354,6 +366,33 @@ async fn register_worker(node: Arc<Node>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = node.stopped() => return,
+        }
+    }
+}
+
+/// Creates the `default` network from this node's `--network-cidr` unless it exists; retries
+/// while there is no leader, gives up (logged) when the cluster refuses it.
+async fn ensure_default_network(node: &Arc<Node>) {
+    let cidr = node.config.default_network_cidr.clone();
+    let cmd = Command::EnsureDefaultNetwork { cidr: cidr.clone() };
+    loop {
+        tokio::select! {
+            res = node.propose(cmd.clone(), None) => match res {
+                Ok(_) => {
+                    tracing::info!(%cidr, "default network present");
+                    return;
+                }
+                Err(NodeError::Rejected(e)) => {
+                    tracing::error!(%cidr, error = %e, "cannot create the default network: VMs without --network get no address");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "default network: retrying"),
+            },
+            _ = node.stopped() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
             _ = node.stopped() => return,
         }
     }

@@ -531,6 +531,38 @@ fn settings_reply(s: &blixard_core::ClusterState) -> pb::SchedulerSettings {
     }
 }
 
+fn network_reply(reply: Reply) -> Result<pb::NetworkInfo, Status> {
+    match reply {
+        Reply::Network(n) => Ok(pb::NetworkInfo::from(&*n)),
+        other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+    }
+}
+
+#[tonic::async_trait]
+impl blixard_api::pb::networks_server::Networks for Api {
+    async fn create_network(&self, r: GrpcRequest<pb::CreateNetworkRequest>) -> Result<Response<pb::NetworkInfo>, Status> {
+        let req = r.into_inner();
+        blixard_core::network::validate_network_name(&req.name).map_err(NodeError::Rejected)?;
+        req.cidr.parse::<blixard_core::Cidr>().map_err(Status::invalid_argument)?;
+        let cmd = Command::CreateNetwork { name: req.name, cidr: req.cidr };
+        let reply = self.node.propose(cmd, request_id(&req.request_id)?).await?;
+        Ok(Response::new(network_reply(reply)?))
+    }
+
+    async fn list_networks(&self, r: GrpcRequest<pb::ReadOptions>) -> Result<Response<pb::NetworkList>, Status> {
+        self.read(r.get_ref().stale).await?;
+        let a = self.node.state.read();
+        Ok(Response::new(pb::NetworkList { networks: a.state.networks.values().map(pb::NetworkInfo::from).collect() }))
+    }
+
+    async fn delete_network(&self, r: GrpcRequest<pb::NetworkRef>) -> Result<Response<pb::Empty>, Status> {
+        let req = r.into_inner();
+        blixard_core::network::validate_network_name(&req.name).map_err(NodeError::Rejected)?;
+        self.node.propose(Command::DeleteNetwork { name: req.name }, request_id(&req.request_id)?).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+}
+
 /// Most items in one page of a list.
 const PAGE_ITEMS: usize = 1_000;
 /// Most bytes in one page of a list: well under a client's 4 MiB decode limit.

@@ -38,7 +38,7 @@ pub mod qemu;
 pub mod rundir;
 pub mod supervisor;
 
-pub use guest::{build_initramfs, default_guest, DEFAULT_GUEST_DIR};
+pub use guest::{build_initramfs, build_initramfs_with_modules, default_guest, DEFAULT_GUEST_DIR};
 pub use process::{idle_workload, ProcessDriver};
 pub use qemu::{build_argv, choose_accel, Accel, QemuDriver, QemuPaths};
 pub use rundir::{read_events, Event, EventKind, EVENTS_FILE_ENV, LEASE_FILE_ENV};
@@ -70,6 +70,19 @@ pub struct VmConfig {
     /// driver "process alive".
     #[serde(default = "default_ready_line")]
     pub ready_line: Option<String>,
+    /// A network interface (qemu: virtio-net on an existing tap device; the process driver
+    /// has no networking and ignores it).
+    #[serde(default)]
+    pub net: Option<NetAttachment>,
+}
+
+/// A VM's network interface: the host tap device it is attached to and its MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetAttachment {
+    /// An existing tap device on the host (at most 15 bytes).
+    pub tap: String,
+    /// `xx:xx:xx:xx:xx:xx`.
+    pub mac: String,
 }
 
 fn default_ready_line() -> Option<String> {
@@ -88,6 +101,7 @@ impl VmConfig {
             cmdline: None,
             disk_image: None,
             ready_line: default_ready_line(),
+            net: None,
         }
     }
 }
@@ -167,7 +181,7 @@ pub enum DriverError {
         #[source]
         source: std::io::Error,
     },
-    #[error("guest kernel not found at {}: run scripts/setup-guest.sh (as root) to install it", path.display())]
+    #[error("guest kernel or its modules not found at {}: run scripts/setup-guest.sh (as root) to install them", path.display())]
     GuestKernelMissing { path: PathBuf },
     #[error("busybox (static) not found at {}: run scripts/setup-guest.sh (as root) to install busybox-static", path.display())]
     BusyboxMissing { path: PathBuf },

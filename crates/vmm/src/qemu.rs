@@ -8,8 +8,10 @@
 //!   its exit status is recorded even after a daemon restart. The guest serial console goes
 //!   to `console.log`, QEMU's own messages to `vmm.log`, control to `qmp.sock`.
 //! - QMP is spoken with the `qapi` crate (typed commands, tokio). Graceful stop is ACPI
-//!   `system_powerdown` (no effect under TCG, where ACPI is off: see [`TCG_MACHINE_OPTS`]);
-//!   forced stop is `quit`, then SIGKILL.
+//!   `system_powerdown` (skipped under TCG, see [`TCG_CMDLINE`] and `stop`); forced stop is
+//!   `quit`, then SIGKILL.
+//! - Networking: with [`crate::VmConfig::net`], a `virtio-net-device` on an existing tap (the
+//!   node creates and removes taps and bridges; see `blixard_node::hostnet`).
 //! - Readiness: the console contains the config's ready line (and QMP does not report a
 //!   non-running state); with `ready_line: None`, QMP `query-status == running`.
 
@@ -28,14 +30,16 @@ pub const KIND: &str = "qemu";
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 /// The machine type and the options that give it a serial console and a clock.
 pub const MACHINE: &str = "microvm,x-option-roms=off,isa-serial=on,rtc=on";
-/// Added to [`MACHINE`] under TCG. With ACPI (hence the IOAPIC from the MADT) a Linux guest
-/// under TCG on a loaded host intermittently fails TSC calibration against the PIT and then
-/// hangs with no timer interrupts ("tsc: Marking TSC unstable..."); without ACPI it boots
-/// every time. The price: `system_powerdown` has no effect under TCG, so a graceful stop ends
-/// with `quit` when the grace period runs out.
-pub const TCG_MACHINE_OPTS: &str = ",acpi=off";
 /// Always on the kernel command line, before [`VmConfig::cmdline`].
 pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1";
+/// Added to the kernel command line under TCG. ACPI stays on (microvm describes its
+/// virtio-mmio devices only in ACPI: the Debian kernel has no `virtio_mmio.device=` command
+/// line support, so without ACPI a guest sees no disk and no network card). Under TCG on a
+/// loaded host, a Linux guest with ACPI intermittently fails to calibrate the TSC against the
+/// PIT ("tsc: Unable to calibrate against PIT") and then hangs with no timer interrupts; giving
+/// it the TSC frequency skips that calibration. (TCG's TSC is not exact: the guest's clocksource
+/// watchdog later switches away from it, which is harmless.)
+pub const TCG_CMDLINE: &str = "tsc_early_khz=1000000";
 /// Unix socket paths longer than this cannot be bound.
 const MAX_SOCKET_PATH: usize = 107;
 const QMP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -95,11 +99,7 @@ pub fn build_argv(cfg: &VmConfig, paths: &QemuPaths, accel: Accel) -> Vec<String
     let mut argv: Vec<String> = Vec::new();
     let mut push = |args: &[&str]| argv.extend(args.iter().map(|s| s.to_string()));
     push(&["-name", &cfg.name]);
-    let machine = match accel {
-        Accel::Kvm => MACHINE.to_string(),
-        Accel::Tcg => format!("{MACHINE}{TCG_MACHINE_OPTS}"),
-    };
-    push(&["-M", &machine]);
+    push(&["-M", MACHINE]);
     match accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push(&["-accel", "tcg"]),
@@ -128,9 +128,13 @@ pub fn build_argv(cfg: &VmConfig, paths: &QemuPaths, accel: Accel) -> Vec<String
         if let Some(initrd) = &cfg.initrd {
             push(&["-initrd", &initrd.to_string_lossy()]);
         }
+        let base = match accel {
+            Accel::Kvm => BASE_CMDLINE.to_string(),
+            Accel::Tcg => format!("{BASE_CMDLINE} {TCG_CMDLINE}"),
+        };
         let append = match cfg.cmdline.as_deref().map(str::trim) {
-            Some(extra) if !extra.is_empty() => format!("{BASE_CMDLINE} {extra}"),
-            _ => BASE_CMDLINE.to_string(),
+            Some(extra) if !extra.is_empty() => format!("{base} {extra}"),
+            _ => base,
         };
         push(&["-append", &append]);
     }
@@ -144,6 +148,18 @@ pub fn build_argv(cfg: &VmConfig, paths: &QemuPaths, accel: Accel) -> Vec<String
             ),
         ]);
         push(&["-device", "virtio-blk-device,drive=disk0"]);
+    }
+    if let Some(net) = &cfg.net {
+        // The tap exists already (the node creates it, attached to its bridge): QEMU only
+        // opens it; no scripts.
+        push(&[
+            "-netdev",
+            &format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap),
+        ]);
+        push(&[
+            "-device",
+            &format!("virtio-net-device,netdev=net0,mac={}", net.mac),
+        ]);
     }
     argv
 }
@@ -271,6 +287,29 @@ impl VmDriver for QemuDriver {
                     .into(),
             });
         };
+        if let Some(net) = &cfg.net {
+            let tap_ok = !net.tap.is_empty()
+                && net.tap.len() <= 15
+                && net
+                    .tap
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            let mac_ok = net.mac.len() == 17
+                && net.mac.split(':').count() == 6
+                && net
+                    .mac
+                    .split(':')
+                    .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !tap_ok || !mac_ok {
+                return Err(DriverError::InvalidConfig {
+                    name: cfg.name.clone(),
+                    why: format!(
+                        "bad network attachment: tap {:?} (1-15 of [A-Za-z0-9_-]), mac {:?}",
+                        net.tap, net.mac
+                    ),
+                });
+            }
+        }
         let files = [
             ("kernel", Some(kernel)),
             ("initrd", cfg.initrd.as_ref()),
@@ -349,20 +388,22 @@ impl VmDriver for QemuDriver {
 
     async fn stop(&self, name: &str, grace: Duration) -> Result<(), DriverError> {
         crate::validate_name(name)?;
-        // Without ACPI (TCG) the power button does nothing: waiting `grace` would be wasted.
-        let acpi_off = RunDir::new(&self.run_root, name)
+        // Under TCG a graceful stop is not worth its wait: ACPI power-down is slow there and
+        // blixard's own guest has no handler for it. Stop with QMP quit directly (as before
+        // ACPI was enabled under TCG; `acpi=off` marks VMs started by older versions).
+        let tcg = RunDir::new(&self.run_root, name)
             .read_meta()?
             .and_then(|meta| meta.pid)
             .and_then(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
             .is_some_and(|cmdline| {
-                cmdline
-                    .split(|b| *b == 0)
-                    .any(|arg| arg.ends_with(b",acpi=off"))
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                args.iter().any(|arg| arg.ends_with(b",acpi=off"))
+                    || args.windows(2).any(|w| w[0] == b"-accel" && w[1] == b"tcg")
             });
-        let grace = if acpi_off {
+        let grace = if tcg {
             tracing::debug!(
                 vm = name,
-                "guest has no ACPI: stopping with QMP quit directly"
+                "TCG guest: stopping with QMP quit directly"
             );
             Duration::ZERO
         } else {
@@ -482,7 +523,7 @@ mod tests {
                 "-name",
                 "vm1",
                 "-M",
-                "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off",
+                "microvm,x-option-roms=off,isa-serial=on,rtc=on",
                 "-accel",
                 "tcg",
                 "-nodefaults",
@@ -504,7 +545,7 @@ mod tests {
                 "-initrd",
                 "/g/initrd.cpio",
                 "-append",
-                "console=ttyS0 panic=-1",
+                "console=ttyS0 panic=-1 tsc_early_khz=1000000",
             ])
         );
     }
@@ -567,6 +608,30 @@ mod tests {
                 "virtio-blk-device,drive=disk0"
             ])
         );
+    }
+
+    #[test]
+    fn argv_network_interface_on_a_tap() {
+        let mut cfg = VmConfig::new("web");
+        cfg.kernel = Some("/g/vmlinuz".into());
+        cfg.net = Some(crate::NetAttachment {
+            tap: "bx1a2bt0a0b0c0d".into(),
+            mac: "02:b1:0a:58:00:05".into(),
+        });
+        let argv = build_argv(&cfg, &QemuPaths::in_dir(Path::new("/r/web")), Accel::Tcg);
+        assert_eq!(
+            argv[argv.len() - 4..],
+            s(&[
+                "-netdev",
+                "tap,id=net0,ifname=bx1a2bt0a0b0c0d,script=no,downscript=no",
+                "-device",
+                "virtio-net-device,netdev=net0,mac=02:b1:0a:58:00:05"
+            ])
+        );
+        let driver = QemuDriver::new("/r").with_accel(Accel::Tcg);
+        cfg.net = Some(crate::NetAttachment { tap: "x".repeat(16), mac: "02:b1:0a:58:00:05".into() });
+        let err = driver.validate(&cfg).expect_err("long tap name");
+        assert!(err.to_string().contains("bad network attachment"), "{err}");
     }
 
     #[test]

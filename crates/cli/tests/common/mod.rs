@@ -336,6 +336,27 @@ impl Drop for Cluster {
                 }
             }
         }
+        // Then the bridges, VXLAN devices and taps the nodes made (qemu driver).
+        for n in &self.nodes {
+            for dev in self.net_devices(n.id) {
+                let _ = Command::new("ip").args(["link", "del", &dev]).output();
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// The host network devices (bridges, VXLAN devices, taps) of node `id`.
+    pub fn net_devices(&self, id: u64) -> Vec<String> {
+        let Ok(prefix) = std::fs::read_to_string(self.node(id).dir.join("netdev-prefix")) else { return Vec::new() };
+        let Ok(out) = Command::new("ip").args(["-j", "link", "show"]).output() else { return Vec::new() };
+        let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        links
+            .iter()
+            .filter_map(|l| l["ifname"].as_str())
+            .filter(|n| !prefix.is_empty() && n.starts_with(prefix.trim()))
+            .map(str::to_string)
+            .collect()
     }
 }
 
