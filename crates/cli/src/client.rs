@@ -620,3 +620,42 @@ fn vm_table(vms: &[pb::VmInfo]) -> String {
         .collect();
     table(&["name", "node", "desired", "state", "vcpus", "memory mib", "epoch", "reason"], rows)
 }
+
+impl Client {
+    /// Prints the cluster's events after `since`; with `follow`, keeps printing. `--json`:
+    /// one JSON array (or, with `--follow`, one JSON document per line).
+    pub async fn events(&self, since: Option<u64>, follow: bool) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut stream = self
+            .connect()
+            .await?
+            .events(pb::EventsRequest { since, follow })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?
+            .into_inner();
+        let mut all = Vec::new();
+        let mut out = std::io::stdout().lock();
+        while let Some(m) = stream.message().await.map_err(|e| status_err(&self.addr, e))? {
+            let v: serde_json::Value =
+                serde_json::from_str(&m.json).with_context(|| format!("malformed event from {}", self.addr))?;
+            if self.json && !follow {
+                all.push(v);
+                continue;
+            }
+            if self.json {
+                writeln!(out, "{v}")?;
+            } else {
+                let line = match serde_json::from_value::<blixard_core::Event>(v) {
+                    Ok(e) => e.summary(),
+                    Err(_) => m.json.clone(),
+                };
+                writeln!(out, "{:>8}  {:<16} {}", m.index, m.r#type, output::clean(&line))?;
+            }
+            out.flush()?;
+        }
+        if self.json && !follow {
+            output::print_json(&serde_json::Value::Array(all));
+        }
+        Ok(())
+    }
+}

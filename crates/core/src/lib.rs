@@ -9,6 +9,7 @@
 //! into `apply`, so that every node applying the same log reaches the same state bit for bit.
 
 pub mod command;
+pub mod events;
 pub mod liveness;
 pub mod planner;
 pub mod scheduler;
@@ -16,6 +17,7 @@ pub mod spec;
 pub mod state;
 pub mod task;
 
+pub use events::{Event, EventKind, EventSource};
 pub use command::{ApplyError, Command, Outcome, Reply, Request};
 pub use liveness::LivenessSettings;
 pub use scheduler::{explain, NodeVerdict, Placement, SchedulerSettings};

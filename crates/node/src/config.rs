@@ -66,6 +66,9 @@ pub struct NodeConfig {
     /// `qemu` or `process`.
     pub driver: String,
     pub liveness: LivenessTuning,
+    /// Serve HTTP (health, metrics, JSON API, events, dashboard) here; port 0 picks a free
+    /// port (the bound address is written to `http.addr` in the data directory).
+    pub http: Option<SocketAddr>,
 }
 
 /// Failure detection and fencing. The lease, its grace and the heartbeat interval are cluster
@@ -114,6 +117,7 @@ impl NodeConfig {
             labels: BTreeMap::new(),
             driver: "qemu".into(),
             liveness: LivenessTuning::default(),
+            http: None,
         }
     }
 }

@@ -11,9 +11,12 @@
 pub mod capabilities;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod executor;
 pub mod liveness;
+pub mod http;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod service;
 pub mod task_runner;
@@ -109,6 +112,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (log, sm) = blixard_raft::open_stores(&config.data_dir.join("raft"))
         .map_err(|e| NodeError::Io(format!("opening stores in {dir}: {e}")))?;
     let state = sm.shared();
+    let events = sm.events();
     let raft_config = openraft::Config {
         cluster_name: cluster_id.clone(),
         heartbeat_interval: config.raft.heartbeat.as_millis() as u64,
@@ -132,6 +136,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         cluster_id: cluster_id.as_str().into(),
         raft,
         state,
+        events,
+        metrics: Default::default(),
         config: config.clone(),
         shutdown,
         membership_lock: tokio::sync::Mutex::new(()),
@@ -154,6 +160,9 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
 
     let mut tasks = vec![tokio::spawn(serve(node.clone(), listener))];
+    if let Some(http) = config.http {
+        tasks.push(tokio::spawn(http::serve(node.clone(), bind_http(&config, http).await?)));
+    }
     if let Some(seed) = join_via {
         // The identity is recorded only once the cluster accepted it: a refused joiner leaves
         // nothing behind that a restart without flags could resume as a second "node N".
@@ -250,6 +259,16 @@ async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Binds the HTTP listener and records its address in `DATA_DIR/http.addr` (port 0 picks one).
+async fn bind_http(config: &NodeConfig, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    let l = TcpListener::bind(addr).await.map_err(|e| NodeError::Io(format!("cannot listen for HTTP on {addr}: {e}")))?;
+    let local = l.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
+    std::fs::write(config.data_dir.join("http.addr"), local.to_string())
+        .map_err(|e| NodeError::Io(format!("writing {}: {e}", config.data_dir.join("http.addr").display())))?;
+    tracing::info!(http = %local, "serving HTTP: dashboard at http://{local}/ui/");
+    Ok(l)
 }
 
 /// Serves the client and peer services until shutdown.
