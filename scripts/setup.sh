@@ -6,7 +6,7 @@
 #  - tests and demo: iproute2 and iptables (the fault harness's network namespaces and
 #    partitions), procps (kill), util-linux (setsid), cargo-nextest (optional: the test script
 #    falls back to cargo test), and the default guest (QEMU, busybox, the Debian cloud kernel)
-#    through scripts/setup-guest.sh.
+#    through scripts/setup-guest.sh; chromium (headless) for the dashboard's browser test.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -23,6 +23,7 @@ if [ "$(id -u)" -eq 0 ]; then
     command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
     command -v kill >/dev/null 2>&1 || missing="$missing procps"
     command -v setsid >/dev/null 2>&1 || missing="$missing util-linux"
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
     if [ -n "$missing" ]; then
         log "installing:$missing"
         apt-get update -qq

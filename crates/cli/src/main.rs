@@ -63,6 +63,8 @@ enum Cmd {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Print the URL of the dashboard of the node at --addr (started with --http).
+    Dashboard,
     /// Measure the cluster (closed-loop load from this machine).
     Bench {
         #[command(subcommand)]
@@ -388,6 +390,7 @@ fn main() -> ExitCode {
                 let addrs = if addrs.is_empty() { vec![cli.addr.clone()] } else { addrs };
                 bench::writes(bench::Params { addrs, clients, duration: Duration::from_secs(duration), json: cli.json }).await
             }
+            Cmd::Dashboard => c.dashboard().await,
             Cmd::Events { since, follow } => c.events(since, follow).await,
             Cmd::Workload => blixard_vmm::idle_workload().await.map_err(anyhow::Error::from),
             Cmd::Node { sub: Some(s), .. } => match s {

@@ -186,7 +186,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     async fn from_request(r: Request, s: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(r, s).await {
             Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(ApiError(StatusCode::BAD_REQUEST, format!("bad request body: {}", e.body_text()))),
+            Err(e) => Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("bad request body: {}", e.body_text()),
+            )),
         }
     }
 }
@@ -197,17 +200,26 @@ struct Q<T>(T);
 #[axum::async_trait]
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for Q<T> {
     type Rejection = ApiError;
-    async fn from_request_parts(p: &mut axum::http::request::Parts, s: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        p: &mut axum::http::request::Parts,
+        s: &S,
+    ) -> Result<Self, ApiError> {
         match Query::<T>::from_request_parts(p, s).await {
             Ok(Query(v)) => Ok(Q(v)),
-            Err(e) => Err(ApiError(StatusCode::BAD_REQUEST, format!("bad query: {}", e.body_text()))),
+            Err(e) => Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("bad query: {}", e.body_text()),
+            )),
         }
     }
 }
 
 /// The routes, with the authorisation and metrics middleware around all of them.
 fn router(node: Arc<Node>) -> Router {
-    let state = Http { api: Api { node: node.clone() }, node };
+    let state = Http {
+        api: Api { node: node.clone() },
+        node,
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -226,7 +238,12 @@ fn router(node: Arc<Node>) -> Router {
         .route("/ui", get(|| async { Redirect::temporary("/ui/") }))
         .route("/ui/", get(|| ui("index.html")))
         .route("/ui/:file", get(|Path(f): Path<String>| ui_file(f)))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route: see /v1/ and /ui/".into()) })
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such route: see /v1/ and /ui/".into(),
+            )
+        })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -236,7 +253,9 @@ fn router(node: Arc<Node>) -> Router {
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let stop = node.clone();
     let app = router(node.clone());
-    let res = axum::serve(listener, app).with_graceful_shutdown(async move { stop.stopped().await }).await;
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.stopped().await })
+        .await;
     if let Err(e) = res {
         tracing::error!(error = %e, "HTTP server failed");
     }
@@ -250,15 +269,25 @@ async fn authorize(State(_s): State<Http>, r: Request, next: Next) -> Response {
 
 /// Counts requests by route template, method and code, and times them.
 async fn observe(State(s): State<Http>, r: Request, next: Next) -> Response {
-    let route = r.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route = r
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let method = r.method().as_str().to_string();
     let started = Instant::now();
     let resp = next.run(r).await;
     let m = &s.node.metrics;
     m.http_requests
-        .get_or_create(&crate::metrics::HttpLabels { route: route.clone(), method, code: resp.status().as_u16() })
+        .get_or_create(&crate::metrics::HttpLabels {
+            route: route.clone(),
+            method,
+            code: resp.status().as_u16(),
+        })
         .inc();
-    m.http_seconds.get_or_create(&crate::metrics::RouteLabels { route }).observe(started.elapsed().as_secs_f64());
+    m.http_seconds
+        .get_or_create(&crate::metrics::RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
     resp
 }
 
@@ -267,44 +296,87 @@ async fn readyz(State(s): State<Http>) -> Response {
     let m = s.node.metrics();
     let applied = m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
     let committed = m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0);
-    let member = m.membership_config.membership().nodes().any(|(id, _)| *id == s.node.id);
+    let member = m
+        .membership_config
+        .membership()
+        .nodes()
+        .any(|(id, _)| *id == s.node.id);
     let why = match (member, m.current_leader, applied >= committed) {
         (false, _, _) => Some("not a member of the cluster".to_string()),
         (_, None, _) => Some("no known leader".to_string()),
-        (_, _, false) => Some(format!("applied index {applied} behind committed {committed}")),
+        (_, _, false) => Some(format!(
+            "applied index {applied} behind committed {committed}"
+        )),
         _ => None,
     };
     let body = json!({"ready": why.is_none(), "reason": why, "leader_id": m.current_leader, "applied_index": applied, "committed_index": committed});
-    let code = if why.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if why.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
 async fn metrics(State(s): State<Http>) -> Response {
     let body = s.node.metrics.render(&s.node);
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn cluster(State(s): State<Http>, Q(q): Q<ReadQuery>) -> ApiResult {
-    let r = s.api.cluster_status(req(pb::ReadOptions { stale: q.stale })).await?.into_inner();
+    let r = s
+        .api
+        .cluster_status(req(pb::ReadOptions { stale: q.stale }))
+        .await?
+        .into_inner();
     Ok(Json(shapes::status_json(&r)))
 }
 
 async fn nodes(State(s): State<Http>, Q(q): Q<ReadQuery>) -> ApiResult {
-    let r = s.api.list_nodes(req(pb::ReadOptions { stale: q.stale })).await?.into_inner();
-    Ok(Json(Value::Array(r.nodes.iter().map(shapes::node_json).collect())))
+    let r = s
+        .api
+        .list_nodes(req(pb::ReadOptions { stale: q.stale }))
+        .await?
+        .into_inner();
+    Ok(Json(Value::Array(
+        r.nodes.iter().map(shapes::node_json).collect(),
+    )))
 }
 
 async fn vms(State(s): State<Http>, Q(q): Q<ReadQuery>) -> ApiResult {
-    let r = s.api.list_vms(req(pb::ReadOptions { stale: q.stale })).await?.into_inner();
-    Ok(Json(Value::Array(r.vms.iter().map(shapes::vm_json).collect())))
+    let r = s
+        .api
+        .list_vms(req(pb::ReadOptions { stale: q.stale }))
+        .await?
+        .into_inner();
+    Ok(Json(Value::Array(
+        r.vms.iter().map(shapes::vm_json).collect(),
+    )))
 }
 
 async fn vm(State(s): State<Http>, Path(name): Path<String>, Q(q): Q<ReadQuery>) -> ApiResult {
-    let r = s.api.get_vm(req(pb::GetVmRequest { name, stale: q.stale })).await?.into_inner();
+    let r = s
+        .api
+        .get_vm(req(pb::GetVmRequest {
+            name,
+            stale: q.stale,
+        }))
+        .await?
+        .into_inner();
     Ok(Json(shapes::vm_json(&r)))
 }
 
-async fn create_vm(State(s): State<Http>, Body(b): Body<CreateVmBody>) -> Result<Response, ApiError> {
+async fn create_vm(
+    State(s): State<Http>,
+    Body(b): Body<CreateVmBody>,
+) -> Result<Response, ApiError> {
     let spec = pb::VmSpec {
         name: b.name,
         vcpus: b.vcpus,
@@ -325,7 +397,10 @@ async fn create_vm(State(s): State<Http>, Body(b): Body<CreateVmBody>) -> Result
         preempt: b.preempt,
         disk_image: b.disk_image,
     };
-    let r = pb::CreateVmRequest { spec: Some(spec), request_id: b.request_id };
+    let r = pb::CreateVmRequest {
+        spec: Some(spec),
+        request_id: b.request_id,
+    };
     if b.dry_run {
         let p = s.api.explain_placement(req(r)).await?.into_inner();
         return Ok(Json(shapes::explain_json(&p)).into_response());
@@ -335,7 +410,11 @@ async fn create_vm(State(s): State<Http>, Body(b): Body<CreateVmBody>) -> Result
 }
 
 async fn set_desired(s: Http, name: String, desired: &str) -> ApiResult {
-    let r = pb::SetVmDesiredRequest { name, desired: desired.into(), request_id: uuid::Uuid::new_v4().to_string() };
+    let r = pb::SetVmDesiredRequest {
+        name,
+        desired: desired.into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+    };
     let vm = s.api.set_vm_desired(req(r)).await?.into_inner();
     Ok(Json(shapes::vm_json(&vm)))
 }
@@ -349,23 +428,41 @@ async fn stop_vm(State(s): State<Http>, Path(name): Path<String>) -> ApiResult {
 }
 
 async fn delete_vm(State(s): State<Http>, Path(name): Path<String>) -> ApiResult {
-    let r = pb::VmRef { name: name.clone(), request_id: uuid::Uuid::new_v4().to_string() };
+    let r = pb::VmRef {
+        name: name.clone(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+    };
     s.api.delete_vm(req(r)).await?;
-    Ok(Json(json!({"ok": true, "message": format!("VM {name} deleted")})))
+    Ok(Json(
+        json!({"ok": true, "message": format!("VM {name} deleted")}),
+    ))
 }
 
 async fn tasks(State(s): State<Http>, Q(q): Q<TaskQuery>) -> ApiResult {
-    let r = pb::ListTasksRequest { stale: q.stale, state: q.state.unwrap_or_default(), node: q.node };
+    let r = pb::ListTasksRequest {
+        stale: q.stale,
+        state: q.state.unwrap_or_default(),
+        node: q.node,
+    };
     let r = s.api.list_tasks(req(r)).await?.into_inner();
-    Ok(Json(Value::Array(r.tasks.iter().map(shapes::task_json).collect())))
+    Ok(Json(Value::Array(
+        r.tasks.iter().map(shapes::task_json).collect(),
+    )))
 }
 
 async fn task(State(s): State<Http>, Path(id): Path<String>, Q(q): Q<ReadQuery>) -> ApiResult {
-    let t = s.api.get_task(req(pb::GetTaskRequest { id, stale: q.stale })).await?.into_inner();
+    let t = s
+        .api
+        .get_task(req(pb::GetTaskRequest { id, stale: q.stale }))
+        .await?
+        .into_inner();
     Ok(Json(shapes::task_json(&t)))
 }
 
-async fn submit_task(State(s): State<Http>, Body(b): Body<SubmitTaskBody>) -> Result<Response, ApiError> {
+async fn submit_task(
+    State(s): State<Http>,
+    Body(b): Body<SubmitTaskBody>,
+) -> Result<Response, ApiError> {
     let spec = pb::TaskSpec {
         command: b.command,
         env: b.env,
@@ -375,28 +472,53 @@ async fn submit_task(State(s): State<Http>, Body(b): Body<SubmitTaskBody>) -> Re
         node: b.node,
         max_attempts: b.max_attempts,
     };
-    let t = s.api.submit_task(req(pb::SubmitTaskRequest { spec: Some(spec), request_id: b.request_id })).await?.into_inner();
+    let t = s
+        .api
+        .submit_task(req(pb::SubmitTaskRequest {
+            spec: Some(spec),
+            request_id: b.request_id,
+        }))
+        .await?
+        .into_inner();
     Ok((StatusCode::CREATED, Json(shapes::task_json(&t))).into_response())
 }
 
 async fn cancel_task(State(s): State<Http>, Path(id): Path<String>) -> ApiResult {
-    let r = pb::TaskRef { id, request_id: uuid::Uuid::new_v4().to_string() };
+    let r = pb::TaskRef {
+        id,
+        request_id: uuid::Uuid::new_v4().to_string(),
+    };
     let t = s.api.cancel_task(req(r)).await?.into_inner();
     Ok(Json(shapes::task_json(&t)))
 }
 
 /// `GET /v1/events?since=I`: server-sent events, one JSON event per `data:` line, with the
 /// log index as the SSE `id` (a reconnecting browser sends it back as `Last-Event-ID`).
-async fn events(State(s): State<Http>, headers: axum::http::HeaderMap, Q(q): Q<EventsQuery>) -> Response {
+async fn events(
+    State(s): State<Http>,
+    headers: axum::http::HeaderMap,
+    Q(q): Q<EventsQuery>,
+) -> Response {
     use tokio_stream::StreamExt;
-    let last_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let since = q.since.or(last_id);
     let rx = crate::events::follow(s.node.clone(), since, q.follow.unwrap_or(true));
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|e| {
-        let data = serde_json::to_string(&e).unwrap_or_else(|err| json!({"error": err.to_string()}).to_string());
-        Ok::<_, std::convert::Infallible>(SseEvent::default().id(e.index.to_string()).event(e.kind.type_name()).data(data))
+        let data = serde_json::to_string(&e)
+            .unwrap_or_else(|err| json!({"error": err.to_string()}).to_string());
+        Ok::<_, std::convert::Infallible>(
+            SseEvent::default()
+                .id(e.index.to_string())
+                .event(e.kind.type_name())
+                .data(data),
+        )
     });
-    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 const UI_INDEX: &str = include_str!("ui/index.html");
@@ -408,9 +530,19 @@ async fn ui(file: &str) -> Response {
         "index.html" => ("text/html; charset=utf-8", UI_INDEX),
         "app.js" => ("text/javascript; charset=utf-8", UI_JS),
         "style.css" => ("text/css; charset=utf-8", UI_CSS),
-        _ => return ApiError(StatusCode::NOT_FOUND, format!("no such file: /ui/{file}")).into_response(),
+        _ => {
+            return ApiError(StatusCode::NOT_FOUND, format!("no such file: /ui/{file}"))
+                .into_response()
+        }
     };
-    ([(header::CONTENT_TYPE, ty), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, ty),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn ui_file(f: String) -> Response {

@@ -107,12 +107,18 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let local = listener.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
     let addr = config.advertise.clone().unwrap_or_else(|| local.to_string());
 
+    let http_listener = match config.http {
+        Some(a) => Some(bind_http(&config, a).await?),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
     let run_root = config.data_dir.join("vms");
     let driver = executor::make_driver(&config.driver, run_root.clone(), &run_root.join("lease"))?;
     let (log, sm) = blixard_raft::open_stores(&config.data_dir.join("raft"))
         .map_err(|e| NodeError::Io(format!("opening stores in {dir}: {e}")))?;
     let state = sm.shared();
     let events = sm.events();
+    let store_metrics = sm.metrics();
     let raft_config = openraft::Config {
         cluster_name: cluster_id.clone(),
         heartbeat_interval: config.raft.heartbeat.as_millis() as u64,
@@ -137,7 +143,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         raft,
         state,
         events,
-        metrics: Default::default(),
+        metrics: metrics::Metrics { store: store_metrics, ..Default::default() },
+        http_addr,
         config: config.clone(),
         shutdown,
         membership_lock: tokio::sync::Mutex::new(()),
@@ -160,8 +167,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
 
     let mut tasks = vec![tokio::spawn(serve(node.clone(), listener))];
-    if let Some(http) = config.http {
-        tasks.push(tokio::spawn(http::serve(node.clone(), bind_http(&config, http).await?)));
+    if let Some(l) = http_listener {
+        tasks.push(tokio::spawn(http::serve(node.clone(), l)));
     }
     if let Some(seed) = join_via {
         // The identity is recorded only once the cluster accepted it: a refused joiner leaves
@@ -265,6 +272,8 @@ async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
 async fn bind_http(config: &NodeConfig, addr: SocketAddr) -> Result<TcpListener, NodeError> {
     let l = TcpListener::bind(addr).await.map_err(|e| NodeError::Io(format!("cannot listen for HTTP on {addr}: {e}")))?;
     let local = l.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| NodeError::Io(format!("creating {}: {e}", config.data_dir.display())))?;
     std::fs::write(config.data_dir.join("http.addr"), local.to_string())
         .map_err(|e| NodeError::Io(format!("writing {}: {e}", config.data_dir.join("http.addr").display())))?;
     tracing::info!(http = %local, "serving HTTP: dashboard at http://{local}/ui/");

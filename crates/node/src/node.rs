@@ -41,6 +41,8 @@ pub struct Node {
     pub events: blixard_raft::EventLog,
     /// Counters and histograms for `/metrics` (local).
     pub metrics: crate::metrics::Metrics,
+    /// The bound HTTP address (`--http`), if any.
+    pub http_addr: Option<String>,
     pub config: NodeConfig,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Serializes membership changes on this node: openraft refuses a change while another

@@ -320,6 +320,7 @@ impl Blixard for Api {
             snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
             purged_index: m.purged.as_ref().map(|l| l.index()).unwrap_or(0),
             scheduler: Some(settings),
+            http_addr: self.node.http_addr.clone().unwrap_or_default(),
         }))
     }
 

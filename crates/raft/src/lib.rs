@@ -12,6 +12,7 @@
 
 pub mod events;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod sm_store;
 
@@ -19,6 +20,7 @@ use std::io::Cursor;
 
 pub use events::EventLog;
 pub use log_store::LogStore;
+pub use metrics::StoreMetrics;
 pub use network::PeerNetwork;
 pub use sm_store::{SharedState, StateMachineStore};
 

@@ -70,6 +70,7 @@ pub struct StateMachineStore {
     shared: SharedState,
     /// Events derived from the entries applied here (not persisted; see `core::events`).
     events: EventLog,
+    metrics: crate::StoreMetrics,
 }
 
 impl StateMachineStore {
@@ -83,7 +84,7 @@ impl StateMachineStore {
         let applied = Self::load(&db)?;
         let floor = applied.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
         let events = EventLog::new(&applied.state, floor);
-        Ok(Self { db: Arc::new(db), shared: SharedState(Arc::new(RwLock::new(applied))), events })
+        Ok(Self { db: Arc::new(db), shared: SharedState(Arc::new(RwLock::new(applied))), events, metrics: Default::default() })
     }
 
     fn load(db: &Database) -> Result<Applied, std::io::Error> {
@@ -108,6 +109,11 @@ impl StateMachineStore {
             None => StoredMembershipOf::<C>::default(),
         };
         Ok(Applied { state, last_applied, membership })
+    }
+
+    /// Apply latency and snapshot counters (shared with clones of this store).
+    pub fn metrics(&self) -> crate::StoreMetrics {
+        self.metrics.clone()
     }
 
     /// The event ring fed by `apply`.
@@ -169,6 +175,7 @@ impl RaftSnapshotBuilder<C> for StateMachineStore {
         };
         let stored = StoredSnapshot { meta: meta.clone(), data };
         self.save_snapshot(&stored)?;
+        self.metrics.snapshots_built.inc();
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = stored.data.len(), "built snapshot");
         Ok(SnapshotOf::<C, SnapshotData> { meta, snapshot: Cursor::new(stored.data) })
     }
@@ -187,6 +194,7 @@ impl RaftStateMachine<C> for StateMachineStore {
     where
         Strm: Stream<Item = Result<EntryResponder<C>, std::io::Error>> + Unpin + OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut responses = Vec::new();
         let (touched, last_applied, membership) = {
             let mut touched = std::collections::BTreeSet::new();
@@ -218,6 +226,7 @@ impl RaftStateMachine<C> for StateMachineStore {
                     outcome
                 };
                 last_applied = Some(log_id);
+                self.metrics.applied_entries.inc();
                 if let Some(r) = responder {
                     responses.push((r, outcome));
                 }
@@ -259,6 +268,7 @@ impl RaftStateMachine<C> for StateMachineStore {
         tx.commit().map_err(io_err)?;
 
         self.events.applied_up_to(last_applied_index);
+        self.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
         for (r, outcome) in responses {
             r.send(outcome);
         }
@@ -285,6 +295,7 @@ impl RaftStateMachine<C> for StateMachineStore {
         self.events.lock().reset(&applied.state, floor);
         *self.shared.write() = applied;
         self.events.applied_up_to(floor);
+        self.metrics.snapshots_installed.inc();
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }

@@ -92,7 +92,7 @@ async function refresh() {
 }
 
 function describe(e) {
-  const d = Object.entries(e).filter(([k]) => !["index", "time_ms", "type"].includes(k))
+  const d = Object.entries(e).filter(([k, v]) => v != null && !["index", "time_ms", "type"].includes(k))
     .map(([k, v]) => k + "=" + (typeof v === "object" ? JSON.stringify(v) : v)).join(" ");
   return e.index + "  " + e.type + "  " + d;
 }
