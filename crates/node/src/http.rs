@@ -351,14 +351,19 @@ async fn nodes(State(s): State<Http>, Q(q): Q<ReadQuery>) -> ApiResult {
 }
 
 async fn vms(State(s): State<Http>, Q(q): Q<ReadQuery>) -> ApiResult {
-    let r = s
-        .api
-        .list_vms(req(pb::ReadOptions { stale: q.stale }))
-        .await?
-        .into_inner();
-    Ok(Json(Value::Array(
-        r.vms.iter().map(shapes::vm_json).collect(),
-    )))
+    // Page by page, as the CLI does: any number of VMs can be listed.
+    let mut vms = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = pb::PageRequest { stale: q.stale, limit: 0, after: after.clone() };
+        let r = s.api.list_vms_page(req(page)).await?.into_inner();
+        vms.extend(r.vms);
+        if r.next.is_empty() {
+            break;
+        }
+        after = r.next;
+    }
+    Ok(Json(Value::Array(vms.iter().map(shapes::vm_json).collect())))
 }
 
 async fn vm(State(s): State<Http>, Path(name): Path<String>, Q(q): Q<ReadQuery>) -> ApiResult {
@@ -439,15 +444,25 @@ async fn delete_vm(State(s): State<Http>, Path(name): Path<String>) -> ApiResult
 }
 
 async fn tasks(State(s): State<Http>, Q(q): Q<TaskQuery>) -> ApiResult {
-    let r = pb::ListTasksRequest {
-        stale: q.stale,
-        state: q.state.unwrap_or_default(),
-        node: q.node,
-    };
-    let r = s.api.list_tasks(req(r)).await?.into_inner();
-    Ok(Json(Value::Array(
-        r.tasks.iter().map(shapes::task_json).collect(),
-    )))
+    // Page by page, as the CLI does.
+    let mut tasks = Vec::new();
+    let mut after = String::new();
+    loop {
+        let r = pb::ListTasksRequest {
+            stale: q.stale,
+            state: q.state.clone().unwrap_or_default(),
+            node: q.node,
+            limit: 0,
+            after: after.clone(),
+        };
+        let r = s.api.list_tasks(req(r)).await?.into_inner();
+        tasks.extend(r.tasks);
+        if r.next.is_empty() {
+            break;
+        }
+        after = r.next;
+    }
+    Ok(Json(Value::Array(tasks.iter().map(shapes::task_json).collect())))
 }
 
 async fn task(State(s): State<Http>, Path(id): Path<String>, Q(q): Q<ReadQuery>) -> ApiResult {
