@@ -115,14 +115,42 @@ function follow() {
 }
 
 function handle(m) {
-  const e = JSON.parse(m.data);
+  show(JSON.parse(m.data));
+  refresh();
+}
+
+function show(e) {
   cursor = e.index;
   document.getElementById("event-cursor").textContent = "(up to index " + e.index + ")";
   const list = document.getElementById("events");
   list.prepend(el("li", { class: e.type, "data-index": e.index }, describe(e)));
   while (list.children.length > 500) list.lastChild.remove();
-  refresh();
 }
 
-refresh();
+// The first view is read before the page finishes loading (synchronous requests, once), so
+// the page is complete from its first paint: the state, and the events kept by the node, up
+// to a cursor. From then on the SSE stream resumes from that cursor and keeps it live.
+function initial() {
+  const get = (path) => {
+    const x = new XMLHttpRequest();
+    x.open("GET", path, false);
+    if (token) x.setRequestHeader("Authorization", "Bearer " + token);
+    x.send();
+    if (x.status !== 200) throw new Error("GET " + path + ": HTTP " + x.status);
+    return x.responseText;
+  };
+  try {
+    const [cluster, nodes, vms, tasks] =
+      ["/v1/cluster?stale=true", "/v1/nodes?stale=true", "/v1/vms?stale=true", "/v1/tasks?stale=true"].map((p) => JSON.parse(get(p)));
+    render(cluster, nodes, vms, tasks);
+    const kept = get("/v1/events?follow=false");
+    for (const line of kept.split("\n")) {
+      if (line.startsWith("data:")) show(JSON.parse(line.slice(5)));
+    }
+  } catch (e) {
+    document.getElementById("summary").textContent = "error: " + e.message;
+  }
+}
+
+initial();
 follow();
