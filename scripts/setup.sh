@@ -5,9 +5,9 @@
 #  - build: a Rust toolchain must already be present (cargo); protoc is vendored by a crate.
 #  - tests and demo: iproute2 and iptables (the fault harness's network namespaces and
 #    partitions), procps (kill), util-linux (setsid), curl (the demo fetches a VM's page),
-#    cargo-nextest (optional: the test script falls back to cargo test), and the default guest
+#    cargo-nextest (optional: the test script falls back to cargo test), the default guest
 #    (QEMU, busybox, the Debian cloud kernel and its virtio modules) through
-#    scripts/setup-guest.sh.
+#    scripts/setup-guest.sh, and chromium (headless) for the dashboard's browser test.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -25,6 +25,7 @@ if [ "$(id -u)" -eq 0 ]; then
     command -v kill >/dev/null 2>&1 || missing="$missing procps"
     command -v setsid >/dev/null 2>&1 || missing="$missing util-linux"
     command -v curl >/dev/null 2>&1 || missing="$missing curl"
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
     if [ -n "$missing" ]; then
         log "installing:$missing"
         apt-get update -qq

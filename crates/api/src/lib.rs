@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use blixard_core as core;
 
 /// Generated protobuf code.
+pub mod json;
+
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("blixard.v1");

@@ -463,6 +463,16 @@ impl Client {
             .await
             .map_err(|e| status_err(&self.addr, e))?
             .into_inner();
+        if self.json && !follow {
+            // One JSON document: the console as text (invalid UTF-8 replaced). With --follow,
+            // the console is streamed as it comes.
+            let mut data = Vec::new();
+            while let Some(chunk) = stream.message().await.map_err(|e| status_err(&self.addr, e))? {
+                data.extend_from_slice(&chunk.data);
+            }
+            output::print_json(&serde_json::json!({"name": name, "console": String::from_utf8_lossy(&data)}));
+            return Ok(());
+        }
         let mut out = std::io::stdout().lock();
         while let Some(chunk) = stream.message().await.map_err(|e| status_err(&self.addr, e))? {
             out.write_all(&chunk.data)?;
@@ -593,6 +603,15 @@ impl Client {
             .await
             .map_err(|e| status_err(&self.addr, e))?
             .into_inner();
+        if self.json {
+            // One JSON document: the output as text (invalid UTF-8 replaced).
+            let mut data = Vec::new();
+            while let Some(chunk) = stream.message().await.map_err(|e| status_err(&self.addr, e))? {
+                data.extend_from_slice(&chunk.data);
+            }
+            output::print_json(&serde_json::json!({"id": id, "output": String::from_utf8_lossy(&data)}));
+            return Ok(());
+        }
         let mut out = std::io::stdout().lock();
         while let Some(chunk) = stream.message().await.map_err(|e| status_err(&self.addr, e))? {
             out.write_all(&chunk.data)?;
@@ -656,4 +675,72 @@ fn vm_table(vms: &[pb::VmInfo]) -> String {
         })
         .collect();
     table(&["name", "node", "desired", "state", "vcpus", "memory mib", "epoch", "ip", "reason"], rows)
+}
+
+impl Client {
+    /// Prints the dashboard URL of the node at `--addr` (`{"url": ...}` with `--json`).
+    pub async fn dashboard(&self) -> anyhow::Result<()> {
+        let s = self
+            .connect()
+            .await?
+            .cluster_status(pb::ReadOptions { stale: true })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?
+            .into_inner();
+        if s.http_addr.is_empty() {
+            anyhow::bail!("node {} at {} serves no HTTP: start it with --http HOST:PORT", s.node_id, self.addr);
+        }
+        let mut http: std::net::SocketAddr =
+            s.http_addr.parse().with_context(|| format!("node reported a bad HTTP address '{}'", s.http_addr))?;
+        if http.ip().is_unspecified() {
+            // Bound to every interface: reach it the way --addr reaches the node.
+            if let Some(ip) = self.addr.rsplit_once(':').and_then(|(h, _)| h.parse::<std::net::IpAddr>().ok()) {
+                http.set_ip(ip);
+            }
+        }
+        let url = format!("http://{http}/ui/");
+        if self.json {
+            output::print_json(&serde_json::json!({"url": url}));
+        } else {
+            println!("{url}");
+        }
+        Ok(())
+    }
+
+    /// Prints the cluster's events after `since`; with `follow`, keeps printing. `--json`:
+    /// one JSON array (or, with `--follow`, one JSON document per line).
+    pub async fn events(&self, since: Option<u64>, follow: bool) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut stream = self
+            .connect()
+            .await?
+            .events(pb::EventsRequest { since, follow })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?
+            .into_inner();
+        let mut all = Vec::new();
+        let mut out = std::io::stdout().lock();
+        while let Some(m) = stream.message().await.map_err(|e| status_err(&self.addr, e))? {
+            let v: serde_json::Value =
+                serde_json::from_str(&m.json).with_context(|| format!("malformed event from {}", self.addr))?;
+            if self.json && !follow {
+                all.push(v);
+                continue;
+            }
+            if self.json {
+                writeln!(out, "{v}")?;
+            } else {
+                let line = match serde_json::from_value::<blixard_core::Event>(v) {
+                    Ok(e) => e.summary(),
+                    Err(_) => m.json.clone(),
+                };
+                writeln!(out, "{:>8}  {:<16} {}", m.index, m.r#type, output::clean(&line))?;
+            }
+            out.flush()?;
+        }
+        if self.json && !follow {
+            output::print_json(&serde_json::Value::Array(all));
+        }
+        Ok(())
+    }
 }

@@ -59,6 +59,18 @@ enum Cmd {
         #[command(subcommand)]
         sub: TaskCmd,
     },
+    /// Cluster events (VM, node, membership, task, settings changes), each with the Raft log
+    /// index that produced it.
+    Events {
+        /// Only events after this log index (resume from the last index you saw).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Keep printing new events as they happen.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Print the URL of the dashboard of the node at --addr (started with --http).
+    Dashboard,
     /// Measure the cluster (closed-loop load from this machine).
     Bench {
         #[command(subcommand)]
@@ -135,6 +147,11 @@ struct DaemonArgs {
     /// Seconds a voter may stay down before a healthy learner replaces it.
     #[arg(long, default_value_t = 30)]
     replace_voter_after: u64,
+    /// Serve HTTP here: /healthz, /readyz, /metrics, the JSON API (/v1/), the event stream
+    /// (/v1/events) and the dashboard (/ui/). Port 0 picks a free port (written to
+    /// DATA_DIR/http.addr).
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<SocketAddr>,
     /// VMs moved at once off a draining node.
     #[arg(long, default_value_t = 2)]
     drain_parallelism: usize,
@@ -354,6 +371,7 @@ async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
         replace_voter_after: Duration::from_secs(a.replace_voter_after),
         drain_parallelism: a.drain_parallelism.max(1),
     };
+    config.http = a.http;
     blixard_node::run(config, shutdown_signal()).await?;
     Ok(())
 }
@@ -416,6 +434,8 @@ fn main() -> ExitCode {
                 let addrs = if addrs.is_empty() { vec![cli.addr.clone()] } else { addrs };
                 bench::writes(bench::Params { addrs, clients, duration: Duration::from_secs(duration), json: cli.json }).await
             }
+            Cmd::Dashboard => c.dashboard().await,
+            Cmd::Events { since, follow } => c.events(since, follow).await,
             Cmd::Workload => blixard_vmm::idle_workload().await.map_err(anyhow::Error::from),
             Cmd::Node { sub: Some(s), .. } => match s {
                 NodeCmd::List { stale } => c.node_list(stale).await,

@@ -10,6 +10,7 @@
 
 pub mod budget;
 pub mod command;
+pub mod events;
 pub mod liveness;
 pub mod network;
 pub mod planner;
@@ -18,6 +19,7 @@ pub mod spec;
 pub mod state;
 pub mod task;
 
+pub use events::{Event, EventKind, EventSource};
 pub use command::{ApplyError, Command, Outcome, Reply, Request};
 pub use liveness::LivenessSettings;
 pub use network::{Cidr, Lease, Network};

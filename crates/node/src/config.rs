@@ -71,6 +71,9 @@ pub struct NodeConfig {
     /// Build bridges, taps and VXLAN devices for VMs' networks on this host (qemu driver only;
     /// see `hostnet`).
     pub host_network: bool,
+    /// Serve HTTP (health, metrics, JSON API, events, dashboard) here; port 0 picks a free
+    /// port (the bound address is written to `http.addr` in the data directory).
+    pub http: Option<SocketAddr>,
 }
 
 /// Failure detection and fencing. The lease, its grace and the heartbeat interval are cluster
@@ -121,6 +124,7 @@ impl NodeConfig {
             liveness: LivenessTuning::default(),
             default_network_cidr: blixard_core::network::DEFAULT_CIDR.into(),
             host_network: true,
+            http: None,
         }
     }
 }

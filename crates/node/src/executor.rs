@@ -103,6 +103,7 @@ impl Executor {
         let mut applied = self.node.raft.metrics();
         loop {
             if let Err(e) = self.reconcile_once().await {
+                self.node.metrics.reconcile_errors.inc();
                 tracing::warn!(error = %e, "reconcile");
             }
             tokio::select! {
@@ -199,6 +200,7 @@ impl Executor {
             tokio::spawn(async move {
                 for a in actions {
                     if let Err(e) = this.perform(&a).await {
+                        this.node.metrics.reconcile_errors.inc();
                         tracing::warn!(vm = %name, action = ?action_kind(&a), error = %e, "action failed; will retry");
                         break;
                     }

@@ -11,10 +11,13 @@
 pub mod capabilities;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod executor;
 pub mod hostnet;
 pub mod liveness;
+pub mod http;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod service;
 pub mod task_runner;
@@ -106,11 +109,18 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let local = listener.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
     let addr = config.advertise.clone().unwrap_or_else(|| local.to_string());
 
+    let http_listener = match config.http {
+        Some(a) => Some(bind_http(&config, a).await?),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
     let run_root = config.data_dir.join("vms");
     let driver = executor::make_driver(&config.driver, run_root.clone(), &run_root.join("lease"))?;
     let (log, sm) = blixard_raft::open_stores(&config.data_dir.join("raft"))
         .map_err(|e| NodeError::Io(format!("opening stores in {dir}: {e}")))?;
     let state = sm.shared();
+    let events = sm.events();
+    let store_metrics = sm.metrics();
     let raft_config = openraft::Config {
         cluster_name: cluster_id.clone(),
         heartbeat_interval: config.raft.heartbeat.as_millis() as u64,
@@ -134,6 +144,9 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         cluster_id: cluster_id.as_str().into(),
         raft,
         state,
+        events,
+        metrics: metrics::Metrics { store: store_metrics, ..Default::default() },
+        http_addr,
         config: config.clone(),
         shutdown,
         membership_lock: tokio::sync::Mutex::new(()),
@@ -156,6 +169,9 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
 
     let mut tasks = vec![tokio::spawn(serve(node.clone(), listener))];
+    if let Some(l) = http_listener {
+        tasks.push(tokio::spawn(http::serve(node.clone(), l)));
+    }
     if let Some(seed) = join_via {
         // The identity is recorded only once the cluster accepted it: a refused joiner leaves
         // nothing behind that a restart without flags could resume as a second "node N".
@@ -252,6 +268,18 @@ async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Binds the HTTP listener and records its address in `DATA_DIR/http.addr` (port 0 picks one).
+async fn bind_http(config: &NodeConfig, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    let l = TcpListener::bind(addr).await.map_err(|e| NodeError::Io(format!("cannot listen for HTTP on {addr}: {e}")))?;
+    let local = l.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| NodeError::Io(format!("creating {}: {e}", config.data_dir.display())))?;
+    std::fs::write(config.data_dir.join("http.addr"), local.to_string())
+        .map_err(|e| NodeError::Io(format!("writing {}: {e}", config.data_dir.join("http.addr").display())))?;
+    tracing::info!(http = %local, "serving HTTP: dashboard at http://{local}/ui/");
+    Ok(l)
 }
 
 /// Serves the client and peer services until shutdown.

@@ -37,6 +37,12 @@ pub struct Node {
     pub cluster_id: Arc<str>,
     pub raft: Raft,
     pub state: SharedState,
+    /// Events derived from the entries applied here (see `blixard_core::events`).
+    pub events: blixard_raft::EventLog,
+    /// Counters and histograms for `/metrics` (local).
+    pub metrics: crate::metrics::Metrics,
+    /// The bound HTTP address (`--http`), if any.
+    pub http_addr: Option<String>,
     pub config: NodeConfig,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Serializes membership changes on this node: openraft refuses a change while another
@@ -125,8 +131,15 @@ impl Node {
     /// a follower hands the request to the leader.
     pub async fn propose(&self, command: Command, request_id: Option<String>) -> Result<Reply, NodeError> {
         let req = Request { request_id, time_ms: now_ms(), command };
-        let outcome = self.propose_request(req).await?;
-        outcome.map_err(NodeError::Rejected)
+        let started = std::time::Instant::now();
+        let outcome = self.propose_request(req).await;
+        let result = match &outcome {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "rejected",
+            Err(_) => "failed",
+        };
+        self.metrics.observe_proposal(result, started.elapsed());
+        outcome?.map_err(NodeError::Rejected)
     }
 
     pub(crate) async fn propose_request(&self, mut req: Request) -> Result<Outcome, NodeError> {

@@ -209,6 +209,19 @@ impl Blixard for Api {
 
     type TaskLogsStream = LogStream;
 
+    type EventsStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::EventMsg, Status>> + Send>>;
+
+    async fn events(&self, r: GrpcRequest<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        use tokio_stream::StreamExt;
+        let req = r.into_inner();
+        let rx = crate::events::follow(self.node.clone(), req.since, req.follow);
+        let s = tokio_stream::wrappers::ReceiverStream::new(rx).map(|e| {
+            let json = serde_json::to_string(&e).map_err(|e| Status::internal(e.to_string()))?;
+            Ok(pb::EventMsg { index: e.index, r#type: e.kind.type_name().to_string(), json })
+        });
+        Ok(Response::new(Box::pin(s)))
+    }
+
     async fn submit_task(&self, r: GrpcRequest<pb::SubmitTaskRequest>) -> Result<Response<pb::TaskInfo>, Status> {
         let req = r.into_inner();
         let spec: TaskSpec = req.spec.ok_or_else(|| Status::invalid_argument("missing task spec"))?.into();
@@ -322,6 +335,7 @@ impl Blixard for Api {
             snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
             purged_index: m.purged.as_ref().map(|l| l.index()).unwrap_or(0),
             scheduler: Some(settings),
+            http_addr: self.node.http_addr.clone().unwrap_or_default(),
         }))
     }
 

@@ -10,13 +10,17 @@
 //! The server half of the peer service lives in `blixard-node`, next to the code that handles
 //! forwarded proposals and read-index requests.
 
+pub mod events;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod sm_store;
 
 use std::io::Cursor;
 
+pub use events::EventLog;
 pub use log_store::LogStore;
+pub use metrics::StoreMetrics;
 pub use network::PeerNetwork;
 pub use sm_store::{SharedState, StateMachineStore};
 

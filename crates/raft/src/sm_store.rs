@@ -23,7 +23,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::{io_err, SnapshotData, TypeConfig};
+use crate::{io_err, EventLog, SnapshotData, TypeConfig};
 
 const ROWS: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_rows");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
@@ -68,6 +68,9 @@ struct StoredSnapshot {
 pub struct StateMachineStore {
     db: Arc<Database>,
     shared: SharedState,
+    /// Events derived from the entries applied here (not persisted; see `core::events`).
+    events: EventLog,
+    metrics: crate::StoreMetrics,
 }
 
 impl StateMachineStore {
@@ -79,7 +82,9 @@ impl StateMachineStore {
         tx.open_table(SNAPSHOT).map_err(io_err)?;
         tx.commit().map_err(io_err)?;
         let applied = Self::load(&db)?;
-        Ok(Self { db: Arc::new(db), shared: SharedState(Arc::new(RwLock::new(applied))) })
+        let floor = applied.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+        let events = EventLog::new(&applied.state, floor);
+        Ok(Self { db: Arc::new(db), shared: SharedState(Arc::new(RwLock::new(applied))), events, metrics: Default::default() })
     }
 
     fn load(db: &Database) -> Result<Applied, std::io::Error> {
@@ -104,6 +109,16 @@ impl StateMachineStore {
             None => StoredMembershipOf::<C>::default(),
         };
         Ok(Applied { state, last_applied, membership })
+    }
+
+    /// Apply latency and snapshot counters (shared with clones of this store).
+    pub fn metrics(&self) -> crate::StoreMetrics {
+        self.metrics.clone()
+    }
+
+    /// The event ring fed by `apply`.
+    pub fn events(&self) -> EventLog {
+        self.events.clone()
     }
 
     /// The applied state, for reads.
@@ -160,6 +175,7 @@ impl RaftSnapshotBuilder<C> for StateMachineStore {
         };
         let stored = StoredSnapshot { meta: meta.clone(), data };
         self.save_snapshot(&stored)?;
+        self.metrics.snapshots_built.inc();
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = stored.data.len(), "built snapshot");
         Ok(SnapshotOf::<C, SnapshotData> { meta, snapshot: Cursor::new(stored.data) })
     }
@@ -178,8 +194,10 @@ impl RaftStateMachine<C> for StateMachineStore {
     where
         Strm: Stream<Item = Result<EntryResponder<C>, std::io::Error>> + Unpin + OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut responses = Vec::new();
         let (touched, last_applied, membership) = {
+            let mut touched = std::collections::BTreeSet::new();
             let mut last_applied = None;
             let mut membership = None;
             while let Some((entry, responder)) = entries.try_next().await? {
@@ -197,17 +215,26 @@ impl RaftStateMachine<C> for StateMachineStore {
                         }
                     };
                     a.last_applied = Some(log_id.clone());
+                    // Events per entry: the rows this entry touched, against their old values.
+                    let entry_touched = a.state.take_touched();
+                    let time_ms = match &entry.payload {
+                        EntryPayload::Normal(req) => req.time_ms,
+                        _ => 0,
+                    };
+                    self.events.lock().observe(log_id.index(), time_ms, &a.state, &entry_touched);
+                    touched.extend(entry_touched);
                     outcome
                 };
                 last_applied = Some(log_id);
+                self.metrics.applied_entries.inc();
                 if let Some(r) = responder {
                     responses.push((r, outcome));
                 }
             }
-            let touched = self.shared.write().state.take_touched();
             (touched, last_applied, membership)
         };
         let Some(last_applied) = last_applied else { return Ok(()) };
+        let last_applied_index = last_applied.index();
 
         // One transaction: the rows this batch changed and the applied log id.
         let rows: Vec<(String, Option<Vec<u8>>)> = {
@@ -240,6 +267,8 @@ impl RaftStateMachine<C> for StateMachineStore {
         }
         tx.commit().map_err(io_err)?;
 
+        self.events.applied_up_to(last_applied_index);
+        self.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
         for (r, outcome) in responses {
             r.send(outcome);
         }
@@ -262,7 +291,11 @@ impl RaftStateMachine<C> for StateMachineStore {
         let applied = Applied { state, last_applied: meta.last_log_id.clone(), membership: meta.last_membership.clone() };
         let stored = StoredSnapshot { meta: meta.clone(), data };
         self.write_all(&applied, Some(&stored))?;
+        let floor = applied.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+        self.events.lock().reset(&applied.state, floor);
         *self.shared.write() = applied;
+        self.events.applied_up_to(floor);
+        self.metrics.snapshots_installed.inc();
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }

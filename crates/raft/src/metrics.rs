@@ -1,0 +1,27 @@
+//! What the stores measure for `/metrics` (registered by the node): apply latency and
+//! snapshots. Counters and histograms only; readings of the Raft state come from openraft's
+//! metrics at scrape time.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    /// Time to apply one batch of committed entries (apply and the state-machine commit).
+    pub apply_seconds: Histogram,
+    /// Entries applied.
+    pub applied_entries: Counter,
+    pub snapshots_built: Counter,
+    pub snapshots_installed: Counter,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        Self {
+            apply_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            applied_entries: Counter::default(),
+            snapshots_built: Counter::default(),
+            snapshots_installed: Counter::default(),
+        }
+    }
+}
