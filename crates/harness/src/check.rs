@@ -1,6 +1,6 @@
 //! Checkers besides linearizability: acknowledged writes survive, no VM runs twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use blixard_vmm::{Event, EventKind};
 
@@ -116,13 +116,13 @@ pub fn intervals(events: &[Event]) -> Vec<Interval> {
     out
 }
 
-/// Overlapping runs of one VM name. Returns (anomalies, warnings): overlaps between different
-/// epochs of a name in `strict` (VMs never deleted) are anomalies; other overlaps (a deleted
-/// VM's old copy still stopping while its re-created successor starts, or one epoch started
-/// twice) are warnings.
-pub fn runs_twice(events: &[Event], strict: &BTreeSet<String>) -> (Vec<String>, Vec<String>) {
+/// Overlapping runs of one VM name: every overlap is an anomaly, whatever the epochs (two
+/// epochs of one VM, one epoch started twice, or a deleted VM's old copy still running while its
+/// re-created successor of the same name starts). A run that stops at the millisecond the next
+/// starts does not overlap it.
+pub fn runs_twice(events: &[Event]) -> Vec<String> {
     let iv = intervals(events);
-    let (mut anomalies, mut warnings) = (Vec::new(), Vec::new());
+    let mut anomalies = Vec::new();
     let mut by_name: BTreeMap<&str, Vec<&Interval>> = BTreeMap::new();
     for i in &iv {
         by_name.entry(&i.name).or_default().push(i);
@@ -132,20 +132,15 @@ pub fn runs_twice(events: &[Event], strict: &BTreeSet<String>) -> (Vec<String>, 
             for b in &v[a_i + 1..] {
                 let (ae, be) = (a.stop.unwrap_or(u64::MAX), b.stop.unwrap_or(u64::MAX));
                 if a.start < be && b.start < ae {
-                    let msg = format!(
+                    anomalies.push(format!(
                         "{name} ran twice at once: epoch {} [{}..{:?}] and epoch {} [{}..{:?}] (unix ms)",
                         a.epoch, a.start, a.stop, b.epoch, b.start, b.stop
-                    );
-                    if a.epoch != b.epoch && strict.contains(name) {
-                        anomalies.push(msg);
-                    } else {
-                        warnings.push(msg);
-                    }
+                    ));
                 }
             }
         }
     }
-    (anomalies, warnings)
+    anomalies
 }
 
 #[cfg(test)]
@@ -162,25 +157,36 @@ mod tests {
     }
 
     #[test]
-    fn overlap_across_epochs_is_found() {
+    fn any_overlap_of_one_name_is_an_anomaly() {
         use EventKind::*;
-        let strict: BTreeSet<String> = ["a".to_string()].into();
         let ok = vec![
             ev(Start, 1, "a", 5),
             ev(Stop, 10, "a", 5),
             ev(Start, 10, "a", 9),
             ev(Start, 3, "b", 2),
+            ev(Start, 4, "c", 2),
+            ev(Stop, 6, "c", 2),
+            ev(Start, 7, "c", 2),
         ];
-        assert_eq!(runs_twice(&ok, &strict), (vec![], vec![]));
+        assert_eq!(runs_twice(&ok), Vec::<String>::new());
+        // two epochs at once
         let bad = vec![
             ev(Start, 1, "a", 5),
             ev(Start, 5, "a", 9),
             ev(Stop, 10, "a", 5),
         ];
-        assert_eq!(runs_twice(&bad, &strict).0.len(), 1);
+        assert_eq!(runs_twice(&bad).len(), 1);
+        // two epochs, neither stopped by the end of the run
         let open = vec![ev(Start, 1, "b", 5), ev(Start, 5, "b", 9)];
-        let (a, w) = runs_twice(&open, &strict);
-        assert!(a.is_empty() && w.len() == 1);
+        assert_eq!(runs_twice(&open).len(), 1);
+        // one epoch started twice
+        let same = vec![
+            ev(Start, 1, "c", 3),
+            ev(Start, 2, "c", 3),
+            ev(Stop, 4, "c", 3),
+            ev(Stop, 5, "c", 3),
+        ];
+        assert_eq!(runs_twice(&same).len(), 1);
     }
 
     fn rec(id: usize, key: &str, op: OpKind, t: (u64, u64), outcome: Outcome) -> Record {
