@@ -62,6 +62,7 @@ fn correct_build_survives_faults() {
     let bin = blixard_harness::build_blixard(None).expect("building blixard");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut failures = Vec::new();
+    let mut kinds = std::collections::BTreeSet::new();
     for seed in seeds() {
         let cfg = Config::new(seed, duration(), bin.clone());
         let r = rt.block_on(run(&cfg)).expect("harness error");
@@ -76,6 +77,7 @@ fn correct_build_survives_faults() {
             "seed {seed}: too few faults injected: {}",
             r.summary()
         );
+        kinds.extend(r.faults_by_kind.keys().cloned());
         if !r.passed() {
             failures.push(format!(
                 "seed {seed}: {:#?}\n  evidence: {}\n  replay: {}",
@@ -90,6 +92,14 @@ fn correct_build_survives_faults() {
         "anomalies found:\n{}",
         failures.join("\n")
     );
+    if seeds() == CI_SEEDS {
+        for k in ["freeze_leader", "preempt", "shrink"] {
+            assert!(
+                kinds.contains(k),
+                "the CI seeds never injected {k} (injected: {kinds:?})"
+            );
+        }
+    }
 }
 
 #[test]
