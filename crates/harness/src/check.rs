@@ -143,6 +143,16 @@ pub fn runs_twice(events: &[Event]) -> Vec<String> {
     anomalies
 }
 
+/// The never-ran-twice check on an events file (the one `BLIXARD_EVENTS_FILE` names): returns
+/// the number of runs recorded and the overlaps found (empty when none). The same rule as
+/// [`runs_twice`], for any test that records start/stop events; an unreadable file is an error,
+/// never "no runs".
+pub fn never_ran_twice(path: &std::path::Path) -> anyhow::Result<(usize, Vec<String>)> {
+    let events = blixard_vmm::read_events(path)
+        .map_err(|e| anyhow::anyhow!("reading the events file {}: {e}", path.display()))?;
+    Ok((intervals(&events).len(), runs_twice(&events)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +197,20 @@ mod tests {
             ev(Stop, 5, "c", 3),
         ];
         assert_eq!(runs_twice(&same).len(), 1);
+    }
+
+    #[test]
+    fn events_file_is_checked_and_a_missing_one_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("blixard-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("events.log");
+        std::fs::write(&f, "start 1 a 5\nstop 10 a 5\nstart 10 a 9\n").unwrap();
+        assert_eq!(never_ran_twice(&f).unwrap(), (2, vec![]));
+        std::fs::write(&f, "start 1 a 5\nstart 5 a 9\nstop 10 a 5\n").unwrap();
+        let (runs, overlaps) = never_ran_twice(&f).unwrap();
+        assert_eq!((runs, overlaps.len()), (2, 1));
+        assert!(never_ran_twice(&dir.join("absent.log")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn rec(id: usize, key: &str, op: OpKind, t: (u64, u64), outcome: Outcome) -> Record {

@@ -586,7 +586,15 @@ async fn run_in(
             outcome,
         });
     }
-    let vm_events = blixard_vmm::read_events(&events_path).unwrap_or_default();
+    let vm_events = match blixard_vmm::read_events(&events_path) {
+        Ok(e) => e,
+        Err(e) => {
+            anomalies.push(format!(
+                "the VM events file cannot be read, so no-VM-runs-twice cannot be judged: {e}"
+            ));
+            Vec::new()
+        }
+    };
     drop(c);
 
     let mut history = std::mem::take(&mut *history.lock().unwrap());
