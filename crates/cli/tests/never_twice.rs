@@ -41,8 +41,8 @@ fn preempting_running_vms_stops_them_before_anything_starts_in_their_place() {
     let other = if full == 1 { 2 } else { 1 };
 
     let vip = json(&a, &["vm", "create", "vip", "--vcpus", "3", "--memory", "32", "--priority", "90", "--preempt", "--node", &full.to_string()]);
-    // It waits for its victims to stop on their node.
-    assert!(vip["node_id"].is_null(), "{vip}");
+    // It holds the room at once, and starts only once its victims stopped there.
+    assert_eq!(vip["node_id"], full, "{vip}");
     wait_running_on(&c, "vip", Some(full));
     for i in 0..3 {
         let v = wait_running_on(&c, &format!("low-{i}"), Some(other));
@@ -167,4 +167,51 @@ fn restarts_are_counted_once_each() {
     let v = c.wait_vm(1, "flappy", "two restarts", DEADLINE, |v| v["restarts"].as_u64().is_some_and(|r| r >= 2));
     assert!(v["restarts"].as_u64().unwrap() >= 2);
     wait_for("status reads", Duration::from_secs(5), || try_json(&a, &["vm", "status", "flappy"]).map(|_| ()));
+}
+
+#[test]
+fn a_used_node_id_is_refused_and_the_refused_joiner_leaves_no_identity() {
+    let mut c = Cluster::start(3, FAST_LIVENESS);
+    let via = c.addr(1);
+    let out = common::run_cli(&via, &["cluster", "remove", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.wait_exit(3, DEADLINE), "the removed node stops");
+    // A wiped node 3 (new data dir) tries to come back under its old id.
+    let dir = c.tmp.path().join("n3-wiped");
+    let out = std::process::Command::new(common::BIN)
+        .args(["node", "--id", "3", "--listen", "127.0.0.1:0", "--driver", "process", "--join", &via, "--data-dir"])
+        .arg(&dir)
+        .env("BLIXARD_LOG", "warn")
+        .output()
+        .expect("run the joiner");
+    assert!(!out.status.success(), "a refused joiner exits non-zero");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node id 3 was used before"), "the refusal names the id: {err}");
+    assert!(!dir.join("node.json").exists(), "no identity left behind");
+    assert!(!dir.join("raft").exists(), "no Raft state left behind");
+    // Started again without flags, it has nothing to resume.
+    let out = std::process::Command::new(common::BIN)
+        .args(["node", "--id", "3", "--listen", "127.0.0.1:0", "--driver", "process", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .expect("run the node");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no cluster"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A new id joins fine.
+    c.add_node(4, Some(&via), &[]);
+    c.wait_workers(3);
+}
+
+#[test]
+fn cluster_status_fails_without_a_leader_unless_stale() {
+    let mut c = Cluster::start(3, FAST_LIVENESS);
+    let survivor = c.leader();
+    for id in [1, 2, 3].into_iter().filter(|id| *id != survivor) {
+        c.kill9(id);
+    }
+    let out = common::run_cli(&c.addr(survivor), &["cluster", "status"]);
+    assert!(!out.status.success(), "a node without quorum must not print members as current");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("leader"), "{err}");
+    assert!(try_json(&c.addr(survivor), &["cluster", "status", "--stale"]).is_some(), "--stale reads locally");
 }

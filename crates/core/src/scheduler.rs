@@ -824,9 +824,11 @@ mod tests {
         h.create(prio("low-a", 2, 10, false));
         h.create(prio("low-b", 2, 20, false));
         let hi = h.create(prio("high", 2, 90, true));
-        // Two phases: the victim stops on its node first, then high starts there.
-        assert_eq!(hi.node_id, None);
-        assert_eq!(hi.reason.as_deref(), Some("preempting: waiting for low-a to stop on node 1 before it starts there"));
+        // Two phases: high holds the room at once, but the victim stops on its node first
+        // (the planner starts high only then).
+        assert_eq!(hi.node_id, Some(1));
+        assert_eq!(hi.placement.as_deref(), Some("preempt: node 1 (priority 90 evicted 1 lower-priority VM: low-a)"));
+        assert_eq!(hi.reason.as_deref(), Some("waiting for low-a to stop on node 1 before it starts"));
         let a = h.vm("low-a").clone();
         assert_eq!((a.node_id, a.evacuating, a.preempted_by.as_deref()), (Some(1), true, Some("high")));
         assert_eq!(a.reason.as_deref(), Some("preempted by VM high (priority 90)"));
@@ -853,9 +855,8 @@ mod tests {
         let mut s = prio("large", 4, 40, false);
         s.node = Some(3);
         h.create(s);
-        assert_eq!(h.create(prio("urgent", 4, 50, true)).node_id, None);
+        assert_eq!(h.create(prio("urgent", 4, 50, true)).node_id, Some(3));
         assert_eq!(h.vm("large").reason.as_deref(), Some("preempted by VM urgent (priority 50)"));
-        // While it waits, it does not preempt anything else.
         assert_eq!(h.s.vms.values().filter(|v| v.evacuating).count(), 1);
         h.stopped("large");
         assert_eq!(h.vm("urgent").node_id, Some(3));
@@ -874,12 +875,13 @@ mod tests {
         h.create(low);
         let mut top = prio("top", 2, 90, true);
         top.node = Some(1);
-        assert_eq!(h.create(top).node_id, None);
+        assert_eq!(h.create(top).node_id, Some(1));
         assert!(h.vm("mid").evacuating);
         h.stopped("mid");
         assert_eq!(h.vm("top").node_id, Some(1));
-        // mid, off its node, preempts low on node 2 in turn (again in two phases).
-        assert_eq!(h.vm("mid").node_id, None);
+        // mid, off its node, preempts low on node 2 in turn (again in two phases: it holds
+        // the room while low stops there).
+        assert_eq!(h.vm("mid").node_id, Some(2));
         assert_eq!((h.vm("low").node_id, h.vm("low").evacuating), (Some(2), true));
         h.stopped("low");
         assert_eq!(h.vm("mid").node_id, Some(2));
@@ -896,7 +898,7 @@ mod tests {
         let mut top = prio("top", 2, 90, true);
         top.node = Some(1);
         // Node 2 is empty, but top is pinned to 1.
-        assert_eq!(h.create(top).node_id, None);
+        assert_eq!(h.create(top).node_id, Some(1));
         h.stopped("low");
         assert_eq!(h.vm("top").node_id, Some(1));
         assert_eq!(h.vm("low").node_id, Some(2));
@@ -980,7 +982,7 @@ mod tests {
         assert_eq!(p.node, Some(2));
         assert_eq!(p.preempted, vec!["b".to_string()]);
         let urgent = h.create(prio("urgent", 6, 90, true));
-        assert_eq!(urgent.node_id, None, "waits for b to stop");
+        assert_eq!((urgent.node_id, urgent.placement), (p.node, Some(p.summary)));
         h.stopped("b");
         assert_eq!(h.vm("urgent").node_id, p.node);
         assert_eq!(h.vm("b").node_id, None);

@@ -258,10 +258,6 @@ pub struct ClusterState {
     /// Finished tasks as (finishing log index, id), oldest first, for retention; derived.
     #[serde(skip)]
     finished_tasks: BTreeSet<(u64, String)>,
-    /// VMs not to place again within the current apply (victims of a preemption that still
-    /// waits for others: their room is promised). Emptied after every apply.
-    #[serde(skip)]
-    hold: BTreeSet<String>,
 }
 
 impl ClusterState {
@@ -284,7 +280,6 @@ impl ClusterState {
             }
         }
         let outcome = self.apply_command(term, index, req.time_ms, &req.command);
-        self.hold.clear();
         #[cfg(debug_assertions)]
         if let Err(e) = self.check_invariants() {
             panic!("invariant broken by {} at index {index}: {e}", req.command.kind());
@@ -417,7 +412,7 @@ impl ClusterState {
                 }
             }
             Command::SetLivenessSettings { lease_ms, grace_ms, heartbeat_ms } => {
-                let new = self.liveness.merged(*lease_ms, *grace_ms, *heartbeat_ms);
+                let new = self.liveness.merged(*lease_ms, *grace_ms, *heartbeat_ms, now, self.workers.is_empty());
                 new.validate()?;
                 self.liveness = new;
                 self.touched.insert(RowKey::Liveness);
@@ -876,7 +871,8 @@ impl ClusterState {
         match vm.node_id {
             Some(n) => {
                 self.by_node.entry(n).or_default().insert((vm.spec.priority, name.to_string()));
-                if let Some(g) = &vm.spec.anti_affinity {
+                // A VM leaving its node no longer holds its group's place there.
+                if let (Some(g), false) = (&vm.spec.anti_affinity, vm.evacuating) {
                     self.groups.entry(g.clone()).or_default().insert(n, name.to_string());
                 }
             }
@@ -1013,46 +1009,33 @@ impl ClusterState {
             self.unplace_vm(name, now, reason);
             return true;
         }
+        self.index_remove(name);
+        let Some(vm) = self.vms.get_mut(name) else { return false };
         vm.evacuating = true;
         vm.preempted_by = preempted_by.map(str::to_string);
         vm.reason = Some(reason);
         vm.updated_ms = now;
         self.touched.insert(RowKey::Vm(name.to_string()));
+        self.index_add(name);
         false
     }
 
-    /// Whether VM `name` waits for the victims of its preemption to stop.
-    fn awaits_victims(&self, name: &str) -> bool {
-        self.vms.values().any(|v| v.evacuating && v.preempted_by.as_deref() == Some(name))
-    }
-
-    /// Preemption by `by`: its victims leave their node (two phases, see [`Self::evacuate`]).
-    /// When none of them was running, `by` is placed at once; otherwise it stays pending,
-    /// first in line for the room, until they stopped. Returns the victims.
+    /// Preemption by `by`: its victims leave their node (two phases, see [`Self::evacuate`])
+    /// and `by` is placed there at once, so the room is its own (the node holds both while
+    /// the victims stop: what leaves is not counted against its capacity). Its executor starts
+    /// it only once no victim of it still runs there (`planner::plan`). Returns the victims.
     fn preempt(&mut self, by: &VmSpec, p: &scheduler::Preemption, index: u64, now: u64) -> BTreeSet<String> {
         let mut waiting_for = Vec::new();
-        let mut gone = Vec::new();
         for v in &p.victims {
-            if self.evacuate(v, now, scheduler::preempted_reason(by), Some(&by.name)) {
-                gone.push(v.clone());
-            } else {
+            if !self.evacuate(v, now, scheduler::preempted_reason(by), Some(&by.name)) {
                 waiting_for.push(v.clone());
             }
         }
+        self.place_vm(&by.name, p.node, index, now, scheduler::preemption_text(by, p));
         if !waiting_for.is_empty() {
-            // Their room is promised to `by`: they wait for the next placement round.
-            self.hold.extend(gone);
-        }
-        if waiting_for.is_empty() {
-            self.place_vm(&by.name, p.node, index, now, scheduler::preemption_text(by, p));
-        } else if let Some(vm) = self.vms.get_mut(&by.name) {
-            vm.reason = Some(format!(
-                "preempting: waiting for {} to stop on node {} before it starts there",
-                waiting_for.join(", "),
-                p.node
-            ));
-            vm.updated_ms = now;
-            self.touched.insert(RowKey::Vm(by.name.clone()));
+            if let Some(vm) = self.vms.get_mut(&by.name) {
+                vm.reason = Some(format!("waiting for {} to stop on node {} before it starts", waiting_for.join(", "), p.node));
+            }
         }
         p.victims.iter().cloned().collect()
     }
@@ -1158,13 +1141,9 @@ impl ClusterState {
             let Some(key) = next else { break };
             let name = key.2.clone();
             cursor = Some(key);
-            if self.hold.contains(&name) {
-                continue;
-            }
-            let awaiting = self.vms.get(&name).is_some_and(|v| v.spec.preempt) && self.awaits_victims(&name);
             let Some(vm) = self.vms.get_mut(&name) else { continue };
-            let can_preempt = vm.spec.preempt && !barred.contains(&name) && !awaiting;
-            let keep_reason = evicted.contains(&name) || awaiting;
+            let can_preempt = vm.spec.preempt && !barred.contains(&name);
+            let keep_reason = evicted.contains(&name);
             if !can_preempt && scheduler::unconstrained(&vm.spec) {
                 // Fast path: more than any up node has free of some resource. The refusal
                 // follows from the bound alone, exactly as `decide` would word it.
@@ -1385,7 +1364,7 @@ impl ClusterState {
         }
         let mut groups: BTreeSet<(String, NodeId)> = BTreeSet::new();
         for vm in self.vms.values() {
-            if let (Some(g), Some(n)) = (&vm.spec.anti_affinity, vm.node_id) {
+            if let (Some(g), Some(n), false) = (&vm.spec.anti_affinity, vm.node_id, vm.evacuating) {
                 if !groups.insert((g.clone(), n)) {
                     return Err(format!("anti-affinity group {g} has two VMs on node {n}"));
                 }

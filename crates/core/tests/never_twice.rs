@@ -8,6 +8,7 @@ use blixard_core::{
     ApplyError, ClusterState, Command, Desired, NodeState, Reply, Request, Resources, TaskSpec, TaskState, VmSpec,
     VmState,
 };
+use blixard_core::planner::{plan, Action, Observed, RunState};
 use proptest::prelude::*;
 
 struct H {
@@ -85,16 +86,20 @@ fn preemption_waits_for_the_victim_to_stop_on_its_node() {
     h.create("low", 2, 10, false);
     h.running("low");
     h.create("high", 2, 90, true);
-    // Both would run on node 1 if high were placed now.
-    assert_eq!(h.node_of("high"), None);
+    // high holds the room on node 1, but its node must not start it while low runs there.
+    assert_eq!(h.node_of("high"), Some(1));
     assert_eq!(h.node_of("low"), Some(1));
     assert!(h.s.vms["low"].evacuating);
+    let observed = [Observed { name: "low".into(), epoch: h.s.vms["low"].epoch, run: RunState::Running }];
+    let actions = plan(1, h.s.vms.values(), &observed);
+    assert!(actions.iter().any(|a| matches!(a, Action::Stop { name } if name == "low")), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Start { .. })), "{actions:?}");
     // The victim's old epoch is still current: its node can report it stopped.
     h.report("low", VmState::Stopping).unwrap();
-    assert_eq!(h.node_of("high"), None);
     h.report("low", VmState::Stopped).unwrap();
-    assert_eq!(h.node_of("high"), Some(1));
     assert_eq!(h.node_of("low"), None);
+    let actions = plan(1, h.s.vms.values(), &[]);
+    assert!(actions.iter().any(|a| matches!(a, Action::Start { spec, .. } if spec.name == "high")), "{actions:?}");
 }
 
 #[test]
@@ -171,8 +176,11 @@ fn lease_settings_are_replicated_validated_and_judged_by_the_longer_lease() {
     h.ok(Command::SetLivenessSettings { lease_ms: Some(4000), grace_ms: Some(1000), heartbeat_ms: Some(500) });
     let l = h.s.liveness;
     assert_eq!((l.lease_ms, l.grace_ms, l.heartbeat_ms), (4000, 1000, 500));
-    // A node may still hold a 10 s lease granted before the change.
-    assert_eq!(l.down_after_ms(), 11_000);
+    // A node may still hold a 10 s lease granted before the change; once every such lease
+    // has ended (10 s after the change, plus grace), the new lease is the measure.
+    assert_eq!(l.down_after_ms(l.changed_ms), 11_000);
+    assert_eq!(l.down_after_ms(l.changed_ms + 10_999), 11_000);
+    assert_eq!(l.down_after_ms(l.changed_ms + 11_000), 5_000);
 }
 
 #[test]

@@ -456,7 +456,7 @@ impl RaftPeer for Api {
     async fn read_index(&self, r: GrpcRequest<pb::Empty>) -> Result<Response<pb::ReadIndexReply>, Status> {
         self.check_peer(&r)?;
         let index = self.node.leader_read_index().await?;
-        Ok(Response::new(pb::ReadIndexReply { index }))
+        Ok(Response::new(pb::ReadIndexReply { index, lease_ms: 0 }))
     }
 
     async fn heartbeat(&self, r: GrpcRequest<pb::HeartbeatRequest>) -> Result<Response<pb::ReadIndexReply>, Status> {
@@ -469,7 +469,10 @@ impl RaftPeer for Api {
         // Confirm leadership with a quorum first: a deposed leader must not renew leases.
         let index = self.node.leader_read_index().await?;
         self.node.liveness.seen(r.get_ref().node_id);
-        Ok(Response::new(pb::ReadIndexReply { index }))
+        // The lease is the leader's to grant: a node that has not applied a settings change
+        // yet must not renew for longer than the leader judges by.
+        let lease_ms = self.node.liveness_settings().lease_ms;
+        Ok(Response::new(pb::ReadIndexReply { index, lease_ms }))
     }
 
     async fn evicted(&self, r: GrpcRequest<pb::EvictedNotice>) -> Result<Response<pb::Empty>, Status> {
