@@ -23,3 +23,36 @@ fn a_closed_stdout_ends_quietly() {
         assert_eq!(status, "0", "`blixard {args} | true` exited {status}: {stderr}");
     }
 }
+
+#[test]
+fn many_large_tasks_can_be_listed_and_cancelled_and_env_values_never_come_back() {
+    let c = Cluster::start(1, &["--vcpus", "2"]);
+    let a = c.addr(1);
+    // ~30 KiB each (command and environment), waiting forever for 64 vCPUs: 150 of them are
+    // more than a client's 4 MiB decode limit in one answer.
+    let big = "x".repeat(15 * 1024);
+    let env = format!("SECRET={}", "s".repeat(15 * 1024));
+    let mut ids = Vec::new();
+    for _ in 0..150 {
+        let t = json(&a, &["task", "submit", "--cpus", "64", "--env", &env, "--", "echo", &big]);
+        ids.push(t["id"].as_str().unwrap().to_string());
+    }
+    let all = json(&a, &["task", "list"]);
+    assert_eq!(all.as_array().unwrap().len(), 150);
+    let pending = json(&a, &["task", "list", "--state", "pending"]);
+    assert_eq!(pending.as_array().unwrap().len(), 150);
+    let listed: Vec<&str> = pending.as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let mut got: Vec<String> = listed.iter().map(|s| s.to_string()).collect();
+    got.sort();
+    assert_eq!(got, sorted, "every task exactly once across pages");
+    let one = json(&a, &["task", "status", &ids[0]]);
+    assert_eq!(one["env"], serde_json::json!(["SECRET"]), "names only: {}", one["env"]);
+    assert!(!one.to_string().contains("sss"), "an env value came back");
+    for id in &ids {
+        json(&a, &["task", "cancel", id]);
+    }
+    let cancelled = json(&a, &["task", "list", "--state", "cancelled"]);
+    assert_eq!(cancelled.as_array().unwrap().len(), 150);
+}
