@@ -127,14 +127,10 @@ impl Cluster {
         use crate::schedule::{GRACE_MS, HEARTBEAT_MS, LEASE_MS};
         let end = Instant::now() + Duration::from_secs(30);
         loop {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            // The lease file as the VM supervisors read it: time left on this host's clock.
             let short = self.daemons.iter().all(|d| {
-                std::fs::read_to_string(d.dir.join("vms").join("lease"))
-                    .ok()
-                    .and_then(|t| t.trim().parse::<u64>().ok())
-                    .is_some_and(|until| until <= now + LEASE_MS + 100)
+                blixard_vmm::supervisor::check_lease(&d.dir.join("vms").join("lease"))
+                    .is_ok_and(|left| left <= Duration::from_millis(LEASE_MS + 100))
             });
             if short {
                 break;
