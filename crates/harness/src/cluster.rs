@@ -16,6 +16,11 @@ use tonic::transport::{Channel, Endpoint};
 use crate::net::Net;
 
 pub const PORT: u16 = 7000;
+/// vCPUs each node offers (`--vcpus`): small, so the pinned VMs fill a node (binpack) and a
+/// preempting VM as large as a node must evict every VM running there.
+pub const VCPUS: u32 = 4;
+/// vCPUs a node re-registers with during a [`crate::schedule::Fault::Shrink`].
+pub const SHRUNK_VCPUS: u32 = 1;
 
 pub struct Daemon {
     /// Slot (namespace number), from 1.
@@ -26,6 +31,8 @@ pub struct Daemon {
     pub log: PathBuf,
     pub child: Option<Child>,
     pub paused: bool,
+    /// vCPUs the daemon was (or will next be) started with.
+    pub vcpus: u32,
 }
 
 pub struct Cluster {
@@ -33,6 +40,12 @@ pub struct Cluster {
     pub events: PathBuf,
     pub daemons: Vec<Daemon>,
     pub clients: Vec<BlixardClient<Channel>>,
+    /// The preempting VM of the current [`crate::schedule::Fault::Preempt`], deleted at heal.
+    pub preempting: Option<String>,
+    /// Preempting VMs created so far (for unique names).
+    pub preempt_seq: usize,
+    /// The slot frozen by the current [`crate::schedule::Fault::FreezeLeader`].
+    pub frozen_leader: Option<usize>,
     /// Declared last: dropped after the daemons are killed.
     pub net: Net,
 }
@@ -67,6 +80,7 @@ impl Cluster {
                 dir: d.join("data"),
                 child: None,
                 paused: false,
+                vcpus: VCPUS,
             });
             clients.push(client(&format!("{}:{PORT}", net.ip(i)), op_timeout)?);
         }
@@ -75,6 +89,9 @@ impl Cluster {
             events,
             daemons,
             clients,
+            preempting: None,
+            preempt_seq: 0,
+            frozen_leader: None,
             net,
         };
         c.spawn(1, Some("--init".into()))?;
@@ -93,10 +110,55 @@ impl Cluster {
             })
         })
         .await?;
+        c.shorten_verdict_lease().await?;
         Ok(c)
     }
 
-    /// Spawns node `i` (`extra`: `--init`, `--join=...`, or nothing to resume).
+    /// The lease settings seeded at `--init` replace the defaults (10 s lease) as a *change*, and
+    /// the failure detector keeps judging by the longer of the old and new lease (a node may
+    /// hold a lease granted before the change): with the seed alone, a silent node would be
+    /// declared down after 10 s + grace, not [`LEASE_MS`] + [`GRACE_MS`]. Once every node's
+    /// lease file holds a lease no longer than [`LEASE_MS`] (no node can hold a long one any
+    /// more), setting the same values again makes the detector judge by the short lease.
+    ///
+    /// [`LEASE_MS`]: crate::schedule::LEASE_MS
+    /// [`GRACE_MS`]: crate::schedule::GRACE_MS
+    async fn shorten_verdict_lease(&self) -> Result<()> {
+        use crate::schedule::{GRACE_MS, HEARTBEAT_MS, LEASE_MS};
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            // The lease file as the VM supervisors read it: time left on this host's clock.
+            let short = self.daemons.iter().all(|d| {
+                blixard_vmm::supervisor::check_lease(&d.dir.join("vms").join("lease"))
+                    .is_ok_and(|left| left <= Duration::from_millis(LEASE_MS + 100))
+            });
+            if short {
+                break;
+            }
+            if Instant::now() > end {
+                bail!("some node still holds a lease longer than {LEASE_MS} ms after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let req = pb::SchedulerSettings {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                lease_ms: LEASE_MS,
+                grace_ms: GRACE_MS,
+                heartbeat_ms: HEARTBEAT_MS,
+                ..Default::default()
+            };
+            match self.clients[0].clone().set_scheduler_settings(req).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > end => bail!("setting the lease settings: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Spawns node `i` (`extra`: `--init`, `--join=...`, or nothing to resume) with the vCPUs
+    /// recorded for its slot. `--init` also seeds the cluster's short lease settings.
     pub fn spawn(&mut self, i: usize, extra: Option<String>) -> Result<()> {
         let ns = self.net.ns(i);
         let listen = format!("{}:{PORT}", self.net.ip(i));
@@ -122,7 +184,7 @@ impl Cluster {
                 "--election-ms",
                 "500",
             ])
-            .args(["--vcpus", "256", "--memory-mb", "262144"])
+            .args(["--vcpus", &d.vcpus.to_string(), "--memory-mb", "262144"])
             .env("BLIXARD_EVENTS_FILE", &self.events)
             .env(
                 "RUST_LOG",
@@ -132,6 +194,12 @@ impl Cluster {
             .stdout(log.try_clone()?)
             .stderr(log);
         if let Some(e) = extra {
+            if e == "--init" {
+                use crate::schedule::{GRACE_MS, HEARTBEAT_MS, LEASE_MS};
+                cmd.args(["--lease-ms", &LEASE_MS.to_string()])
+                    .args(["--grace-ms", &GRACE_MS.to_string()])
+                    .args(["--liveness-heartbeat-ms", &HEARTBEAT_MS.to_string()]);
+            }
             cmd.arg(e);
         }
         d.child = Some(cmd.spawn().with_context(|| format!("spawning node {i}"))?);
@@ -156,6 +224,105 @@ impl Cluster {
             let _ = c.wait();
         }
         d.paused = false;
+    }
+
+    /// SIGTERM (after SIGCONT if paused), waits up to `deadline` for the daemon to exit, then
+    /// `kill -9`s it. Returns whether it exited by itself.
+    pub async fn terminate(&mut self, i: usize, deadline: Duration) -> bool {
+        let Some(p) = self.pid(i) else {
+            return true;
+        };
+        if self.daemons[i - 1].paused {
+            let _ = kill(p, Signal::SIGCONT);
+            self.daemons[i - 1].paused = false;
+        }
+        let _ = kill(p, Signal::SIGTERM);
+        let end = Instant::now() + deadline;
+        let mut graceful = false;
+        while Instant::now() < end {
+            let exited = self.daemons[i - 1]
+                .child
+                .as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                graceful = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill9(i);
+        graceful
+    }
+
+    /// Restarts node `i` from its data dir with `vcpus` (a re-registration with that capacity).
+    pub async fn restart_with_vcpus(&mut self, i: usize, vcpus: u32) -> Result<String> {
+        let graceful = self.terminate(i, Duration::from_secs(10)).await;
+        self.daemons[i - 1].vcpus = vcpus;
+        self.spawn(i, None)?;
+        Ok(format!(
+            "restarted slot {i} (node {}) with {vcpus} vCPUs{}",
+            self.daemons[i - 1].node_id,
+            if graceful {
+                ""
+            } else {
+                " (it ignored SIGTERM for 10 s: killed)"
+            }
+        ))
+    }
+
+    /// VMs running per slot, from one node's `--stale` list; `None` when no node answers.
+    pub async fn running_per_slot(&self) -> Option<Vec<(usize, Vec<String>)>> {
+        for i in
+            (1..=self.daemons.len()).filter(|&i| self.is_running(i) && !self.daemons[i - 1].paused)
+        {
+            let mut c = self.clients[i - 1].clone();
+            let f = c.list_vms(pb::ReadOptions { stale: true });
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), f).await {
+                let vms = r.into_inner().vms;
+                return Some(
+                    self.daemons
+                        .iter()
+                        .map(|d| {
+                            let names = vms
+                                .iter()
+                                .filter(|v| v.node_id == Some(d.node_id) && v.state == "running")
+                                .map(|v| v.name.clone())
+                                .collect();
+                            (d.id, names)
+                        })
+                        .collect(),
+                );
+            }
+        }
+        None
+    }
+
+    /// The state (`up`, `down`, `draining`) the live, unpaused nodes other than slot `i` report
+    /// for the node in slot `i` (`--stale` reads: any node's view counts).
+    pub async fn state_seen_by_others(&self, i: usize) -> Option<String> {
+        let id = self.daemons[i - 1].node_id;
+        for j in (1..=self.daemons.len())
+            .filter(|&j| j != i && self.is_running(j) && !self.daemons[j - 1].paused)
+        {
+            let mut c = self.clients[j - 1].clone();
+            let f = c.list_nodes(pb::ReadOptions { stale: true });
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), f).await {
+                if let Some(n) = r.into_inner().nodes.iter().find(|n| n.id == id) {
+                    if n.state == "down" {
+                        return Some(n.state.clone());
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The live, unpaused slot running the most VMs (ties: the lowest slot), with their names.
+    pub async fn busiest(&self) -> Option<(usize, Vec<String>)> {
+        let per = self.running_per_slot().await?;
+        per.into_iter()
+            .filter(|(i, _)| self.is_running(*i) && !self.daemons[*i - 1].paused)
+            .max_by_key(|(i, v)| (v.len(), std::cmp::Reverse(*i)))
     }
 
     pub fn is_running(&self, i: usize) -> bool {

@@ -6,18 +6,22 @@
 //! - `stale_reads_build_is_caught`: a build whose reads skip the read barrier
 //!   (feature `fault-stale-reads`) is caught by the checkers on the same seed.
 //!
-//! - `removed_node_stops_its_vms_before_they_run_elsewhere`: seed 2 replaces a node (the
-//!   membership change fault). This found a real bug: the removed node used to leave its VMs
-//!   running while the leader re-placed them; now the node stops them (or its lease expires)
-//!   before they move.
+//! - `removed_node_stops_its_vms_before_they_run_elsewhere`: seed [`CI_REPLACE_SEED`] replaces a
+//!   node (the membership change fault). This found a real bug: the removed node used to leave
+//!   its VMs running while the leader re-placed them; now the node stops them (or its lease
+//!   expires) before they move.
 //!
-//! The default seeds 1, 3 and 7 together inject every fault kind except the membership change.
-//! `BLIXARD_FAULT_SEEDS=1,2` and `BLIXARD_FAULT_DURATION=30` (seconds) override the defaults.
+//! The default seeds ([`CI_SEEDS`]) together inject every fault kind except the membership
+//! change and netem, including the never-twice ones: a leader frozen past lease + grace,
+//! preemption under load and re-registration with less capacity (checked by a unit test of
+//! `schedule.rs`). `BLIXARD_FAULT_SEEDS=1,2` and `BLIXARD_FAULT_DURATION=30` (seconds) override
+//! the defaults.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use blixard_harness::run::{run, Config};
+use blixard_harness::schedule::{CI_DURATION_MS, CI_REPLACE_SEED, CI_SEEDS};
 
 /// Runs share the host (namespaces, two cores): one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -30,14 +34,16 @@ fn seeds() -> Vec<u64> {
                 .map(|x| x.trim().parse().expect("BLIXARD_FAULT_SEEDS: numbers"))
                 .collect()
         })
-        .unwrap_or_else(|| vec![1, 3, 7])
+        .unwrap_or_else(|| CI_SEEDS.to_vec())
 }
 
 fn duration() -> Duration {
     Duration::from_secs(
         std::env::var("BLIXARD_FAULT_DURATION")
             .ok()
-            .map_or(30, |s| s.parse().expect("BLIXARD_FAULT_DURATION: seconds")),
+            .map_or(CI_DURATION_MS / 1000, |s| {
+                s.parse().expect("BLIXARD_FAULT_DURATION: seconds")
+            }),
     )
 }
 
@@ -56,6 +62,7 @@ fn correct_build_survives_faults() {
     let bin = blixard_harness::build_blixard(None).expect("building blixard");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut failures = Vec::new();
+    let mut kinds = std::collections::BTreeSet::new();
     for seed in seeds() {
         let cfg = Config::new(seed, duration(), bin.clone());
         let r = rt.block_on(run(&cfg)).expect("harness error");
@@ -70,6 +77,7 @@ fn correct_build_survives_faults() {
             "seed {seed}: too few faults injected: {}",
             r.summary()
         );
+        kinds.extend(r.faults_by_kind.keys().cloned());
         if !r.passed() {
             failures.push(format!(
                 "seed {seed}: {:#?}\n  evidence: {}\n  replay: {}",
@@ -84,6 +92,14 @@ fn correct_build_survives_faults() {
         "anomalies found:\n{}",
         failures.join("\n")
     );
+    if seeds() == CI_SEEDS {
+        for k in ["freeze_leader", "preempt", "shrink"] {
+            assert!(
+                kinds.contains(k),
+                "the CI seeds never injected {k} (injected: {kinds:?})"
+            );
+        }
+    }
 }
 
 #[test]
@@ -117,12 +133,21 @@ fn removed_node_stops_its_vms_before_they_run_elsewhere() {
     let bin = blixard_harness::build_blixard(None).expect("building blixard");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let r = rt
-        .block_on(run(&Config::new(2, Duration::from_secs(30), bin)))
+        .block_on(run(&Config::new(
+            CI_REPLACE_SEED,
+            Duration::from_millis(CI_DURATION_MS),
+            bin,
+        )))
         .expect("harness error");
     eprintln!("{}", r.summary());
     assert!(
+        r.faults_by_kind.contains_key("replace"),
+        "seed {CI_REPLACE_SEED} did not replace a node: {}",
+        r.summary()
+    );
+    assert!(
         r.passed(),
-        "seed 2: {:#?}\n  evidence: {}\n  replay: {}",
+        "seed {CI_REPLACE_SEED}: {:#?}\n  evidence: {}\n  replay: {}",
         r.anomalies,
         r.dir.display(),
         r.replay

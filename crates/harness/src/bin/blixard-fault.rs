@@ -81,6 +81,8 @@ fn main() {
     }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let (mut ops, mut faults, mut anomalies, mut failed) = (0, 0, 0, Vec::new());
+    let mut by_kind: std::collections::BTreeMap<String, usize> = Default::default();
+    let started = std::time::Instant::now();
     for s in &seeds {
         let c = Config {
             seed: *s,
@@ -107,6 +109,9 @@ fn main() {
             Ok(r) => {
                 ops += r.ops;
                 faults += r.faults_injected;
+                for (k, v) in &r.faults_by_kind {
+                    *by_kind.entry(k.clone()).or_default() += v;
+                }
                 anomalies += r.anomalies.len();
                 if !r.passed() {
                     failed.push(format!(
@@ -123,7 +128,14 @@ fn main() {
             }
         }
     }
-    println!("SUMMARY seeds={} operations={ops} faults_injected={faults} anomalies={anomalies} failed_seeds={}", seeds.len(), failed.len());
+    let kinds: Vec<String> = by_kind.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    println!(
+        "SUMMARY seeds={} operations={ops} faults_injected={faults} by_kind={} anomalies={anomalies} failed_seeds={} wall_s={:.0}",
+        seeds.len(),
+        kinds.join(","),
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
     for f in &failed {
         println!("FAILED {f}");
     }
