@@ -12,6 +12,7 @@ pub mod pb {
 }
 
 pub use pb::blixard_client::BlixardClient;
+pub use pb::enroll_client::EnrollClient;
 pub use pb::raft_peer_client::RaftPeerClient;
 
 /// Metadata header carrying the cluster id on peer requests.

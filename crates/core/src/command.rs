@@ -33,6 +33,20 @@ impl Request {
     }
 }
 
+impl Command {
+    /// The node a command speaks for, when it is one a node sends about itself (a peer that
+    /// forwards it must be that node).
+    pub fn acting_node(&self) -> Option<NodeId> {
+        match self {
+            Command::RegisterWorker { id, .. } => Some(*id),
+            Command::ReportVmStatus { node_id, .. }
+            | Command::ReportTaskStarted { node_id, .. }
+            | Command::ReportTaskResult { node_id, .. } => Some(*node_id),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.command.kind())?;
@@ -89,6 +103,8 @@ pub enum Command {
     },
     /// Cancel a task: at once while it waits for a node, else its node stops it and reports.
     CancelTask { id: String },
+    /// Join tokens and revoked node identities (`tokens`).
+    Security(crate::tokens::SecurityCommand),
 }
 
 impl Command {
@@ -107,6 +123,7 @@ impl Command {
             Command::ReportTaskStarted { .. } => "report_task_started",
             Command::ReportTaskResult { .. } => "report_task_result",
             Command::CancelTask { .. } => "cancel_task",
+            Command::Security(c) => c.kind(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod scheduler;
 pub mod spec;
 pub mod state;
 pub mod task;
+pub mod tokens;
 
 pub use command::{ApplyError, Command, Outcome, Reply, Request};
 pub use scheduler::{explain, NodeVerdict, Placement, SchedulerSettings};

@@ -162,6 +162,8 @@ pub enum RowKey {
     /// The cluster-wide scheduler settings.
     Settings,
     Task(String),
+    /// The security records (`crate::tokens`), one row.
+    Security,
 }
 
 impl RowKey {
@@ -173,12 +175,15 @@ impl RowKey {
             RowKey::Request(id) => format!("req/{id}"),
             RowKey::Settings => SETTINGS_ROW.to_string(),
             RowKey::Task(id) => format!("task/{id}"),
+            RowKey::Security => SECURITY_ROW.to_string(),
         }
     }
 }
 
 /// Store key of the scheduler settings row.
 const SETTINGS_ROW: &str = "settings";
+/// Store key of the security records row.
+const SECURITY_ROW: &str = "security";
 
 /// Order in which pending VMs are tried: highest priority first, then oldest, then by name.
 type PendingKey = (Reverse<u8>, u64, String);
@@ -207,6 +212,9 @@ pub struct ClusterState {
     /// One-shot tasks: active ones and the most recent finished ones.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskRecord>,
+    /// Join tokens and revoked node identities (`crate::tokens`).
+    #[serde(default)]
+    pub security: crate::tokens::SecurityState,
     /// Rows changed since the last `take_touched`; not part of the state.
     #[serde(skip)]
     touched: BTreeSet<RowKey>,
@@ -530,6 +538,14 @@ impl ClusterState {
                     Some(t) => Ok(Reply::Task(Box::new(t))),
                     None => Ok(Reply::Done),
                 }
+            }
+            Command::Security(c) => {
+                // Hook for "node ids are never reused": a ConsumeJoinToken for an id the state
+                // records as used belongs refused here too (tokens.rs refuses revoked and
+                // already admitted ids itself).
+                let reply = self.security.apply(c, now)?;
+                self.touched.insert(RowKey::Security);
+                Ok(reply)
             }
         }
     }
@@ -1030,6 +1046,7 @@ impl ClusterState {
             RowKey::Request(id) => self.requests.get(id).map(serde_json::to_vec),
             RowKey::Settings => Some(serde_json::to_vec(&self.settings)),
             RowKey::Task(id) => self.tasks.get(id).map(serde_json::to_vec),
+            RowKey::Security => Some(serde_json::to_vec(&self.security)),
         };
         // Serializing these plain data types cannot fail.
         json.and_then(Result::ok)
@@ -1044,7 +1061,7 @@ impl ClusterState {
             .chain(self.workers.keys().map(|id| RowKey::Worker(*id)))
             .chain(self.requests.keys().map(|id| RowKey::Request(id.clone())))
             .chain(self.tasks.keys().map(|id| RowKey::Task(id.clone())))
-            .chain(std::iter::once(RowKey::Settings));
+            .chain([RowKey::Settings, RowKey::Security]);
         keys.filter_map(|k| self.row(&k).map(|v| (k.encode(), v))).collect()
     }
 
@@ -1058,6 +1075,8 @@ impl ClusterState {
             } else if let Some(id) = key.strip_prefix("worker/") {
                 let id: NodeId = id.parse().map_err(|_| format!("corrupt row key {key}"))?;
                 s.workers.insert(id, serde_json::from_slice(value).map_err(bad)?);
+            } else if key == SECURITY_ROW {
+                s.security = serde_json::from_slice(value).map_err(bad)?;
             } else if key == SETTINGS_ROW {
                 s.settings = serde_json::from_slice(value).map_err(bad)?;
             } else if let Some(id) = key.strip_prefix("task/") {

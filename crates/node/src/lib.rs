@@ -15,6 +15,7 @@ pub mod executor;
 pub mod liveness;
 pub mod meta;
 pub mod node;
+pub mod security;
 pub mod service;
 pub mod task_runner;
 
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blixard_api::pb::blixard_server::BlixardServer;
+use blixard_api::pb::enroll_server::EnrollServer;
 use blixard_api::pb::raft_peer_server::RaftPeerServer;
 use blixard_api::{pb, BlixardClient, MAX_CLIENT_MESSAGE, MAX_PEER_MESSAGE};
 use blixard_core::Command;
@@ -69,7 +71,7 @@ impl NodeHandle {
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let existing = meta::load(&config.data_dir)?;
     let dir = config.data_dir.display().to_string();
-    let (cluster_id, join_via) = match (&existing, &config.bootstrap) {
+    match (&existing, &config.bootstrap) {
         (Some(m), _) if m.left => {
             return Err(NodeError::Config(format!(
                 "{dir} belongs to node {} which left its cluster; start with a new --data-dir",
@@ -85,13 +87,16 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
                 m.cluster_id
             )))
         }
-        (Some(m), _) => (m.cluster_id.clone(), None),
         (None, Bootstrap::Resume) => {
-            return Err(NodeError::Config(format!("{dir} holds no cluster: start with --init or --join ADDR")))
+            return Err(NodeError::Config(format!("{dir} holds no cluster: start with --init or --join ADDR --token TOKEN")))
         }
-        (None, Bootstrap::Init) => (uuid::Uuid::new_v4().to_string(), None),
-        (None, Bootstrap::Join(seed)) => (discover_cluster(seed).await?, Some(seed.clone())),
-    };
+        (None, Bootstrap::Join(_)) if config.join_token.is_none() => {
+            return Err(NodeError::Config(
+                "--join needs a join token: --token TOKEN or --token-file FILE (create one on a member with `blixard cluster token create`)".into(),
+            ))
+        }
+        _ => {}
+    }
 
     // Reuse the recorded address on restart when asked for any port.
     let bind: SocketAddr = match (&existing, config.listen.port()) {
@@ -102,6 +107,23 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         TcpListener::bind(bind).await.map_err(|e| NodeError::Io(format!("cannot listen on {bind}: {e}")))?;
     let local = listener.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
     let addr = config.advertise.clone().unwrap_or_else(|| local.to_string());
+
+    // The node's identity: nothing is written for a joiner until the cluster accepted its token.
+    let (cluster_id, join_via, tls) = match (&existing, &config.bootstrap) {
+        (Some(m), _) => (m.cluster_id.clone(), None, security::NodeTls::load(&config.data_dir, config.id)?),
+        (None, Bootstrap::Join(seed)) => {
+            let token = config.join_token.as_deref().unwrap_or_default();
+            let (cluster_id, tls) = security::enroll(seed, token, config.id, &addr).await?;
+            tls.store(&config.data_dir)?;
+            (cluster_id, Some(seed.clone()), tls)
+        }
+        (None, _) => {
+            let cluster_id = uuid::Uuid::new_v4().to_string();
+            let tls = security::NodeTls::init(&config.data_dir, &cluster_id, config.id)?;
+            (cluster_id, None, tls)
+        }
+    };
+    let tls = Arc::new(tls);
 
     let run_root = config.data_dir.join("vms");
     let driver = executor::make_driver(&config.driver, run_root.clone(), &run_root.join("lease"))?;
@@ -120,7 +142,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     .validate()
     .map_err(|e| NodeError::Config(e.to_string()))?;
-    let raft = Raft::new(config.id, Arc::new(raft_config), PeerNetwork::new(cluster_id.as_str()), log, sm)
+    let network = PeerNetwork::new(cluster_id.as_str(), tls.client.clone());
+    let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
@@ -137,6 +160,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         driver: driver.clone(),
         liveness: liveness::Liveness::default(),
         peers: Default::default(),
+        tls: tls.clone(),
     });
     let mut identity = NodeMeta { node_id: config.id, cluster_id: cluster_id.clone(), addr: addr.clone(), left: false };
     if existing.is_none() && join_via.is_none() {
@@ -176,32 +200,12 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
     Ok(())
 }
 
-/// Asks a member which cluster it belongs to, before this node takes any Raft traffic.
-async fn discover_cluster(seed: &str) -> Result<String, NodeError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let attempt = async {
-            let ch = blixard_raft::network::channel(seed).map_err(|e| format!("bad address {seed}: {e}"))?;
-            let mut c = BlixardClient::new(ch);
-            c.cluster_status(pb::ReadOptions { stale: true }).await.map_err(|s| s.message().to_string())
-        };
-        match attempt.await {
-            Ok(r) if !r.get_ref().cluster_id.is_empty() => return Ok(r.into_inner().cluster_id),
-            Ok(_) => return Err(NodeError::NotInCluster(format!("{seed} is not a member of a cluster"))),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(NodeError::Unreachable(format!("cannot reach {seed} to join: {e}")))
-            }
-            Err(e) => tracing::debug!(error = %e, %seed, "waiting for seed"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Asks the cluster (through `seed`, which forwards to the leader) to add this node.
 async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let ch = blixard_raft::network::channel(seed).map_err(|e| NodeError::Config(format!("bad address {seed}: {e}")))?;
+        let ch = blixard_raft::network::channel(seed, &node.tls.client)
+            .map_err(|e| NodeError::Config(format!("bad address {seed}: {e}")))?;
         let mut c = BlixardClient::new(ch);
         match c.join(pb::JoinRequest { node_id: node.id, addr: node.addr.clone() }).await {
             Ok(r) => {
@@ -224,21 +228,32 @@ async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
     }
 }
 
-/// Serves the client and peer services until shutdown.
+/// Serves the client, peer and enrollment services until shutdown, over TLS 1.3 only.
 async fn serve(node: Arc<Node>, listener: TcpListener) {
+    use tonic::service::interceptor::InterceptedService;
     let api = service::Api { node: node.clone() };
     let stop_node = node.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = blixard_pki::incoming(listener, node.tls.server.clone());
+    let (n1, n2) = (node.clone(), node.clone());
+    let client_auth = move |r| security::authenticate_client(&n1, r);
+    let peer_auth = move |r| security::authenticate_peer(&n2, r);
     let res = tonic::transport::Server::builder()
-        .add_service(
+        .add_service(InterceptedService::new(
             BlixardServer::new(api.clone())
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
-        )
-        .add_service(
+            client_auth,
+        ))
+        .add_service(InterceptedService::new(
             RaftPeerServer::new(api)
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
+            peer_auth,
+        ))
+        .add_service(
+            EnrollServer::new(security::EnrollService { node: node.clone() })
+                .max_decoding_message_size(MAX_ENROLL_MESSAGE)
+                .max_encoding_message_size(MAX_ENROLL_MESSAGE),
         )
         .serve_with_incoming_shutdown(incoming, async move { stop_node.stopped().await })
         .await;
@@ -247,6 +262,9 @@ async fn serve(node: Arc<Node>, listener: TcpListener) {
         node.request_shutdown();
     }
 }
+
+/// Largest enrollment message (a token and an address; the reply carries a few PEMs).
+const MAX_ENROLL_MESSAGE: usize = 64 * 1024;
 
 /// Registers this node as a worker through Raft (re-registering after a restart updates its
 /// detected capacity), retrying until it succeeds or the node stops.
@@ -297,6 +315,7 @@ async fn housekeeping(node: Arc<Node>) {
             return;
         }
         node.promote_learners().await;
+        security::revoke_departed(&node).await;
         node.forget_departed_workers().await;
     }
 }
