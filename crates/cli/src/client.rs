@@ -429,8 +429,12 @@ impl Client {
         Ok(())
     }
 
-    pub async fn cluster_settings(&self, strategy: Option<String>, vcpu_overcommit: Option<u32>) -> anyhow::Result<()> {
-        let s = if strategy.is_none() && vcpu_overcommit.is_none() {
+    /// Shows the cluster settings, or changes some (`lease`: lease, grace and heartbeat ms).
+    pub async fn cluster_settings(&self, strategy: Option<String>, vcpu_overcommit: Option<u32>, lease: [Option<u64>; 3]) -> anyhow::Result<()> {
+        if lease.iter().any(|v| *v == Some(0)) {
+            anyhow::bail!("lease, grace and heartbeat must be positive numbers of milliseconds");
+        }
+        let s = if strategy.is_none() && vcpu_overcommit.is_none() && lease.iter().all(Option::is_none) {
             let r = self.connect().await?.cluster_status(pb::ReadOptions { stale: false }).await.map_err(|e| status_err(&self.addr, e))?;
             r.into_inner().scheduler.unwrap_or_default()
         } else {
@@ -438,13 +442,19 @@ impl Client {
                 strategy: strategy.unwrap_or_default(),
                 vcpu_overcommit_pct: vcpu_overcommit.unwrap_or(0),
                 request_id: request_id(),
+                lease_ms: lease[0].unwrap_or(0),
+                grace_ms: lease[1].unwrap_or(0),
+                heartbeat_ms: lease[2].unwrap_or(0),
             };
             self.connect().await?.set_scheduler_settings(req).await.map_err(|e| status_err(&self.addr, e))?.into_inner()
         };
         if self.json {
-            output::print_json(&serde_json::json!({"strategy": s.strategy, "vcpu_overcommit_pct": s.vcpu_overcommit_pct}));
+            output::print_json(&output::settings_json(&s));
         } else {
-            println!("strategy {}  vcpu overcommit {}%", s.strategy, s.vcpu_overcommit_pct);
+            println!(
+                "strategy {}  vcpu overcommit {}%  lease {} ms  grace {} ms  heartbeat {} ms",
+                s.strategy, s.vcpu_overcommit_pct, s.lease_ms, s.grace_ms, s.heartbeat_ms
+            );
         }
         Ok(())
     }

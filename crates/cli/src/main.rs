@@ -124,15 +124,18 @@ struct DaemonArgs {
     /// Log entries kept behind the latest snapshot.
     #[arg(long, default_value_t = 1_000)]
     keep_logs: u64,
-    /// How often this node heartbeats the leader, in milliseconds.
-    #[arg(long, default_value_t = 1_000)]
-    liveness_heartbeat_ms: u64,
-    /// Lease in milliseconds: a node that cannot renew it for this long stops its VMs.
-    #[arg(long, default_value_t = 10_000)]
-    lease_ms: u64,
-    /// Extra wait after the lease before the leader declares a silent node down.
-    #[arg(long, default_value_t = 5_000)]
-    grace_ms: u64,
+    /// With --init: how often nodes heartbeat the leader, in milliseconds (default 1000).
+    /// A cluster setting afterwards (`cluster settings --heartbeat-ms`).
+    #[arg(long)]
+    liveness_heartbeat_ms: Option<u64>,
+    /// With --init: lease in milliseconds (default 10000): a node that cannot renew it for
+    /// this long stops its workloads. A cluster setting afterwards (`cluster settings`).
+    #[arg(long)]
+    lease_ms: Option<u64>,
+    /// With --init: extra wait after the lease before the leader declares a silent node down
+    /// (default 5000). A cluster setting afterwards (`cluster settings`).
+    #[arg(long)]
+    grace_ms: Option<u64>,
     /// Seconds a voter may stay down before a healthy learner replaces it.
     #[arg(long, default_value_t = 30)]
     replace_voter_after: u64,
@@ -209,6 +212,15 @@ enum ClusterCmd {
         /// vCPU overcommit in percent (100 = none, up to 1000).
         #[arg(long)]
         vcpu_overcommit: Option<u32>,
+        /// Lease in milliseconds: a node that cannot renew it for this long stops its workloads.
+        #[arg(long)]
+        lease_ms: Option<u64>,
+        /// Extra silence past the lease before the leader declares a node down (> 0).
+        #[arg(long)]
+        grace_ms: Option<u64>,
+        /// How often nodes heartbeat the leader (the lease must span at least two).
+        #[arg(long)]
+        heartbeat_ms: Option<u64>,
     },
 }
 
@@ -355,13 +367,10 @@ async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
         snapshot_every: a.snapshot_every.max(1),
         keep_logs: a.keep_logs,
     };
-    if a.lease_ms < a.liveness_heartbeat_ms * 2 {
-        anyhow::bail!("--lease-ms must be at least twice --liveness-heartbeat-ms");
-    }
     config.liveness = blixard_node::config::LivenessTuning {
-        heartbeat: Duration::from_millis(a.liveness_heartbeat_ms.max(10)),
-        lease: Duration::from_millis(a.lease_ms),
-        grace: Duration::from_millis(a.grace_ms),
+        heartbeat: a.liveness_heartbeat_ms.map(Duration::from_millis),
+        lease: a.lease_ms.map(Duration::from_millis),
+        grace: a.grace_ms.map(Duration::from_millis),
         replace_voter_after: Duration::from_secs(a.replace_voter_after),
         drain_parallelism: a.drain_parallelism.max(1),
     };
@@ -413,7 +422,9 @@ fn main() -> ExitCode {
                 ClusterCmd::Status { stale } => c.cluster_status(stale).await,
                 ClusterCmd::Remove { id } => c.cluster_remove(id).await,
                 ClusterCmd::Leave => c.cluster_leave().await,
-                ClusterCmd::Settings { strategy, vcpu_overcommit } => c.cluster_settings(strategy, vcpu_overcommit).await,
+                ClusterCmd::Settings { strategy, vcpu_overcommit, lease_ms, grace_ms, heartbeat_ms } => {
+                    c.cluster_settings(strategy, vcpu_overcommit, [lease_ms, grace_ms, heartbeat_ms]).await
+                }
                 ClusterCmd::Token { sub: TokenCmd::Create { ttl } } => c.token_create(ttl).await,
                 ClusterCmd::Token { sub: TokenCmd::List } => c.token_list().await,
                 ClusterCmd::Token { sub: TokenCmd::Revoke { id } } => c.token_revoke(&id).await,

@@ -90,7 +90,7 @@ pub fn status_json(s: &pb::ClusterStatusReply) -> Value {
         "last_log_index": s.last_log_index,
         "snapshot_index": s.snapshot_index,
         "purged_index": s.purged_index,
-        "scheduler": s.scheduler.as_ref().map(|x| json!({"strategy": x.strategy, "vcpu_overcommit_pct": x.vcpu_overcommit_pct})),
+        "scheduler": s.scheduler.as_ref().map(settings_json),
     })
 }
 
@@ -111,4 +111,10 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 
 pub fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// The cluster settings (scheduler and lease).
+pub fn settings_json(x: &pb::SchedulerSettings) -> Value {
+    json!({"strategy": x.strategy, "vcpu_overcommit_pct": x.vcpu_overcommit_pct,
+           "lease_ms": x.lease_ms, "grace_ms": x.grace_ms, "heartbeat_ms": x.heartbeat_ms})
 }

@@ -69,10 +69,22 @@ pub enum Command {
         kvm: bool,
         labels: BTreeMap<String, String>,
     },
-    /// The node left the cluster: forget it as a worker; its VMs go back to pending.
-    RemoveWorker { id: NodeId },
-    /// Mark a worker up, down or draining.
+    /// The node left the cluster and can no longer run anything (it confirmed it stopped its
+    /// workloads, or its lease has provably expired): forget it as a worker; its VMs go back
+    /// to pending. Proposed only by the leader of `term`, never forwarded: `apply` refuses it
+    /// when the entry's own term differs (a deposed leader's verdict is void).
+    RemoveWorker { id: NodeId, term: u64 },
+    /// An operator marks a worker draining, or up again (undrain). `down` is refused: it is
+    /// the failure detector's verdict ([`Command::LivenessVerdict`]), not a client command.
     SetWorkerState { id: NodeId, state: NodeState },
+    /// The failure detector's verdict on a worker: `down` after lease + grace of silence (its
+    /// lease has provably expired, so its workloads may run elsewhere) or `up` when its
+    /// heartbeats are back. Proposed by the leader of `term` only, never forwarded; `apply`
+    /// refuses it when the log entry's own term is another one.
+    LivenessVerdict { id: NodeId, state: NodeState, term: u64 },
+    /// Change the cluster's lease settings (absent fields keep their value); see
+    /// [`crate::state::LivenessSettings`].
+    SetLivenessSettings { lease_ms: Option<u64>, grace_ms: Option<u64>, heartbeat_ms: Option<u64> },
     /// Record a new VM and place it.
     CreateVm { spec: VmSpec },
     /// Change the cluster-wide scheduler settings: the default strategy and the vCPU
@@ -86,7 +98,17 @@ pub enum Command {
     /// Move a VM off its node (drain): stop it there, then place it elsewhere.
     MoveVm { name: String },
     /// What an executor observed of a VM it runs, for the placement `epoch` it acts on.
-    ReportVmStatus { name: String, node_id: NodeId, epoch: u64, state: VmState, reason: Option<String> },
+    /// `restarted`: the executor has just restarted it after it ended on its own (counted in
+    /// `VmRecord::restarts`).
+    ReportVmStatus {
+        name: String,
+        node_id: NodeId,
+        epoch: u64,
+        state: VmState,
+        reason: Option<String>,
+        #[serde(default)]
+        restarted: bool,
+    },
     /// Record a one-shot task (its id chosen by the proposer) and place it when capacity allows.
     SubmitTask { id: String, spec: TaskSpec },
     /// The node running attempt `epoch` of a task started it.
@@ -113,6 +135,8 @@ impl Command {
             Command::RegisterWorker { .. } => "register_worker",
             Command::RemoveWorker { .. } => "remove_worker",
             Command::SetWorkerState { .. } => "set_worker_state",
+            Command::LivenessVerdict { .. } => "liveness_verdict",
+            Command::SetLivenessSettings { .. } => "set_liveness_settings",
             Command::CreateVm { .. } => "create_vm",
             Command::SetSchedulerSettings { .. } => "set_scheduler_settings",
             Command::DeleteVm { .. } => "delete_vm",
@@ -154,6 +178,13 @@ pub enum ApplyError {
     LimitReached(String),
     #[error("stale report for task '{id}': attempt epoch {got} is not the current assignment (epoch {current} on node {node:?})")]
     StaleAttempt { id: String, got: u64, current: u64, node: Option<NodeId> },
+    /// A leader-only verdict committed in another term than the one that decided it.
+    #[error("stale verdict: decided in term {decided} but committed in term {committed}; only the leader of the current term decides")]
+    StaleTerm { decided: u64, committed: u64 },
+    /// A node id that was used before (ids are never reused: a wiped node rejoining under an
+    /// old id could split the quorum).
+    #[error("node id {0} was used before by a member of this cluster; ids are never reused: start the node with a new --id")]
+    IdUsed(NodeId),
 }
 
 impl ApplyError {

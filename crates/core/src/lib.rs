@@ -9,6 +9,7 @@
 //! into `apply`, so that every node applying the same log reaches the same state bit for bit.
 
 pub mod command;
+pub mod liveness;
 pub mod planner;
 pub mod scheduler;
 pub mod spec;
@@ -17,6 +18,7 @@ pub mod task;
 pub mod tokens;
 
 pub use command::{ApplyError, Command, Outcome, Reply, Request};
+pub use liveness::LivenessSettings;
 pub use scheduler::{explain, NodeVerdict, Placement, SchedulerSettings};
 pub use spec::{NodeId, Resources, RestartPolicy, Strategy, VmSpec};
 pub use state::{ClusterState, Desired, NodeState, RowKey, VmRecord, VmState, Worker};

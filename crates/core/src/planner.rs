@@ -50,10 +50,17 @@ pub enum Action {
 }
 
 /// Plans the actions for node `me`.
+///
+/// A VM placed here by preemption is not started while one of its victims is still being
+/// stopped here (`evacuating` with `preempted_by` naming it): the node never runs both.
 pub fn plan<'a>(me: NodeId, vms: impl IntoIterator<Item = &'a VmRecord>, observed: &[Observed]) -> Vec<Action> {
     let mut actions = Vec::new();
     let mut obs: BTreeMap<&str, &Observed> = observed.iter().map(|o| (o.name.as_str(), o)).collect();
-    for vm in vms.into_iter().filter(|v| v.node_id == Some(me)) {
+    let mine: Vec<&VmRecord> = vms.into_iter().filter(|v| v.node_id == Some(me)).collect();
+    let waiting: std::collections::BTreeSet<&str> =
+        mine.iter().filter(|v| v.evacuating).filter_map(|v| v.preempted_by.as_deref()).collect();
+    let blocked = |name: &str| waiting.contains(name);
+    for vm in mine {
         let name = vm.spec.name.clone();
         let mine = match obs.remove(name.as_str()) {
             Some(o) if o.epoch == vm.epoch => Some(o),
@@ -72,6 +79,9 @@ pub fn plan<'a>(me: NodeId, vms: impl IntoIterator<Item = &'a VmRecord>, observe
         // A VM being moved off this node is stopped here whatever its desired state.
         let desired = if vm.evacuating { Desired::Stopped } else { vm.desired };
         match (desired, mine.map(|o| &o.run)) {
+            (Desired::Running, None) if blocked(&name) => {
+                // Placed by preemption: its victims still stop here first.
+            }
             (Desired::Running, None) => {
                 actions.push(Action::Start { spec: vm.spec.clone(), epoch: vm.epoch, restart: false });
             }
@@ -156,6 +166,7 @@ mod tests {
             restarts: 0,
             placement: None,
             evacuating: false,
+            preempted_by: None,
         }
     }
 

@@ -222,12 +222,16 @@ pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption
             _ => continue,
         }
         let cap = state.settings.effective_capacity(&w.capacity);
+        if !cap.fits(&w.allocated) {
+            // A node that shrank: what leaves it is already spoken for.
+            continue;
+        }
         let mut free = cap.saturating_sub(&w.allocated);
         let mut victims: Vec<(u8, String, Resources)> = Vec::new();
         let mut mandatory = 0;
         if let Some(peer) = ctx.group_peer(w.id) {
             let Some(vm) = state.vms.get(peer) else { continue };
-            if vm.spec.priority >= spec.priority {
+            if vm.spec.priority >= spec.priority || vm.evacuating {
                 continue;
             }
             free = free.saturating_add(&vm.spec.resources());
@@ -243,6 +247,10 @@ pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption
                     continue;
                 }
                 let Some(vm) = state.vms.get(name) else { continue };
+                if vm.evacuating {
+                    // Already leaving (and its room promised to whoever waits for it).
+                    continue;
+                }
                 free = free.saturating_add(&vm.spec.resources());
                 victims.push((prio, name.to_string(), vm.spec.resources()));
             }
@@ -611,7 +619,27 @@ mod tests {
             &self.s.vms[name]
         }
         fn set_state(&mut self, id: NodeId, state: NodeState) {
-            self.run(Command::SetWorkerState { id, state }).unwrap();
+            // Down (and back up from down) is the failure detector's verdict.
+            let down = self.s.workers.get(&id).is_some_and(|w| w.state == NodeState::Down);
+            if state == NodeState::Down || (down && state == NodeState::Up) {
+                self.run(Command::LivenessVerdict { id, state, term: 0 }).unwrap();
+            } else {
+                self.run(Command::SetWorkerState { id, state }).unwrap();
+            }
+        }
+        /// The VM's node confirms it stopped it.
+        fn stopped(&mut self, name: &str) {
+            let vm = self.vm(name).clone();
+            let node_id = vm.node_id.expect("placed");
+            self.run(Command::ReportVmStatus {
+                name: name.into(),
+                node_id,
+                epoch: vm.epoch,
+                state: VmState::Stopped,
+                reason: None,
+                restarted: false,
+            })
+            .unwrap();
         }
         fn settings(&mut self, strategy: Strategy, pct: u32) -> Outcome {
             self.run(Command::SetSchedulerSettings { strategy, vcpu_overcommit_pct: pct })
@@ -796,10 +824,18 @@ mod tests {
         h.create(prio("low-a", 2, 10, false));
         h.create(prio("low-b", 2, 20, false));
         let hi = h.create(prio("high", 2, 90, true));
+        // Two phases: high holds the room at once, but the victim stops on its node first
+        // (the planner starts high only then).
         assert_eq!(hi.node_id, Some(1));
         assert_eq!(hi.placement.as_deref(), Some("preempt: node 1 (priority 90 evicted 1 lower-priority VM: low-a)"));
+        assert_eq!(hi.reason.as_deref(), Some("waiting for low-a to stop on node 1 before it starts"));
+        let a = h.vm("low-a").clone();
+        assert_eq!((a.node_id, a.evacuating, a.preempted_by.as_deref()), (Some(1), true, Some("high")));
+        assert_eq!(a.reason.as_deref(), Some("preempted by VM high (priority 90)"));
+        h.stopped("low-a");
+        assert_eq!(h.vm("high").node_id, Some(1));
         let a = h.vm("low-a");
-        assert_eq!((a.node_id, a.state), (None, VmState::Pending));
+        assert_eq!((a.node_id, a.state, a.evacuating), (None, VmState::Pending, false));
         assert_eq!(a.reason.as_deref(), Some("preempted by VM high (priority 90)"));
         assert_eq!(h.vm("low-b").node_id, Some(1));
         // Equal or higher priority is never evicted; without preempt nothing is evicted.
@@ -821,6 +857,9 @@ mod tests {
         h.create(s);
         assert_eq!(h.create(prio("urgent", 4, 50, true)).node_id, Some(3));
         assert_eq!(h.vm("large").reason.as_deref(), Some("preempted by VM urgent (priority 50)"));
+        assert_eq!(h.s.vms.values().filter(|v| v.evacuating).count(), 1);
+        h.stopped("large");
+        assert_eq!(h.vm("urgent").node_id, Some(3));
         assert_eq!(h.s.vms.values().filter(|v| v.node_id.is_none()).count(), 1);
     }
 
@@ -837,11 +876,14 @@ mod tests {
         let mut top = prio("top", 2, 90, true);
         top.node = Some(1);
         assert_eq!(h.create(top).node_id, Some(1));
-        // mid could evict low from node 2, but not in the apply that evicted it.
-        assert_eq!(h.vm("mid").node_id, None);
-        assert_eq!(h.vm("low").node_id, Some(2));
-        // On a later placement round it may.
-        h.node(3, 0, 0);
+        assert!(h.vm("mid").evacuating);
+        h.stopped("mid");
+        assert_eq!(h.vm("top").node_id, Some(1));
+        // mid, off its node, preempts low on node 2 in turn (again in two phases: it holds
+        // the room while low stops there).
+        assert_eq!(h.vm("mid").node_id, Some(2));
+        assert_eq!((h.vm("low").node_id, h.vm("low").evacuating), (Some(2), true));
+        h.stopped("low");
         assert_eq!(h.vm("mid").node_id, Some(2));
         assert_eq!(h.vm("low").reason.as_deref(), Some("preempted by VM mid (priority 60)"));
 
@@ -857,7 +899,18 @@ mod tests {
         top.node = Some(1);
         // Node 2 is empty, but top is pinned to 1.
         assert_eq!(h.create(top).node_id, Some(1));
+        h.stopped("low");
+        assert_eq!(h.vm("top").node_id, Some(1));
         assert_eq!(h.vm("low").node_id, Some(2));
+
+        // A victim that is stopped (and stays so) is not running: no need to wait for it.
+        let mut h = H::new();
+        h.node(1, 2, 8192);
+        h.create(prio("idle", 2, 10, false));
+        h.run(Command::SetVmDesired { name: "idle".into(), desired: crate::state::Desired::Stopped }).unwrap();
+        h.stopped("idle");
+        assert_eq!(h.create(prio("now", 2, 90, true)).node_id, Some(1));
+        assert_eq!(h.vm("idle").node_id, None);
     }
 
     #[test]
@@ -889,6 +942,13 @@ mod tests {
         h.node_full(1, Resources::new(2, 8192, 10), true, &[("zone", "b")]);
         assert_eq!(h.vm("zoned").reason.as_deref(), Some("node 1 no longer has label zone=a"));
         assert_eq!(h.vm("high").node_id, Some(1));
+        // They leave in two phases: stopped on node 1 first.
+        assert!(h.vm("zoned").evacuating && h.vm("low").evacuating);
+        assert_eq!(h.vm("low").node_id, Some(1));
+        h.stopped("zoned");
+        assert_eq!(h.vm("zoned").reason.as_deref(), Some("node 1 no longer has label zone=a"));
+        h.stopped("low");
+        assert_eq!(h.vm("zoned").reason.as_deref(), Some("no node has labels zone=a"));
         assert_eq!(h.vm("low").node_id, None);
         assert_eq!(
             h.vm("low").reason.as_deref(),
@@ -923,6 +983,8 @@ mod tests {
         assert_eq!(p.preempted, vec!["b".to_string()]);
         let urgent = h.create(prio("urgent", 6, 90, true));
         assert_eq!((urgent.node_id, urgent.placement), (p.node, Some(p.summary)));
+        h.stopped("b");
+        assert_eq!(h.vm("urgent").node_id, p.node);
         assert_eq!(h.vm("b").node_id, None);
     }
 
@@ -962,7 +1024,7 @@ mod tests {
         assert_eq!((lost.node_id, lost.state), (None, VmState::Lost));
         assert!(lost.reason.unwrap().contains("node 1 went down"));
         // A stale report from the old node is refused.
-        let stale = h.run(Command::ReportVmStatus { name: "a".into(), node_id: 1, epoch: a0.epoch, state: VmState::Running, reason: None });
+        let stale = h.run(Command::ReportVmStatus { name: "a".into(), node_id: 1, epoch: a0.epoch, state: VmState::Running, reason: None, restarted: false });
         assert!(matches!(stale, Err(crate::ApplyError::StaleEpoch { .. })));
         // Lost VMs are not placed again by themselves, but on request.
         h.set_state(1, NodeState::Up);
@@ -976,13 +1038,13 @@ mod tests {
         let mut h = H::new();
         h.node(1, 4, 4096);
         let v0 = h.create(VmSpec::new("m"));
-        h.run(Command::ReportVmStatus { name: "m".into(), node_id: 1, epoch: v0.epoch, state: VmState::Running, reason: None }).unwrap();
+        h.run(Command::ReportVmStatus { name: "m".into(), node_id: 1, epoch: v0.epoch, state: VmState::Running, reason: None, restarted: false }).unwrap();
         h.node(2, 4, 4096);
         h.set_state(1, NodeState::Draining);
         h.run(Command::MoveVm { name: "m".into() }).unwrap();
         let v1 = h.vm("m").clone();
         assert_eq!((v1.node_id, v1.evacuating), (Some(1), true), "still on node 1 until stopped there");
-        h.run(Command::ReportVmStatus { name: "m".into(), node_id: 1, epoch: v0.epoch, state: VmState::Stopped, reason: None }).unwrap();
+        h.run(Command::ReportVmStatus { name: "m".into(), node_id: 1, epoch: v0.epoch, state: VmState::Stopped, reason: None, restarted: false }).unwrap();
         let v2 = h.vm("m").clone();
         assert_eq!(v2.node_id, Some(2));
         assert!(v2.epoch > v0.epoch);

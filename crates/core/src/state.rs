@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::command::{ApplyError, Command, Outcome, Reply, Request};
+use crate::liveness::LivenessSettings;
 use crate::scheduler::{self, SchedulerSettings};
 use crate::spec::{self, NodeId, Resources, VmSpec, MAX_VMS, MAX_WORKERS};
 use crate::task::{self, TaskRecord, TaskSpec, TaskState, MAX_ACTIVE_TASKS, MAX_FINISHED_TASKS};
@@ -141,10 +142,14 @@ pub struct VmRecord {
     /// eligible)"; `None` while pending (see `reason`).
     #[serde(default)]
     pub placement: Option<String>,
-    /// Being moved off its node (drain): its executor stops it; once it reports `stopped`
+    /// Leaving its node (drain, preemption, a node that no longer fits it): its executor
+    /// stops it; once it reports `stopped` (or its node is declared down: its lease expired)
     /// it is placed elsewhere with a new epoch. Stop here, then start there: never both.
     #[serde(default)]
     pub evacuating: bool,
+    /// While evacuating for a preemption: the VM waiting for its room.
+    #[serde(default)]
+    pub preempted_by: Option<String>,
 }
 
 impl VmRecord {
@@ -162,6 +167,10 @@ pub enum RowKey {
     /// The cluster-wide scheduler settings.
     Settings,
     Task(String),
+    /// The lease settings.
+    Liveness,
+    /// The current members and every node id ever used.
+    NodeIds,
     /// The security records (`crate::tokens`), one row.
     Security,
 }
@@ -175,6 +184,8 @@ impl RowKey {
             RowKey::Request(id) => format!("req/{id}"),
             RowKey::Settings => SETTINGS_ROW.to_string(),
             RowKey::Task(id) => format!("task/{id}"),
+            RowKey::Liveness => LIVENESS_ROW.to_string(),
+            RowKey::NodeIds => NODE_IDS_ROW.to_string(),
             RowKey::Security => SECURITY_ROW.to_string(),
         }
     }
@@ -182,6 +193,19 @@ impl RowKey {
 
 /// Store key of the scheduler settings row.
 const SETTINGS_ROW: &str = "settings";
+/// Store key of the lease settings row.
+const LIVENESS_ROW: &str = "liveness";
+/// Store key of the node ids row.
+const NODE_IDS_ROW: &str = "node_ids";
+
+/// The cluster's node ids, from the membership entries of the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIds {
+    /// Voters and learners of the last applied membership.
+    pub members: BTreeSet<NodeId>,
+    /// Every id that was ever a member: never handed out again.
+    pub used: BTreeSet<NodeId>,
+}
 /// Store key of the security records row.
 const SECURITY_ROW: &str = "security";
 
@@ -212,6 +236,12 @@ pub struct ClusterState {
     /// One-shot tasks: active ones and the most recent finished ones.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskRecord>,
+    /// Lease, grace and heartbeat: the numbers fencing and failure detection use.
+    #[serde(default)]
+    pub liveness: LivenessSettings,
+    /// Members and used ids (kept from the membership entries, see [`Self::note_membership`]).
+    #[serde(default)]
+    pub node_ids: NodeIds,
     /// Join tokens and revoked node identities (`crate::tokens`).
     #[serde(default)]
     pub security: crate::tokens::SecurityState,
@@ -241,13 +271,27 @@ pub struct ClusterState {
 impl ClusterState {
     /// Applies one committed request at log `index`. Deterministic; a refused request changes
     /// nothing (except remembering its outcome for de-duplication).
+    ///
+    /// This form is for tools and tests: the entry's term is taken to be 0. The store calls
+    /// [`Self::apply_at`] with the log entry's own term.
     pub fn apply(&mut self, index: u64, req: &Request) -> Outcome {
+        self.apply_at(0, index, req)
+    }
+
+    /// Applies one committed request whose log id is (`term`, `index`). Leader-only verdicts
+    /// (liveness, worker removal) carry the term of the leader that decided them; they are
+    /// refused unless it equals `term`, so a deposed leader's verdict can never take effect.
+    pub fn apply_at(&mut self, term: u64, index: u64, req: &Request) -> Outcome {
         if let Some(id) = &req.request_id {
             if let Some(seen) = self.requests.get(id) {
                 return seen.outcome.clone();
             }
         }
-        let outcome = self.apply_command(index, req.time_ms, &req.command);
+        let outcome = self.apply_command(term, index, req.time_ms, &req.command);
+        #[cfg(debug_assertions)]
+        if let Err(e) = self.check_invariants() {
+            panic!("invariant broken by {} at index {index}: {e}", req.command.kind());
+        }
         if outcome.is_ok() && !self.pending_tasks.is_empty() {
             // Any change may have made room (or a node) for waiting tasks.
             self.place_pending_tasks(index, req.time_ms);
@@ -271,9 +315,33 @@ impl ClusterState {
         }
     }
 
-    fn apply_command(&mut self, index: u64, now: u64, cmd: &Command) -> Outcome {
+    /// Records a membership entry of the log (voters and learners): the members, and their ids
+    /// as used forever. Called by the store in log order, so it is as deterministic as `apply`.
+    pub fn note_membership(&mut self, ids: impl IntoIterator<Item = NodeId>) {
+        let members: BTreeSet<NodeId> = ids.into_iter().collect();
+        self.node_ids.used.extend(members.iter().copied());
+        self.node_ids.members = members;
+        self.touched.insert(RowKey::NodeIds);
+    }
+
+    /// Whether a join of node `id` must be refused: the id belonged to a member that is gone.
+    pub fn id_was_used(&self, id: NodeId) -> bool {
+        self.node_ids.used.contains(&id) && !self.node_ids.members.contains(&id)
+    }
+
+    fn apply_command(&mut self, term: u64, index: u64, now: u64, cmd: &Command) -> Outcome {
+        let same_term = |decided: u64| {
+            if decided == term {
+                Ok(())
+            } else {
+                Err(ApplyError::StaleTerm { decided, committed: term })
+            }
+        };
         match cmd {
             Command::RegisterWorker { id, addr, capacity, kvm, labels } => {
+                if !self.node_ids.members.is_empty() && !self.node_ids.members.contains(id) {
+                    return Err(ApplyError::invalid(format!("node {id} is not a member of the cluster: only members register as workers")));
+                }
                 if addr.is_empty() || addr.len() > spec::MAX_ADDR_LEN {
                     return Err(ApplyError::invalid("worker address must be 1 to 256 bytes"));
                 }
@@ -306,7 +374,8 @@ impl ClusterState {
                     None => Err(ApplyError::not_found("node", id)),
                 }
             }
-            Command::RemoveWorker { id } => {
+            Command::RemoveWorker { id, term: decided } => {
+                same_term(*decided)?;
                 if self.workers.remove(id).is_none() {
                     return Err(ApplyError::not_found("node", id));
                 }
@@ -321,23 +390,41 @@ impl ClusterState {
                 Ok(Reply::Done)
             }
             Command::SetWorkerState { id, state } => {
-                let Some(w) = self.workers.get_mut(id) else {
+                let Some(w) = self.workers.get(id) else {
                     return Err(ApplyError::not_found("node", id));
                 };
-                let was = w.state;
-                w.state = *state;
-                self.touched.insert(RowKey::Worker(*id));
-                match *state {
-                    NodeState::Up => self.place_pending(index, now, BTreeSet::new(), BTreeSet::new()),
-                    NodeState::Down if was != NodeState::Down => {
-                        self.requeue_tasks_from_node(*id, index, now, &format!("node {id} is down"));
-                        let evicted = self.reschedule_from_down_node(*id, now);
-                        self.place_pending(index, now, BTreeSet::new(), evicted);
-                    }
-                    _ => {}
+                if *state == NodeState::Down {
+                    return Err(ApplyError::invalid(format!(
+                        "a node is declared down only by the failure detector (after its lease expired); to take node {id} out of service, drain it"
+                    )));
                 }
-                let w = self.workers.get(id).cloned().ok_or_else(|| ApplyError::not_found("node", id))?;
-                Ok(Reply::Worker(w))
+                if w.state == NodeState::Down && *state == NodeState::Up {
+                    return Err(ApplyError::invalid(format!(
+                        "node {id} is down: it comes back up by itself once its heartbeats return"
+                    )));
+                }
+                self.set_worker_state(*id, *state, index, now)
+            }
+            Command::LivenessVerdict { id, state, term: decided } => {
+                same_term(*decided)?;
+                let Some(w) = self.workers.get(id) else {
+                    return Err(ApplyError::not_found("node", id));
+                };
+                match (w.state, *state) {
+                    (NodeState::Down, NodeState::Up) | (NodeState::Up | NodeState::Draining, NodeState::Down) => {
+                        self.set_worker_state(*id, *state, index, now)
+                    }
+                    (_, NodeState::Draining) => Err(ApplyError::invalid("a liveness verdict is up or down")),
+                    // Already so (a verdict repeated across a leader change): nothing to do.
+                    _ => Ok(Reply::Worker(w.clone())),
+                }
+            }
+            Command::SetLivenessSettings { lease_ms, grace_ms, heartbeat_ms } => {
+                let new = self.liveness.merged(*lease_ms, *grace_ms, *heartbeat_ms);
+                new.validate()?;
+                self.liveness = new;
+                self.touched.insert(RowKey::Liveness);
+                Ok(Reply::Done)
             }
             Command::SetSchedulerSettings { strategy, vcpu_overcommit_pct } => {
                 let new = SchedulerSettings { strategy: *strategy, vcpu_overcommit_pct: *vcpu_overcommit_pct };
@@ -386,6 +473,7 @@ impl ClusterState {
                     updated_ms: now,
                     restarts: 0,
                     evacuating: false,
+                    preempted_by: None,
                     placement: None,
                 };
                 self.vms.insert(spec.name.clone(), vm);
@@ -394,9 +482,9 @@ impl ClusterState {
                 match (decision.node, preemption) {
                     (Some(node), _) => self.place_vm(&spec.name, node, index, now, decision.text),
                     (None, Some(p)) => {
-                        let victims = self.preempt(spec, &p, now);
-                        self.place_vm(&spec.name, p.node, index, now, scheduler::preemption_text(spec, &p));
-                        // The victims may fit elsewhere; they may not preempt in turn.
+                        let victims = self.preempt(spec, &p, index, now);
+                        // The victims that were not running may fit elsewhere now; they may
+                        // not preempt in turn.
                         self.place_pending(index, now, victims.clone(), victims);
                     }
                     (None, None) => {
@@ -425,10 +513,19 @@ impl ClusterState {
                 let Some(vm) = self.vms.get_mut(name) else {
                     return Err(ApplyError::not_found("VM", name));
                 };
+                let was = vm.desired;
                 vm.desired = *desired;
                 vm.updated_ms = now;
                 self.touched.insert(RowKey::Vm(name.clone()));
-                if vm.state == VmState::Lost && *desired == Desired::Running {
+                let ended_by_itself = vm.state == VmState::Failed || (vm.state == VmState::Stopped && was == Desired::Running);
+                if *desired == Desired::Running && vm.node_id.is_some() && ended_by_itself && !vm.evacuating {
+                    // It ended on its own and its restart policy let it be: a start asks for a
+                    // fresh run, under a new epoch on the same node (the old run is cleaned up
+                    // first; its console is kept as the previous one).
+                    vm.epoch = index;
+                    vm.state = VmState::Pending;
+                    vm.reason = Some("started again by request".into());
+                } else if vm.state == VmState::Lost && *desired == Desired::Running {
                     // Asked to run again: it becomes an ordinary pending VM.
                     vm.state = VmState::Pending;
                     vm.reason = Some("restarted by request after being lost".into());
@@ -446,17 +543,12 @@ impl ClusterState {
                 };
                 vm.updated_ms = now;
                 self.touched.insert(RowKey::Vm(name.clone()));
-                if matches!(vm.state, VmState::Stopped | VmState::Failed | VmState::Pending) {
-                    // Nothing runs: move it at once.
-                    self.unplace_vm(name, now, format!("moved off node {from}"));
+                if self.evacuate(name, now, format!("moving off node {from}: stopping it there first"), None) {
                     self.place_pending(index, now, BTreeSet::new(), BTreeSet::from([name.clone()]));
-                } else {
-                    vm.evacuating = true;
-                    vm.reason = Some(format!("moving off node {from}: stopping it there first"));
                 }
                 Ok(Reply::Vm(self.vms[name].clone()))
             }
-            Command::ReportVmStatus { name, node_id, epoch, state, reason } => {
+            Command::ReportVmStatus { name, node_id, epoch, state, reason, restarted } => {
                 let Some(vm) = self.vms.get_mut(name) else {
                     return Err(ApplyError::not_found("VM", name));
                 };
@@ -468,17 +560,25 @@ impl ClusterState {
                         node: vm.node_id,
                     });
                 }
-                if *state == VmState::Starting && vm.state == VmState::Failed && vm.desired == Desired::Running {
+                if *restarted && *state == VmState::Starting {
                     vm.restarts = vm.restarts.saturating_add(1);
                 }
+                let leaving_because = vm.reason.clone();
                 vm.state = *state;
                 vm.reason = reason.clone();
                 vm.updated_ms = now;
                 self.touched.insert(RowKey::Vm(name.clone()));
                 if vm.evacuating && matches!(state, VmState::Stopped | VmState::Failed) {
-                    // The old copy is down: now place it elsewhere (new epoch).
-                    vm.evacuating = false;
-                    self.unplace_vm(name, now, format!("moved off node {node_id}"));
+                    // Its node confirmed the old copy is down: now place it elsewhere (new
+                    // epoch). A preemption's victim keeps its reason, and the VM that waited
+                    // for its room (higher priority) is tried first.
+                    // It keeps the reason it had to leave (preempted, no longer fits), except a
+                    // drain's "stopping it there first", which is now done.
+                    let why = match leaving_because {
+                        Some(r) if !r.starts_with("moving off node") => r,
+                        _ => format!("moved off node {node_id}"),
+                    };
+                    self.unplace_vm(name, now, why);
                     self.place_pending(index, now, BTreeSet::new(), BTreeSet::from([name.clone()]));
                 }
                 Ok(Reply::Vm(self.vms[name].clone()))
@@ -540,14 +640,40 @@ impl ClusterState {
                 }
             }
             Command::Security(c) => {
-                // Hook for "node ids are never reused": a ConsumeJoinToken for an id the state
-                // records as used belongs refused here too (tokens.rs refuses revoked and
-                // already admitted ids itself).
+                // Node ids are never reused: a token cannot admit an id that was ever a member
+                // (tokens.rs also refuses ids it already admitted or revoked).
+                if let crate::tokens::SecurityCommand::ConsumeJoinToken { node_id, .. } = c {
+                    if self.node_ids.used.contains(node_id) {
+                        return Err(ApplyError::IdUsed(*node_id));
+                    }
+                }
                 let reply = self.security.apply(c, now)?;
                 self.touched.insert(RowKey::Security);
                 Ok(reply)
             }
         }
+    }
+
+    /// Sets a worker's state; a node going down has its lease expired, so its workloads are
+    /// taken off it (VMs re-placed or lost, tasks retried or lost).
+    fn set_worker_state(&mut self, id: NodeId, state: NodeState, index: u64, now: u64) -> Outcome {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return Err(ApplyError::not_found("node", id));
+        };
+        let was = w.state;
+        w.state = state;
+        self.touched.insert(RowKey::Worker(id));
+        match state {
+            NodeState::Up => self.place_pending(index, now, BTreeSet::new(), BTreeSet::new()),
+            NodeState::Down if was != NodeState::Down => {
+                self.requeue_tasks_from_node(id, index, now, &format!("node {id} is down"));
+                let evicted = self.reschedule_from_down_node(id, now);
+                self.place_pending(index, now, BTreeSet::new(), evicted);
+            }
+            _ => {}
+        }
+        let w = self.workers.get(&id).cloned().ok_or_else(|| ApplyError::not_found("node", id))?;
+        Ok(Reply::Worker(w))
     }
 
     fn submit_task(&mut self, index: u64, now: u64, id: &str, spec: &TaskSpec) -> Outcome {
@@ -765,7 +891,8 @@ impl ClusterState {
         match vm.node_id {
             Some(n) => {
                 self.by_node.entry(n).or_default().insert((vm.spec.priority, name.to_string()));
-                if let Some(g) = &vm.spec.anti_affinity {
+                // A VM leaving its node no longer holds its group's place there.
+                if let (Some(g), false) = (&vm.spec.anti_affinity, vm.evacuating) {
                     self.groups.entry(g.clone()).or_default().insert(n, name.to_string());
                 }
             }
@@ -858,6 +985,8 @@ impl ClusterState {
         let res = vm.spec.resources();
         let node = vm.node_id.take();
         vm.state = VmState::Pending;
+        vm.evacuating = false;
+        vm.preempted_by = None;
         vm.reason = Some(reason);
         vm.placement = None;
         vm.updated_ms = now;
@@ -876,10 +1005,57 @@ impl ClusterState {
         }
     }
 
-    /// Evicts the victims of a preemption by `by`; returns their names.
-    fn preempt(&mut self, by: &VmSpec, p: &scheduler::Preemption, now: u64) -> BTreeSet<String> {
+    /// Whether VM `name` may be running on its node now, as far as the log knows: only a VM
+    /// whose node confirmed it ended, and which nothing will start again, is not.
+    fn may_run(vm: &VmRecord) -> bool {
+        match (vm.desired, vm.state) {
+            (_, VmState::Lost) => false,
+            (Desired::Stopped, VmState::Stopped | VmState::Failed) => false,
+            (Desired::Running, VmState::Failed) => vm.spec.restart != crate::spec::RestartPolicy::Never,
+            _ => vm.node_id.is_some(),
+        }
+    }
+
+    /// The one way a placed VM leaves a node that may still run it: it is marked evacuating
+    /// (its node stops it, keeping its resources meanwhile) and is placed elsewhere only once
+    /// that node confirmed it stopped, or its lease provably expired (the node is declared
+    /// down). A VM that cannot be running is unplaced at once; returns whether it was.
+    fn evacuate(&mut self, name: &str, now: u64, reason: String, preempted_by: Option<&str>) -> bool {
+        let Some(vm) = self.vms.get_mut(name) else { return false };
+        if vm.node_id.is_none() {
+            return false;
+        }
+        if !Self::may_run(vm) {
+            self.unplace_vm(name, now, reason);
+            return true;
+        }
+        self.index_remove(name);
+        let Some(vm) = self.vms.get_mut(name) else { return false };
+        vm.evacuating = true;
+        vm.preempted_by = preempted_by.map(str::to_string);
+        vm.reason = Some(reason);
+        vm.updated_ms = now;
+        self.touched.insert(RowKey::Vm(name.to_string()));
+        self.index_add(name);
+        false
+    }
+
+    /// Preemption by `by`: its victims leave their node (two phases, see [`Self::evacuate`])
+    /// and `by` is placed there at once, so the room is its own (the node holds both while
+    /// the victims stop: what leaves is not counted against its capacity). Its executor starts
+    /// it only once no victim of it still runs there (`planner::plan`). Returns the victims.
+    fn preempt(&mut self, by: &VmSpec, p: &scheduler::Preemption, index: u64, now: u64) -> BTreeSet<String> {
+        let mut waiting_for = Vec::new();
         for v in &p.victims {
-            self.unplace_vm(v, now, scheduler::preempted_reason(by));
+            if !self.evacuate(v, now, scheduler::preempted_reason(by), Some(&by.name)) {
+                waiting_for.push(v.clone());
+            }
+        }
+        self.place_vm(&by.name, p.node, index, now, scheduler::preemption_text(by, p));
+        if !waiting_for.is_empty() {
+            if let Some(vm) = self.vms.get_mut(&by.name) {
+                vm.reason = Some(format!("waiting for {} to stop on node {} before it starts", waiting_for.join(", "), p.node));
+            }
         }
         p.victims.iter().cloned().collect()
     }
@@ -898,28 +1074,48 @@ impl ClusterState {
                 misfits.push((name.clone(), why));
             }
         }
+        let _ = index;
         for (name, why) in misfits {
-            self.unplace_vm(&name, now, why);
-            evicted.insert(name);
-        }
-        loop {
-            let Some(w) = self.workers.get(&id) else { return evicted };
-            let cap = self.settings.effective_capacity(&w.capacity);
-            if cap.fits(&w.allocated) {
-                return evicted;
+            if self.evacuate(&name, now, why, None) {
+                evicted.insert(name);
             }
-            let why = format!(
-                "node {id} re-registered with less capacity ({} vCPUs, {} MiB memory, {} GiB disk)",
-                cap.vcpus, cap.memory_mb, cap.disk_gb
-            );
-            let Some((_, victim)) = self.by_node.get(&id).and_then(|s| s.first()).cloned() else {
-                // Only tasks hold the rest: run them elsewhere.
-                self.requeue_tasks_from_node(id, index, now, &why);
-                return evicted;
-            };
-            self.unplace_vm(&victim, now, why);
-            evicted.insert(victim);
         }
+        // Then, lowest priority first, VMs until what stays fits the new capacity. Tasks are
+        // never evicted (a one-shot command cannot move without running twice): they finish.
+        let Some(w) = self.workers.get(&id) else { return evicted };
+        let cap = self.settings.effective_capacity(&w.capacity);
+        let mut staying = w.allocated.saturating_sub(&self.leaving_allocation(id));
+        let why = format!(
+            "node {id} re-registered with less capacity ({} vCPUs, {} MiB memory, {} GiB disk)",
+            cap.vcpus, cap.memory_mb, cap.disk_gb
+        );
+        let candidates: Vec<String> = self.by_node.get(&id).into_iter().flatten().map(|(_, n)| n.clone()).collect();
+        for victim in candidates {
+            if cap.fits(&staying) {
+                break;
+            }
+            let Some(vm) = self.vms.get(&victim) else { continue };
+            if vm.evacuating {
+                continue;
+            }
+            let res = vm.spec.resources();
+            staying = staying.saturating_sub(&res);
+            if self.evacuate(&victim, now, why.clone(), None) {
+                evicted.insert(victim);
+            }
+        }
+        evicted
+    }
+
+    /// What the VMs leaving node `id` (evacuating) still hold there.
+    fn leaving_allocation(&self, id: NodeId) -> Resources {
+        self.by_node
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, n)| self.vms.get(n))
+            .filter(|v| v.evacuating)
+            .fold(Resources::default(), |acc, v| acc.saturating_add(&v.spec.resources()))
     }
 
     /// The largest free amount of each resource over up nodes, each with the lowest node id
@@ -996,10 +1192,9 @@ impl ClusterState {
                 if let Some(p) = scheduler::plan_preemption(self, &spec) {
                     // Victims have lower priority, so they sort after `name` and are retried
                     // later in this same walk.
-                    let victims = self.preempt(&spec, &p, now);
+                    let victims = self.preempt(&spec, &p, index, now);
                     evicted.extend(victims.iter().cloned());
                     barred.extend(victims);
-                    self.place_vm(&name, p.node, index, now, scheduler::preemption_text(&spec, &p));
                     bound = self.free_bound();
                     texts.clear();
                     continue;
@@ -1046,6 +1241,8 @@ impl ClusterState {
             RowKey::Request(id) => self.requests.get(id).map(serde_json::to_vec),
             RowKey::Settings => Some(serde_json::to_vec(&self.settings)),
             RowKey::Task(id) => self.tasks.get(id).map(serde_json::to_vec),
+            RowKey::Liveness => Some(serde_json::to_vec(&self.liveness)),
+            RowKey::NodeIds => Some(serde_json::to_vec(&self.node_ids)),
             RowKey::Security => Some(serde_json::to_vec(&self.security)),
         };
         // Serializing these plain data types cannot fail.
@@ -1061,7 +1258,7 @@ impl ClusterState {
             .chain(self.workers.keys().map(|id| RowKey::Worker(*id)))
             .chain(self.requests.keys().map(|id| RowKey::Request(id.clone())))
             .chain(self.tasks.keys().map(|id| RowKey::Task(id.clone())))
-            .chain([RowKey::Settings, RowKey::Security]);
+            .chain([RowKey::Settings, RowKey::Liveness, RowKey::NodeIds, RowKey::Security]);
         keys.filter_map(|k| self.row(&k).map(|v| (k.encode(), v))).collect()
     }
 
@@ -1079,6 +1276,10 @@ impl ClusterState {
                 s.security = serde_json::from_slice(value).map_err(bad)?;
             } else if key == SETTINGS_ROW {
                 s.settings = serde_json::from_slice(value).map_err(bad)?;
+            } else if key == LIVENESS_ROW {
+                s.liveness = serde_json::from_slice(value).map_err(bad)?;
+            } else if key == NODE_IDS_ROW {
+                s.node_ids = serde_json::from_slice(value).map_err(bad)?;
             } else if let Some(id) = key.strip_prefix("task/") {
                 s.tasks.insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
             } else if let Some(id) = key.strip_prefix("req/") {
@@ -1131,7 +1332,7 @@ impl ClusterState {
                 let Some(w) = self.workers.get(&n) else {
                     return Err(format!("VM {} is placed on unknown node {n}", vm.spec.name));
                 };
-                if let Some(why) = scheduler::constraint_violation(&vm.spec, w) {
+                if let Some(why) = scheduler::constraint_violation(&vm.spec, w).filter(|_| !vm.evacuating) {
                     return Err(format!("VM {} breaks its constraints: {why}", vm.spec.name));
                 }
                 let e = alloc.entry(n).or_default();
@@ -1172,8 +1373,12 @@ impl ClusterState {
             if a != w.allocated || count != w.vms {
                 return Err(format!("node {} records allocation {:?}/{} but VMs and tasks sum to {:?}/{}", w.id, w.allocated, w.vms, a, count));
             }
+            // A node that shrank (re-registered with less) may hold more than its capacity
+            // while the VMs leaving it stop and its tasks finish; nothing new lands there.
             let cap = self.settings.effective_capacity(&w.capacity);
-            if !cap.fits(&w.allocated) {
+            let staying =
+                w.allocated.saturating_sub(&self.leaving_allocation(w.id)).saturating_sub(&task_alloc.get(&w.id).copied().unwrap_or_default());
+            if !cap.fits(&staying) {
                 return Err(format!(
                     "node {} over-committed: {:?} > {:?} (vcpu overcommit {}%)",
                     w.id, w.allocated, cap, self.settings.vcpu_overcommit_pct
@@ -1182,13 +1387,22 @@ impl ClusterState {
         }
         let mut groups: BTreeSet<(String, NodeId)> = BTreeSet::new();
         for vm in self.vms.values() {
-            if let (Some(g), Some(n)) = (&vm.spec.anti_affinity, vm.node_id) {
+            if let (Some(g), Some(n), false) = (&vm.spec.anti_affinity, vm.node_id, vm.evacuating) {
                 if !groups.insert((g.clone(), n)) {
                     return Err(format!("anti-affinity group {g} has two VMs on node {n}"));
                 }
             }
         }
         self.settings.validate().map_err(|e| format!("invalid settings: {e}"))?;
+        self.liveness.validate().map_err(|e| format!("invalid lease settings: {e}"))?;
+        for vm in self.vms.values() {
+            if vm.evacuating && vm.node_id.is_none() {
+                return Err(format!("VM {} is evacuating but not placed", vm.spec.name));
+            }
+            if vm.preempted_by.is_some() && !vm.evacuating {
+                return Err(format!("VM {} records a preemption but is not evacuating", vm.spec.name));
+            }
+        }
         let mut fresh = ClusterState {
             workers: BTreeMap::new(),
             vms: self.vms.clone(),

@@ -211,7 +211,7 @@ impl SecurityState {
                 }
                 if self.revoked_nodes.contains(node_id) || self.admitted_nodes.contains(node_id) {
                     return Err(ApplyError::invalid(format!(
-                        "node id {node_id} was already used in this cluster; node ids are never reused: pick another"
+                        "node id {node_id} was used before in this cluster; node ids are never reused: pick another"
                     )));
                 }
                 if let Some(t) = self.tokens.get_mut(id) {

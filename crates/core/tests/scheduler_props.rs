@@ -108,7 +108,7 @@ fn command(op: &Op, s: &ClusterState) -> Command {
             let name = format!("vm-{vm}");
             let (node, epoch) = s.vms.get(&name).map(|v| (v.node_id.unwrap_or(1), v.epoch)).unwrap_or((1, 0));
             let epoch = if *current { epoch } else { epoch.saturating_sub(1) };
-            Command::ReportVmStatus { name, node_id: node, epoch, state: *state, reason: None }
+            Command::ReportVmStatus { name, node_id: node, epoch, state: *state, reason: None, restarted: false }
         }
         Op::Register { id, vcpus, memory_mb, disk_gb, kvm, zone: z } => Command::RegisterWorker {
             id: *id,
@@ -117,8 +117,17 @@ fn command(op: &Op, s: &ClusterState) -> Command {
             kvm: *kvm,
             labels: z.map(|z| ("zone".to_string(), zone(z))).into_iter().collect(),
         },
-        Op::Remove { id } => Command::RemoveWorker { id: *id },
-        Op::SetState { id, state } => Command::SetWorkerState { id: *id, state: *state },
+        Op::Remove { id } => Command::RemoveWorker { id: *id, term: 0 },
+        Op::SetState { id, state } => {
+            // Down (and up again from down) is the failure detector's verdict; the rest is an
+            // operator's command.
+            let down = s.workers.get(id).is_some_and(|w| w.state == NodeState::Down);
+            if *state == NodeState::Down || (down && *state == NodeState::Up) {
+                Command::LivenessVerdict { id: *id, state: *state, term: 0 }
+            } else {
+                Command::SetWorkerState { id: *id, state: *state }
+            }
+        }
         Op::Create(spec) => Command::CreateVm { spec: spec.clone() },
         Op::Delete { vm } => Command::DeleteVm { name: format!("vm-{vm}") },
         Op::Settings { strategy, pct } => Command::SetSchedulerSettings { strategy: *strategy, vcpu_overcommit_pct: *pct },

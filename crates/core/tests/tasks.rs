@@ -96,7 +96,7 @@ fn stale_attempt_results_are_refused() {
     let first = a.node_id.unwrap();
     let ep = a.epoch;
     t.ok(Command::ReportTaskStarted { id: "a".into(), node_id: first, epoch: ep });
-    t.ok(Command::SetWorkerState { id: first, state: NodeState::Down });
+    t.ok(Command::LivenessVerdict { id: first, state: NodeState::Down, term: 0 });
     let a = t.task("a").clone();
     assert_eq!(a.attempt, 2);
     assert_ne!(a.node_id, Some(first));
@@ -120,11 +120,11 @@ fn node_loss_retries_then_loses() {
     spec.max_attempts = 2;
     t.ok(Command::SubmitTask { id: "a".into(), spec });
     let n1 = t.task("a").node_id.unwrap();
-    t.ok(Command::SetWorkerState { id: n1, state: NodeState::Down });
+    t.ok(Command::LivenessVerdict { id: n1, state: NodeState::Down, term: 0 });
     assert_eq!(t.task("a").attempt, 2);
     let n2 = t.task("a").node_id.unwrap();
     assert_ne!(n1, n2);
-    t.ok(Command::SetWorkerState { id: n2, state: NodeState::Down });
+    t.ok(Command::LivenessVerdict { id: n2, state: NodeState::Down, term: 0 });
     let a = t.task("a");
     assert_eq!(a.state, TaskState::Lost);
     assert!(a.reason.as_deref().unwrap().contains("no attempt left"));
@@ -136,13 +136,13 @@ fn node_loss_retries_then_loses() {
 #[test]
 fn pinned_tasks_wait_for_their_node() {
     let mut t = T::new(&[(1, 4, 4096), (2, 4, 4096)]);
-    t.ok(Command::SetWorkerState { id: 2, state: NodeState::Down });
+    t.ok(Command::LivenessVerdict { id: 2, state: NodeState::Down, term: 0 });
     let mut spec = TaskSpec::new(vec!["x".into()]);
     spec.node = Some(2);
     t.ok(Command::SubmitTask { id: "p".into(), spec: spec.clone() });
     assert_eq!(t.task("p").node_id, None);
     assert!(t.task("p").reason.as_deref().unwrap().contains("node 2"));
-    t.ok(Command::SetWorkerState { id: 2, state: NodeState::Up });
+    t.ok(Command::LivenessVerdict { id: 2, state: NodeState::Up, term: 0 });
     assert_eq!(t.task("p").node_id, Some(2));
     spec.node = Some(9);
     assert!(matches!(t.apply(Command::SubmitTask { id: "q".into(), spec }), Err(ApplyError::NotFound { .. })));

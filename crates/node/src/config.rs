@@ -70,16 +70,20 @@ pub struct NodeConfig {
     pub liveness: LivenessTuning,
 }
 
-/// Failure detection and fencing.
+/// Failure detection and fencing. The lease, its grace and the heartbeat interval are cluster
+/// settings in the replicated state (`blixard cluster settings`), so that every node fences on
+/// the numbers the leader judges by; the values here only seed them when a cluster is created
+/// (`--init`) and are ignored otherwise.
 #[derive(Debug, Clone)]
 pub struct LivenessTuning {
-    /// How often a node heartbeats the leader.
-    pub heartbeat: Duration,
-    /// A node that could not renew its lease for this long stops (fences) its VMs.
-    pub lease: Duration,
-    /// The leader declares a node down after lease + grace without heartbeats, so its VMs
-    /// have stopped by the time they are placed elsewhere.
-    pub grace: Duration,
+    /// Initial heartbeat interval of a new cluster.
+    pub heartbeat: Option<Duration>,
+    /// Initial lease of a new cluster: a node that could not renew its lease for this long
+    /// stops (fences) its workloads.
+    pub lease: Option<Duration>,
+    /// Initial grace of a new cluster: the leader declares a node down after lease + grace
+    /// without heartbeats, so its workloads have stopped by the time they run elsewhere.
+    pub grace: Option<Duration>,
     /// A voter down this long is replaced by a healthy learner, when there is one.
     pub replace_voter_after: Duration,
     /// VMs moved at once off a draining node.
@@ -89,9 +93,9 @@ pub struct LivenessTuning {
 impl Default for LivenessTuning {
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_secs(1),
-            lease: Duration::from_secs(10),
-            grace: Duration::from_secs(5),
+            heartbeat: None,
+            lease: None,
+            grace: None,
             replace_voter_after: Duration::from_secs(30),
             drain_parallelism: 2,
         }

@@ -169,6 +169,8 @@ impl Executor {
                 let cfg = self.vm_config(spec)?;
                 tracing::info!(vm = %spec.name, epoch, restart, "starting VM");
                 match self.driver.start(&cfg, *epoch).await {
+                    // Counted once per restart, by the node that did it.
+                    Ok(()) if *restart => self.report_as(&spec.name, *epoch, blixard_core::VmState::Starting, None, true).await,
                     Ok(()) => Ok(()),
                     Err(e @ (DriverError::MissingFile { .. } | DriverError::GuestKernelMissing { .. } | DriverError::InvalidConfig { .. } | DriverError::BusyboxMissing { .. })) => {
                         // It will not get better by retrying: record the failure.
@@ -191,7 +193,18 @@ impl Executor {
     }
 
     async fn report(&self, name: &str, epoch: u64, state: blixard_core::VmState, reason: Option<String>) -> Result<(), NodeError> {
-        let cmd = Command::ReportVmStatus { name: name.to_string(), node_id: self.node.id, epoch, state, reason };
+        self.report_as(name, epoch, state, reason, false).await
+    }
+
+    async fn report_as(
+        &self,
+        name: &str,
+        epoch: u64,
+        state: blixard_core::VmState,
+        reason: Option<String>,
+        restarted: bool,
+    ) -> Result<(), NodeError> {
+        let cmd = Command::ReportVmStatus { name: name.to_string(), node_id: self.node.id, epoch, state, reason, restarted };
         match self.node.propose(cmd, None).await {
             Ok(_) => {
                 tracing::info!(vm = %name, epoch, state = state.as_str(), "reported");

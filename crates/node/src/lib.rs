@@ -69,6 +69,7 @@ impl NodeHandle {
 
 /// Starts a node and returns once it serves requests and has entered its cluster.
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+    let initial_lease = initial_liveness(&config)?;
     let existing = meta::load(&config.data_dir)?;
     let dir = config.data_dir.display().to_string();
     match (&existing, &config.bootstrap) {
@@ -172,11 +173,36 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         }
     }
     identity.left = false;
-    meta::store(&config.data_dir, &identity)?;
+    if join_via.is_none() {
+        meta::store(&config.data_dir, &identity)?;
+    }
 
     let mut tasks = vec![tokio::spawn(serve(node.clone(), listener))];
     if let Some(seed) = join_via {
-        join_cluster(&node, &seed).await?;
+        // The identity is recorded only once the cluster accepted it: a refused joiner leaves
+        // nothing behind that a restart without flags could resume as a second "node N".
+        if let Err(e) = join_cluster(&node, &seed).await {
+            node.request_shutdown();
+            if let Err(se) = node.raft.shutdown().await {
+                tracing::debug!(error = %se, "raft shutdown after a refused join");
+            }
+            for t in &tasks {
+                t.abort();
+            }
+            forget_identity(&config.data_dir);
+            return Err(e);
+        }
+        meta::store(&config.data_dir, &identity)?;
+    }
+    match initial_lease {
+        Some(cmd) if existing.is_none() && config.bootstrap == Bootstrap::Init => {
+            tasks.push(tokio::spawn(propose_until_done(node.clone(), cmd, "initial lease settings")));
+        }
+        Some(_) => tracing::warn!(
+            "--lease-ms, --grace-ms and --liveness-heartbeat-ms only seed a new cluster (--init); \
+             this cluster's values stand (change them with `blixard cluster settings`)"
+        ),
+        None => {}
     }
     tasks.push(tokio::spawn(register_worker(node.clone())));
     tasks.push(tokio::spawn(housekeeping(node.clone())));
@@ -265,6 +291,60 @@ async fn serve(node: Arc<Node>, listener: TcpListener) {
 
 /// Largest enrollment message (a token and an address; the reply carries a few PEMs).
 const MAX_ENROLL_MESSAGE: usize = 64 * 1024;
+
+/// Removes what a refused joiner wrote in its data directory (its Raft stores, run directory
+/// and certificate); the directory itself and anything else in it stay.
+fn forget_identity(data_dir: &std::path::Path) {
+    for dir in ["raft", "vms", security::TLS_DIR] {
+        let p = data_dir.join(dir);
+        if let Err(e) = std::fs::remove_dir_all(&p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %p.display(), error = %e, "cleaning up after a refused join");
+            }
+        }
+    }
+    let _ = std::fs::remove_file(meta::path(data_dir));
+}
+
+/// The lease settings a new cluster starts with, when the configuration overrides any;
+/// refused when they are invalid (before anything is written).
+fn initial_liveness(config: &NodeConfig) -> Result<Option<Command>, NodeError> {
+    let t = &config.liveness;
+    let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let (lease_ms, grace_ms, heartbeat_ms) = (ms(t.lease), ms(t.grace), ms(t.heartbeat));
+    if lease_ms.is_none() && grace_ms.is_none() && heartbeat_ms.is_none() {
+        return Ok(None);
+    }
+    blixard_core::LivenessSettings::default()
+        .merged(lease_ms, grace_ms, heartbeat_ms)
+        .validate()
+        .map_err(|e| NodeError::Config(format!("lease settings: {e}")))?;
+    Ok(Some(Command::SetLivenessSettings { lease_ms, grace_ms, heartbeat_ms }))
+}
+
+/// Proposes `cmd` until it is applied (or refused), retrying while there is no leader.
+async fn propose_until_done(node: Arc<Node>, cmd: Command, what: &'static str) {
+    loop {
+        tokio::select! {
+            res = node.propose(cmd.clone(), None) => match res {
+                Ok(_) => {
+                    tracing::info!(node = node.id, what, "applied");
+                    return;
+                }
+                Err(NodeError::Rejected(e)) => {
+                    tracing::error!(node = node.id, what, error = %e, "refused");
+                    return;
+                }
+                Err(e) => tracing::debug!(what, error = %e, "retrying"),
+            },
+            _ = node.stopped() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = node.stopped() => return,
+        }
+    }
+}
 
 /// Registers this node as a worker through Raft (re-registering after a restart updates its
 /// detected capacity), retrying until it succeeds or the node stops.

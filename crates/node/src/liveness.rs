@@ -8,18 +8,25 @@
 //!   the lease file, which every VM supervisor watches: when it passes, the supervisor kills
 //!   the VM (fencing works even if the daemon is stopped or dead). The executor also refuses to
 //!   start anything without a lease, and until it has applied the index the leader returned.
+//! - Lease, grace and heartbeat interval are cluster settings in the replicated state
+//!   (`blixard_core::LivenessSettings`), read from the applied state at each use.
 //! - The leader tracks when it last heard from each worker (local state). After
-//!   `lease + grace` of silence it proposes `node down` through Raft (`apply` then reschedules
-//!   the node's VMs with new epochs); when heartbeats return steadily, `node up`. A new leader
-//!   first grants every node a fresh grace period.
+//!   `lease + grace` of silence (the pure rule `blixard_core::liveness::verdicts`) it proposes
+//!   a `LivenessVerdict{down, term}` (`apply` then reschedules the node's workloads with new
+//!   epochs); when heartbeats return steadily, `up`. A verdict belongs to the term that decided
+//!   it: it is proposed only locally, by the leader of that term, never forwarded, and `apply`
+//!   refuses it if its log entry is of another term. A new leader first grants every node a
+//!   fresh grace period, and so does a leader that notices it was not running for a while
+//!   (frozen, starved): the silence it would measure is its own.
 //! - The leader also drives drains (moving VMs off draining nodes, a few at a time) and
 //!   replaces voters that stay down when a healthy learner exists.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use blixard_core::liveness::{regrant, verdicts, Seen};
 use blixard_core::{Command, NodeState};
 use openraft::ChangeMembers;
 
@@ -37,17 +44,35 @@ struct Lease {
 #[derive(Debug, Default)]
 struct LeaderView {
     term: Option<u64>,
-    last_seen: HashMap<u64, Instant>,
-    back_since: HashMap<u64, Instant>,
+    /// Heartbeats received, in ms of [`Liveness::clock`].
+    seen: BTreeMap<u64, Seen>,
     down_since: HashMap<u64, Instant>,
+    /// When the detector last ran, to notice that this process itself was not running.
+    last_tick: Option<Instant>,
 }
 
-#[derive(Default)]
 pub struct Liveness {
     lease: Mutex<Lease>,
     view: Mutex<LeaderView>,
     revoked: std::sync::atomic::AtomicBool,
+    /// Origin of the detector's monotonic milliseconds.
+    origin: Instant,
 }
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            lease: Mutex::default(),
+            view: Mutex::default(),
+            revoked: std::sync::atomic::AtomicBool::new(false),
+            origin: Instant::now(),
+        }
+    }
+}
+
+/// A detector tick later than this after the previous one means this process was not running
+/// (stopped, frozen, starved) for a while: the silence it measured is its own.
+const PAUSE: Duration = Duration::from_secs(2);
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -86,17 +111,24 @@ impl Liveness {
         l.min_applied = l.min_applied.max(min_applied);
     }
 
+    /// Milliseconds of the detector's monotonic clock.
+    fn clock(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// On the leader: a heartbeat from `node` arrived.
     pub fn seen(&self, node: u64) {
-        self.view.lock().unwrap_or_else(|p| p.into_inner()).last_seen.insert(node, Instant::now());
+        let now = self.clock();
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).seen.entry(node).or_default().last_ms = now;
     }
 
     /// On the leader: how long since `node` was last heard from (since this leader's term
     /// began, at most; unknown nodes count from now).
     pub fn silent_for(&self, node: u64) -> Duration {
+        let now = self.clock();
         let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
-        let seen = *v.last_seen.entry(node).or_insert_with(Instant::now);
-        seen.elapsed()
+        let seen = v.seen.entry(node).or_insert(Seen { last_ms: now, back_since_ms: None });
+        Duration::from_millis(now.saturating_sub(seen.last_ms))
     }
 }
 
@@ -116,20 +148,19 @@ fn write_lease(path: &PathBuf, until: SystemTime) -> std::io::Result<()> {
 
 /// Heartbeats the leader and renews the lease, until the node stops.
 pub async fn heartbeat_loop(node: Arc<Node>) {
-    let t = &node.config.liveness;
     let path = lease_file(&node);
-    let mut tick = tokio::time::interval(t.heartbeat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let t = node.liveness_settings();
+        let heartbeat = Duration::from_millis(t.heartbeat_ms);
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(heartbeat) => {}
             _ = node.stopped() => return,
         }
         let sent = SystemTime::now();
-        let res = tokio::time::timeout(t.heartbeat * 3, node.heartbeat_leader()).await;
+        let res = tokio::time::timeout(heartbeat * 3, node.heartbeat_leader()).await;
         match res {
             Ok(Ok(index)) => {
-                let until = sent + t.lease;
+                let until = sent + Duration::from_millis(t.lease_ms);
                 node.liveness.renew(until, index);
                 if let Err(e) = write_lease(&path, until) {
                     tracing::error!(error = %e, path = %path.display(), "cannot write the lease file");
@@ -160,55 +191,42 @@ pub async fn leader_loop(node: Arc<Node>) {
 }
 
 async fn detect_failures(node: &Arc<Node>) {
-    let t = &node.config.liveness;
+    let settings = node.liveness_settings();
     let term = node.metrics().current_term;
-    let workers: Vec<(u64, NodeState)> = node.state.read().state.workers.values().map(|w| (w.id, w.state)).collect();
-    let now = Instant::now();
-    let mut proposals = Vec::new();
-    {
+    let workers: BTreeMap<u64, NodeState> = node.state.read().state.workers.values().map(|w| (w.id, w.state)).collect();
+    let now = node.liveness.clock();
+    let wall = Instant::now();
+    let proposals = {
         let mut v = node.liveness.view.lock().unwrap_or_else(|p| p.into_inner());
+        let paused = v.last_tick.is_some_and(|t| wall.saturating_duration_since(t) > PAUSE);
+        v.last_tick = Some(wall);
         if v.term != Some(term) {
             // A new leader knows nothing of past heartbeats: everyone gets a fresh grace period.
             tracing::info!(term, "leading: granting every node a fresh grace period");
             v.term = Some(term);
-            for (id, _) in &workers {
-                v.last_seen.insert(*id, now);
-            }
-            v.back_since.clear();
+            v.seen.clear();
+        } else if paused {
+            tracing::warn!(term, "the failure detector did not run for a while: granting every node a fresh grace period");
+            regrant(&mut v.seen, now);
         }
-        v.last_seen.insert(node.id, now);
+        v.seen.entry(node.id).or_default().last_ms = now;
         for (id, state) in &workers {
-            let seen = *v.last_seen.entry(*id).or_insert(now);
-            let silent = now.saturating_duration_since(seen);
-            match state {
-                NodeState::Down => {
-                    v.down_since.entry(*id).or_insert(now);
-                    if silent < t.heartbeat * 2 {
-                        let back = *v.back_since.entry(*id).or_insert(now);
-                        // Steady heartbeats for a while before trusting it again (no flapping).
-                        if now.saturating_duration_since(back) >= t.heartbeat * 3 {
-                            proposals.push((*id, NodeState::Up));
-                        }
-                    } else {
-                        v.back_since.remove(id);
-                    }
-                }
-                _ => {
-                    v.down_since.remove(id);
-                    if silent > t.lease + t.grace {
-                        proposals.push((*id, NodeState::Down));
-                    }
-                }
+            if *state == NodeState::Down {
+                v.down_since.entry(*id).or_insert(wall);
+            } else {
+                v.down_since.remove(id);
             }
         }
-    }
+        verdicts(&settings, &workers, &mut v.seen, now)
+    };
     for (id, state) in proposals {
         match state {
-            NodeState::Down => tracing::warn!(node = id, "no heartbeat for lease + grace: declaring the node down"),
-            _ => tracing::info!(node = id, "heartbeats are back: declaring the node up"),
+            NodeState::Down => tracing::warn!(node = id, term, "no heartbeat for lease + grace: declaring the node down"),
+            _ => tracing::info!(node = id, term, "heartbeats are back: declaring the node up"),
         }
-        if let Err(e) = node.propose(Command::SetWorkerState { id, state }, None).await {
-            tracing::warn!(node = id, error = %e, "could not change the node's state");
+        // Proposed here, in the term that decided it, or not at all.
+        if let Err(e) = node.propose_verdict(term, Command::LivenessVerdict { id, state, term }).await {
+            tracing::warn!(node = id, error = %e, "could not record the verdict");
         }
     }
 }

@@ -176,6 +176,25 @@ impl Node {
         serde_json::from_slice(&reply.into_inner().data).map_err(|e| format!("bad reply from leader: {e}"))
     }
 
+    /// The cluster's lease settings, from this node's applied state.
+    pub fn liveness_settings(&self) -> blixard_core::LivenessSettings {
+        self.state.read().state.liveness
+    }
+
+    /// Proposes a leader-only verdict decided in `term` (liveness, worker removal): only on
+    /// this node, only while it leads in that term; never forwarded. `apply` refuses it if its
+    /// log entry ends up in another term.
+    pub(crate) async fn propose_verdict(&self, term: u64, command: Command) -> Result<Reply, NodeError> {
+        let m = self.metrics();
+        if m.current_leader != Some(self.id) || m.current_term != term {
+            return Err(NodeError::NoLeader(format!("node {} no longer leads in term {term}; the verdict is void", self.id)));
+        }
+        match self.raft.client_write(Request::new(command, now_ms())).await {
+            Ok(resp) => resp.data.map_err(NodeError::Rejected),
+            Err(e) => Err(NodeError::NoLeader(e.to_string())),
+        }
+    }
+
     /// Proposes only if this node is the leader (used for requests forwarded by followers).
     pub(crate) async fn propose_as_leader(&self, mut req: Request) -> Result<Outcome, NodeError> {
         if !self.is_leader() {
@@ -239,7 +258,8 @@ impl Node {
             }
             Some((id, addr)) => {
                 let mut client = self.peer(&addr)?;
-                let r = peer_request(&self.cluster_id, &(), Some(self.config.liveness.heartbeat * 3))
+                let heartbeat = Duration::from_millis(self.liveness_settings().heartbeat_ms);
+                let r = peer_request(&self.cluster_id, &(), Some(heartbeat * 3))
                     .map_err(|e| NodeError::Unreachable(e.to_string()))?
                     .map(|_| pb::HeartbeatRequest { node_id: self.id });
                 let reply = client
@@ -310,6 +330,11 @@ impl Node {
                 .await;
         }
         let _guard = self.membership_lock.lock().await;
+        if self.state.read().state.id_was_used(id) {
+            // A wiped node rejoining under an old id could split the quorum (openraft's
+            // membership docs): ids are never reused.
+            return Err(NodeError::Rejected(blixard_core::ApplyError::IdUsed(id)));
+        }
         let membership = self.metrics().membership_config.membership().clone();
         if let Some(existing) = membership.get_node(&id) {
             if existing.addr != addr {
@@ -393,6 +418,7 @@ impl Node {
                 .await;
         }
         let guard = self.membership_lock.lock().await;
+        let term = self.metrics().current_term;
         let membership = self.metrics().membership_config.membership().clone();
         let Some(removed_addr) = membership.get_node(&id).map(|n| n.addr.clone()) else {
             return Err(NodeError::Rejected(blixard_core::ApplyError::not_found("member", id)));
@@ -419,7 +445,7 @@ impl Node {
         // the placements, stay.
         let fenced = if id == self.id { self.stop_all_vms().await } else { self.notify_evicted(id, &removed_addr).await };
         if fenced {
-            if let Err(e) = self.propose(Command::RemoveWorker { id }, None).await {
+            if let Err(e) = self.propose_verdict(term, Command::RemoveWorker { id, term }).await {
                 tracing::debug!(node = id, error = %e, "removing worker record");
             }
         } else {
@@ -476,12 +502,14 @@ impl Node {
             }
             a.state.workers.keys().filter(|id| m.get_node(id).is_none()).copied().collect()
         };
-        // Only once they cannot be running any more: silent for lease + grace.
-        let t = &self.config.liveness;
-        let departed: Vec<u64> = departed.into_iter().filter(|id| self.liveness.silent_for(*id) > t.lease + t.grace).collect();
+        // Only once they cannot be running any more: silent for lease + grace, as judged by
+        // the leader of this term.
+        let term = self.metrics().current_term;
+        let after = Duration::from_millis(self.liveness_settings().down_after_ms());
+        let departed: Vec<u64> = departed.into_iter().filter(|id| self.liveness.silent_for(*id) > after).collect();
         for id in departed {
             tracing::info!(node = id, "forgetting worker that is no longer a member");
-            if let Err(e) = self.propose(Command::RemoveWorker { id }, None).await {
+            if let Err(e) = self.propose_verdict(term, Command::RemoveWorker { id, term }).await {
                 tracing::debug!(node = id, error = %e, "removing worker record");
             }
         }

@@ -285,13 +285,14 @@ impl Blixard for Api {
 
     async fn cluster_status(&self, r: GrpcRequest<pb::ReadOptions>) -> Result<Response<pb::ClusterStatusReply>, Status> {
         if !r.get_ref().stale {
-            // Best effort: a node cut off from the leader still reports what it knows.
-            let _ = self.node.read_barrier().await;
+            // Like every read: without a leader to confirm it, refuse rather than print a
+            // membership that may be stale (`--stale` shows the local view, labelled so).
+            self.node.read_barrier().await?;
         }
         let m = self.node.metrics();
         let (applied, digest, settings) = {
             let a = self.node.state.read();
-            (a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0), a.state.digest(), a.state.settings.clone())
+            (a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0), a.state.digest(), settings_reply(&a.state))
         };
         let members = self
             .node
@@ -311,11 +312,7 @@ impl Blixard for Api {
             last_log_index: m.last_log_index.unwrap_or(0),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
             purged_index: m.purged.as_ref().map(|l| l.index()).unwrap_or(0),
-            scheduler: Some(pb::SchedulerSettings {
-                strategy: settings.strategy.as_str().into(),
-                vcpu_overcommit_pct: settings.vcpu_overcommit_pct,
-                request_id: String::new(),
-            }),
+            scheduler: Some(settings),
         }))
     }
 
@@ -370,13 +367,27 @@ impl Blixard for Api {
 
     async fn set_scheduler_settings(&self, r: GrpcRequest<pb::SchedulerSettings>) -> Result<Response<pb::SchedulerSettings>, Status> {
         let req = r.into_inner();
+        let rid = request_id(&req.request_id)?;
+        if !req.strategy.is_empty() || req.vcpu_overcommit_pct != 0 {
+            self.node.read_barrier().await?;
+            let current = self.node.state.read().state.settings.clone();
+            let strategy = if req.strategy.is_empty() { current.strategy } else { req.strategy.parse().map_err(Status::invalid_argument)? };
+            let pct = if req.vcpu_overcommit_pct == 0 { current.vcpu_overcommit_pct } else { req.vcpu_overcommit_pct };
+            let cmd = Command::SetSchedulerSettings { strategy, vcpu_overcommit_pct: pct };
+            self.node.propose(cmd, rid.clone()).await?;
+        }
+        if req.lease_ms != 0 || req.grace_ms != 0 || req.heartbeat_ms != 0 {
+            let some = |v: u64| (v != 0).then_some(v);
+            let cmd = Command::SetLivenessSettings {
+                lease_ms: some(req.lease_ms),
+                grace_ms: some(req.grace_ms),
+                heartbeat_ms: some(req.heartbeat_ms),
+            };
+            self.node.propose(cmd, rid.map(|id| format!("{id}/lease"))).await?;
+        }
         self.node.read_barrier().await?;
-        let current = self.node.state.read().state.settings.clone();
-        let strategy = if req.strategy.is_empty() { current.strategy } else { req.strategy.parse().map_err(Status::invalid_argument)? };
-        let pct = if req.vcpu_overcommit_pct == 0 { current.vcpu_overcommit_pct } else { req.vcpu_overcommit_pct };
-        let cmd = Command::SetSchedulerSettings { strategy, vcpu_overcommit_pct: pct };
-        self.node.propose(cmd, request_id(&req.request_id)?).await?;
-        Ok(Response::new(pb::SchedulerSettings { strategy: strategy.as_str().into(), vcpu_overcommit_pct: pct, request_id: String::new() }))
+        let a = self.node.state.read();
+        Ok(Response::new(settings_reply(&a.state)))
     }
 
     async fn create_vm(&self, r: GrpcRequest<pb::CreateVmRequest>) -> Result<Response<pb::VmInfo>, Status> {
@@ -502,5 +513,17 @@ impl RaftPeer for Api {
         crate::mark_left(&self.node)?;
         self.node.request_shutdown();
         Ok(Response::new(pb::Empty {}))
+    }
+}
+
+/// The cluster settings as the API shows them (scheduler and lease).
+fn settings_reply(s: &blixard_core::ClusterState) -> pb::SchedulerSettings {
+    pb::SchedulerSettings {
+        strategy: s.settings.strategy.as_str().into(),
+        vcpu_overcommit_pct: s.settings.vcpu_overcommit_pct,
+        request_id: String::new(),
+        lease_ms: s.liveness.lease_ms,
+        grace_ms: s.liveness.grace_ms,
+        heartbeat_ms: s.liveness.heartbeat_ms,
     }
 }

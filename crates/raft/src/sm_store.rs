@@ -188,9 +188,10 @@ impl RaftStateMachine<C> for StateMachineStore {
                     let mut a = self.shared.write();
                     let outcome = match &entry.payload {
                         EntryPayload::Blank => Ok(blixard_core::Reply::Done),
-                        EntryPayload::Normal(req) => a.state.apply(log_id.index(), req),
+                        EntryPayload::Normal(req) => a.state.apply_at(log_id.committed_leader_id().term, log_id.index(), req),
                         EntryPayload::Membership(m) => {
                             a.membership = StoredMembershipOf::<C>::new(Some(log_id.clone()), m.clone());
+                            a.state.note_membership(m.nodes().map(|(id, _)| *id));
                             membership = Some(a.membership.clone());
                             Ok(blixard_core::Reply::Done)
                         }

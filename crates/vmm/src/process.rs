@@ -76,6 +76,7 @@ impl VmDriver for ProcessDriver {
         envs.extend([
             ("BLIXARD_VM_NAME".to_string(), cfg.name.clone()),
             ("BLIXARD_VM_EPOCH".to_string(), epoch.to_string()),
+            ("BLIXARD_VM_CMDLINE".to_string(), cfg.cmdline.clone().unwrap_or_default()),
             ("BLIXARD_VM_VCPUS".to_string(), cfg.vcpus.to_string()),
             (
                 "BLIXARD_VM_MEMORY_MB".to_string(),
@@ -158,6 +159,11 @@ async fn observe(rd: &RunDir, meta: &mut rundir::Meta) -> Observed {
 
 /// The default workload: prints [`READY_LINE`] on stdout, then idles until SIGTERM or SIGINT
 /// and returns (the caller exits 0).
+///
+/// Its "kernel command line" (`--cmdline`, in `BLIXARD_VM_CMDLINE`) may say
+/// `blixard.run-ms=MS` (exit by itself after MS milliseconds) and `blixard.exit=CODE` (the exit
+/// status then, default 0): a guest that shuts down or crashes, for tests and demos of restart
+/// policies.
 pub async fn idle_workload() -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Install the handlers before announcing readiness, so an immediate stop is not lost.
@@ -168,9 +174,16 @@ pub async fn idle_workload() -> std::io::Result<()> {
         writeln!(stdout, "{READY_LINE}")?;
         stdout.flush()?;
     }
+    let cmdline = std::env::var("BLIXARD_VM_CMDLINE").unwrap_or_default();
+    let param = |key: &str| cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok());
+    let run_for = param("blixard.run-ms").map(Duration::from_millis);
+    let code = param("blixard.exit").and_then(|c| i32::try_from(c).ok()).unwrap_or(0);
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: workload exiting"),
         _ = int.recv() => tracing::info!("SIGINT: workload exiting"),
+        _ = async { match run_for { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {
+            std::process::exit(code);
+        }
     }
     Ok(())
 }

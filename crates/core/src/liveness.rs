@@ -1,0 +1,203 @@
+//! Liveness settings and the failure detector's pure rules.
+//!
+//! The lease, its grace and the heartbeat interval are cluster settings in the replicated
+//! state, so every node fences on the same numbers the leader judges by: a node configured with
+//! a longer lease than the leader's `lease + grace` would otherwise run a VM twice.
+//!
+//! [`verdicts`] is the failure detector itself, a pure function of the leader's local view (when
+//! it last heard from each worker, on a monotonic clock) and the applied workers: it is tested
+//! without processes, and `node::liveness` only feeds it and proposes what it returns.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::ApplyError;
+use crate::spec::NodeId;
+use crate::state::NodeState;
+
+/// Bounds on the settings, so a typo cannot disable failure detection.
+pub const MIN_HEARTBEAT_MS: u64 = 50;
+pub const MAX_HEARTBEAT_MS: u64 = 60_000;
+pub const MAX_LEASE_MS: u64 = 600_000;
+pub const MAX_GRACE_MS: u64 = 600_000;
+
+/// The cluster's lease settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivenessSettings {
+    /// How long a node may keep running its workloads after its last renewed heartbeat.
+    pub lease_ms: u64,
+    /// Extra silence the leader waits, past the lease, before declaring a node down.
+    pub grace_ms: u64,
+    /// How often nodes heartbeat the leader.
+    pub heartbeat_ms: u64,
+    /// The lease the failure detector judges by: the longer of the current lease and the one
+    /// before the last change, because a node may still hold a lease granted under the old
+    /// setting (or not have applied the new one yet).
+    pub verdict_lease_ms: u64,
+}
+
+impl Default for LivenessSettings {
+    fn default() -> Self {
+        Self { lease_ms: 10_000, grace_ms: 5_000, heartbeat_ms: 1_000, verdict_lease_ms: 10_000 }
+    }
+}
+
+impl LivenessSettings {
+    /// Grace must be positive, and a lease must span at least two heartbeats (so one lost
+    /// heartbeat does not fence a healthy node).
+    pub fn validate(&self) -> Result<(), ApplyError> {
+        if !(MIN_HEARTBEAT_MS..=MAX_HEARTBEAT_MS).contains(&self.heartbeat_ms) {
+            return Err(ApplyError::invalid(format!(
+                "heartbeat must be between {MIN_HEARTBEAT_MS} and {MAX_HEARTBEAT_MS} ms, got {}",
+                self.heartbeat_ms
+            )));
+        }
+        if self.lease_ms < 2 * self.heartbeat_ms || self.lease_ms > MAX_LEASE_MS {
+            return Err(ApplyError::invalid(format!(
+                "lease must be at least two heartbeats ({} ms) and at most {MAX_LEASE_MS} ms, got {}",
+                2 * self.heartbeat_ms,
+                self.lease_ms
+            )));
+        }
+        if self.grace_ms == 0 || self.grace_ms > MAX_GRACE_MS {
+            return Err(ApplyError::invalid(format!("grace must be between 1 and {MAX_GRACE_MS} ms, got {}", self.grace_ms)));
+        }
+        if self.verdict_lease_ms < self.lease_ms {
+            return Err(ApplyError::invalid("the verdict lease cannot be shorter than the lease"));
+        }
+        Ok(())
+    }
+
+    /// The settings after a change of some fields.
+    pub fn merged(&self, lease_ms: Option<u64>, grace_ms: Option<u64>, heartbeat_ms: Option<u64>) -> Self {
+        let lease = lease_ms.unwrap_or(self.lease_ms);
+        Self {
+            lease_ms: lease,
+            grace_ms: grace_ms.unwrap_or(self.grace_ms),
+            heartbeat_ms: heartbeat_ms.unwrap_or(self.heartbeat_ms),
+            verdict_lease_ms: lease.max(self.lease_ms),
+        }
+    }
+
+    /// Silence after which the leader may declare a node down: its lease has provably expired.
+    pub fn down_after_ms(&self) -> u64 {
+        self.verdict_lease_ms.saturating_add(self.grace_ms)
+    }
+}
+
+/// The leader's local view of one worker, in milliseconds of a monotonic clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Seen {
+    /// Last heartbeat received (or the start of this leader's grace period).
+    pub last_ms: u64,
+    /// Since when its heartbeats have been steady again while it is down.
+    pub back_since_ms: Option<u64>,
+}
+
+/// The failure detector: which workers to declare down (silent for longer than lease + grace,
+/// so their lease has provably expired) or up (steady heartbeats for three intervals while
+/// down). `view` must hold every worker (the caller seeds missing ones with "now": a fresh
+/// grace period). Pure: the caller owns the clock and the proposing.
+pub fn verdicts(
+    settings: &LivenessSettings,
+    workers: &BTreeMap<NodeId, NodeState>,
+    view: &mut BTreeMap<NodeId, Seen>,
+    now_ms: u64,
+) -> Vec<(NodeId, NodeState)> {
+    let mut out = Vec::new();
+    for (id, state) in workers {
+        let seen = view.entry(*id).or_insert(Seen { last_ms: now_ms, back_since_ms: None });
+        let silent = now_ms.saturating_sub(seen.last_ms);
+        match state {
+            NodeState::Down => {
+                if silent < settings.heartbeat_ms * 2 {
+                    let back = *seen.back_since_ms.get_or_insert(now_ms);
+                    // Steady heartbeats for a while before trusting it again (no flapping).
+                    if now_ms.saturating_sub(back) >= settings.heartbeat_ms * 3 {
+                        out.push((*id, NodeState::Up));
+                    }
+                } else {
+                    seen.back_since_ms = None;
+                }
+            }
+            _ => {
+                seen.back_since_ms = None;
+                if silent > settings.down_after_ms() {
+                    out.push((*id, NodeState::Down));
+                }
+            }
+        }
+    }
+    view.retain(|id, _| workers.contains_key(id));
+    out
+}
+
+/// Grants every worker a fresh grace period: at the start of a term, and when the leader finds
+/// that it was itself not running for a while (frozen, starved): the silence it would measure
+/// is its own, not the workers'.
+pub fn regrant(view: &mut BTreeMap<NodeId, Seen>, now_ms: u64) {
+    for s in view.values_mut() {
+        s.last_ms = now_ms;
+        s.back_since_ms = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s() -> LivenessSettings {
+        LivenessSettings { lease_ms: 1000, grace_ms: 500, heartbeat_ms: 100, verdict_lease_ms: 1000 }
+    }
+
+    #[test]
+    fn validation() {
+        assert!(s().validate().is_ok());
+        assert!(LivenessSettings { grace_ms: 0, ..s() }.validate().is_err());
+        assert!(LivenessSettings { lease_ms: 150, verdict_lease_ms: 150, ..s() }.validate().is_err());
+        assert!(LivenessSettings { heartbeat_ms: 0, ..s() }.validate().is_err());
+        assert!(LivenessSettings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_shorter_lease_is_judged_by_the_old_one() {
+        let m = s().merged(Some(400), None, None);
+        assert_eq!((m.lease_ms, m.verdict_lease_ms, m.down_after_ms()), (400, 1000, 1500));
+        let m2 = m.merged(Some(2000), None, None);
+        assert_eq!(m2.verdict_lease_ms, 2000);
+    }
+
+    #[test]
+    fn silence_past_lease_and_grace_is_down_and_steady_heartbeats_are_up() {
+        let workers = BTreeMap::from([(1, NodeState::Up), (2, NodeState::Up)]);
+        let mut view = BTreeMap::new();
+        assert!(verdicts(&s(), &workers, &mut view, 0).is_empty());
+        view.get_mut(&1).unwrap().last_ms = 1400;
+        assert!(verdicts(&s(), &workers, &mut view, 1500).is_empty(), "exactly lease + grace is not yet down");
+        assert_eq!(verdicts(&s(), &workers, &mut view, 1501), vec![(2, NodeState::Down)]);
+        let down = BTreeMap::from([(1, NodeState::Up), (2, NodeState::Down)]);
+        view.get_mut(&1).unwrap().last_ms = 1600;
+        view.get_mut(&2).unwrap().last_ms = 1600;
+        assert!(verdicts(&s(), &down, &mut view, 1600).is_empty());
+        view.get_mut(&2).unwrap().last_ms = 1900;
+        assert_eq!(verdicts(&s(), &down, &mut view, 1900), vec![(2, NodeState::Up)]);
+    }
+
+    #[test]
+    fn a_leader_that_was_frozen_regrants_instead_of_judging() {
+        let workers = BTreeMap::from([(1, NodeState::Up), (2, NodeState::Up)]);
+        let mut view = BTreeMap::new();
+        verdicts(&s(), &workers, &mut view, 0);
+        // The leader itself did not run for 20 s: everyone looks silent.
+        regrant(&mut view, 20_000);
+        assert!(verdicts(&s(), &workers, &mut view, 20_001).is_empty());
+    }
+
+    #[test]
+    fn departed_workers_leave_the_view() {
+        let mut view = BTreeMap::from([(9, Seen::default())]);
+        verdicts(&s(), &BTreeMap::from([(1, NodeState::Up)]), &mut view, 5);
+        assert!(!view.contains_key(&9) && view.contains_key(&1));
+    }
+}
