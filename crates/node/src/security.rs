@@ -541,3 +541,93 @@ pub async fn revoke_departed(node: &Node) {
         revoke_node(node, id).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The peer decoding paths never panic, whatever bytes arrive, and the claim checks refuse
+    //! what they must. Runs with the normal tests (proptest, 256 cases per property).
+    use super::*;
+    use proptest::prelude::*;
+
+    type Meta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+
+    /// Decodes `bytes` as every peer message type and runs the checks on what decodes.
+    fn decode_all(cert: u64, bytes: &[u8]) {
+        if let Ok(r) = serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(bytes) {
+            let _ = check_append(cert, &r);
+        }
+        if let Ok(r) = serde_json::from_slice::<VoteRequest<TypeConfig>>(bytes) {
+            let _ = check_vote_request(cert, &r);
+        }
+        if let Ok((v, m, _)) = serde_json::from_slice::<(Vote, Meta, Vec<u8>)>(bytes) {
+            let _ = check_snapshot(cert, &v, &m);
+        }
+        if let Ok(r) = serde_json::from_slice::<Request>(bytes) {
+            let _ = check_proposal(cert, &r);
+        }
+        let _ = JoinTokenString::parse(&String::from_utf8_lossy(bytes));
+        let _ = Identity::from_der(bytes);
+    }
+
+    fn append_json(leader: u64, term: u64, prev: u64, commit: u64) -> Vec<u8> {
+        let lid = |t: u64, n: u64| serde_json::json!({"term": t, "node_id": n});
+        serde_json::to_vec(&serde_json::json!({
+            "vote": {"leader_id": lid(term, leader), "committed": true},
+            "prev_log_id": {"leader_id": lid(term, leader), "index": prev},
+            "entries": [],
+            "leader_commit": {"leader_id": lid(term, leader), "index": commit},
+        }))
+        .unwrap()
+    }
+
+    /// Small (legitimate), around the limit, or anything.
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..1000, (MAX_LEGIT - 2)..=(MAX_LEGIT + 2), any::<u64>()]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(cert in 1u64..10, bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            decode_all(cert, &bytes);
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(cert in 1u64..10, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut bytes = append_json(cert, 3, 5, 5);
+            for (at, b) in flips {
+                let i = at % bytes.len();
+                bytes[i] = b;
+            }
+            decode_all(cert, &bytes);
+        }
+
+        #[test]
+        fn appends_are_refused_exactly_when_a_claim_or_number_is_wrong(
+            cert in 1u64..5, leader in 1u64..5, term in number(), prev in number(), commit in number(),
+        ) {
+            let r: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&append_json(leader, term, prev, commit)).unwrap();
+            let ok = cert == leader && term <= MAX_LEGIT && prev <= MAX_LEGIT && commit <= MAX_LEGIT;
+            prop_assert_eq!(check_append(cert, &r).is_ok(), ok);
+        }
+    }
+
+    #[test]
+    fn a_proposal_speaking_for_another_node_is_refused() {
+        let reg = |id| {
+            Request::new(
+                Command::RegisterWorker {
+                    id,
+                    addr: "a:1".into(),
+                    capacity: Default::default(),
+                    kvm: false,
+                    labels: Default::default(),
+                },
+                0,
+            )
+        };
+        assert!(check_proposal(2, &reg(2)).is_ok());
+        assert!(check_proposal(2, &reg(666)).is_err());
+        let create = Request::new(Command::DeleteVm { name: "x".into() }, 0);
+        assert!(check_proposal(2, &create).is_ok());
+    }
+}
