@@ -640,14 +640,8 @@ impl ClusterState {
                 }
             }
             Command::Security(c) => {
-                // Node ids are never reused: a token cannot admit an id that was ever a member
-                // (tokens.rs also refuses ids it already admitted or revoked).
-                if let crate::tokens::SecurityCommand::ConsumeJoinToken { node_id, .. } = c {
-                    if self.node_ids.used.contains(node_id) {
-                        return Err(ApplyError::IdUsed(*node_id));
-                    }
-                }
-                let reply = self.security.apply(c, now)?;
+                // Node ids are never reused: a token cannot admit an id that was ever a member.
+                let reply = self.security.apply(c, now, &self.node_ids.used)?;
                 self.touched.insert(RowKey::Security);
                 Ok(reply)
             }

@@ -115,7 +115,14 @@ impl SecurityState {
         self.revoked_nodes.contains(&id)
     }
 
-    pub fn apply(&mut self, cmd: &SecurityCommand, now: u64) -> Result<Reply, ApplyError> {
+    /// Applies `cmd` at time `now`; `used_ids` are the node ids that were ever members (never
+    /// admitted again).
+    pub fn apply(
+        &mut self,
+        cmd: &SecurityCommand,
+        now: u64,
+        used_ids: &BTreeSet<NodeId>,
+    ) -> Result<Reply, ApplyError> {
         match cmd {
             SecurityCommand::CreateJoinToken {
                 id,
@@ -190,6 +197,11 @@ impl SecurityState {
                 if t.secret_sha256 != *secret_sha256 {
                     return Err(unknown());
                 }
+                // A joiner whose answer was lost retries with the same token and id: admitted
+                // again, as long as that node has not become a member yet.
+                if t.used_by == Some(*node_id) && !t.revoked && !used_ids.contains(node_id) {
+                    return Ok(Reply::Done);
+                }
                 match t.status(now) {
                     "active" => {}
                     "used" => {
@@ -208,6 +220,9 @@ impl SecurityState {
                 }
                 if *node_id == 0 {
                     return Err(ApplyError::invalid("node ids start at 1"));
+                }
+                if used_ids.contains(node_id) {
+                    return Err(ApplyError::IdUsed(*node_id));
                 }
                 if self.revoked_nodes.contains(node_id) || self.admitted_nodes.contains(node_id) {
                     return Err(ApplyError::invalid(format!(
@@ -232,11 +247,21 @@ impl SecurityState {
 mod tests {
     use super::*;
 
+    trait Ap {
+        fn ap(&mut self, c: &SecurityCommand, now: u64) -> Result<Reply, ApplyError>;
+    }
+
+    impl Ap for SecurityState {
+        fn ap(&mut self, c: &SecurityCommand, now: u64) -> Result<Reply, ApplyError> {
+            self.apply(c, now, &BTreeSet::new())
+        }
+    }
+
     const H: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const ID: &str = "0123456789abcdef";
 
     fn create(s: &mut SecurityState, now: u64, ttl: u64) -> Result<Reply, ApplyError> {
-        s.apply(
+        s.ap(
             &SecurityCommand::CreateJoinToken {
                 id: ID.into(),
                 secret_sha256: H.into(),
@@ -252,7 +277,7 @@ mod tests {
         node: u64,
         hash: &str,
     ) -> Result<Reply, ApplyError> {
-        s.apply(
+        s.ap(
             &SecurityCommand::ConsumeJoinToken {
                 id: ID.into(),
                 secret_sha256: hash.into(),
@@ -277,6 +302,14 @@ mod tests {
             .to_string()
             .contains("already used"));
         assert_eq!(s.tokens[ID].used_by, Some(2));
+        // The same joiner retrying (its answer was lost) is admitted again, until it is a member.
+        consume(&mut s, 3000, 2, H).unwrap();
+        let again = SecurityCommand::ConsumeJoinToken {
+            id: ID.into(),
+            secret_sha256: H.into(),
+            node_id: 2,
+        };
+        assert!(s.apply(&again, 3000, &BTreeSet::from([2])).is_err());
     }
 
     #[test]
@@ -289,7 +322,7 @@ mod tests {
             .contains("expired"));
         let mut s = SecurityState::default();
         create(&mut s, 1000, 60_000).unwrap();
-        s.apply(&SecurityCommand::RevokeJoinToken { id: ID.into() }, 1500)
+        s.ap(&SecurityCommand::RevokeJoinToken { id: ID.into() }, 1500)
             .unwrap();
         assert!(consume(&mut s, 2000, 2, H)
             .unwrap_err()
@@ -301,7 +334,7 @@ mod tests {
     #[test]
     fn revoked_and_admitted_ids_are_not_admitted_again() {
         let mut s = SecurityState::default();
-        s.apply(&SecurityCommand::RevokeNode { id: 4 }, 0).unwrap();
+        s.ap(&SecurityCommand::RevokeNode { id: 4 }, 0).unwrap();
         create(&mut s, 1000, 60_000).unwrap();
         assert!(consume(&mut s, 2000, 4, H)
             .unwrap_err()
@@ -320,7 +353,7 @@ mod tests {
             secret_sha256: H.into(),
             expires_ms: 5000,
         };
-        assert!(s.apply(&bad, 1000).is_err());
+        assert!(s.ap(&bad, 1000).is_err());
         assert!(s.tokens.is_empty());
     }
 }

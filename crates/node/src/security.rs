@@ -469,7 +469,18 @@ pub async fn enroll(
                             "{target} is not a member of the cluster this join token is for (its CA does not match the token): refused"
                         )));
                     }
-                    if s.code() != tonic::Code::Unavailable {
+                    // The cluster's answers are final; anything else (unreachable, reset, timed
+                    // out) is retried until the deadline.
+                    use tonic::Code;
+                    if matches!(
+                        s.code(),
+                        Code::PermissionDenied
+                            | Code::InvalidArgument
+                            | Code::FailedPrecondition
+                            | Code::AlreadyExists
+                            | Code::OutOfRange
+                            | Code::Unauthenticated
+                    ) {
                         return Err(NodeError::Config(format!(
                             "joining through {target}: {}",
                             s.message()
