@@ -387,9 +387,27 @@ pub async fn serve_enroll(node: &Node, req: pb::EnrollRequest) -> Result<pb::Enr
             req.node_id
         )));
     }
+    let hash = blixard_pki::token::secret_hash(&req.secret);
+    // Anyone may call this: only a caller holding a real token may cost a log entry. Checked
+    // against the applied state after a read barrier (no log entry), then again by `apply`.
+    node.read_barrier().await?;
+    let known = node
+        .state
+        .read()
+        .state
+        .security
+        .tokens
+        .get(&req.token_id)
+        .is_some_and(|t| t.secret_sha256 == hash);
+    if !known {
+        tracing::warn!(node = req.node_id, addr = %req.addr, "join refused: unknown token or wrong secret");
+        return Err(Status::permission_denied(
+            "join token refused: it is not a token of this cluster",
+        ));
+    }
     let cmd = SecurityCommand::ConsumeJoinToken {
         id: req.token_id.clone(),
-        secret_sha256: blixard_pki::token::secret_hash(&req.secret),
+        secret_sha256: hash,
         node_id: req.node_id,
     };
     match node.propose(Command::Security(cmd), None).await {
