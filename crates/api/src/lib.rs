@@ -186,7 +186,9 @@ impl From<&core::TaskRecord> for pb::TaskInfo {
             submitted_ms: t.submitted_ms,
             started_ms: t.started_ms,
             finished_ms: t.finished_ms,
-            env: t.spec.env.clone().into_iter().collect(),
+            // Write-only: names, never values.
+            env: Default::default(),
+            env_names: t.spec.env.keys().cloned().collect(),
         }
     }
 }

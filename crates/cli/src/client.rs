@@ -460,8 +460,22 @@ impl Client {
     }
 
     pub async fn vm_list(&self, stale: bool) -> anyhow::Result<()> {
-        let r = self.connect().await?.list_vms(pb::ReadOptions { stale }).await.map_err(|e| status_err(&self.addr, e))?;
-        let vms = r.into_inner().vms;
+        // Page by page: any number of VMs can be listed.
+        let mut c = self.connect().await?;
+        let mut vms = Vec::new();
+        let mut after = String::new();
+        loop {
+            let r = c
+                .list_vms_page(pb::PageRequest { stale, limit: 0, after: after.clone() })
+                .await
+                .map_err(|e| status_err(&self.addr, e))?
+                .into_inner();
+            vms.extend(r.vms);
+            if r.next.is_empty() {
+                break;
+            }
+            after = r.next;
+        }
         if self.json {
             output::print_json(&serde_json::Value::Array(vms.iter().map(output::vm_json).collect()));
         } else {
@@ -579,8 +593,18 @@ impl Client {
     }
 
     pub async fn task_list(&self, stale: bool, state: Option<String>, node: Option<u64>) -> anyhow::Result<()> {
-        let req = pb::ListTasksRequest { stale, state: state.unwrap_or_default(), node };
-        let tasks = self.connect().await?.list_tasks(req).await.map_err(|e| status_err(&self.addr, e))?.into_inner().tasks;
+        let mut c = self.connect().await?;
+        let mut tasks = Vec::new();
+        let mut after = String::new();
+        loop {
+            let req = pb::ListTasksRequest { stale, state: state.clone().unwrap_or_default(), node, limit: 0, after: after.clone() };
+            let r = c.list_tasks(req).await.map_err(|e| status_err(&self.addr, e))?.into_inner();
+            tasks.extend(r.tasks);
+            if r.next.is_empty() {
+                break;
+            }
+            after = r.next;
+        }
         if self.json {
             output::print_json(&serde_json::Value::Array(tasks.iter().map(output::task_json).collect()));
         } else {

@@ -391,7 +391,26 @@ async fn shutdown_signal() {
     }
 }
 
+/// `blixard ... | head -1`: once the reader is gone, printing fails with a broken pipe, which
+/// `println!` turns into a panic. That is not an error of ours: end quietly, as `cat` does.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let daemon = matches!(&cli.command, Cmd::Node { sub: None, .. } | Cmd::Workload);
     init_logging(daemon);

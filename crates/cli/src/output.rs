@@ -55,7 +55,7 @@ pub fn task_json(t: &pb::TaskInfo) -> Value {
         "epoch": t.epoch,
         "reason": t.reason,
         "command": t.command,
-        "env": t.env.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "env": t.env_names,
         "cpus": t.cpus,
         "memory_mb": t.memory_mb,
         "timeout_secs": t.timeout_secs,

@@ -420,7 +420,7 @@ impl ClusterState {
                 }
             }
             Command::SetLivenessSettings { lease_ms, grace_ms, heartbeat_ms } => {
-                let new = self.liveness.merged(*lease_ms, *grace_ms, *heartbeat_ms);
+                let new = self.liveness.merged(*lease_ms, *grace_ms, *heartbeat_ms, now, self.workers.is_empty());
                 new.validate()?;
                 self.liveness = new;
                 self.touched.insert(RowKey::Liveness);

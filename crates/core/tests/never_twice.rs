@@ -176,8 +176,11 @@ fn lease_settings_are_replicated_validated_and_judged_by_the_longer_lease() {
     h.ok(Command::SetLivenessSettings { lease_ms: Some(4000), grace_ms: Some(1000), heartbeat_ms: Some(500) });
     let l = h.s.liveness;
     assert_eq!((l.lease_ms, l.grace_ms, l.heartbeat_ms), (4000, 1000, 500));
-    // A node may still hold a 10 s lease granted before the change.
-    assert_eq!(l.down_after_ms(), 11_000);
+    // A node may still hold a 10 s lease granted before the change; once every such lease
+    // has ended (10 s after the change, plus grace), the new lease is the measure.
+    assert_eq!(l.down_after_ms(l.changed_ms), 11_000);
+    assert_eq!(l.down_after_ms(l.changed_ms + 10_999), 11_000);
+    assert_eq!(l.down_after_ms(l.changed_ms + 11_000), 5_000);
 }
 
 #[test]

@@ -196,7 +196,9 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     match initial_lease {
         Some(cmd) if existing.is_none() && config.bootstrap == Bootstrap::Init => {
-            tasks.push(tokio::spawn(propose_until_done(node.clone(), cmd, "initial lease settings")));
+            // Before any heartbeat or registration: no lease exists yet, so the cluster's first
+            // settings are judged by themselves.
+            propose_until_done(node.clone(), cmd, "initial lease settings").await;
         }
         Some(_) => tracing::warn!(
             "--lease-ms, --grace-ms and --liveness-heartbeat-ms only seed a new cluster (--init); \
@@ -316,7 +318,7 @@ fn initial_liveness(config: &NodeConfig) -> Result<Option<Command>, NodeError> {
         return Ok(None);
     }
     blixard_core::LivenessSettings::default()
-        .merged(lease_ms, grace_ms, heartbeat_ms)
+        .merged(lease_ms, grace_ms, heartbeat_ms, 0, true)
         .validate()
         .map_err(|e| NodeError::Config(format!("lease settings: {e}")))?;
     Ok(Some(Command::SetLivenessSettings { lease_ms, grace_ms, heartbeat_ms }))

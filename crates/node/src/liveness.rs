@@ -159,8 +159,10 @@ pub async fn heartbeat_loop(node: Arc<Node>) {
         let sent = SystemTime::now();
         let res = tokio::time::timeout(heartbeat * 3, node.heartbeat_leader()).await;
         match res {
-            Ok(Ok(index)) => {
-                let until = sent + Duration::from_millis(t.lease_ms);
+            Ok(Ok((index, lease_ms))) => {
+                // The leader's lease, never longer than the bound (a peer speaking nonsense).
+                let lease_ms = lease_ms.min(blixard_core::liveness::MAX_LEASE_MS);
+                let until = sent + Duration::from_millis(lease_ms);
                 node.liveness.renew(until, index);
                 if let Err(e) = write_lease(&path, until) {
                     tracing::error!(error = %e, path = %path.display(), "cannot write the lease file");
@@ -217,7 +219,7 @@ async fn detect_failures(node: &Arc<Node>) {
                 v.down_since.remove(id);
             }
         }
-        verdicts(&settings, &workers, &mut v.seen, now)
+        verdicts(&settings, unix_ms(SystemTime::now()), &workers, &mut v.seen, now)
     };
     for (id, state) in proposals {
         match state {

@@ -248,13 +248,13 @@ impl Node {
     }
 
     /// Heartbeats the leader (or, on the leader, confirms leadership); returns the index this
-    /// node must apply before acting on its state.
-    pub(crate) async fn heartbeat_leader(&self) -> Result<u64, NodeError> {
+    /// node must apply before acting on its state, and the lease the leader grants (ms).
+    pub(crate) async fn heartbeat_leader(&self) -> Result<(u64, u64), NodeError> {
         match self.leader() {
             Some((id, _)) if id == self.id => {
                 let index = self.leader_read_index().await?;
                 self.liveness.seen(self.id);
-                Ok(index)
+                Ok((index, self.liveness_settings().lease_ms))
             }
             Some((id, addr)) => {
                 let mut client = self.peer(&addr)?;
@@ -265,8 +265,11 @@ impl Node {
                 let reply = client
                     .heartbeat(r)
                     .await
-                    .map_err(|s| NodeError::Unreachable(format!("heartbeat to leader {id}: {}", s.message())))?;
-                Ok(reply.into_inner().index)
+                    .map_err(|s| NodeError::Unreachable(format!("heartbeat to leader {id}: {}", s.message())))?
+                    .into_inner();
+                // An older leader that does not say: our own applied setting.
+                let lease = if reply.lease_ms == 0 { self.liveness_settings().lease_ms } else { reply.lease_ms };
+                Ok((reply.index, lease))
             }
             None => Err(NodeError::NoLeader("no leader known".into())),
         }
@@ -505,7 +508,7 @@ impl Node {
         // Only once they cannot be running any more: silent for lease + grace, as judged by
         // the leader of this term.
         let term = self.metrics().current_term;
-        let after = Duration::from_millis(self.liveness_settings().down_after_ms());
+        let after = Duration::from_millis(self.liveness_settings().down_after_ms(now_ms()));
         let departed: Vec<u64> = departed.into_iter().filter(|id| self.liveness.silent_for(*id) > after).collect();
         for id in departed {
             tracing::info!(node = id, "forgetting worker that is no longer a member");

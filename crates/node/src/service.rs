@@ -236,6 +236,7 @@ impl Blixard for Api {
                 ))
             })?)
         };
+        let after = parse_task_token(&req.after)?;
         self.read(req.stale).await?;
         let a = self.node.state.read();
         let mut tasks: Vec<&blixard_core::TaskRecord> = a
@@ -243,9 +244,11 @@ impl Blixard for Api {
             .tasks
             .values()
             .filter(|t| state.is_none_or(|s| t.state == s) && req.node.is_none_or(|n| t.node_id == Some(n)))
+            .filter(|t| after.as_ref().is_none_or(|(ms, id)| (t.submitted_ms, &t.id) > (*ms, id)))
             .collect();
         tasks.sort_by(|x, y| (x.submitted_ms, &x.id).cmp(&(y.submitted_ms, &y.id)));
-        Ok(Response::new(pb::TaskList { tasks: tasks.into_iter().map(pb::TaskInfo::from).collect() }))
+        let (tasks, next) = page(tasks.into_iter(), req.limit, pb::TaskInfo::from, |t| format!("{}:{}", t.submitted_ms, t.id));
+        Ok(Response::new(pb::TaskList { tasks, next }))
     }
 
     async fn cancel_task(&self, r: GrpcRequest<pb::TaskRef>) -> Result<Response<pb::TaskInfo>, Status> {
@@ -428,7 +431,21 @@ impl Blixard for Api {
     async fn list_vms(&self, r: GrpcRequest<pb::ReadOptions>) -> Result<Response<pb::VmList>, Status> {
         self.read(r.get_ref().stale).await?;
         let a = self.node.state.read();
-        Ok(Response::new(pb::VmList { vms: a.state.vms.values().map(pb::VmInfo::from).collect() }))
+        Ok(Response::new(pb::VmList { vms: a.state.vms.values().map(pb::VmInfo::from).collect(), next: String::new() }))
+    }
+
+    async fn list_vms_page(&self, r: GrpcRequest<pb::PageRequest>) -> Result<Response<pb::VmList>, Status> {
+        let req = r.into_inner();
+        if req.after.len() > blixard_core::spec::MAX_NAME_LEN {
+            return Err(Status::invalid_argument("bad page token"));
+        }
+        self.read(req.stale).await?;
+        let a = self.node.state.read();
+        let from = (std::ops::Bound::Excluded(req.after.clone()), std::ops::Bound::Unbounded);
+        let vms: Box<dyn Iterator<Item = &blixard_core::VmRecord>> =
+            if req.after.is_empty() { Box::new(a.state.vms.values()) } else { Box::new(a.state.vms.range(from).map(|(_, v)| v)) };
+        let (vms, next) = page(vms, req.limit, pb::VmInfo::from, |v| v.spec.name.clone());
+        Ok(Response::new(pb::VmList { vms, next }))
     }
 
     async fn create_join_token(&self, r: GrpcRequest<pb::CreateJoinTokenRequest>) -> Result<Response<pb::JoinTokenInfo>, Status> {
@@ -483,7 +500,7 @@ impl RaftPeer for Api {
     async fn read_index(&self, r: GrpcRequest<pb::Empty>) -> Result<Response<pb::ReadIndexReply>, Status> {
         self.check_peer(&r)?;
         let index = self.node.leader_read_index().await?;
-        Ok(Response::new(pb::ReadIndexReply { index }))
+        Ok(Response::new(pb::ReadIndexReply { index, lease_ms: 0 }))
     }
 
     async fn heartbeat(&self, r: GrpcRequest<pb::HeartbeatRequest>) -> Result<Response<pb::ReadIndexReply>, Status> {
@@ -497,7 +514,10 @@ impl RaftPeer for Api {
         // Confirm leadership with a quorum first: a deposed leader must not renew leases.
         let index = self.node.leader_read_index().await?;
         self.node.liveness.seen(r.get_ref().node_id);
-        Ok(Response::new(pb::ReadIndexReply { index }))
+        // The lease is the leader's to grant: a node that has not applied a settings change
+        // yet must not renew for longer than the leader judges by.
+        let lease_ms = self.node.liveness_settings().lease_ms;
+        Ok(Response::new(pb::ReadIndexReply { index, lease_ms }))
     }
 
     async fn evicted(&self, r: GrpcRequest<pb::EvictedNotice>) -> Result<Response<pb::Empty>, Status> {
@@ -525,5 +545,75 @@ fn settings_reply(s: &blixard_core::ClusterState) -> pb::SchedulerSettings {
         lease_ms: s.liveness.lease_ms,
         grace_ms: s.liveness.grace_ms,
         heartbeat_ms: s.liveness.heartbeat_ms,
+    }
+}
+
+/// Most items in one page of a list.
+const PAGE_ITEMS: usize = 1_000;
+/// Most bytes in one page of a list: well under a client's 4 MiB decode limit.
+const PAGE_BYTES: usize = 1 << 20;
+
+/// One page of `items`: at most `limit` (0: [`PAGE_ITEMS`]) and about [`PAGE_BYTES`] encoded
+/// (always at least one item), with the token of the next page (empty on the last).
+fn page<'a, T: 'a, M: prost::Message>(
+    items: impl Iterator<Item = &'a T>,
+    limit: u32,
+    to_msg: impl Fn(&'a T) -> M,
+    token: impl Fn(&'a T) -> String,
+) -> (Vec<M>, String) {
+    let limit = if limit == 0 { PAGE_ITEMS } else { (limit as usize).min(PAGE_ITEMS) };
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let mut last = None;
+    let mut items = items.peekable();
+    while let Some(item) = items.next() {
+        let m = to_msg(item);
+        bytes += m.encoded_len();
+        out.push(m);
+        last = Some(item);
+        if out.len() >= limit || bytes >= PAGE_BYTES {
+            break;
+        }
+    }
+    let next = match (items.peek(), last) {
+        (Some(_), Some(l)) => token(l),
+        _ => String::new(),
+    };
+    (out, next)
+}
+
+/// A task page token: `SUBMITTED_MS:ID`.
+fn parse_task_token(s: &str) -> Result<Option<(u64, String)>, Status> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Status::invalid_argument("bad page token");
+    let (ms, id) = s.split_once(':').ok_or_else(bad)?;
+    if id.len() > blixard_core::task::MAX_TASK_ID_LEN {
+        return Err(bad());
+    }
+    Ok(Some((ms.parse().map_err(|_| bad())?, id.to_string())))
+}
+
+#[cfg(test)]
+mod paging_tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_bounded_and_chain_by_token() {
+        let items: Vec<u64> = (0..10).collect();
+        let msg = |v: &u64| pb::Member { id: *v, addr: "x".repeat(600_000), role: String::new() };
+        // Bytes: two 600 kB items pass 1 MiB, so the page ends after the second.
+        let (got, next) = page(items.iter(), 0, msg, |v| v.to_string());
+        assert_eq!((got.len(), next.as_str()), (2, "1"));
+        // Count: a small limit.
+        let small = |v: &u64| pb::Member { id: *v, addr: String::new(), role: String::new() };
+        let (got, next) = page(items.iter(), 4, small, |v| v.to_string());
+        assert_eq!((got.iter().map(|m| m.id).collect::<Vec<_>>(), next.as_str()), (vec![0, 1, 2, 3], "3"));
+        // The last page has no token.
+        let (got, next) = page(items[8..].iter(), 4, small, |v| v.to_string());
+        assert_eq!((got.len(), next.as_str()), (2, ""));
+        assert_eq!(parse_task_token("12:t-1").unwrap(), Some((12, "t-1".to_string())));
+        assert!(parse_task_token("nonsense").is_err());
     }
 }
