@@ -515,12 +515,12 @@ impl Client {
         }
     }
 
-    pub async fn vm_logs(&self, name: &str, follow: bool) -> anyhow::Result<()> {
+    pub async fn vm_logs(&self, name: &str, follow: bool, previous: bool) -> anyhow::Result<()> {
         use std::io::Write;
         let mut stream = self
             .connect()
             .await?
-            .vm_logs(pb::VmLogsRequest { name: name.into(), follow })
+            .vm_logs(pb::VmLogsRequest { name: name.into(), follow, previous })
             .await
             .map_err(|e| status_err(&self.addr, e))?
             .into_inner();

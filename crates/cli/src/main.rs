@@ -260,6 +260,9 @@ enum VmCmd {
         /// Keep printing as the console grows.
         #[arg(long, short)]
         follow: bool,
+        /// Print the console of the run before the last restart on the VM's node.
+        #[arg(long, conflicts_with = "follow")]
+        previous: bool,
     },
     /// Show one VM.
     Status {
@@ -410,6 +413,12 @@ fn quiet_on_broken_pipe() {
 }
 
 fn main() -> ExitCode {
+    // The workload supervisor (`blixard supervise ...`, started by the daemon, hidden): plain
+    // synchronous code, before any runtime or logging is set up.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "supervise") {
+        let code = blixard_vmm::supervisor::main(std::env::args_os().skip(1).collect());
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     quiet_on_broken_pipe();
     let cli = Cli::parse();
     let daemon = matches!(&cli.command, Cmd::Node { sub: None, .. } | Cmd::Workload);
@@ -462,7 +471,7 @@ fn main() -> ExitCode {
                 VmCmd::Stop { name } => c.vm_set_desired(&name, "stopped").await,
                 VmCmd::Restart { name, timeout } => c.vm_restart(&name, timeout).await,
                 VmCmd::Delete { name } => c.vm_delete(&name).await,
-                VmCmd::Logs { name, follow } => c.vm_logs(&name, follow).await,
+                VmCmd::Logs { name, follow, previous } => c.vm_logs(&name, follow, previous).await,
                 VmCmd::Status { name, stale } => c.vm_status(&name, stale).await,
                 VmCmd::List { stale } => c.vm_list(stale).await,
                 VmCmd::Wait { name, state, timeout } => c.vm_wait(&name, &state, timeout).await,

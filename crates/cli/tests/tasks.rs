@@ -241,3 +241,104 @@ fn a_daemon_restart_mid_task_reports_the_attempt_failed_and_never_reruns_it() {
     let runs = std::fs::read_to_string(dir.join("runs")).unwrap();
     assert_eq!(runs.lines().count(), 1, "the attempt ran once");
 }
+
+/// The node running a task stops answering (`kill -9`, frozen with SIGSTOP, or stopped
+/// gracefully, which leaves workloads running to be adopted on restart): the task's
+/// supervisor fences it when the lease expires, before the leader (after lease + grace)
+/// retries it elsewhere. The workloads' own start/stop records show no overlap.
+#[derive(PartialEq, Debug)]
+enum Loss {
+    Kill,
+    Freeze,
+    GracefulStop,
+}
+
+fn a_lost_node_s_task_stops_before_its_retry_starts(loss: Loss) {
+    let freeze = loss == Loss::Freeze;
+    let mut f = FAST_LIVENESS.to_vec();
+    f.extend_from_slice(&["--vcpus", "4"]);
+    let mut c = Cluster::start(3, &f);
+    let leader = c.leader();
+    let a = c.addr(leader);
+    // Keep the leader busy so the task lands on a follower.
+    let hold = submit(&a, &["--node", &leader.to_string(), "--cpus", "4", "--", "sleep", "120"]);
+    // The first attempt would run for a minute: only fencing can end it early.
+    let id = submit(&a, &["--timeout", "300", "--", "sh", "-c", "echo attempt $BLIXARD_TASK_ATTEMPT; if [ $BLIXARD_TASK_ATTEMPT = 1 ]; then sleep 60; fi; echo done"]);
+    let t = wait_for("the task to run", DEADLINE, || {
+        let t = try_json(&a, &["task", "status", &id])?;
+        (t["state"] == "running").then_some(t)
+    });
+    let victim = t["node_id"].as_u64().unwrap();
+    assert_ne!(victim, leader);
+    let first_epoch = t["epoch"].as_u64().unwrap();
+    let marker = c.node(victim).dir.join("tasks").join(&id).join("attempt.json");
+    let pid = wait_for("the first attempt's pid", DEADLINE, || {
+        let m: Value = serde_json::from_slice(&std::fs::read(&marker).ok()?).ok()?;
+        m["pid"].as_u64()
+    }) as u32;
+    match loss {
+        Loss::Kill => c.kill9(victim),
+        Loss::Freeze => c.signal(victim, "-STOP"),
+        Loss::GracefulStop => c.stop(victim),
+    }
+    // Fenced by its supervisor, with nobody left to tell it.
+    let run = c.node(victim).dir.join("tasks").join(&id).join("run");
+    wait_for("the first attempt to be fenced", DEADLINE, || (!common::pid_alive(pid) && run.join("exit_code").exists()).then_some(()));
+    let fenced = run.join("fenced");
+    let why = std::fs::read_to_string(&fenced).expect("the supervisor recorded why it fenced the task");
+    assert!(why.contains("expired"), "{why}");
+
+    let t = wait_end(&a, &id, Duration::from_secs(90));
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(t["attempt"], 2);
+    assert_ne!(t["node_id"].as_u64(), Some(victim));
+    assert!(t["epoch"].as_u64().unwrap() > first_epoch);
+    // Both attempts left their records; they never overlapped.
+    let runs = wait_for("both attempts' start and stop records", DEADLINE, || {
+        let text = std::fs::read_to_string(c.events_path()).ok()?;
+        let mine: Vec<&str> = text.lines().filter(|l| l.split_whitespace().nth(2) == Some(id.as_str())).collect();
+        (mine.iter().filter(|l| l.starts_with("stop ")).count() == 2).then_some(mine.len())
+    });
+    assert_eq!(runs, 4, "one start and one stop per attempt");
+    c.assert_never_ran_twice();
+    let text = std::fs::read_to_string(c.events_path()).unwrap();
+    let at = |kind: &str, epoch: u64| {
+        text.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f[0] == kind && f[2] == id && f[3].parse() == Ok(epoch))
+            .map(|f| f[1].parse::<u64>().unwrap())
+            .unwrap()
+    };
+    let gap = at("start", t["epoch"].as_u64().unwrap()) as i64 - at("stop", first_epoch) as i64;
+    eprintln!("fenced {gap} ms before the retry started ({loss:?})");
+
+    if freeze {
+        // Woken up, the node learns the attempt is no longer its own: no result from it.
+        c.signal(victim, "-CONT");
+        let m: Value = wait_for("the old attempt's marker to be closed", DEADLINE, || {
+            let m: Value = serde_json::from_slice(&std::fs::read(&marker).ok()?).ok()?;
+            (m["done"] == true).then_some(m)
+        });
+        assert_eq!(m["epoch"].as_u64(), Some(first_epoch));
+        assert_eq!(json(&a, &["task", "status", &id]), t, "the record stays the successful attempt");
+    }
+    let out = run_cli(&a, &["task", "cancel", &hold]);
+    assert!(out.status.success());
+    assert_eq!(wait_end(&a, &hold, DEADLINE)["state"], "cancelled");
+    c.assert_never_ran_twice();
+}
+
+#[test]
+fn a_killed_daemon_s_task_is_fenced_before_its_retry_starts() {
+    a_lost_node_s_task_stops_before_its_retry_starts(Loss::Kill);
+}
+
+#[test]
+fn a_stopped_daemon_s_task_is_fenced_before_its_retry_starts() {
+    a_lost_node_s_task_stops_before_its_retry_starts(Loss::GracefulStop);
+}
+
+#[test]
+fn a_frozen_daemon_s_task_is_fenced_before_its_retry_starts() {
+    a_lost_node_s_task_stops_before_its_retry_starts(Loss::Freeze);
+}

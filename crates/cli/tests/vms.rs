@@ -171,3 +171,30 @@ fn qemu_vm_boots_with_a_raw_disk_image_and_missing_paths_are_refused() {
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     assert!(cmdline.contains(img.to_str().unwrap()) && cmdline.contains("format=raw"), "QEMU got the disk: {cmdline}");
 }
+
+#[test]
+fn a_restart_keeps_the_previous_console() {
+    let c = Cluster::start(1, &[]);
+    let a = c.addr(1);
+    json(&a, &["vm", "create", "phoenix", "--restart", "always"]);
+    c.wait_vm(1, "phoenix", "running", DEADLINE, |v| v["state"] == "running");
+    // No restart yet: nothing to show, one clear line.
+    let out = run_cli(&a, &["vm", "logs", "phoenix", "--previous"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no previous console"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let pid = c.vm_pid(1, "phoenix").unwrap();
+    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    wait_for("phoenix to run again", DEADLINE, || {
+        let v = try_json(&a, &["vm", "status", "phoenix"])?;
+        (v["state"] == "running" && c.vm_pid(1, "phoenix").is_some_and(|p| p != pid)).then_some(())
+    });
+    let out = run_cli(&a, &["vm", "logs", "phoenix", "--previous"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("BLIXARD-READY"));
+    assert!(c.node(1).dir.join("vms").join("phoenix").join("console.log.1").is_file());
+    let out = run_cli(&a, &["vm", "logs", "phoenix", "--previous", "--follow"]);
+    assert!(!out.status.success());
+}

@@ -266,6 +266,21 @@ pub struct ClusterState {
     /// Finished tasks as (finishing log index, id), oldest first, for retention; derived.
     #[serde(skip)]
     finished_tasks: BTreeSet<(u64, String)>,
+    /// Bytes of all VM specs, task specs and remembered outcomes (see `budget`); derived.
+    #[serde(skip)]
+    bytes: Bytes,
+}
+
+/// Sizes tracked against the byte budgets ([`crate::budget`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Bytes {
+    vms: usize,
+    tasks: usize,
+    requests: usize,
+}
+
+fn remembered_bytes(id: &str, r: &Remembered) -> usize {
+    id.len() + serde_json::to_vec(r).map_or(0, |v| v.len())
 }
 
 impl ClusterState {
@@ -307,10 +322,17 @@ impl ClusterState {
     fn remember(&mut self, id: String, index: u64, outcome: Outcome) {
         self.request_order.insert(index, id.clone());
         self.touched.insert(RowKey::Request(id.clone()));
-        self.requests.insert(id, Remembered { index, outcome });
-        while self.requests.len() > DEDUP_WINDOW {
+        let r = Remembered { index, outcome };
+        self.bytes.requests += remembered_bytes(&id, &r);
+        if let Some(old) = self.requests.insert(id.clone(), r) {
+            self.bytes.requests = self.bytes.requests.saturating_sub(remembered_bytes(&id, &old));
+        }
+        // The oldest are forgotten first: beyond the count window or the byte budget.
+        while self.requests.len() > DEDUP_WINDOW || self.bytes.requests > crate::budget::MAX_DEDUP_BYTES {
             let Some((_, oldest)) = self.request_order.pop_first() else { break };
-            self.requests.remove(&oldest);
+            if let Some(old) = self.requests.remove(&oldest) {
+                self.bytes.requests = self.bytes.requests.saturating_sub(remembered_bytes(&oldest, &old));
+            }
             self.touched.insert(RowKey::Request(oldest));
         }
     }
@@ -451,6 +473,14 @@ impl ClusterState {
                 if self.vms.len() >= MAX_VMS {
                     return Err(ApplyError::LimitReached(format!("the cluster already holds {MAX_VMS} VMs")));
                 }
+                let weight = crate::budget::vm_spec_bytes(spec);
+                if self.bytes.vms + weight > crate::budget::MAX_VM_SPEC_BYTES {
+                    return Err(ApplyError::LimitReached(format!(
+                        "the cluster's VM specs already take {} KiB of its {} KiB budget: delete VMs or use shorter specs",
+                        self.bytes.vms >> 10,
+                        crate::budget::MAX_VM_SPEC_BYTES >> 10
+                    )));
+                }
                 if let Some(pin) = spec.node {
                     if !self.workers.contains_key(&pin) {
                         return Err(ApplyError::not_found("node", pin));
@@ -477,6 +507,7 @@ impl ClusterState {
                     placement: None,
                 };
                 self.vms.insert(spec.name.clone(), vm);
+                self.bytes.vms += weight;
                 self.index_add(&spec.name);
                 self.touched.insert(RowKey::Vm(spec.name.clone()));
                 match (decision.node, preemption) {
@@ -501,6 +532,7 @@ impl ClusterState {
                 }
                 self.index_remove(name);
                 if let Some(vm) = self.vms.remove(name) {
+                    self.bytes.vms = self.bytes.vms.saturating_sub(crate::budget::vm_spec_bytes(&vm.spec));
                     if let Some(node) = vm.node_id {
                         self.release(node, &vm.spec.resources());
                     }
@@ -680,6 +712,14 @@ impl ClusterState {
         if active >= MAX_ACTIVE_TASKS {
             return Err(ApplyError::LimitReached(format!("the cluster already holds {MAX_ACTIVE_TASKS} unfinished tasks")));
         }
+        let weight = crate::budget::task_spec_bytes(spec);
+        if self.bytes.tasks + weight > crate::budget::MAX_TASK_SPEC_BYTES {
+            return Err(ApplyError::LimitReached(format!(
+                "the cluster's tasks already take {} KiB of their {} KiB budget: wait for tasks to finish, or cancel some",
+                self.bytes.tasks >> 10,
+                crate::budget::MAX_TASK_SPEC_BYTES >> 10
+            )));
+        }
         if let Some(pin) = spec.node {
             let Some(w) = self.workers.get(&pin) else {
                 return Err(ApplyError::not_found("node", pin));
@@ -710,6 +750,7 @@ impl ClusterState {
             updated_ms: now,
         };
         self.pending_tasks.insert((now, id.to_string()));
+        self.bytes.tasks += weight;
         self.tasks.insert(id.to_string(), t);
         self.touched.insert(RowKey::Task(id.to_string()));
         self.place_pending_tasks(index, now);
@@ -754,7 +795,9 @@ impl ClusterState {
     fn evict_finished_tasks(&mut self) {
         while self.finished_tasks.len() > MAX_FINISHED_TASKS {
             let Some((_, id)) = self.finished_tasks.pop_first() else { break };
-            self.tasks.remove(&id);
+            if let Some(t) = self.tasks.remove(&id) {
+                self.bytes.tasks = self.bytes.tasks.saturating_sub(crate::budget::task_spec_bytes(&t.spec));
+            }
             self.touched.insert(RowKey::Task(id));
         }
     }
@@ -1289,6 +1332,11 @@ impl ClusterState {
     /// Restores the fields that are not serialized.
     pub fn rebuild_derived(&mut self) {
         self.request_order = self.requests.iter().map(|(id, r)| (r.index, id.clone())).collect();
+        self.bytes = Bytes {
+            vms: self.vms.values().map(|v| crate::budget::vm_spec_bytes(&v.spec)).sum(),
+            tasks: self.tasks.values().map(|t| crate::budget::task_spec_bytes(&t.spec)).sum(),
+            requests: self.requests.iter().map(|(id, r)| remembered_bytes(id, r)).sum(),
+        };
         self.groups.clear();
         self.by_node.clear();
         self.pending.clear();
@@ -1417,6 +1465,11 @@ impl ClusterState {
         }
         if fresh.pending_tasks != self.pending_tasks || fresh.finished_tasks != self.finished_tasks {
             return Err("task indexes differ from a rebuild".into());
+        }
+        // (The de-duplication bytes are left out: recounting them costs a serialization of
+        // every remembered outcome, and this runs after every apply in debug builds.)
+        if (fresh.bytes.vms, fresh.bytes.tasks) != (self.bytes.vms, self.bytes.tasks) {
+            return Err(format!("byte accounting {:?} differs from a rebuild {:?}", self.bytes, fresh.bytes));
         }
         Ok(())
     }

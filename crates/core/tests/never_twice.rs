@@ -326,3 +326,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn byte_budgets_bound_the_state_and_refusals_change_nothing() {
+    let mut h = H::new(&[(1, 4)]);
+    // Tasks: about 30 KiB each, never placed (64 vCPUs): the budget stops them, not the count.
+    let big = "x".repeat(15 * 1024);
+    let mut accepted = 0;
+    let refused = loop {
+        let mut spec = TaskSpec::new(vec!["echo".into(), big.clone()]);
+        spec.cpus = 64;
+        spec.env.insert("V".into(), "v".repeat(15 * 1024));
+        h.index += 1;
+        // (Straight to apply: the harness's per-apply digest would dominate the test's time.)
+        let r = Request::new(Command::SubmitTask { id: format!("t-{accepted}"), spec: spec.clone() }, h.index);
+        match h.s.apply_at(h.term, h.index, &r) {
+            Ok(_) => accepted += 1,
+            Err(_) => break h.apply(Command::SubmitTask { id: format!("t-{accepted}"), spec }).unwrap_err(),
+        }
+        assert!(accepted < 5_000, "no budget");
+    };
+    assert!(matches!(refused, ApplyError::LimitReached(_)), "{refused}");
+    assert!(accepted * 30 * 1024 <= blixard_core::budget::MAX_TASK_SPEC_BYTES);
+    assert!(accepted > 500, "{accepted}");
+    // Remembered outcomes: each retry-able reply carries a task; the table stays in budget.
+    for i in 0..200 {
+        let r = Request::new(Command::CancelTask { id: format!("t-{i}") }, 1).with_id(format!("req-{i}"));
+        h.index += 1;
+        h.s.apply_at(h.term, h.index, &r).unwrap();
+    }
+    let kept: usize = h.s.requests.iter().map(|(k, v)| k.len() + serde_json::to_vec(v).unwrap().len()).sum();
+    assert!(kept <= blixard_core::budget::MAX_DEDUP_BYTES, "{kept}");
+}

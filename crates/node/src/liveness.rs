@@ -5,8 +5,10 @@
 //!   only after confirming its leadership with a quorum (ReadIndex), so a reply proves that at
 //!   the time it was sent, the cluster had not moved on without this node.
 //! - A successful reply renews the node's lease until `sent + lease`. The expiry is written to
-//!   the lease file, which every VM supervisor watches: when it passes, the supervisor kills
-//!   the VM (fencing works even if the daemon is stopped or dead). The executor also refuses to
+//!   the lease file as a CLOCK_BOOTTIME deadline with the host's boot id; every workload
+//!   supervisor (VMs and tasks, `blixard_vmm::supervisor`) reads it and kills its workload as
+//!   soon as it cannot prove the lease valid (fencing works even if the daemon is stopped or
+//!   dead, and no wall-clock step matters). The executor also refuses to
 //!   start anything without a lease, and until it has applied the index the leader returned.
 //! - Lease, grace and heartbeat interval are cluster settings in the replicated state
 //!   (`blixard_core::LivenessSettings`), read from the applied state at each use.
@@ -90,25 +92,39 @@ impl Liveness {
         l.valid_until.is_some_and(|t| SystemTime::now() < t)
     }
 
-    /// Gives the lease up (leaving the cluster): nothing starts any more, and the VM
-    /// supervisors fence whatever still runs.
+    /// Gives the lease up (leaving the cluster): nothing starts any more, and the workload
+    /// supervisors fence whatever still runs. The revoked lease is written under the lease
+    /// lock, and renewals check `revoked` under the same lock, so no renewal can rewrite a
+    /// valid lease after this.
     pub fn revoke(&self, lease_file: &std::path::Path) {
+        let mut l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         self.revoked.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.lease.lock().unwrap_or_else(|p| p.into_inner()).valid_until = None;
-        if let Err(e) = write_lease(&lease_file.to_path_buf(), UNIX_EPOCH) {
+        l.valid_until = None;
+        if let Err(e) = write_lease(lease_file, 0) {
             tracing::warn!(error = %e, "writing the revoked lease");
         }
     }
 
-    fn renew(&self, until: SystemTime, min_applied: u64) {
+    /// Renews the lease until `until` (wall clock, for this daemon) and writes the lease file
+    /// with the same deadline on CLOCK_BOOTTIME (`deadline_ms`, for the supervisors), unless
+    /// the lease was revoked.
+    fn renew(&self, until: SystemTime, deadline_ms: Option<u64>, min_applied: u64, lease_file: &std::path::Path) {
+        let mut l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        let mut l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         if l.valid_until.is_none_or(|t| until > t) {
             l.valid_until = Some(until);
         }
         l.min_applied = l.min_applied.max(min_applied);
+        match deadline_ms {
+            Some(deadline) => {
+                if let Err(e) = write_lease(lease_file, deadline) {
+                    tracing::error!(error = %e, path = %lease_file.display(), "cannot write the lease file: this node's workloads will be fenced");
+                }
+            }
+            None => tracing::error!("cannot read CLOCK_BOOTTIME: the lease file is not renewed and this node's workloads will be fenced"),
+        }
     }
 
     /// Milliseconds of the detector's monotonic clock.
@@ -132,18 +148,15 @@ impl Liveness {
     }
 }
 
-/// The lease file every VM supervisor of this node watches.
+/// The lease file every workload supervisor of this node watches.
 pub fn lease_file(node: &Node) -> PathBuf {
     node.config.data_dir.join("vms").join("lease")
 }
 
-fn write_lease(path: &PathBuf, until: SystemTime) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, unix_ms(until).to_string())?;
-    std::fs::rename(tmp, path)
+/// Writes the lease file: valid until `deadline_ms` of CLOCK_BOOTTIME in this boot of the host
+/// (`0`: revoked). See `blixard_vmm::supervisor` for how it is read.
+fn write_lease(path: &std::path::Path, deadline_ms: u64) -> std::io::Result<()> {
+    blixard_vmm::supervisor::write_lease(path, deadline_ms)
 }
 
 /// Heartbeats the leader and renews the lease, until the node stops.
@@ -157,16 +170,16 @@ pub async fn heartbeat_loop(node: Arc<Node>) {
             _ = node.stopped() => return,
         }
         let sent = SystemTime::now();
+        // The same instant on the clock the supervisors read (monotonic, unaffected by steps).
+        let sent_boot = blixard_vmm::supervisor::boottime_ms();
         let res = tokio::time::timeout(heartbeat * 3, node.heartbeat_leader()).await;
         match res {
             Ok(Ok((index, lease_ms))) => {
                 // The leader's lease, never longer than the bound (a peer speaking nonsense).
                 let lease_ms = lease_ms.min(blixard_core::liveness::MAX_LEASE_MS);
                 let until = sent + Duration::from_millis(lease_ms);
-                node.liveness.renew(until, index);
-                if let Err(e) = write_lease(&path, until) {
-                    tracing::error!(error = %e, path = %path.display(), "cannot write the lease file");
-                }
+                let deadline = sent_boot.map(|b| b + lease_ms);
+                node.liveness.renew(until, deadline, index, &path);
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat failed"),
             Err(_) => tracing::debug!("heartbeat timed out"),
@@ -290,5 +303,28 @@ async fn replace_dead_voters(node: &Arc<Node>) {
     // The dead voter stays a learner: if it comes back it catches up without a vote.
     if let Err(e) = node.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([dead])), true).await {
         tracing::warn!(error = %e, "demoting the dead voter");
+    }
+}
+
+#[cfg(test)]
+mod lease_file_tests {
+    use super::*;
+    use blixard_vmm::supervisor::{boottime_ms, check_lease};
+
+    #[test]
+    fn a_revoked_lease_is_never_rewritten_by_a_later_renewal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vms").join("lease");
+        let l = Liveness::default();
+        let now = boottime_ms().expect("boottime");
+        l.renew(SystemTime::now() + Duration::from_secs(60), Some(now + 60_000), 1, &path);
+        assert!(check_lease(&path).is_ok(), "renewed");
+        assert!(l.lease_valid());
+        l.revoke(&path);
+        assert!(check_lease(&path).unwrap_err().contains("revoked"));
+        // A heartbeat that was in flight when the lease was revoked comes back.
+        l.renew(SystemTime::now() + Duration::from_secs(60), Some(now + 120_000), 2, &path);
+        assert!(check_lease(&path).unwrap_err().contains("revoked"), "still revoked");
+        assert!(!l.lease_valid());
     }
 }

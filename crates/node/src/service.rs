@@ -190,8 +190,20 @@ impl Blixard for Api {
             })?;
             (node, a.state.workers.get(&node).map(|w| w.addr.clone()))
         };
+        if req.previous && req.follow {
+            return Err(Status::invalid_argument("--previous and --follow cannot be combined: the previous console no longer grows"));
+        }
         if owner.0 == self.node.id {
-            let path = self.node.driver.console_path(&req.name);
+            let mut path = self.node.driver.console_path(&req.name);
+            if req.previous {
+                path.set_file_name(blixard_vmm::rundir::PREVIOUS_CONSOLE);
+                if !path.exists() {
+                    return Err(Status::not_found(format!(
+                        "VM '{}' has no previous console on node {}: it has not been restarted there",
+                        req.name, self.node.id
+                    )));
+                }
+            }
             return Ok(Response::new(stream_file(self.node.clone(), path, req.follow)));
         }
         if fwd {

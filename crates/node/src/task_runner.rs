@@ -3,19 +3,28 @@
 //!
 //! Stateless like the executor: what to run comes from the applied state; the only local
 //! things are runtime handles (a cancel channel per running attempt) and, on disk under
-//! `<data_dir>/tasks/<id>/`, the captured output (`output`, the last 64 KiB) and a marker
-//! (`attempt.json`) recording that an attempt was started, so a restarted daemon never starts
-//! the same attempt twice: it stops what is left of it and reports it failed.
+//! `<data_dir>/tasks/<id>/` (the task's working directory), the captured output (`output`, the
+//! last 64 KiB), a marker (`attempt.json`) recording that an attempt was started, so a
+//! restarted daemon never starts the same attempt twice, and the supervisor's run directory
+//! `run/`.
+//!
+//! Each attempt runs under its own workload supervisor (`blixard_vmm::supervisor`), exactly
+//! like a VM: detached from the daemon, it holds the process as its child, kills it at the
+//! task's timeout, fences it when the node's lease cannot be proven valid (daemon killed,
+//! frozen or cut off), kills it when `run/stop_requested` appears (cancellation, or an attempt
+//! that is no longer this node's), keeps the output bounded and records the ending
+//! (`exit_code`, `timed_out`, `fenced`, `exec_failed`). The daemon never signals a task
+//! process itself; it identifies one by pid, start time and boot id (recorded in the marker).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blixard_core::{ApplyError, Command, TaskRecord, TaskState};
+use blixard_vmm::{rundir, supervisor};
 use openraft::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::error::NodeError;
@@ -33,6 +42,12 @@ struct Marker {
     attempt: u32,
     /// Process (and process group) id, once spawned.
     pid: Option<u32>,
+    /// Its start time (`/proc/<pid>/stat` field 22) and the host's boot id: with the pid, the
+    /// identity of the process (a recycled pid is never taken for it).
+    #[serde(default)]
+    starttime: Option<u64>,
+    #[serde(default)]
+    boot_id: Option<String>,
     /// The result was reported.
     done: bool,
 }
@@ -64,59 +79,84 @@ fn write_marker(dir: &Path, m: &Marker) -> std::io::Result<()> {
     std::fs::rename(tmp, dir.join("attempt.json"))
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
+/// The supervisor's run directory of the attempt recorded in `dir`.
+fn run_dir(dir: &Path) -> PathBuf {
+    dir.join("run")
 }
 
-/// Kills process group `pgid` (SIGKILL); errors (already gone) are ignored.
-fn kill_group(pgid: u32) {
-    if pgid > 1 {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), nix::sys::signal::Signal::SIGKILL);
+/// True while the attempt's process, as recorded in the marker (pid, start time, boot id), is
+/// alive. Never a bare pid: a recycled one is not the task.
+fn recorded_alive(m: &Marker) -> bool {
+    match (m.pid, m.starttime) {
+        (Some(pid), Some(st)) => m.boot_id.is_some() && m.boot_id == rundir::boot_id() && rundir::is_alive(pid, Some(st)),
+        _ => false,
     }
 }
 
-/// The last [`OUTPUT_LIMIT`] bytes of a stream, and how many came before them.
-#[derive(Default)]
-struct Tail {
-    buf: VecDeque<u8>,
-    total: u64,
-    dirty: bool,
-}
-
-impl Tail {
-    fn push(&mut self, data: &[u8]) {
-        self.total += data.len() as u64;
-        self.buf.extend(data);
-        while self.buf.len() > OUTPUT_LIMIT {
-            let extra = self.buf.len() - OUTPUT_LIMIT;
-            self.buf.drain(..extra);
+/// Asks the attempt's supervisor to stop it (non-blocking).
+fn request_stop(dir: &Path) {
+    let run = run_dir(dir);
+    if run.is_dir() {
+        if let Err(e) = std::fs::write(run.join(rundir::STOP_REQUESTED), b"") {
+            tracing::warn!(dir = %run.display(), error = %e, "cannot ask the task's supervisor to stop it");
         }
-        self.dirty = true;
-    }
-
-    fn render(&self) -> Vec<u8> {
-        let dropped = self.total - self.buf.len() as u64;
-        let mut out = Vec::with_capacity(self.buf.len() + 48);
-        if dropped > 0 {
-            out.extend_from_slice(format!("[... {dropped} bytes truncated ...]\n").as_bytes());
-        }
-        out.extend(self.buf.iter());
-        out
     }
 }
 
-fn flush(tail: &Mutex<Tail>, path: &Path) {
-    let bytes = {
-        let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
-        if !t.dirty {
+/// Whether the attempt supervised in `dir` is over: its supervisor recorded the exit, or
+/// neither the supervisor nor the recorded process is alive.
+fn attempt_over(dir: &Path, m: &Marker) -> bool {
+    let run = run_dir(dir);
+    if !run.is_dir() || run.join(rundir::EXIT_CODE).exists() {
+        return !recorded_alive(m);
+    }
+    let supervisor_alive = std::fs::read_to_string(run.join(rundir::SUPERVISOR_PID))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .is_some_and(|p| rundir::is_alive(p, None));
+    !supervisor_alive && !recorded_alive(m)
+}
+
+/// Stops the attempt recorded in `dir` if it still runs, and waits until it is over.
+async fn stop_attempt(dir: &Path, m: &Marker) {
+    if attempt_over(dir, m) {
+        return;
+    }
+    request_stop(dir);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !attempt_over(dir, m) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::error!(dir = %dir.display(), pid = ?m.pid, "a task attempt did not stop within 10s of being asked to");
             return;
         }
-        t.dirty = false;
-        t.render()
-    };
-    let tmp = path.with_extension("tmp");
-    if std::fs::write(&tmp, bytes).is_ok() {
-        let _ = std::fs::rename(tmp, path);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How the attempt supervised in `dir` ended, from its supervisor's files (once `exit_code`
+/// is there). `cancelled`: this daemon asked for the stop because of a cancellation.
+fn ending_from_files(dir: &Path, cancelled: bool, node_id: u64) -> Ending {
+    let run = run_dir(dir);
+    let read = |f: &str| std::fs::read_to_string(run.join(f)).ok().map(|s| s.trim().to_string());
+    let code: Option<i32> = read(rundir::EXIT_CODE).and_then(|s| s.parse().ok());
+    let failed = |reason: String| Ending { state: TaskState::Failed, exit_code: None, reason: Some(reason) };
+    if let Some(why) = read(supervisor::EXEC_FAILED) {
+        return failed(why);
+    }
+    if let Some(why) = read(supervisor::TIMED_OUT) {
+        return Ending { state: TaskState::TimedOut, exit_code: None, reason: Some(why) };
+    }
+    if let Some(why) = read(rundir::FENCED) {
+        return failed(format!("node {node_id} could not prove its lease valid, so the task was stopped: {why}"));
+    }
+    if cancelled {
+        return Ending { state: TaskState::Cancelled, exit_code: None, reason: Some("cancelled by request; its process group was killed".into()) };
+    }
+    match code {
+        Some(0) => Ending { state: TaskState::Succeeded, exit_code: Some(0), reason: None },
+        Some(c) if (1..=128).contains(&c) => Ending { state: TaskState::Failed, exit_code: Some(c), reason: Some(format!("exited with code {c}")) },
+        Some(c) if c > 128 => failed(format!("killed by signal {}", c - 128)),
+        _ => failed("the process is gone without a recorded exit status (its supervisor was killed)".into()),
     }
 }
 
@@ -186,9 +226,9 @@ impl TaskRunner {
                 }
                 if let Some(m) = &marker {
                     if !m.done {
-                        if let Some(pid) = m.pid.filter(|p| alive(*p)) {
-                            tracing::warn!(task = %id, epoch = m.epoch, pid, "stopping a leftover attempt that is no longer this node's");
-                            kill_group(pid);
+                        if !attempt_over(&dir, m) {
+                            tracing::warn!(task = %id, epoch = m.epoch, pid = ?m.pid, "stopping a leftover attempt that is no longer this node's");
+                            request_stop(&dir);
                         }
                         let _ = write_marker(&dir, &Marker { done: true, ..m.clone() });
                     }
@@ -212,25 +252,17 @@ impl TaskRunner {
             match read_marker(&dir) {
                 Some(m) if m.epoch == t.epoch && m.done => continue,
                 Some(m) if m.epoch == t.epoch => {
-                    // Started by an earlier run of this daemon: its result is unknown.
-                    if let Some(pid) = m.pid.filter(|p| alive(*p)) {
-                        kill_group(pid);
-                    }
-                    let reason = format!(
-                        "blixard on node {} restarted while attempt {} was running; the process was stopped and its result is unknown",
-                        self.node.id, t.attempt
-                    );
-                    tracing::warn!(task = %t.id, epoch = t.epoch, "{reason}");
-                    let ending = Ending { state: TaskState::Failed, exit_code: None, reason: Some(reason) };
-                    self.spawn_report(t.clone(), m, ending);
+                    // Started by an earlier run of this daemon: reported below, after its
+                    // supervisor stopped it (or from what it recorded, if it had ended).
+                    self.spawn_report(t.clone(), m, None);
                     continue;
                 }
                 _ => {}
             }
             if t.cancel_requested {
-                let m = Marker { epoch: t.epoch, attempt: t.attempt, pid: None, done: false };
+                let m = Marker { epoch: t.epoch, attempt: t.attempt, pid: None, starttime: None, boot_id: None, done: false };
                 let ending = Ending { state: TaskState::Cancelled, exit_code: None, reason: Some("cancelled before it started".into()) };
-                self.spawn_report(t.clone(), m, ending);
+                self.spawn_report(t.clone(), m, Some(ending));
                 continue;
             }
             if !may_start {
@@ -249,8 +281,10 @@ impl TaskRunner {
         }
     }
 
-    /// Reports `ending` for an attempt not running here, then marks it done.
-    fn spawn_report(self: &Arc<Self>, t: TaskRecord, m: Marker, ending: Ending) {
+    /// Reports `ending` for an attempt not running here, then marks it done. `None`: an
+    /// attempt an earlier run of this daemon started; it is stopped first if it still runs,
+    /// and reported failed (or as it ended, if it ended by itself meanwhile).
+    fn spawn_report(self: &Arc<Self>, t: TaskRecord, m: Marker, ending: Option<Ending>) {
         let (tx, _rx) = watch::channel(false);
         {
             let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -263,6 +297,24 @@ impl TaskRunner {
         tokio::spawn(async move {
             let dir = task_dir(&this.node.config.data_dir, &t.id);
             let _ = std::fs::create_dir_all(&dir);
+            let ending = match ending {
+                Some(e) => e,
+                None => {
+                    let run = run_dir(&dir);
+                    let ended_by_itself = run.join(rundir::EXIT_CODE).exists() && !run.join(rundir::STOP_REQUESTED).exists();
+                    stop_attempt(&dir, &m).await;
+                    if ended_by_itself {
+                        ending_from_files(&dir, false, this.node.id)
+                    } else {
+                        let reason = format!(
+                            "blixard on node {} restarted while attempt {} was running; the process was stopped and its result is unknown",
+                            this.node.id, t.attempt
+                        );
+                        tracing::warn!(task = %t.id, epoch = t.epoch, "{reason}");
+                        Ending { state: TaskState::Failed, exit_code: None, reason: Some(reason) }
+                    }
+                }
+            };
             let _ = this.report_result(&t, ending, None).await;
             let _ = write_marker(&dir, &Marker { done: true, ..m });
             this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
@@ -272,59 +324,63 @@ impl TaskRunner {
     async fn run_attempt(&self, t: TaskRecord, mut cancel: watch::Receiver<bool>) -> Result<(), NodeError> {
         let dir = task_dir(&self.node.config.data_dir, &t.id);
         std::fs::create_dir_all(&dir).map_err(|e| NodeError::Io(format!("creating {}: {e}", dir.display())))?;
+        // An earlier attempt of this task on this node must be over before this one starts.
+        if let Some(old) = read_marker(&dir) {
+            stop_attempt(&dir, &old).await;
+        }
+        let run = run_dir(&dir);
         let out_path = dir.join("output");
         let _ = std::fs::remove_file(&out_path);
-        let mut marker = Marker { epoch: t.epoch, attempt: t.attempt, pid: None, done: false };
+        let _ = std::fs::remove_dir_all(&run);
+        std::fs::create_dir_all(&run).map_err(|e| NodeError::Io(format!("creating {}: {e}", run.display())))?;
+        let mut marker = Marker { epoch: t.epoch, attempt: t.attempt, pid: None, starttime: None, boot_id: None, done: false };
         write_marker(&dir, &marker).map_err(|e| NodeError::Io(format!("writing the attempt marker: {e}")))?;
         tracing::info!(task = %t.id, epoch = t.epoch, attempt = t.attempt, "starting task");
 
         let started = Instant::now();
-        let mut cmd = tokio::process::Command::new(&t.spec.command[0]);
-        cmd.args(&t.spec.command[1..])
-            .envs(&t.spec.env)
-            .env("BLIXARD_TASK_ID", &t.id)
-            .env("BLIXARD_TASK_ATTEMPT", t.attempt.to_string())
-            .current_dir(&dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0);
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                let ending = Ending {
-                    state: TaskState::Failed,
-                    exit_code: None,
-                    reason: Some(format!("cannot start '{}': {e}", t.spec.command[0])),
-                };
-                let r = self.report_result(&t, ending, Some(started.elapsed())).await;
-                let _ = write_marker(&dir, &Marker { done: true, ..marker });
-                return r;
-            }
+        let spec = supervisor::Spec {
+            dir: run.clone(),
+            name: t.id.clone(),
+            epoch: t.epoch,
+            out: out_path.clone(),
+            cwd: Some(dir.clone()),
+            timeout: Some(Duration::from_secs(t.spec.timeout_secs)),
+            output_limit: Some(OUTPUT_LIMIT),
+            stop_kills: true,
+            argv: t.spec.command.clone(),
         };
-        let pid = child.id().unwrap_or(0);
-        marker.pid = Some(pid);
-        let _ = write_marker(&dir, &marker);
-
-        let tail = Arc::new(Mutex::new(Tail { dirty: true, ..Tail::default() }));
-        let mut readers = Vec::new();
-        for mut stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let tail = tail.clone();
-            readers.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    tail.lock().unwrap_or_else(|p| p.into_inner()).push(&buf[..n]);
-                }
-            }));
+        let mut envs: Vec<(String, String)> = t.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        envs.push(("BLIXARD_TASK_ID".into(), t.id.clone()));
+        envs.push(("BLIXARD_TASK_ATTEMPT".into(), t.attempt.to_string()));
+        envs.push((blixard_vmm::LEASE_FILE_ENV.into(), crate::liveness::lease_file(&self.node).display().to_string()));
+        if let Err(e) = supervisor::launch(&supervisor::default_command(), &spec, &envs).await {
+            let ending = Ending {
+                state: TaskState::Failed,
+                exit_code: None,
+                reason: Some(format!("cannot start '{}': {e}", t.spec.command[0])),
+            };
+            let r = self.report_result(&t, ending, Some(started.elapsed())).await;
+            let _ = write_marker(&dir, &Marker { done: true, ..marker });
+            return r;
+        }
+        // The supervisor records the pid right after spawning (or the exit, if it never ran).
+        let pid_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(pid) = std::fs::read_to_string(run.join(rundir::PID)).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+                marker.pid = Some(pid);
+                marker.starttime = rundir::process_starttime(pid);
+                marker.boot_id = rundir::boot_id();
+                let _ = write_marker(&dir, &marker);
+                break;
+            }
+            if run.join(rundir::EXIT_CODE).exists() {
+                break;
+            }
+            if tokio::time::Instant::now() >= pid_deadline {
+                tracing::warn!(task = %t.id, "the task's supervisor recorded no pid within 10s");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
 
         // Started: tell the cluster (best effort; the result is what counts).
@@ -333,63 +389,32 @@ impl TaskRunner {
             Err(NodeError::Rejected(e)) => {
                 // No longer this node's attempt (reassigned, cancelled or forgotten): stop.
                 tracing::info!(task = %t.id, epoch = t.epoch, "start refused, stopping: {e}");
-                kill_group(pid);
-                let _ = child.wait().await;
-                tail.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
-                flush(&tail, &out_path);
+                stop_attempt(&dir, &marker).await;
                 let _ = write_marker(&dir, &Marker { done: true, ..marker });
                 return Ok(());
             }
             Err(e) => tracing::info!(task = %t.id, error = %e, "reporting the start"),
         }
 
-        let timeout = Duration::from_secs(t.spec.timeout_secs);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut flush_tick = tokio::time::interval(Duration::from_millis(500));
-        let mut lease_tick = tokio::time::interval(Duration::from_millis(250));
-        let ending = loop {
-            tokio::select! {
-                status = child.wait() => {
-                    kill_group(pid);
-                    break match status {
-                        Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
-                            (Some(0), _) => Ending { state: TaskState::Succeeded, exit_code: Some(0), reason: None },
-                            (Some(c), _) => Ending { state: TaskState::Failed, exit_code: Some(c), reason: Some(format!("exited with code {c}")) },
-                            (None, sig) => Ending { state: TaskState::Failed, exit_code: None, reason: Some(format!("killed by signal {}", sig.unwrap_or(0))) },
-                        },
-                        Err(e) => Ending { state: TaskState::Failed, exit_code: None, reason: Some(format!("waiting for the process: {e}")) },
-                    };
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    kill_group(pid);
-                    let _ = child.wait().await;
-                    break Ending { state: TaskState::TimedOut, exit_code: None, reason: Some(format!("timed out after {}s; its process group was killed", t.spec.timeout_secs)) };
-                }
-                r = cancel.changed() => {
-                    if r.is_ok() && !*cancel.borrow() {
-                        continue;
-                    }
-                    kill_group(pid);
-                    let _ = child.wait().await;
-                    break Ending { state: TaskState::Cancelled, exit_code: None, reason: Some("cancelled by request; its process group was killed".into()) };
-                }
-                _ = lease_tick.tick() => {
-                    if !self.node.liveness.lease_valid() {
-                        // Cut off from the cluster: the task may be retried elsewhere.
-                        kill_group(pid);
-                        let _ = child.wait().await;
-                        break Ending { state: TaskState::Failed, exit_code: None, reason: Some(format!("node {} lost contact with the cluster (lease expired); stopped", self.node.id)) };
-                    }
-                }
-                _ = flush_tick.tick() => flush(&tail, &out_path),
+        // The supervisor enforces the timeout, the lease and the output bound; this waits for
+        // the ending it records, and relays a cancellation.
+        let mut cancelled = false;
+        loop {
+            if run.join(rundir::EXIT_CODE).exists() || attempt_over(&dir, &marker) {
+                break;
             }
-        };
-        let elapsed = started.elapsed();
-        for r in readers {
-            let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+            tokio::select! {
+                r = cancel.changed(), if !cancelled => {
+                    if r.is_err() || *cancel.borrow() {
+                        cancelled = true;
+                        request_stop(&dir);
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
         }
-        tail.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
-        flush(&tail, &out_path);
+        let ending = ending_from_files(&dir, cancelled, self.node.id);
+        let elapsed = started.elapsed();
         tracing::info!(task = %t.id, epoch = t.epoch, state = ending.state.as_str(), "task ended");
         let r = self.report_result(&t, ending, Some(elapsed)).await;
         let _ = write_marker(&dir, &Marker { done: true, ..marker });
@@ -425,24 +450,5 @@ impl TaskRunner {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_keeps_the_last_bytes_with_a_marker() {
-        let mut t = Tail::default();
-        t.push(b"hello\n");
-        assert_eq!(t.render(), b"hello\n");
-        t.push(&vec![b'x'; OUTPUT_LIMIT]);
-        t.push(b"END");
-        let r = t.render();
-        let text = String::from_utf8_lossy(&r);
-        assert!(text.starts_with("[... 9 bytes truncated ...]\n"), "{}", &text[..40]);
-        assert!(text.ends_with("xEND"));
-        assert_eq!(r.len() - "[... 9 bytes truncated ...]\n".len(), OUTPUT_LIMIT);
     }
 }

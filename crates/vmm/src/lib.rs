@@ -13,7 +13,8 @@
 //! run directory `<run_root>/<name>/` (see [`rundir`]) holding `meta.json` (name, epoch, pid,
 //! driver kind, config, start time), the console log, the QMP socket (qemu) and the markers
 //! written by the supervisor (`exit_code`) and by [`VmDriver::stop`] (`stop_requested`).
-//! VMM processes run detached (own session, re-parented away from the daemon), so a
+//! VMM processes run detached under a [`supervisor`] each (own session, re-parented away from
+//! the daemon; the supervisor fences its VM on the node's lease), so a
 //! restarted daemon re-attaches by scanning the run directories: [`VmDriver::list`] is always
 //! computed from disk and `/proc`.
 //!
@@ -35,6 +36,7 @@ pub mod guest;
 pub mod process;
 pub mod qemu;
 pub mod rundir;
+pub mod supervisor;
 
 pub use guest::{build_initramfs, default_guest, DEFAULT_GUEST_DIR};
 pub use process::{idle_workload, ProcessDriver};

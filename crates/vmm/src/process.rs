@@ -25,6 +25,8 @@ pub struct ProcessDriver {
     run_root: PathBuf,
     command: Vec<String>,
     envs: Vec<(String, String)>,
+    /// The command that runs a supervisor ([`crate::supervisor::default_command`]).
+    supervisor: Vec<String>,
 }
 
 impl ProcessDriver {
@@ -34,11 +36,19 @@ impl ProcessDriver {
             run_root: run_root.into(),
             command,
             envs: Vec::new(),
+            supervisor: crate::supervisor::default_command(),
         }
     }
 
     /// An extra environment variable for every workload (and its supervisor), e.g.
     /// [`rundir::EVENTS_FILE_ENV`].
+    /// The command that runs [`crate::supervisor`] (default: this executable with
+    /// `supervise`); arguments are appended to it.
+    pub fn with_supervisor(mut self, command: Vec<String>) -> Self {
+        self.supervisor = command;
+        self
+    }
+
     pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.envs.push((key.into(), value.into()));
         self
@@ -83,8 +93,15 @@ impl VmDriver for ProcessDriver {
                 cfg.memory_mb.to_string(),
             ),
         ]);
-        rd.launch(&cfg.name, epoch, CONSOLE, &self.command, &envs)
-            .await?;
+        rd.launch(
+            &self.supervisor,
+            &cfg.name,
+            epoch,
+            CONSOLE,
+            &self.command,
+            &envs,
+        )
+        .await?;
         let pid = rundir::record_pid(&rd, &mut meta, &[CONSOLE]).await?;
         tracing::info!(vm = %cfg.name, epoch, pid, "process VM started");
         Ok(())

@@ -168,6 +168,8 @@ pub struct QemuDriver {
     qemu: OsString,
     accel: Accel,
     envs: Vec<(String, String)>,
+    /// The command that runs a supervisor ([`crate::supervisor::default_command`]).
+    supervisor: Vec<String>,
 }
 
 impl QemuDriver {
@@ -178,7 +180,15 @@ impl QemuDriver {
             qemu: DEFAULT_QEMU.into(),
             accel: host_accel(),
             envs: Vec::new(),
+            supervisor: crate::supervisor::default_command(),
         }
+    }
+
+    /// The command that runs [`crate::supervisor`] (default: this executable with
+    /// `supervise`); arguments are appended to it.
+    pub fn with_supervisor(mut self, command: Vec<String>) -> Self {
+        self.supervisor = command;
+        self
     }
 
     /// Adds an environment variable for the VM's supervisor (e.g. [`crate::LEASE_FILE_ENV`]).
@@ -299,7 +309,15 @@ impl VmDriver for QemuDriver {
         let mut argv = vec![self.qemu.to_string_lossy().into_owned()];
         argv.extend(build_argv(cfg, &paths, self.accel));
         tracing::debug!(vm = %cfg.name, ?argv, "launching qemu");
-        rd.launch(&cfg.name, epoch, VMM_LOG, &argv, &self.envs).await?;
+        rd.launch(
+            &self.supervisor,
+            &cfg.name,
+            epoch,
+            VMM_LOG,
+            &argv,
+            &self.envs,
+        )
+        .await?;
         let pid = rundir::record_pid(&rd, &mut meta, &[VMM_LOG, CONSOLE]).await?;
 
         // Up means: QMP answers (QEMU binds the socket before machine init, which may still

@@ -5,26 +5,28 @@
 //! | file | written by | meaning |
 //! |---|---|---|
 //! | `meta.json` | driver, at start | [`Meta`]: name, epoch, pid, driver kind, config, start time |
-//! | `pid` | supervisor, just before `exec` | the VMM / workload pid |
-//! | `supervisor.pid` | supervisor | the supervising shell (only to know if an exit status may still come) |
+//! | `pid` | supervisor, right after spawning | the VMM / workload pid |
+//! | `supervisor.pid` | supervisor | the supervisor (only to know if an exit status may still come) |
 //! | `console.log` | guest serial (qemu) or workload stdout+stderr | what the VM printed |
+//! | `console.log.1` | driver, at restart | the previous run's console (last 1 MiB) |
 //! | `vmm.log` | qemu's own stdout+stderr | QEMU errors (qemu driver only) |
 //! | `qmp.sock` | qemu | QMP control socket (qemu driver only) |
-//! | `exit_code` | supervisor, after the process exited | its exit status (`128+n`: signal n) |
+//! | `exit_code` | supervisor, after the process was reaped | its exit status (`128+n`: signal n) |
+//! | `fenced` | supervisor, when it killed the VM for want of a valid lease | why |
+//! | `exec_failed` | supervisor's trampoline | the program could not be executed: why |
 //! | `stop_requested` | driver, before stopping | the exit was asked for: `Stopped`, not `Failed` |
 //! | `ready` | driver, when it first sees the ready line | cache of a fact that is on disk anyway |
 //!
 //! # Supervision
 //!
-//! The VMM process is launched as
-//! `setsid -f sh -c SUPERVISOR blixard-supervisor <dir> <name> <epoch> <out> <argv...>`:
-//! `setsid -f` forks into a new session and returns at once, so the supervisor shell is
-//! re-parented away from the daemon and survives it (no SIGINT/SIGHUP from the daemon's
-//! terminal, no zombie tied to the daemon). The supervisor runs the program in the foreground
-//! through an inner `sh` that records its own pid and `exec`s the program, waits for it and
-//! writes `exit_code`. A daemon started later reads the same files; identity of a pid is
-//! checked against the process start time recorded in `meta.json`, so a recycled pid (for
-//! instance after a host reboot) is never mistaken for the VM.
+//! Every VMM process runs under its own supervisor, the hidden `blixard supervise`
+//! subcommand ([`crate::supervisor`]), launched with `setsid -f`: it forks into a new session
+//! and returns at once, so the supervisor is re-parented away from the daemon and survives it.
+//! The supervisor holds the program as its direct child (which dies with it), records its pid,
+//! waits for it and writes `exit_code`; it fences the program on the node's lease
+//! ([`LEASE_FILE_ENV`]). A daemon started later reads the same files; identity of a pid is
+//! checked against the process start time and the host's boot id recorded in `meta.json`, so
+//! a recycled pid (for instance after a host reboot) is never mistaken for the VM.
 //!
 //! When `BLIXARD_EVENTS_FILE` is set in the supervisor's environment it appends
 //! `start <unix_ms> <name> <epoch>` before the program starts and `stop <unix_ms> <name>
@@ -37,7 +39,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::process::Command;
 use tokio::time::Instant;
 
 use crate::{DriverError, VmConfig};
@@ -51,6 +52,10 @@ pub const EXIT_CODE: &str = "exit_code";
 pub const STOP_REQUESTED: &str = "stop_requested";
 pub const READY: &str = "ready";
 pub const SUPERVISOR_PID: &str = "supervisor.pid";
+/// The previous run's console, kept when a VM is started again.
+pub const PREVIOUS_CONSOLE: &str = "console.log.1";
+/// How much of the previous console is kept.
+const PREVIOUS_CONSOLE_LIMIT: u64 = 1 << 20;
 
 /// Environment variable naming the events file (see the module docs).
 pub const EVENTS_FILE_ENV: &str = "BLIXARD_EVENTS_FILE";
@@ -62,39 +67,12 @@ pub const TAIL_LINES: usize = 20;
 /// A VM whose pid was never recorded is `Starting` for this long, then `Failed`.
 const PID_GRACE: Duration = Duration::from_secs(10);
 
-const SUPERVISOR: &str = r#"dir=$1; name=$2; epoch=$3; out=$4; shift 4
-ev() { [ -z "${BLIXARD_EVENTS_FILE:-}" ] || echo "$1 $(date +%s%3N) $name $epoch" >> "$BLIXARD_EVENTS_FILE"; }
-echo $$ > "$dir/supervisor.pid"
-ev start
-wd=
-if [ -n "${BLIXARD_LEASE_FILE:-}" ]; then
-  ( p=
-    while sleep 0.25; do
-      [ -f "$dir/exit_code" ] && exit 0
-      [ -n "$p" ] || p=$(cat "$dir/pid" 2>/dev/null) || continue
-      [ -n "$p" ] || continue
-      if [ ! -d "$dir" ]; then kill -9 "$p" 2>/dev/null; exit 0; fi
-      exp=$(cat "$BLIXARD_LEASE_FILE" 2>/dev/null)
-      if [ "$(date +%s%3N)" -gt "${exp:-0}" ]; then
-        echo "the node's lease expired (last valid until ${exp:-never} ms): fenced" > "$dir/fenced"
-        kill -9 "$p" 2>/dev/null; exit 0
-      fi
-    done ) < /dev/null > /dev/null 2>&1 &
-  wd=$!
-fi
-sh -c 'echo $$ > "$0/pid.tmp" && mv -f "$0/pid.tmp" "$0/pid" && exec "$@"' "$dir" "$@" >> "$dir/$out" 2>&1 < /dev/null
-code=$?
-[ -z "$wd" ] || kill "$wd" 2>/dev/null
-echo "$code" > "$dir/exit_code.tmp" && mv -f "$dir/exit_code.tmp" "$dir/exit_code"
-ev stop
-"#;
-
-/// Environment variable naming the node's lease file. When set, each VM's supervisor kills
-/// the VM as soon as the wall-clock time (Unix ms) passes the expiry written in that file: a
-/// node cut off from its cluster (or whose daemon is stopped or dead) fences its own VMs
-/// before the cluster may run them elsewhere.
+/// Environment variable naming the node's lease file. When set, each workload's supervisor
+/// kills the workload as soon as it cannot prove that lease valid (see
+/// [`crate::supervisor::check_lease`]): a node cut off from its cluster (or whose daemon is
+/// stopped or dead) fences its own workloads before the cluster may run them elsewhere.
 pub const LEASE_FILE_ENV: &str = "BLIXARD_LEASE_FILE";
-/// Written by the watchdog when it fenced the VM.
+/// Written by the supervisor when it fenced the workload: why.
 pub const FENCED: &str = "fenced";
 
 /// `meta.json`: what was started, by whom, and which process it is.
@@ -311,13 +289,17 @@ impl RunDir {
         if self.stop_requested() {
             return crate::RunState::Stopped { exit_code: code };
         }
-        let fenced = std::fs::read_to_string(self.path(FENCED)).ok();
+        let fenced = std::fs::read_to_string(self.path(FENCED))
+            .or_else(|_| std::fs::read_to_string(self.path(crate::supervisor::EXEC_FAILED)))
+            .ok();
         let mut reason = match (code, fenced) {
             (_, Some(why)) => why.trim().to_string(),
             (Some(code), None) => format!("exited unexpectedly: {}", describe_exit(code)),
-            (None, None) => "the process is gone without a recorded exit status (host reboot, or its \
+            (None, None) => {
+                "the process is gone without a recorded exit status (host reboot, or its \
                      supervisor was killed)"
-                .to_string(),
+                    .to_string()
+            }
         };
         for log in logs {
             let tail = tail_lines(&self.path(log), TAIL_LINES);
@@ -328,44 +310,21 @@ impl RunDir {
         crate::RunState::Failed { reason }
     }
 
-    /// Launch `argv` detached under the supervisor, output appended to `out` (a file in this
-    /// directory). Returns once the supervisor is running (not waiting for the pid).
+    /// Launch `argv` detached under the supervisor (`supervisor`: the command that runs
+    /// [`crate::supervisor`], e.g. [`crate::supervisor::default_command`]), output appended to
+    /// `out` (a file in this directory). Returns once the supervisor is running (not waiting
+    /// for the pid).
     pub(crate) async fn launch(
         &self,
+        supervisor: &[String],
         name: &str,
         epoch: u64,
         out: &str,
         argv: &[String],
         envs: &[(String, String)],
     ) -> Result<(), DriverError> {
-        let mut cmd = Command::new("setsid");
-        cmd.arg("-f")
-            .arg("sh")
-            .arg("-c")
-            .arg(SUPERVISOR)
-            .arg("blixard-supervisor")
-            .arg(&self.dir)
-            .arg(name)
-            .arg(epoch.to_string())
-            .arg(out)
-            .args(argv)
-            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(&self.dir)
-            // No pipes: the detached supervisor would hold them open for its whole life.
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let status = cmd.status().await.map_err(|source| DriverError::Spawn {
-            program: "setsid (util-linux)".into(),
-            source,
-        })?;
-        if !status.success() {
-            return Err(DriverError::StartFailed {
-                name: name.to_string(),
-                reason: format!("`setsid -f sh` exited with {status}"),
-            });
-        }
-        Ok(())
+        let spec = crate::supervisor::Spec::vm(&self.dir, name, epoch, out, argv);
+        crate::supervisor::launch(supervisor, &spec, envs).await
     }
 
     /// Wait until the supervisor recorded the pid, or the process already exited.
@@ -495,6 +454,19 @@ pub fn tail_lines(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The last `max` bytes of a file; `None` if it does not exist or is empty.
+fn read_last(path: &Path, max: u64) -> Option<Vec<u8>> {
+    let mut file = fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    if len == 0 {
+        return None;
+    }
+    file.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
 /// True if some line of the file (within its first 16 MiB) contains `needle`.
 pub fn file_contains_line(path: &Path, needle: &str) -> bool {
     let Ok(file) = fs::File::open(path) else {
@@ -556,8 +528,15 @@ pub(crate) async fn prepare_start(
             }
         }
     }
+    // Keep the previous run's console (bounded) for `vm logs --previous`.
+    let previous = read_last(&rd.path(CONSOLE), PREVIOUS_CONSOLE_LIMIT);
     rd.remove()?;
     rd.create()?;
+    if let Some(bytes) = previous {
+        if let Err(e) = write_atomic(&rd.path(PREVIOUS_CONSOLE), &bytes) {
+            tracing::warn!(vm = %cfg.name, error = %e, "cannot keep the previous console");
+        }
+    }
     let meta = Meta {
         name: cfg.name.clone(),
         epoch,

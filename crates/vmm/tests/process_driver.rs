@@ -22,7 +22,7 @@ fn idle() -> Vec<String> {
 async fn start_running_stop_remove() {
     let root = tempfile::tempdir().expect("tempdir");
     let _guard = KillGuard::new(root.path());
-    let driver = ProcessDriver::new(root.path(), idle());
+    let driver = ProcessDriver::new(root.path(), idle()).with_supervisor(common::supervisor());
     let cfg = VmConfig::new("web1");
 
     driver.start(&cfg, 7).await.expect("start");
@@ -90,7 +90,7 @@ async fn start_running_stop_remove() {
 async fn kill9_is_failed_with_reason_and_restart_replaces_it() {
     let root = tempfile::tempdir().expect("tempdir");
     let _guard = KillGuard::new(root.path());
-    let driver = ProcessDriver::new(root.path(), idle());
+    let driver = ProcessDriver::new(root.path(), idle()).with_supervisor(common::supervisor());
     let cfg = VmConfig::new("crashy");
     driver.start(&cfg, 1).await.expect("start");
     let pid = wait_state(&driver, "crashy", T, "Running", |s| *s == RunState::Running)
@@ -139,7 +139,7 @@ async fn kill9_is_failed_with_reason_and_restart_replaces_it() {
 async fn a_new_driver_reattaches_to_running_workloads() {
     let root = tempfile::tempdir().expect("tempdir");
     let _guard = KillGuard::new(root.path());
-    let first = ProcessDriver::new(root.path(), idle());
+    let first = ProcessDriver::new(root.path(), idle()).with_supervisor(common::supervisor());
     first.start(&VmConfig::new("a"), 3).await.expect("start a");
     first.start(&VmConfig::new("b"), 4).await.expect("start b");
     let a = wait_state(&first, "a", T, "Running", |s| *s == RunState::Running).await;
@@ -147,8 +147,9 @@ async fn a_new_driver_reattaches_to_running_workloads() {
     drop(first);
 
     // The "restarted daemon": nothing in memory, same run root.
-    let second: std::sync::Arc<dyn VmDriver> =
-        std::sync::Arc::new(ProcessDriver::new(root.path(), idle()));
+    let second: std::sync::Arc<dyn VmDriver> = std::sync::Arc::new(
+        ProcessDriver::new(root.path(), idle()).with_supervisor(common::supervisor()),
+    );
     let listed = second.list().await.expect("list");
     assert_eq!(listed.len(), 2, "{listed:?}");
     let a2 = listed.iter().find(|o| o.name == "a").expect("a listed");
@@ -173,7 +174,8 @@ async fn a_new_driver_reattaches_to_running_workloads() {
 async fn workload_that_exits_by_itself_is_failed_with_console_tail() {
     let root = tempfile::tempdir().expect("tempdir");
     let _guard = KillGuard::new(root.path());
-    let driver = ProcessDriver::new(root.path(), sh("echo 'cannot open config' >&2; exit 3"));
+    let driver = ProcessDriver::new(root.path(), sh("echo 'cannot open config' >&2; exit 3"))
+        .with_supervisor(common::supervisor());
     // Either the start sees the exit, or list does; both must explain it.
     match driver.start(&VmConfig::new("bad"), 1).await {
         Ok(()) => {}
@@ -200,7 +202,8 @@ async fn stop_escalates_to_sigkill_after_grace() {
     let root = tempfile::tempdir().expect("tempdir");
     let _guard = KillGuard::new(root.path());
     // Ignores SIGTERM (ignored signals survive exec) and never prints the ready line.
-    let driver = ProcessDriver::new(root.path(), sh("trap '' TERM; echo armed; exec sleep 1000"));
+    let driver = ProcessDriver::new(root.path(), sh("trap '' TERM; echo armed; exec sleep 1000"))
+        .with_supervisor(common::supervisor());
     driver
         .start(&VmConfig::new("stubborn"), 1)
         .await
@@ -212,8 +215,14 @@ async fn stop_escalates_to_sigkill_after_grace() {
     // Stop only once the trap is in place (a SIGTERM before it would simply end the shell).
     let console = driver.console_path("stubborn");
     let deadline = std::time::Instant::now() + T;
-    while !std::fs::read_to_string(&console).unwrap_or_default().contains("armed") {
-        assert!(std::time::Instant::now() < deadline, "the workload never armed its trap");
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("armed")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workload never armed its trap"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let started = std::time::Instant::now();
@@ -236,7 +245,8 @@ async fn stop_escalates_to_sigkill_after_grace() {
 async fn no_ready_line_means_running_while_alive() {
     let root = tempfile::tempdir().expect("tempdir");
     let _guard = KillGuard::new(root.path());
-    let driver = ProcessDriver::new(root.path(), sh("exec sleep 1000"));
+    let driver = ProcessDriver::new(root.path(), sh("exec sleep 1000"))
+        .with_supervisor(common::supervisor());
     let mut cfg = VmConfig::new("plain");
     cfg.ready_line = None;
     driver.start(&cfg, 1).await.expect("start");
@@ -253,6 +263,7 @@ async fn events_file_records_start_and_stop_even_on_sigkill() {
     let _guard = KillGuard::new(root.path());
     let events = root.path().join("events.log");
     let driver = ProcessDriver::new(root.path().join("vms"), idle())
+        .with_supervisor(common::supervisor())
         .with_env(EVENTS_FILE_ENV, events.to_string_lossy());
     driver
         .start(&VmConfig::new("e1"), 5)
@@ -293,7 +304,7 @@ async fn events_file_records_start_and_stop_even_on_sigkill() {
 #[tokio::test]
 async fn invalid_configs_are_rejected() {
     let root = tempfile::tempdir().expect("tempdir");
-    let driver = ProcessDriver::new(root.path(), idle());
+    let driver = ProcessDriver::new(root.path(), idle()).with_supervisor(common::supervisor());
     let mut cfg = VmConfig::new("../etc");
     assert!(matches!(
         driver.validate(&cfg),

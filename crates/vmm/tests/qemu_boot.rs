@@ -29,7 +29,9 @@ async fn boots_to_ready_then_stops_and_is_removed() {
     let cfg = guest_config("boot1");
     let root = tempfile::tempdir().expect("tempdir");
     let _guard = KillGuard::new(root.path());
-    let driver = QemuDriver::new(root.path()).with_accel(host_accel());
+    let driver = QemuDriver::new(root.path())
+        .with_supervisor(common::supervisor())
+        .with_accel(host_accel());
     driver.validate(&cfg).expect("valid");
 
     let t0 = Instant::now();
@@ -97,7 +99,9 @@ async fn killed_qemu_is_failed_and_qmp_readiness_works() {
     cfg.ready_line = None;
     let root = tempfile::tempdir().expect("tempdir");
     let _guard = KillGuard::new(root.path());
-    let driver = QemuDriver::new(root.path()).with_accel(host_accel());
+    let driver = QemuDriver::new(root.path())
+        .with_supervisor(common::supervisor())
+        .with_accel(host_accel());
     driver.start(&cfg, 1).await.expect("start");
     let running = wait_state(&driver, "kill1", BOOT, "Running", |s| {
         *s == RunState::Running
@@ -105,7 +109,9 @@ async fn killed_qemu_is_failed_and_qmp_readiness_works() {
     .await;
 
     // A restarted daemon re-attaches through the run directory and QMP.
-    let again = QemuDriver::new(root.path()).with_accel(host_accel());
+    let again = QemuDriver::new(root.path())
+        .with_supervisor(common::supervisor())
+        .with_accel(host_accel());
     assert_eq!(
         observe(&again, "kill1").await.map(|o| o.state),
         Some(RunState::Running)
@@ -132,7 +138,9 @@ async fn bad_qemu_arguments_fail_the_start_with_qemu_s_message() {
     cfg.memory_mb = 1 << 40; // 1 EiB: QEMU refuses it at once
     let root = tempfile::tempdir().expect("tempdir");
     let _guard = KillGuard::new(root.path());
-    let driver = QemuDriver::new(root.path()).with_accel(host_accel());
+    let driver = QemuDriver::new(root.path())
+        .with_supervisor(common::supervisor())
+        .with_accel(host_accel());
     let err = driver.start(&cfg, 1).await.expect_err("qemu must refuse");
     let msg = err.to_string();
     eprintln!("{msg}");

@@ -10,6 +10,11 @@ use std::time::Duration;
 use blixard_vmm::{Observed, RunState, VmDriver};
 use tokio::time::Instant;
 
+/// The supervisor binary built by this crate.
+pub fn supervisor() -> Vec<String> {
+    vec![env!("CARGO_BIN_EXE_blixard-supervise").to_string()]
+}
+
 /// Kills (SIGKILL) every recorded VM pid under `run_root` on drop.
 pub struct KillGuard {
     pub run_root: PathBuf,
