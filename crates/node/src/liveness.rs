@@ -37,7 +37,8 @@ use crate::node::Node;
 /// Local lease of this node.
 #[derive(Debug, Default)]
 struct Lease {
-    valid_until: Option<SystemTime>,
+    /// On the monotonic clock: a wall-clock step cannot extend (or cut) it.
+    valid_until: Option<Instant>,
     /// The executor acts only once its applied index reached this.
     min_applied: u64,
 }
@@ -84,12 +85,12 @@ impl Liveness {
     /// Whether this node may start VMs now: a valid lease, and caught up with the leader.
     pub fn may_act(&self, applied: u64) -> bool {
         let l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
-        l.valid_until.is_some_and(|t| SystemTime::now() < t) && applied >= l.min_applied
+        l.valid_until.is_some_and(|t| Instant::now() < t) && applied >= l.min_applied
     }
 
     pub fn lease_valid(&self) -> bool {
         let l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
-        l.valid_until.is_some_and(|t| SystemTime::now() < t)
+        l.valid_until.is_some_and(|t| Instant::now() < t)
     }
 
     /// Gives the lease up (leaving the cluster): nothing starts any more, and the workload
@@ -105,10 +106,10 @@ impl Liveness {
         }
     }
 
-    /// Renews the lease until `until` (wall clock, for this daemon) and writes the lease file
+    /// Renews the lease until `until` (monotonic clock, for this daemon) and writes the lease file
     /// with the same deadline on CLOCK_BOOTTIME (`deadline_ms`, for the supervisors), unless
     /// the lease was revoked.
-    fn renew(&self, until: SystemTime, deadline_ms: Option<u64>, min_applied: u64, lease_file: &std::path::Path) {
+    fn renew(&self, until: Instant, deadline_ms: Option<u64>, min_applied: u64, lease_file: &std::path::Path) {
         let mut l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
             return;
@@ -169,7 +170,7 @@ pub async fn heartbeat_loop(node: Arc<Node>) {
             _ = tokio::time::sleep(heartbeat) => {}
             _ = node.stopped() => return,
         }
-        let sent = SystemTime::now();
+        let sent = Instant::now();
         // The same instant on the clock the supervisors read (monotonic, unaffected by steps).
         let sent_boot = blixard_vmm::supervisor::boottime_ms();
         let res = tokio::time::timeout(heartbeat * 3, node.heartbeat_leader()).await;
@@ -317,13 +318,13 @@ mod lease_file_tests {
         let path = dir.path().join("vms").join("lease");
         let l = Liveness::default();
         let now = boottime_ms().expect("boottime");
-        l.renew(SystemTime::now() + Duration::from_secs(60), Some(now + 60_000), 1, &path);
+        l.renew(Instant::now() + Duration::from_secs(60), Some(now + 60_000), 1, &path);
         assert!(check_lease(&path).is_ok(), "renewed");
         assert!(l.lease_valid());
         l.revoke(&path);
         assert!(check_lease(&path).unwrap_err().contains("revoked"));
         // A heartbeat that was in flight when the lease was revoked comes back.
-        l.renew(SystemTime::now() + Duration::from_secs(60), Some(now + 120_000), 2, &path);
+        l.renew(Instant::now() + Duration::from_secs(60), Some(now + 120_000), 2, &path);
         assert!(check_lease(&path).unwrap_err().contains("revoked"), "still revoked");
         assert!(!l.lease_valid());
     }
