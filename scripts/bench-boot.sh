@@ -9,6 +9,8 @@ cargo build -q --release -p blixard
 B="${CARGO_TARGET_DIR:-target}/release/blixard"
 DIR=$(mktemp -d /tmp/blixard-bench-boot.XXXXXX)
 PORT="${BASE_PORT:-7301}"
+# The admin credential node 1's --init writes (every client command needs one).
+export BLIXARD_CREDENTIALS="$DIR/n1/admin.credentials"
 BLIXARD_LOG=warn "$B" node --id 1 --listen "127.0.0.1:$PORT" --data-dir "$DIR/n1" --init >"$DIR/n1.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait 2>/dev/null; pkill -f "$DIR/n1" 2>/dev/null; rm -rf "$DIR"' EXIT INT TERM

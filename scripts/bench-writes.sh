@@ -12,8 +12,14 @@ DIR=$(mktemp -d /tmp/blixard-bench.XXXXXX)
 BASE="${BASE_PORT:-7201}"
 pids=""
 trap 'for p in $pids; do kill $p 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$DIR"' EXIT INT TERM
+# Secure like any cluster: the admin credential from node 1's --init, joins with join tokens.
+export BLIXARD_CREDENTIALS="$DIR/n1/admin.credentials"
 for id in 1 2 3; do
-    if [ "$id" = 1 ]; then boot="--init"; else boot="--join 127.0.0.1:$BASE"; fi
+    if [ "$id" = 1 ]; then
+        boot="--init"
+    else
+        boot="--join 127.0.0.1:$BASE --token $("$B" --addr "127.0.0.1:$BASE" cluster token create --ttl 300)"
+    fi
     # shellcheck disable=SC2086
     BLIXARD_LOG=warn "$B" node --id "$id" --listen "127.0.0.1:$((BASE + id - 1))" --data-dir "$DIR/n$id" \
         --driver process $boot >"$DIR/n$id.log" 2>&1 &

@@ -4,6 +4,10 @@
 #   ./scripts/demo.sh            # build, start 3 nodes, create and boot a VM, show, clean up
 #   KEEP=1 ./scripts/demo.sh     # leave the cluster running (stop it with: pkill -f 'blixard node')
 #   DRIVER=process ./scripts/demo.sh   # no QEMU: VMs are supervised host processes
+#
+# The cluster is secure like any other: node 1's --init creates the cluster CA and the admin
+# credential (DIR/n1/admin.credentials), every command here uses it, and nodes 2 and 3 join
+# with single-use join tokens.
 set -eu
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -44,9 +48,12 @@ start() { # id extra-args...
 echo "== starting a three-node cluster in $DIR (driver: $DRIVER)"
 start 1 --init
 export BLIXARD_ADDR="127.0.0.1:$BASE"
-until "$B" cluster status >/dev/null 2>&1; do sleep 0.2; done
-start 2 --join "$BLIXARD_ADDR"
-start 3 --join "$BLIXARD_ADDR"
+export BLIXARD_CREDENTIALS="$DIR/n1/admin.credentials"
+until [ -f "$BLIXARD_CREDENTIALS" ] && "$B" cluster status >/dev/null 2>&1; do sleep 0.2; done
+for id in 2 3; do
+    # A single-use join token; the joiner checks the cluster's CA fingerprint it carries.
+    start "$id" --join "$BLIXARD_ADDR" --token "$("$B" cluster token create --ttl 300)"
+done
 until [ "$("$B" --json node list 2>/dev/null | grep -c '"id"')" = 3 ]; do sleep 0.2; done
 "$B" cluster status
 echo
@@ -76,4 +83,5 @@ if [ "$DRIVER" = qemu ] && command -v curl >/dev/null 2>&1; then
 fi
 if [ -n "${KEEP:-}" ]; then
     echo "== cluster left running; logs in $DIR; stop it with: pkill -f 'blixard node'"
+    echo "   client commands need: export BLIXARD_CREDENTIALS=$BLIXARD_CREDENTIALS"
 fi

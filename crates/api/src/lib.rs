@@ -15,6 +15,7 @@ pub mod pb {
 
 pub use pb::blixard_client::BlixardClient;
 pub use pb::networks_client::NetworksClient;
+pub use pb::enroll_client::EnrollClient;
 pub use pb::raft_peer_client::RaftPeerClient;
 
 /// Metadata header carrying the cluster id on peer requests.

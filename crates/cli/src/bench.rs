@@ -28,7 +28,7 @@ struct RunResult {
 }
 
 async fn connect(addr: &str) -> anyhow::Result<BlixardClient<tonic::transport::Channel>> {
-    BlixardClient::connect(format!("http://{addr}")).await.with_context(|| format!("cannot reach blixard at {addr}"))
+    Ok(BlixardClient::new(crate::client::channel(addr, None).await?))
 }
 
 pub async fn writes(p: Params) -> anyhow::Result<()> {

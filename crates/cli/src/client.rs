@@ -106,6 +106,38 @@ pub struct Client {
     pub(crate) json: bool,
 }
 
+/// The credentials file (`--credentials` / `$BLIXARD_CREDENTIALS`), set once by `main`.
+static CREDENTIALS: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+pub fn set_credentials(path: Option<std::path::PathBuf>) {
+    let _ = CREDENTIALS.set(path);
+}
+
+/// The TLS client configuration from the credentials file; one clear line when there is none.
+pub fn tls() -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    let path = CREDENTIALS.get().cloned().flatten().ok_or_else(|| {
+        anyhow!(
+            "no credentials: pass --credentials FILE or set BLIXARD_CREDENTIALS (the admin credential is DATA_DIR/admin.credentials on the node started with --init)"
+        )
+    })?;
+    let creds = blixard_pki::Credentials::load(&path)?;
+    Ok(creds.client_config()?)
+}
+
+/// Connects to `addr` over mutual TLS with the credentials.
+pub async fn channel(addr: &str, request_timeout: Option<Duration>) -> anyhow::Result<Channel> {
+    let tls = tls()?;
+    let mut ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("invalid address '{addr}'"))?
+        .connect_timeout(Duration::from_secs(3));
+    if let Some(t) = request_timeout {
+        ep = ep.timeout(t);
+    }
+    ep.connect_with_connector(blixard_pki::Connector::new(tls))
+        .await
+        .map_err(|e| anyhow!("cannot reach blixard at {addr}: {}", blixard_pki::error_chain(&e)))
+}
+
 pub(crate) fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -129,15 +161,57 @@ impl Client {
         Ok(BlixardClient::new(self.channel().await?))
     }
 
-    /// A connection to `--addr` (shared by the services' clients).
+    /// A connection to `--addr` over mutual TLS (shared by the services' clients).
     pub(crate) async fn channel(&self) -> anyhow::Result<Channel> {
-        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-            .with_context(|| format!("invalid address '{}'", self.addr))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(70))
+        channel(&self.addr, Some(Duration::from_secs(70))).await
+    }
+
+    pub async fn token_create(&self, ttl: u64) -> anyhow::Result<()> {
+        let t = self
             .connect()
+            .await?
+            .create_join_token(pb::CreateJoinTokenRequest { ttl_secs: ttl })
             .await
-            .map_err(|e| anyhow!("cannot reach blixard at {}: {e}", self.addr))
+            .map_err(|e| status_err(&self.addr, e))?
+            .into_inner();
+        if self.json {
+            output::print_json(&serde_json::json!({"token": t.token, "id": t.id, "expires_at_ms": t.expires_at_ms}));
+        } else {
+            println!("{}", t.token);
+        }
+        Ok(())
+    }
+
+    pub async fn token_list(&self) -> anyhow::Result<()> {
+        let list = self.connect().await?.list_join_tokens(pb::Empty {}).await.map_err(|e| status_err(&self.addr, e))?;
+        let tokens = list.into_inner().tokens;
+        if self.json {
+            let rows = tokens
+                .iter()
+                .map(|t| {
+                    serde_json::json!({"id": t.id, "status": t.status, "created_ms": t.created_ms,
+                        "expires_at_ms": t.expires_at_ms, "used_by": t.used_by})
+                })
+                .collect();
+            output::print_json(&serde_json::Value::Array(rows));
+        } else {
+            let rows = tokens
+                .iter()
+                .map(|t| vec![t.id.clone(), t.status.clone(), t.expires_at_ms.to_string(), opt(t.used_by)])
+                .collect();
+            println!("{}", table(&["id", "status", "expires at (ms)", "used by"], rows));
+        }
+        Ok(())
+    }
+
+    pub async fn token_revoke(&self, id: &str) -> anyhow::Result<()> {
+        self.connect()
+            .await?
+            .revoke_join_token(pb::JoinTokenRef { id: id.into() })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
+        self.done(&format!("join token {id} revoked"));
+        Ok(())
     }
 
     pub async fn cluster_status(&self, stale: bool) -> anyhow::Result<()> {

@@ -25,6 +25,10 @@ struct Cli {
     /// Print exactly one JSON document on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// Credentials file for client commands (the admin's is DATA_DIR/admin.credentials on the
+    /// node started with --init).
+    #[arg(long, global = true, env = "BLIXARD_CREDENTIALS", value_name = "FILE")]
+    credentials: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -99,9 +103,15 @@ struct DaemonArgs {
     /// Bootstrap a new cluster with this node as its only voter.
     #[arg(long, conflicts_with = "join")]
     init: bool,
-    /// Join the cluster through any member.
+    /// Join the cluster through any member (with --token or --token-file).
     #[arg(long, value_name = "HOST:PORT")]
     join: Option<String>,
+    /// Join token (`blixard cluster token create` on a member).
+    #[arg(long, requires = "join", conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File holding the join token.
+    #[arg(long, requires = "join", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// VM driver: qemu or process.
     #[arg(long, default_value = "qemu", value_parser = ["qemu", "process"])]
     driver: String,
@@ -219,6 +229,11 @@ enum ClusterCmd {
     Remove { id: u64 },
     /// The node at --addr leaves the cluster gracefully (and stops).
     Leave,
+    /// Join tokens: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        sub: TokenCmd,
+    },
     /// Show or change the scheduler's cluster-wide settings.
     Settings {
         /// Default placement strategy: binpack or spread.
@@ -237,6 +252,20 @@ enum ClusterCmd {
         #[arg(long)]
         heartbeat_ms: Option<u64>,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a single-use join token (printed once; `--json`: {"token","id","expires_at_ms"}).
+    Create {
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// List join tokens and what became of them.
+    List,
+    /// Make a join token unusable.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -348,6 +377,16 @@ async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
         (false, None) => Bootstrap::Resume,
     };
     let mut config = blixard_node::NodeConfig::new(id, a.listen, data_dir, bootstrap);
+    config.join_token = match (a.token, a.token_file) {
+        (Some(t), _) => Some(t),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(&f)
+                .map_err(|e| anyhow::anyhow!("cannot read the join token file {}: {e}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
     config.advertise = a.advertise;
     config.driver = a.driver;
     config.target_voters = a.target_voters.max(1);
@@ -425,6 +464,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    client::set_credentials(cli.credentials.clone());
     let res = rt.block_on(async move {
         let c = client::Client::new(cli.addr.clone(), cli.json);
         match cli.command {
@@ -449,6 +489,9 @@ fn main() -> ExitCode {
                 ClusterCmd::Settings { strategy, vcpu_overcommit, lease_ms, grace_ms, heartbeat_ms } => {
                     c.cluster_settings(strategy, vcpu_overcommit, [lease_ms, grace_ms, heartbeat_ms]).await
                 }
+                ClusterCmd::Token { sub: TokenCmd::Create { ttl } } => c.token_create(ttl).await,
+                ClusterCmd::Token { sub: TokenCmd::List } => c.token_list().await,
+                ClusterCmd::Token { sub: TokenCmd::Revoke { id } } => c.token_revoke(&id).await,
             },
             Cmd::Network { sub } => network::run(&c, sub).await,
             Cmd::Task { sub } => match sub {

@@ -13,7 +13,9 @@ fn a_closed_stdout_ends_quietly() {
     }
     // `true` exits without reading: blixard's first write meets a broken pipe.
     for args in ["vm list", "--json vm list", "node list", "cluster status"] {
-        let script = format!("'{BIN}' --addr {a} {args} 2>\"$ERR\" | true; echo ${{PIPESTATUS[0]}}");
+        let creds = common::credentials_for(&a).expect("the cluster's admin credential");
+        let script =
+            format!("'{BIN}' --addr {a} --credentials '{}' {args} 2>\"$ERR\" | true; echo ${{PIPESTATUS[0]}}", creds.display());
         let dir = tempfile::tempdir().unwrap();
         let err = dir.path().join("err");
         let out = std::process::Command::new("bash").arg("-c").arg(&script).env("ERR", &err).output().unwrap();

@@ -236,7 +236,16 @@ fn unreachable_node_gives_one_clear_line() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     drop(l);
-    let out = run_cli(&addr, &["cluster", "status"]);
+    // Without credentials: one line saying what is missing.
+    let out = common::run_cli_with(&addr, None, &["cluster", "status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no credentials") && err.contains("--credentials"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // With credentials (of a cluster of our own making) but nobody listening.
+    let tmp = tempfile::tempdir().unwrap();
+    let creds = common::make_credentials(tmp.path(), "admin", "admin");
+    let out = common::run_cli_with(&addr, Some(&creds), &["cluster", "status"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach blixard"), "{err}");

@@ -181,6 +181,7 @@ fn a_used_node_id_is_refused_and_the_refused_joiner_leaves_no_identity() {
     let out = std::process::Command::new(common::BIN)
         .args(["node", "--id", "3", "--listen", "127.0.0.1:0", "--driver", "process", "--join", &via, "--data-dir"])
         .arg(&dir)
+        .args(["--token", &common::join_token(&via)])
         .env("BLIXARD_LOG", "warn")
         .output()
         .expect("run the joiner");

@@ -3,8 +3,8 @@
 
 mod common;
 
-use blixard_api::{pb, BlixardClient, RaftPeerClient, CLUSTER_HEADER};
-use common::{json, Cluster};
+use blixard_api::{pb, CLUSTER_HEADER};
+use common::{api_client, json, node_material, peer_client, Cluster};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
@@ -23,7 +23,8 @@ fn peers_from_another_cluster_or_speaking_nonsense_are_refused() {
     let cluster_id = json(&addr, &["cluster", "status"])["cluster_id"].as_str().unwrap().to_string();
     let before = c.wait_converged();
     rt().block_on(async {
-        let mut peer = RaftPeerClient::connect(format!("http://{addr}")).await.unwrap();
+        // A member's own certificate: the cluster-id and decoding checks still apply.
+        let mut peer = peer_client(&addr, &node_material(&c.node(1).dir));
         // Another cluster's id.
         let e = peer
             .append_entries(with_cluster_header(pb::RaftMessage { data: b"{}".to_vec() }, "some-other-cluster"))
@@ -56,14 +57,20 @@ fn joining_twice_is_idempotent_and_a_second_address_is_refused() {
     let addr = c.addr(1);
     let n2 = c.addr(2);
     rt().block_on(async {
-        let mut client = BlixardClient::connect(format!("http://{addr}")).await.unwrap();
+        // Only the joining node itself (its certificate) may ask to join.
+        let mut client = api_client(&addr, &node_material(&c.node(2).dir));
         let r = client.join(pb::JoinRequest { node_id: 2, addr: n2.clone() }).await.unwrap().into_inner();
         assert!(r.voter);
         let e = client.join(pb::JoinRequest { node_id: 2, addr: "127.0.0.1:1".into() }).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("already a member"), "{}", e.message());
-        let e = client.join(pb::JoinRequest { node_id: 7, addr: String::new() }).await.unwrap_err();
+        let e = client.join(pb::JoinRequest { node_id: 2, addr: String::new() }).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        // Node 2's certificate cannot ask for node 7, nor can the admin's for anyone.
+        let e = client.join(pb::JoinRequest { node_id: 7, addr: "127.0.0.1:1".into() }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let e = api_client(&addr, &c.admin()).join(pb::JoinRequest { node_id: 7, addr: "127.0.0.1:1".into() }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
     });
     assert_eq!(c.members_of(1).unwrap(), vec![(1, "voter".to_string()), (2, "voter".to_string())]);
 }
@@ -76,8 +83,8 @@ fn a_retried_request_is_applied_once() {
         spec.memory_mb = 64;
         let req = pb::CreateVmRequest { spec: Some(spec), request_id: "req-123".into() };
         // The same request through two different nodes (a client retrying elsewhere).
-        let mut a = BlixardClient::connect(format!("http://{}", c.addr(2))).await.unwrap();
-        let mut b = BlixardClient::connect(format!("http://{}", c.addr(3))).await.unwrap();
+        let mut a = api_client(&c.addr(2), &c.admin());
+        let mut b = api_client(&c.addr(3), &c.admin());
         let first = a.create_vm(req.clone()).await.unwrap().into_inner();
         let second = b.create_vm(req.clone()).await.unwrap().into_inner();
         assert_eq!(first, second, "the retry gets the first outcome, not 'already exists'");

@@ -34,6 +34,20 @@ impl Request {
     }
 }
 
+impl Command {
+    /// The node a command speaks for, when it is one a node sends about itself (a peer that
+    /// forwards it must be that node).
+    pub fn acting_node(&self) -> Option<NodeId> {
+        match self {
+            Command::RegisterWorker { id, .. } => Some(*id),
+            Command::ReportVmStatus { node_id, .. }
+            | Command::ReportTaskStarted { node_id, .. }
+            | Command::ReportTaskResult { node_id, .. } => Some(*node_id),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.command.kind())?;
@@ -122,6 +136,8 @@ pub enum Command {
     /// Node `node_id` confirms that these (VM name, placement epoch) no longer run there: their
     /// quarantined addresses are free again.
     ReleaseAddresses { node_id: NodeId, vms: Vec<(String, u64)> },
+    /// Join tokens and revoked node identities (`tokens`).
+    Security(crate::tokens::SecurityCommand),
 }
 
 impl Command {
@@ -146,6 +162,7 @@ impl Command {
             Command::EnsureDefaultNetwork { .. } => "ensure_default_network",
             Command::DeleteNetwork { .. } => "delete_network",
             Command::ReleaseAddresses { .. } => "release_addresses",
+            Command::Security(c) => c.kind(),
         }
     }
 }

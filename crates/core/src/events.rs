@@ -316,8 +316,9 @@ impl EventSource {
                         self.liveness = v;
                     }
                 }
-                // Networks change with VMs (whose events carry them); no event of their own.
-                RowKey::Network(_) => {}
+                // Networks change with VMs (whose events carry them), security records are not
+                // for every viewer: no event of their own.
+                RowKey::Network(_) | RowKey::Security => {}
                 RowKey::NodeIds => {
                     if state.node_ids.members != self.members {
                         self.members = state.node_ids.members.clone();

@@ -18,6 +18,7 @@ pub mod scheduler;
 pub mod spec;
 pub mod state;
 pub mod task;
+pub mod tokens;
 
 pub use events::{Event, EventKind, EventSource};
 pub use command::{ApplyError, Command, Outcome, Reply, Request};

@@ -178,6 +178,8 @@ pub enum RowKey {
     /// The current members and every node id ever used.
     NodeIds,
     Network(String),
+    /// The security records (`crate::tokens`), one row.
+    Security,
 }
 
 impl RowKey {
@@ -192,6 +194,7 @@ impl RowKey {
             RowKey::Liveness => LIVENESS_ROW.to_string(),
             RowKey::NodeIds => NODE_IDS_ROW.to_string(),
             RowKey::Network(n) => format!("net/{n}"),
+            RowKey::Security => SECURITY_ROW.to_string(),
         }
     }
 }
@@ -211,6 +214,8 @@ pub struct NodeIds {
     /// Every id that was ever a member: never handed out again.
     pub used: BTreeSet<NodeId>,
 }
+/// Store key of the security records row.
+const SECURITY_ROW: &str = "security";
 
 /// Order in which pending VMs are tried: highest priority first, then oldest, then by name.
 type PendingKey = (Reverse<u8>, u64, String);
@@ -248,6 +253,9 @@ pub struct ClusterState {
     /// Networks and their address leases (see [`crate::network`]).
     #[serde(default)]
     pub networks: BTreeMap<String, Network>,
+    /// Join tokens and revoked node identities (`crate::tokens`).
+    #[serde(default)]
+    pub security: crate::tokens::SecurityState,
     /// Rows changed since the last `take_touched`; not part of the state.
     #[serde(skip)]
     pub(crate) touched: BTreeSet<RowKey>,
@@ -691,6 +699,12 @@ impl ClusterState {
                     Some(t) => Ok(Reply::Task(Box::new(t))),
                     None => Ok(Reply::Done),
                 }
+            }
+            Command::Security(c) => {
+                // Node ids are never reused: a token cannot admit an id that was ever a member.
+                let reply = self.security.apply(c, now, &self.node_ids.used)?;
+                self.touched.insert(RowKey::Security);
+                Ok(reply)
             }
         }
     }
@@ -1297,6 +1311,7 @@ impl ClusterState {
             RowKey::Liveness => Some(serde_json::to_vec(&self.liveness)),
             RowKey::NodeIds => Some(serde_json::to_vec(&self.node_ids)),
             RowKey::Network(n) => self.networks.get(n).map(serde_json::to_vec),
+            RowKey::Security => Some(serde_json::to_vec(&self.security)),
         };
         // Serializing these plain data types cannot fail.
         json.and_then(Result::ok)
@@ -1312,7 +1327,7 @@ impl ClusterState {
             .chain(self.requests.keys().map(|id| RowKey::Request(id.clone())))
             .chain(self.tasks.keys().map(|id| RowKey::Task(id.clone())))
             .chain(self.networks.keys().map(|n| RowKey::Network(n.clone())))
-            .chain([RowKey::Settings, RowKey::Liveness, RowKey::NodeIds]);
+            .chain([RowKey::Settings, RowKey::Liveness, RowKey::NodeIds, RowKey::Security]);
         keys.filter_map(|k| self.row(&k).map(|v| (k.encode(), v))).collect()
     }
 
@@ -1326,6 +1341,8 @@ impl ClusterState {
             } else if let Some(id) = key.strip_prefix("worker/") {
                 let id: NodeId = id.parse().map_err(|_| format!("corrupt row key {key}"))?;
                 s.workers.insert(id, serde_json::from_slice(value).map_err(bad)?);
+            } else if key == SECURITY_ROW {
+                s.security = serde_json::from_slice(value).map_err(bad)?;
             } else if key == SETTINGS_ROW {
                 s.settings = serde_json::from_slice(value).map_err(bad)?;
             } else if key == LIVENESS_ROW {

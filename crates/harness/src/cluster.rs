@@ -1,5 +1,6 @@
 //! Real `blixard` daemons, one per network namespace. Dropping the cluster kills them all (and
-//! the namespaces go with the [`Net`] it owns).
+//! the namespaces go with the [`Net`] it owns). The cluster runs secure like any other: the
+//! harness speaks mutual TLS with node 1's admin credential and joins nodes with join tokens.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -46,17 +47,22 @@ pub struct Cluster {
     pub preempt_seq: usize,
     /// The slot frozen by the current [`crate::schedule::Fault::FreezeLeader`].
     pub frozen_leader: Option<usize>,
+    /// The admin credential (node 1's `--init` wrote it).
+    pub tls: Tls,
     /// Declared last: dropped after the daemons are killed.
     pub net: Net,
 }
 
-pub fn client(addr: &str, timeout: Duration) -> Result<BlixardClient<Channel>> {
+pub fn client(addr: &str, timeout: Duration, tls: &Tls) -> Result<BlixardClient<Channel>> {
     let ch = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(timeout)
-        .connect_lazy();
+        .connect_with_connector_lazy(blixard_pki::Connector::new(tls.clone()));
     Ok(BlixardClient::new(ch))
 }
+
+/// The admin's TLS client configuration.
+pub type Tls = std::sync::Arc<rustls::ClientConfig>;
 
 impl Cluster {
     /// Starts `n` nodes: node 1 bootstraps, the others join through it; returns once every node
@@ -69,7 +75,6 @@ impl Cluster {
         let events = dir.join("events.log");
         std::fs::write(&events, "")?;
         let mut daemons = Vec::new();
-        let mut clients = Vec::new();
         for i in 1..=n {
             let d = dir.join("nodes").join(format!("n{i}"));
             std::fs::create_dir_all(&d)?;
@@ -82,25 +87,39 @@ impl Cluster {
                 paused: false,
                 vcpus: VCPUS,
             });
-            clients.push(client(&format!("{}:{PORT}", net.ip(i)), op_timeout)?);
         }
         let mut c = Cluster {
             bin: bin.to_path_buf(),
             events,
             daemons,
-            clients,
             preempting: None,
             preempt_seq: 0,
             frozen_leader: None,
+            clients: Vec::new(),
+            tls: blixard_pki::pinned_client_config(&"0".repeat(64))?,
             net,
         };
-        c.spawn(1, Some("--init".into()))?;
+        c.spawn(1, &["--init".into()])?;
+        let creds = c.daemons[0].dir.join("admin.credentials");
+        let end = Instant::now() + Duration::from_secs(30);
+        while !creds.is_file() {
+            if Instant::now() > end {
+                bail!("node 1 wrote no admin credential at {}", creds.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c.tls = blixard_pki::Credentials::load(&creds)?.client_config()?;
+        for i in 1..=n {
+            let cl = client(&format!("{}:{PORT}", c.net.ip(i)), op_timeout, &c.tls)?;
+            c.clients.push(cl);
+        }
         c.wait("node 1 to lead", Duration::from_secs(30), |s| {
             s.iter().flatten().any(|s| s.leader_id == Some(1))
         })
         .await?;
         for i in 2..=n {
-            c.spawn(i, Some(format!("--join={}:{PORT}", c.net.ip(1))))?;
+            let join = c.join_args(1).await?;
+            c.spawn(i, &join)?;
         }
         c.wait("all nodes to be voters", Duration::from_secs(60), |s| {
             s.iter().all(|s| {
@@ -110,56 +129,33 @@ impl Cluster {
             })
         })
         .await?;
-        c.shorten_verdict_lease().await?;
         Ok(c)
     }
 
-    /// The lease settings seeded at `--init` replace the defaults (10 s lease) as a *change*, and
-    /// the failure detector keeps judging by the longer of the old and new lease (a node may
-    /// hold a lease granted before the change): with the seed alone, a silent node would be
-    /// declared down after 10 s + grace, not [`LEASE_MS`] + [`GRACE_MS`]. Once every node's
-    /// lease file holds a lease no longer than [`LEASE_MS`] (no node can hold a long one any
-    /// more), setting the same values again makes the detector judge by the short lease.
-    ///
-    /// [`LEASE_MS`]: crate::schedule::LEASE_MS
-    /// [`GRACE_MS`]: crate::schedule::GRACE_MS
-    async fn shorten_verdict_lease(&self) -> Result<()> {
-        use crate::schedule::{GRACE_MS, HEARTBEAT_MS, LEASE_MS};
+    /// Arguments that join a new node through slot `via`, with a fresh join token.
+    pub async fn join_args(&self, via: usize) -> Result<Vec<String>> {
+        let mut c = self.clients[via - 1].clone();
         let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            // The lease file as the VM supervisors read it: time left on this host's clock.
-            let short = self.daemons.iter().all(|d| {
-                blixard_vmm::supervisor::check_lease(&d.dir.join("vms").join("lease"))
-                    .is_ok_and(|left| left <= Duration::from_millis(LEASE_MS + 100))
-            });
-            if short {
-                break;
-            }
-            if Instant::now() > end {
-                bail!("some node still holds a lease longer than {LEASE_MS} ms after 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            let req = pb::SchedulerSettings {
-                request_id: uuid::Uuid::new_v4().to_string(),
-                lease_ms: LEASE_MS,
-                grace_ms: GRACE_MS,
-                heartbeat_ms: HEARTBEAT_MS,
-                ..Default::default()
-            };
-            match self.clients[0].clone().set_scheduler_settings(req).await {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > end => bail!("setting the lease settings: {e}"),
+        let token = loop {
+            match c
+                .create_join_token(pb::CreateJoinTokenRequest { ttl_secs: 600 })
+                .await
+            {
+                Ok(t) => break t.into_inner().token,
+                Err(e) if Instant::now() > end => {
+                    bail!("creating a join token through node {via}: {}", e.message())
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
-        }
+        };
+        Ok(vec![
+            format!("--join={}:{PORT}", self.net.ip(via)),
+            format!("--token={token}"),
+        ])
     }
 
-    /// Spawns node `i` (`extra`: `--init`, `--join=...`, or nothing to resume) with the vCPUs
-    /// recorded for its slot. `--init` also seeds the cluster's short lease settings.
-    pub fn spawn(&mut self, i: usize, extra: Option<String>) -> Result<()> {
+    /// Spawns node `i` (`extra`: `--init`, `--join=...` and its token, or nothing to resume).
+    pub fn spawn(&mut self, i: usize, extra: &[String]) -> Result<()> {
         let ns = self.net.ns(i);
         let listen = format!("{}:{PORT}", self.net.ip(i));
         let d = &mut self.daemons[i - 1];
@@ -193,15 +189,13 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if let Some(e) = extra {
-            if e == "--init" {
-                use crate::schedule::{GRACE_MS, HEARTBEAT_MS, LEASE_MS};
-                cmd.args(["--lease-ms", &LEASE_MS.to_string()])
-                    .args(["--grace-ms", &GRACE_MS.to_string()])
-                    .args(["--liveness-heartbeat-ms", &HEARTBEAT_MS.to_string()]);
-            }
-            cmd.arg(e);
+        if extra.iter().any(|e| e == "--init") {
+            use crate::schedule::{GRACE_MS, HEARTBEAT_MS, LEASE_MS};
+            cmd.args(["--lease-ms", &LEASE_MS.to_string()])
+                .args(["--grace-ms", &GRACE_MS.to_string()])
+                .args(["--liveness-heartbeat-ms", &HEARTBEAT_MS.to_string()]);
         }
+        cmd.args(extra);
         d.child = Some(cmd.spawn().with_context(|| format!("spawning node {i}"))?);
         d.paused = false;
         Ok(())
@@ -258,7 +252,7 @@ impl Cluster {
     pub async fn restart_with_vcpus(&mut self, i: usize, vcpus: u32) -> Result<String> {
         let graceful = self.terminate(i, Duration::from_secs(10)).await;
         self.daemons[i - 1].vcpus = vcpus;
-        self.spawn(i, None)?;
+        self.spawn(i, &[])?;
         Ok(format!(
             "restarted slot {i} (node {}) with {vcpus} vCPUs{}",
             self.daemons[i - 1].node_id,
@@ -404,6 +398,7 @@ impl Cluster {
         let mut c = client(
             &format!("{}:{PORT}", self.net.ip(via)),
             Duration::from_secs(15),
+            &self.tls,
         )?;
         let answer = tokio::time::timeout(
             Duration::from_secs(15),
@@ -441,8 +436,8 @@ impl Cluster {
         let d = &mut self.daemons[i - 1];
         let _ = std::fs::rename(&d.dir, d.dir.with_file_name(format!("data.removed-{old}")));
         d.node_id = new;
-        let join = format!("--join={}:{PORT}", self.net.ip(via));
-        self.spawn(i, Some(join))?;
+        let join = self.join_args(via).await?;
+        self.spawn(i, &join)?;
         Ok(format!(
             "removed node {old} (slot {i}) and started node {new} in its place"
         ))

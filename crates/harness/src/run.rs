@@ -272,7 +272,7 @@ async fn heal_all(c: &Arc<tokio::sync::Mutex<Cluster>>) -> Result<Vec<usize>> {
     }
     for i in 1..=c.daemons.len() {
         if !c.is_running(i) {
-            c.spawn(i, None)?;
+            c.spawn(i, &[])?;
         } else if c.daemons[i - 1].paused {
             c.resume(i);
         }

@@ -58,6 +58,8 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     pub data_dir: PathBuf,
     pub bootstrap: Bootstrap,
+    /// The join token (`--token`), needed with `Bootstrap::Join` on the first start.
+    pub join_token: Option<String>,
     /// Voters the cluster aims for; joining nodes beyond it stay learners.
     pub target_voters: usize,
     pub raft: RaftTuning,
@@ -116,6 +118,7 @@ impl NodeConfig {
             advertise: None,
             data_dir: data_dir.into(),
             bootstrap,
+            join_token: None,
             target_voters: 3,
             raft: RaftTuning::default(),
             capacity: CapacityOverrides::default(),

@@ -19,6 +19,7 @@ pub mod http;
 pub mod meta;
 pub mod metrics;
 pub mod node;
+pub mod security;
 pub mod service;
 pub mod task_runner;
 
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use blixard_api::pb::blixard_server::BlixardServer;
 use blixard_api::pb::networks_server::NetworksServer;
+use blixard_api::pb::enroll_server::EnrollServer;
 use blixard_api::pb::raft_peer_server::RaftPeerServer;
 use blixard_api::{pb, BlixardClient, MAX_CLIENT_MESSAGE, MAX_PEER_MESSAGE};
 use blixard_core::Command;
@@ -75,7 +77,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let initial_lease = initial_liveness(&config)?;
     let existing = meta::load(&config.data_dir)?;
     let dir = config.data_dir.display().to_string();
-    let (cluster_id, join_via) = match (&existing, &config.bootstrap) {
+    match (&existing, &config.bootstrap) {
         (Some(m), _) if m.left => {
             return Err(NodeError::Config(format!(
                 "{dir} belongs to node {} which left its cluster; start with a new --data-dir",
@@ -91,13 +93,16 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
                 m.cluster_id
             )))
         }
-        (Some(m), _) => (m.cluster_id.clone(), None),
         (None, Bootstrap::Resume) => {
-            return Err(NodeError::Config(format!("{dir} holds no cluster: start with --init or --join ADDR")))
+            return Err(NodeError::Config(format!("{dir} holds no cluster: start with --init or --join ADDR --token TOKEN")))
         }
-        (None, Bootstrap::Init) => (uuid::Uuid::new_v4().to_string(), None),
-        (None, Bootstrap::Join(seed)) => (discover_cluster(seed).await?, Some(seed.clone())),
-    };
+        (None, Bootstrap::Join(_)) if config.join_token.is_none() => {
+            return Err(NodeError::Config(
+                "--join needs a join token: --token TOKEN or --token-file FILE (create one on a member with `blixard cluster token create`)".into(),
+            ))
+        }
+        _ => {}
+    }
 
     // Reuse the recorded address on restart when asked for any port.
     let bind: SocketAddr = match (&existing, config.listen.port()) {
@@ -114,6 +119,23 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         None => None,
     };
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
+    // The node's identity: nothing is written for a joiner until the cluster accepted its token.
+    let (cluster_id, join_via, tls) = match (&existing, &config.bootstrap) {
+        (Some(m), _) => (m.cluster_id.clone(), None, security::NodeTls::load(&config.data_dir, config.id)?),
+        (None, Bootstrap::Join(seed)) => {
+            let token = config.join_token.as_deref().unwrap_or_default();
+            let (cluster_id, tls) = security::enroll(seed, token, config.id, &addr).await?;
+            tls.store(&config.data_dir)?;
+            (cluster_id, Some(seed.clone()), tls)
+        }
+        (None, _) => {
+            let cluster_id = uuid::Uuid::new_v4().to_string();
+            let tls = security::NodeTls::init(&config.data_dir, &cluster_id, config.id)?;
+            (cluster_id, None, tls)
+        }
+    };
+    let tls = Arc::new(tls);
+
     let run_root = config.data_dir.join("vms");
     let driver = executor::make_driver(&config.driver, run_root.clone(), &run_root.join("lease"))?;
     let (log, sm) = blixard_raft::open_stores(&config.data_dir.join("raft"))
@@ -133,7 +155,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     .validate()
     .map_err(|e| NodeError::Config(e.to_string()))?;
-    let raft = Raft::new(config.id, Arc::new(raft_config), PeerNetwork::new(cluster_id.as_str()), log, sm)
+    let network = PeerNetwork::new(cluster_id.as_str(), tls.client.clone());
+    let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
@@ -153,6 +176,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         driver: driver.clone(),
         liveness: liveness::Liveness::default(),
         peers: Default::default(),
+        tls: tls.clone(),
     });
     let mut identity = NodeMeta { node_id: config.id, cluster_id: cluster_id.clone(), addr: addr.clone(), left: false };
     if existing.is_none() && join_via.is_none() {
@@ -222,32 +246,12 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
     Ok(())
 }
 
-/// Asks a member which cluster it belongs to, before this node takes any Raft traffic.
-async fn discover_cluster(seed: &str) -> Result<String, NodeError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let attempt = async {
-            let ch = blixard_raft::network::channel(seed).map_err(|e| format!("bad address {seed}: {e}"))?;
-            let mut c = BlixardClient::new(ch);
-            c.cluster_status(pb::ReadOptions { stale: true }).await.map_err(|s| s.message().to_string())
-        };
-        match attempt.await {
-            Ok(r) if !r.get_ref().cluster_id.is_empty() => return Ok(r.into_inner().cluster_id),
-            Ok(_) => return Err(NodeError::NotInCluster(format!("{seed} is not a member of a cluster"))),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(NodeError::Unreachable(format!("cannot reach {seed} to join: {e}")))
-            }
-            Err(e) => tracing::debug!(error = %e, %seed, "waiting for seed"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Asks the cluster (through `seed`, which forwards to the leader) to add this node.
 async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let ch = blixard_raft::network::channel(seed).map_err(|e| NodeError::Config(format!("bad address {seed}: {e}")))?;
+        let ch = blixard_raft::network::channel(seed, &node.tls.client)
+            .map_err(|e| NodeError::Config(format!("bad address {seed}: {e}")))?;
         let mut c = BlixardClient::new(ch);
         match c.join(pb::JoinRequest { node_id: node.id, addr: node.addr.clone() }).await {
             Ok(r) => {
@@ -282,22 +286,38 @@ async fn bind_http(config: &NodeConfig, addr: SocketAddr) -> Result<TcpListener,
     Ok(l)
 }
 
-/// Serves the client and peer services until shutdown.
+/// Serves the client, peer and enrollment services until shutdown, over TLS 1.3 only.
 async fn serve(node: Arc<Node>, listener: TcpListener) {
+    use tonic::service::interceptor::InterceptedService;
     let api = service::Api { node: node.clone() };
     let stop_node = node.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = blixard_pki::incoming(listener, node.tls.server.clone());
+    let (n1, n2) = (node.clone(), node.clone());
+    let client_auth = move |r| security::authenticate_client(&n1, r);
+    let n3 = node.clone();
+    let networks_auth = move |r| security::authenticate_client(&n3, r);
+    let peer_auth = move |r| security::authenticate_peer(&n2, r);
     let res = tonic::transport::Server::builder()
-        .add_service(
+        .add_service(InterceptedService::new(
             BlixardServer::new(api.clone())
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
-        )
-        .add_service(NetworksServer::new(api.clone()).max_decoding_message_size(MAX_CLIENT_MESSAGE))
-        .add_service(
+            client_auth,
+        ))
+        .add_service(InterceptedService::new(
+            NetworksServer::new(api.clone()).max_decoding_message_size(MAX_CLIENT_MESSAGE),
+            networks_auth,
+        ))
+        .add_service(InterceptedService::new(
             RaftPeerServer::new(api)
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
+            peer_auth,
+        ))
+        .add_service(
+            EnrollServer::new(security::EnrollService { node: node.clone() })
+                .max_decoding_message_size(MAX_ENROLL_MESSAGE)
+                .max_encoding_message_size(MAX_ENROLL_MESSAGE),
         )
         .serve_with_incoming_shutdown(incoming, async move { stop_node.stopped().await })
         .await;
@@ -307,10 +327,13 @@ async fn serve(node: Arc<Node>, listener: TcpListener) {
     }
 }
 
-/// Removes what a refused joiner wrote in its data directory (its Raft stores and run
-/// directory); the directory itself and anything else in it stay.
+/// Largest enrollment message (a token and an address; the reply carries a few PEMs).
+const MAX_ENROLL_MESSAGE: usize = 64 * 1024;
+
+/// Removes what a refused joiner wrote in its data directory (its Raft stores, run directory
+/// and certificate); the directory itself and anything else in it stay.
 fn forget_identity(data_dir: &std::path::Path) {
-    for dir in ["raft", "vms"] {
+    for dir in ["raft", "vms", security::TLS_DIR] {
         let p = data_dir.join(dir);
         if let Err(e) = std::fs::remove_dir_all(&p) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -446,6 +469,7 @@ async fn housekeeping(node: Arc<Node>) {
             return;
         }
         node.promote_learners().await;
+        security::revoke_departed(&node).await;
         node.forget_departed_workers().await;
     }
 }

@@ -54,6 +54,8 @@ pub struct Node {
     pub liveness: crate::liveness::Liveness,
     /// Open connections to peers, by address (local state).
     pub(crate) peers: std::sync::Mutex<std::collections::HashMap<String, blixard_api::RaftPeerClient<tonic::transport::Channel>>>,
+    /// Key material and TLS configurations (local).
+    pub tls: Arc<crate::security::NodeTls>,
 }
 
 pub fn now_ms() -> u64 {
@@ -67,7 +69,7 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let c = peer_client(addr).map_err(|e| NodeError::Unreachable(format!("bad peer address {addr}: {e}")))?;
+        let c = peer_client(addr, &self.tls.client).map_err(|e| NodeError::Unreachable(format!("bad peer address {addr}: {e}")))?;
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -307,7 +309,7 @@ impl Node {
         loop {
             match self.leader() {
                 Some((id, addr)) if id != self.id => {
-                    let channel = blixard_raft::network::channel(&addr).map_err(|e| NodeError::Unreachable(e.to_string()))?;
+                    let channel = blixard_raft::network::channel(&addr, &self.tls.client).map_err(|e| NodeError::Unreachable(e.to_string()))?;
                     match f(BlixardClient::new(channel)).await {
                         Ok(t) => return Ok(t),
                         Err(s) if s.code() == tonic::Code::Unavailable => last_err = s.message().to_string(),
@@ -452,6 +454,7 @@ impl Node {
             .map_err(|e| membership_err(&format!("removing node {id}"), e))?;
         drop(guard);
         tracing::info!(node = id, "removed from membership");
+        crate::security::revoke_node(self, id).await;
         // Its VMs may be placed elsewhere only once they have stopped there: either the node
         // confirms it stopped them, or its lease has run out (it can no longer renew it: the
         // leader refuses heartbeats from non-members). Until then the worker record, and so
@@ -489,7 +492,7 @@ impl Node {
 
     /// Tells a removed node so; it stops its VMs and confirms (false: no confirmation).
     async fn notify_evicted(&self, id: u64, addr: &str) -> bool {
-        let Ok(mut client) = peer_client(addr) else { return false };
+        let Ok(mut client) = peer_client(addr, &self.tls.client) else { return false };
         let Ok(req) = peer_request(&self.cluster_id, &(), Some(crate::executor::STOP_GRACE * 2)) else { return false };
         let req = req.map(|_| pb::EvictedNotice { node_id: id });
         match client.evicted(req).await {

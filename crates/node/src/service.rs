@@ -15,6 +15,7 @@ use tonic::{Request as GrpcRequest, Response, Status};
 
 use crate::error::NodeError;
 use crate::node::Node;
+use crate::security;
 
 #[derive(Clone)]
 pub struct Api {
@@ -52,11 +53,13 @@ impl Api {
         }
     }
 
-    /// Refuses peer requests from another cluster.
-    fn check_peer<T>(&self, r: &GrpcRequest<T>) -> Result<(), Status> {
+    /// Refuses peer requests from another cluster; returns the node id of the sender's
+    /// (verified, not revoked) certificate.
+    fn check_peer<T>(&self, r: &GrpcRequest<T>) -> Result<u64, Status> {
+        let cert = security::peer_id(r)?;
         let got = r.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok());
         match got {
-            Some(id) if id == &*self.node.cluster_id => Ok(()),
+            Some(id) if id == &*self.node.cluster_id => Ok(cert),
             Some(id) => Err(Status::permission_denied(format!(
                 "peer belongs to cluster {id}, this node to cluster {}",
                 self.node.cluster_id
@@ -159,9 +162,12 @@ fn stream_file(node: Arc<Node>, path: std::path::PathBuf, follow: bool) -> LogSt
 }
 
 /// A client for the node (id, address) that holds a VM's console or a task's output.
-fn owner_client(owner: &(u64, Option<String>)) -> Result<blixard_api::BlixardClient<tonic::transport::Channel>, Status> {
+fn owner_client(
+    node: &Node,
+    owner: &(u64, Option<String>),
+) -> Result<blixard_api::BlixardClient<tonic::transport::Channel>, Status> {
     let addr = owner.1.as_deref().ok_or_else(|| Status::unavailable(format!("node {} has no known address", owner.0)))?;
-    let ch = blixard_raft::network::channel(addr).map_err(|e| Status::unavailable(e.to_string()))?;
+    let ch = blixard_raft::network::channel(addr, &node.tls.client).map_err(|e| Status::unavailable(e.to_string()))?;
     Ok(blixard_api::BlixardClient::new(ch))
 }
 
@@ -203,7 +209,7 @@ impl Blixard for Api {
         if fwd {
             return Err(Status::unavailable(format!("VM '{}' is not on node {}", req.name, self.node.id)));
         }
-        let upstream = owner_client(&owner)?.vm_logs(crate::node::forwarded_request(req)).await?.into_inner();
+        let upstream = owner_client(&self.node, &owner)?.vm_logs(crate::node::forwarded_request(req)).await?.into_inner();
         Ok(Response::new(Box::pin(upstream)))
     }
 
@@ -297,7 +303,7 @@ impl Blixard for Api {
         if fwd {
             return Err(Status::unavailable(format!("task '{}' did not run on node {}", req.id, self.node.id)));
         }
-        let upstream = owner_client(&owner)?
+        let upstream = owner_client(&self.node, &owner)?
             .task_logs(crate::node::forwarded_request(req))
             .await
             .map_err(|e| Status::unavailable(format!("node {} that ran the task: {}", owner.0, e.message())))?
@@ -341,6 +347,10 @@ impl Blixard for Api {
 
     async fn join(&self, r: GrpcRequest<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
         let fwd = is_forwarded(&r);
+        match security::caller(&r) {
+            Some(blixard_pki::Identity::Node(id)) if *id == r.get_ref().node_id || fwd => {}
+            _ => return Err(Status::permission_denied("only the joining node itself may ask to join (with the certificate its join token got it)")),
+        }
         let req = r.into_inner();
         Ok(Response::new(self.node.join_member(req.node_id, req.addr, fwd).await?))
     }
@@ -463,35 +473,52 @@ impl Blixard for Api {
         let (vms, next) = page(vms, req.limit, pb::VmInfo::from, |v| v.spec.name.clone());
         Ok(Response::new(pb::VmList { vms, next }))
     }
+
+    async fn create_join_token(&self, r: GrpcRequest<pb::CreateJoinTokenRequest>) -> Result<Response<pb::JoinTokenInfo>, Status> {
+        Ok(Response::new(security::create_token(&self.node, r.into_inner().ttl_secs).await?))
+    }
+
+    async fn list_join_tokens(&self, _r: GrpcRequest<pb::Empty>) -> Result<Response<pb::JoinTokenList>, Status> {
+        Ok(Response::new(security::list_tokens(&self.node).await?))
+    }
+
+    async fn revoke_join_token(&self, r: GrpcRequest<pb::JoinTokenRef>) -> Result<Response<pb::Empty>, Status> {
+        security::revoke_token(&self.node, r.into_inner().id).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
 }
 
 #[tonic::async_trait]
 impl RaftPeer for Api {
     async fn append_entries(&self, r: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
-        self.check_peer(&r)?;
+        let cert = self.check_peer(&r)?;
         let req = decode(r.get_ref())?;
+        security::check_append(cert, &req)?;
         encode(&self.node.raft.append_entries(req).await)
     }
 
     async fn vote(&self, r: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
-        self.check_peer(&r)?;
+        let cert = self.check_peer(&r)?;
         let req = decode(r.get_ref())?;
+        security::check_vote_request(cert, &req)?;
         encode(&self.node.raft.vote(req).await)
     }
 
     async fn install_snapshot(&self, r: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
-        self.check_peer(&r)?;
+        let cert = self.check_peer(&r)?;
         type Meta = openraft::alias::SnapshotMetaOf<TypeConfig>;
         type Vote = openraft::alias::VoteOf<TypeConfig>;
         let (vote, meta, data): (Vote, Meta, Vec<u8>) = decode(r.get_ref())?;
+        security::check_snapshot(cert, &vote, &meta)?;
         let snapshot = Snapshot { meta, snapshot: Cursor::new(data) };
         let res = self.node.raft.install_full_snapshot(vote, snapshot).await.map_err(openraft::error::RaftError::<TypeConfig>::Fatal);
         encode(&res)
     }
 
     async fn propose(&self, r: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
-        self.check_peer(&r)?;
+        let cert = self.check_peer(&r)?;
         let req: Request = decode(r.get_ref())?;
+        security::check_proposal(cert, &req)?;
         let outcome = self.node.propose_as_leader(req).await?;
         encode(&outcome)
     }
@@ -503,9 +530,10 @@ impl RaftPeer for Api {
     }
 
     async fn heartbeat(&self, r: GrpcRequest<pb::HeartbeatRequest>) -> Result<Response<pb::ReadIndexReply>, Status> {
-        self.check_peer(&r)?;
+        let cert = self.check_peer(&r)?;
         // A removed node must not renew its lease: its VMs are about to run elsewhere.
         let id = r.get_ref().node_id;
+        security::check_heartbeat(cert, id)?;
         if self.node.members().iter().all(|m| m.id != id) {
             return Err(Status::permission_denied(format!("node {id} is not a member of this cluster")));
         }
@@ -519,7 +547,8 @@ impl RaftPeer for Api {
     }
 
     async fn evicted(&self, r: GrpcRequest<pb::EvictedNotice>) -> Result<Response<pb::Empty>, Status> {
-        self.check_peer(&r)?;
+        let cert = self.check_peer(&r)?;
+        security::check_evicted(&self.node, cert)?;
         if r.get_ref().node_id != self.node.id {
             return Err(Status::invalid_argument(format!("this is node {}, not node {}", self.node.id, r.get_ref().node_id)));
         }

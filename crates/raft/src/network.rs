@@ -22,21 +22,26 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode, OptionalSend};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{NodeId, SnapshotData, TypeConfig};
 
 type C = TypeConfig;
 
-/// Creates peer clients; holds the cluster id every request is tagged with.
+/// TLS client configuration a node speaks to its peers with (its node certificate).
+pub type TlsConfig = Arc<rustls::ClientConfig>;
+
+/// Creates peer clients; holds the cluster id every request is tagged with and the node's TLS
+/// client configuration.
 #[derive(Clone)]
 pub struct PeerNetwork {
     cluster_id: Arc<str>,
+    tls: TlsConfig,
 }
 
 impl PeerNetwork {
-    pub fn new(cluster_id: impl Into<Arc<str>>) -> Self {
-        Self { cluster_id: cluster_id.into() }
+    pub fn new(cluster_id: impl Into<Arc<str>>, tls: TlsConfig) -> Self {
+        Self { cluster_id: cluster_id.into(), tls }
     }
 }
 
@@ -44,7 +49,7 @@ impl RaftNetworkFactory<C> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerClient { target, addr: node.addr.clone(), cluster_id: self.cluster_id.clone(), client: None }
+        PeerClient { target, addr: node.addr.clone(), cluster_id: self.cluster_id.clone(), tls: self.tls.clone(), client: None }
     }
 }
 
@@ -53,22 +58,18 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     cluster_id: Arc<str>,
+    tls: TlsConfig,
     client: Option<RaftPeerClient<Channel>>,
 }
 
-/// Builds a lazily-connecting channel to a peer or client address.
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+/// Builds a lazily-connecting TLS channel to a peer or client address.
+pub fn channel(addr: &str, tls: &TlsConfig) -> Result<Channel, tonic::transport::Error> {
+    blixard_pki::channel(addr, tls.clone())
 }
 
 /// A peer client with the large message limits snapshots need.
-pub fn peer_client(addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
-    Ok(RaftPeerClient::new(channel(addr)?)
+pub fn peer_client(addr: &str, tls: &TlsConfig) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
+    Ok(RaftPeerClient::new(channel(addr, tls)?)
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE))
 }
@@ -98,7 +99,7 @@ enum CallError {
 impl PeerClient {
     fn client(&mut self) -> Result<RaftPeerClient<Channel>, CallError> {
         if self.client.is_none() {
-            let c = peer_client(&self.addr).map_err(|e| CallError::Unreachable(format!("bad peer address {}: {e}", self.addr)))?;
+            let c = peer_client(&self.addr, &self.tls).map_err(|e| CallError::Unreachable(format!("bad peer address {}: {e}", self.addr)))?;
             self.client = Some(c);
         }
         self.client.clone().ok_or_else(|| CallError::Unreachable("no client".into()))

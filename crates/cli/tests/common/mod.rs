@@ -1,5 +1,7 @@
 //! Test harness: real `blixard` daemons as child processes on 127.0.0.1 with ports chosen by
 //! the OS, driven through the real CLI. Every process is killed when the harness drops.
+//! Clusters run secure like any other: node 1's `--init` writes the admin credential, which
+//! every CLI call for that cluster's addresses uses, and joins use a fresh join token.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -26,6 +28,8 @@ pub struct Cluster {
     pub nodes: Vec<TestNode>,
     /// Flags every node gets.
     pub flags: Vec<String>,
+    /// The admin credential (written by node 1's `--init`).
+    pub credentials: Option<PathBuf>,
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` at the deadline.
@@ -42,14 +46,45 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option
     }
 }
 
+/// Credentials by node address (addresses are unique while their node runs).
+static CREDENTIALS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
+    std::sync::OnceLock::new();
+
+pub fn register_credentials(addr: &str, path: &Path) {
+    let m = CREDENTIALS.get_or_init(Default::default);
+    m.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), path.to_path_buf());
+}
+
+/// The credential file of the cluster that node `addr` belongs to.
+pub fn credentials_for(addr: &str) -> Option<PathBuf> {
+    CREDENTIALS.get()?.lock().unwrap_or_else(|p| p.into_inner()).get(addr).cloned()
+}
+
+/// Runs the CLI against `addr` with that cluster's admin credential (when known).
 pub fn run_cli(addr: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--addr")
-        .arg(addr)
-        .args(args)
-        .env_remove("BLIXARD_ADDR")
-        .output()
-        .expect("run blixard cli")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--addr").arg(addr);
+    if let Some(c) = credentials_for(addr) {
+        cmd.arg("--credentials").arg(c);
+    }
+    cmd.args(args).env_remove("BLIXARD_ADDR").env_remove("BLIXARD_CREDENTIALS").output().expect("run blixard cli")
+}
+
+/// Runs the CLI against `addr` with the given credentials file (or none).
+pub fn run_cli_with(addr: &str, credentials: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--addr").arg(addr);
+    if let Some(c) = credentials {
+        cmd.arg("--credentials").arg(c);
+    }
+    cmd.args(args).env_remove("BLIXARD_ADDR").env_remove("BLIXARD_CREDENTIALS").output().expect("run blixard cli")
+}
+
+/// A fresh join token from the member at `seed` (retried while the cluster elects a leader).
+pub fn join_token(seed: &str) -> String {
+    wait_for("a join token", DEADLINE, || {
+        try_json(seed, &["cluster", "token", "create", "--ttl", "600"])?["token"].as_str().map(String::from)
+    })
 }
 
 /// Runs a `--json` command that must succeed and returns its document.
@@ -85,7 +120,12 @@ fn read_addr(dir: &Path) -> Option<String> {
 
 impl Cluster {
     pub fn new(flags: &[&str]) -> Self {
-        Self { tmp: tempfile::tempdir().expect("tempdir"), nodes: Vec::new(), flags: flags.iter().map(|s| s.to_string()).collect() }
+        Self {
+            tmp: tempfile::tempdir().expect("tempdir"),
+            nodes: Vec::new(),
+            flags: flags.iter().map(|s| s.to_string()).collect(),
+            credentials: None,
+        }
     }
 
     /// Starts a cluster of `n` nodes: node 1 bootstraps, the others join through it.
@@ -129,14 +169,27 @@ impl Cluster {
 
     /// Starts node `id`, bootstrapping (`seed == None`) or joining through `seed`.
     pub fn add_node(&mut self, id: u64, seed: Option<&str>, extra: &[&str]) -> usize {
+        let token = seed.map(join_token);
+        self.add_node_with_token(id, seed, token, extra)
+    }
+
+    /// Like [`Cluster::add_node`], joining with the given token.
+    pub fn add_node_with_token(&mut self, id: u64, seed: Option<&str>, token: Option<String>, extra: &[&str]) -> usize {
         let dir = self.tmp.path().join(format!("n{id}"));
-        let bootstrap: Vec<String> = match seed {
-            None => vec!["--init".into()],
-            Some(s) => vec!["--join".into(), s.into()],
+        let bootstrap: Vec<String> = match (seed, token) {
+            (Some(s), Some(t)) => vec!["--join".into(), s.into(), "--token".into(), t],
+            (Some(s), None) => vec!["--join".into(), s.into()],
+            (None, _) => vec!["--init".into()],
         };
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = self.spawn(id, &dir, &bootstrap, &extra, "127.0.0.1:0");
         let addr = wait_for(&format!("node {id} to bind"), DEADLINE, || read_addr(&dir));
+        if seed.is_none() && self.credentials.is_none() {
+            self.credentials = Some(dir.join("admin.credentials"));
+        }
+        if let Some(c) = &self.credentials {
+            register_credentials(&addr, c);
+        }
         self.nodes.push(TestNode { id, dir, addr, child: Some(child), extra });
         self.nodes.len() - 1
     }
@@ -418,5 +471,48 @@ impl Cluster {
     pub fn signal(&self, id: u64, sig: &str) {
         let pid = self.node(id).child.as_ref().expect("running node").id();
         assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    }
+}
+
+/// A credentials file for a CA of its own (another cluster's, as far as any test cluster is
+/// concerned); returns its path.
+pub fn make_credentials(dir: &Path, name: &str, role: &str) -> PathBuf {
+    let ca = blixard_pki::Ca::generate("elsewhere").expect("CA");
+    let own = ca.issue_client(name, role).expect("client certificate");
+    let path = dir.join(format!("{name}.credentials"));
+    blixard_pki::Credentials::new(name, role, &ca.0.cert_pem, own).store(&path).expect("write credentials");
+    path
+}
+
+/// Node `dir`'s key material (what a member holds in DATA_DIR/tls).
+pub fn node_material(dir: &Path) -> blixard_pki::TlsMaterial {
+    let read = |f: &str| std::fs::read_to_string(dir.join("tls").join(f)).expect("node key material");
+    blixard_pki::TlsMaterial { ca_pem: read("ca.pem"), own: blixard_pki::CertKey { cert_pem: read("node.pem"), key_pem: read("node.key") } }
+}
+
+/// The key material of a credentials file.
+pub fn credentials_material(path: &Path) -> blixard_pki::TlsMaterial {
+    blixard_pki::Credentials::load(path).expect("credentials").material()
+}
+
+/// A gRPC channel to `addr` over TLS with `m` (lazy: connects on first use).
+pub fn tls_channel(addr: &str, m: &blixard_pki::TlsMaterial) -> tonic::transport::Channel {
+    blixard_pki::channel(addr, m.client_config().expect("client config")).expect("channel")
+}
+
+/// A peer client speaking as whoever `m` is.
+pub fn peer_client(addr: &str, m: &blixard_pki::TlsMaterial) -> blixard_api::RaftPeerClient<tonic::transport::Channel> {
+    blixard_api::RaftPeerClient::new(tls_channel(addr, m))
+}
+
+/// A client-API client speaking as whoever `m` is.
+pub fn api_client(addr: &str, m: &blixard_pki::TlsMaterial) -> blixard_api::BlixardClient<tonic::transport::Channel> {
+    blixard_api::BlixardClient::new(tls_channel(addr, m))
+}
+
+impl Cluster {
+    /// The admin credential's key material.
+    pub fn admin(&self) -> blixard_pki::TlsMaterial {
+        credentials_material(self.credentials.as_deref().expect("cluster started with --init"))
     }
 }
