@@ -129,9 +129,7 @@ pub fn place(state: &ClusterState, spec: &VmSpec) -> Result<Option<NodeId>, Appl
 /// `vm create --dry-run` with it without proposing anything.
 pub fn explain(state: &ClusterState, spec: &VmSpec) -> Result<Placement, ApplyError> {
     spec.validate()?;
-    if state.vms.contains_key(&spec.name) {
-        return Err(ApplyError::AlreadyExists { what: "VM".into(), name: spec.name.clone() });
-    }
+    state.check_new_vm_name(&spec.name)?;
     if state.vms.len() >= MAX_VMS {
         return Err(ApplyError::LimitReached(format!("the cluster already holds {MAX_VMS} VMs")));
     }
@@ -231,7 +229,7 @@ pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption
         let mut mandatory = 0;
         if let Some(peer) = ctx.group_peer(w.id) {
             let Some(vm) = state.vms.get(peer) else { continue };
-            if vm.spec.priority >= spec.priority || vm.evacuating {
+            if vm.spec.priority >= spec.priority || vm.evacuating || vm.deleting {
                 continue;
             }
             free = free.saturating_add(&vm.spec.resources());
@@ -247,7 +245,7 @@ pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption
                     continue;
                 }
                 let Some(vm) = state.vms.get(name) else { continue };
-                if vm.evacuating {
+                if vm.evacuating || vm.deleting {
                     // Already leaving (and its room promised to whoever waits for it).
                     continue;
                 }
@@ -926,6 +924,7 @@ mod tests {
         assert_eq!(h.vm("early-low").node_id, None);
         assert_eq!(h.vm("early-low").reason.as_deref(), Some("no node has 2 vCPUs free (largest free: 0 on node 1)"));
         h.run(Command::DeleteVm { name: "mid".into() }).unwrap();
+        h.stopped("mid");
         assert_eq!(h.vm("early-low").node_id, Some(1));
         assert!(h.vm("early-low").reason.is_none());
     }

@@ -151,6 +151,11 @@ pub struct VmRecord {
     /// While evacuating for a preemption: the VM waiting for its room.
     #[serde(default)]
     pub preempted_by: Option<String>,
+    /// Deleted while it may still run: its node stops it, and the record (and so its name,
+    /// resources and address) goes only once that node confirmed the stop or was declared
+    /// down. A VM of the same name cannot run beside the old one.
+    #[serde(default)]
+    pub deleting: bool,
     /// The network its address is on (see [`crate::network`]); kept for its whole life.
     #[serde(default)]
     pub network: Option<String>,
@@ -414,6 +419,8 @@ impl ClusterState {
                     return Err(ApplyError::not_found("node", id));
                 }
                 self.touched.insert(RowKey::Worker(*id));
+                // (Before the node's addresses are released: theirs with them.)
+                self.forget_deleting_on(*id, index, now);
                 self.node_removed(*id);
                 self.requeue_tasks_from_node(*id, index, now, &format!("node {id} left the cluster"));
                 let names: Vec<String> =
@@ -480,9 +487,7 @@ impl ClusterState {
             }
             Command::CreateVm { spec } => {
                 spec.validate()?;
-                if self.vms.contains_key(&spec.name) {
-                    return Err(ApplyError::AlreadyExists { what: "VM".into(), name: spec.name.clone() });
-                }
+                self.check_new_vm_name(&spec.name)?;
                 if self.vms.len() >= MAX_VMS {
                     return Err(ApplyError::LimitReached(format!("the cluster already holds {MAX_VMS} VMs")));
                 }
@@ -519,6 +524,7 @@ impl ClusterState {
                     restarts: 0,
                     evacuating: false,
                     preempted_by: None,
+                    deleting: false,
                     placement: None,
                     network: address.as_ref().map(|a| a.0.clone()),
                     ip: address.map(|a| a.1),
@@ -544,27 +550,31 @@ impl ClusterState {
                 Ok(Reply::Vm(self.vms[&spec.name].clone()))
             }
             Command::DeleteVm { name } => {
-                if !self.vms.contains_key(name) {
+                let Some(vm) = self.vms.get_mut(name) else {
                     return Err(ApplyError::not_found("VM", name));
+                };
+                if vm.deleting {
+                    return Ok(Reply::Done);
                 }
-                self.index_remove(name);
-                if let Some(vm) = self.vms.remove(name) {
-                    self.bytes.vms = self.bytes.vms.saturating_sub(crate::budget::vm_spec_bytes(&vm.spec));
-                    if let Some(node) = vm.node_id {
-                        self.release(node, &vm.spec.resources());
-                    }
-                    if let (Some(net), Some(ip)) = (&vm.network, vm.ip) {
-                        self.release_vm_address(net, ip, name, vm.node_id.map(|n| (n, vm.epoch)));
-                    }
+                if let (Some(node), true) = (vm.node_id, Self::may_run(vm)) {
+                    // Two phases, like a move: stop it there first.
+                    vm.deleting = true;
+                    vm.desired = Desired::Stopped;
+                    vm.reason = Some(format!("being deleted: stopping it on node {node} first"));
+                    vm.updated_ms = now;
+                    self.touched.insert(RowKey::Vm(name.clone()));
+                    return Ok(Reply::Done);
                 }
-                self.touched.insert(RowKey::Vm(name.clone()));
-                self.place_pending(index, now, BTreeSet::new(), BTreeSet::new());
+                self.forget_vm(name, index, now);
                 Ok(Reply::Done)
             }
             Command::SetVmDesired { name, desired } => {
                 let Some(vm) = self.vms.get_mut(name) else {
                     return Err(ApplyError::not_found("VM", name));
                 };
+                if vm.deleting {
+                    return Err(ApplyError::invalid(format!("VM '{name}' is being deleted")));
+                }
                 let was = vm.desired;
                 vm.desired = *desired;
                 vm.updated_ms = now;
@@ -595,6 +605,9 @@ impl ClusterState {
                 let Some(vm) = self.vms.get_mut(name) else {
                     return Err(ApplyError::not_found("VM", name));
                 };
+                if vm.deleting {
+                    return Err(ApplyError::invalid(format!("VM '{name}' is being deleted")));
+                }
                 let Some(from) = vm.node_id else {
                     return Err(ApplyError::invalid(format!("VM '{name}' is not placed on any node")));
                 };
@@ -625,6 +638,11 @@ impl ClusterState {
                 vm.reason = reason.clone();
                 vm.updated_ms = now;
                 self.touched.insert(RowKey::Vm(name.clone()));
+                if vm.deleting && matches!(state, VmState::Stopped | VmState::Failed) {
+                    // Its node confirmed the stop: now it is gone, name and all.
+                    self.forget_vm(name, index, now);
+                    return Ok(Reply::Done);
+                }
                 if vm.evacuating && matches!(state, VmState::Stopped | VmState::Failed) {
                     // Its node confirmed the old copy is down: now place it elsewhere (new
                     // epoch). A preemption's victim keeps its reason, and the VM that waited
@@ -709,6 +727,50 @@ impl ClusterState {
         }
     }
 
+    /// Forgets the VMs being deleted on node `id` (it confirmed nothing, but cannot run them:
+    /// it left, or its lease expired).
+    fn forget_deleting_on(&mut self, id: NodeId, index: u64, now: u64) {
+        let gone: Vec<String> = self
+            .by_node
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| self.vms.get(n).is_some_and(|v| v.deleting))
+            .map(|(_, n)| n.clone())
+            .collect();
+        for name in gone {
+            self.forget_vm(&name, index, now);
+        }
+    }
+
+    /// Whether a new VM may take `name` (shared by `CreateVm` and the dry run).
+    pub fn check_new_vm_name(&self, name: &str) -> Result<(), ApplyError> {
+        match self.vms.get(name) {
+            Some(old) if old.deleting => Err(ApplyError::invalid(format!(
+                "VM '{name}' is being deleted: its node is stopping it; create it again once it is gone"
+            ))),
+            Some(_) => Err(ApplyError::AlreadyExists { what: "VM".into(), name: name.to_string() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Forgets VM `name` for good: its resources, its address (quarantined until its node
+    /// confirms the old placement no longer runs, see `network`) and its name.
+    fn forget_vm(&mut self, name: &str, index: u64, now: u64) {
+        self.index_remove(name);
+        if let Some(vm) = self.vms.remove(name) {
+            self.bytes.vms = self.bytes.vms.saturating_sub(crate::budget::vm_spec_bytes(&vm.spec));
+            if let Some(node) = vm.node_id {
+                self.release(node, &vm.spec.resources());
+            }
+            if let (Some(net), Some(ip)) = (&vm.network, vm.ip) {
+                self.release_vm_address(net, ip, name, vm.node_id.map(|n| (n, vm.epoch)));
+            }
+        }
+        self.touched.insert(RowKey::Vm(name.to_string()));
+        self.place_pending(index, now, BTreeSet::new(), BTreeSet::new());
+    }
+
     /// Sets a worker's state; a node going down has its lease expired, so its workloads are
     /// taken off it (VMs re-placed or lost, tasks retried or lost).
     fn set_worker_state(&mut self, id: NodeId, state: NodeState, index: u64, now: u64) -> Outcome {
@@ -721,6 +783,9 @@ impl ClusterState {
         match state {
             NodeState::Up => self.place_pending(index, now, BTreeSet::new(), BTreeSet::new()),
             NodeState::Down if was != NodeState::Down => {
+                // Its lease expired: what was being deleted there is gone (before the node's
+                // quarantined addresses are released, so theirs go too).
+                self.forget_deleting_on(id, index, now);
                 self.node_fenced(id);
                 self.requeue_tasks_from_node(id, index, now, &format!("node {id} is down"));
                 let evicted = self.reschedule_from_down_node(id, now);
@@ -1089,7 +1154,8 @@ impl ClusterState {
     /// down). A VM that cannot be running is unplaced at once; returns whether it was.
     fn evacuate(&mut self, name: &str, now: u64, reason: String, preempted_by: Option<&str>) -> bool {
         let Some(vm) = self.vms.get_mut(name) else { return false };
-        if vm.node_id.is_none() {
+        if vm.node_id.is_none() || vm.deleting {
+            // (Being deleted: it leaves once its node stopped it, for good.)
             return false;
         }
         if !Self::may_run(vm) {
@@ -1162,7 +1228,7 @@ impl ClusterState {
                 break;
             }
             let Some(vm) = self.vms.get(&victim) else { continue };
-            if vm.evacuating {
+            if vm.evacuating || vm.deleting {
                 continue;
             }
             let res = vm.spec.resources();
@@ -1181,7 +1247,7 @@ impl ClusterState {
             .into_iter()
             .flatten()
             .filter_map(|(_, n)| self.vms.get(n))
-            .filter(|v| v.evacuating)
+            .filter(|v| v.evacuating || v.deleting)
             .fold(Resources::default(), |acc, v| acc.saturating_add(&v.spec.resources()))
     }
 
@@ -1408,7 +1474,7 @@ impl ClusterState {
                 let Some(w) = self.workers.get(&n) else {
                     return Err(format!("VM {} is placed on unknown node {n}", vm.spec.name));
                 };
-                if let Some(why) = scheduler::constraint_violation(&vm.spec, w).filter(|_| !vm.evacuating) {
+                if let Some(why) = scheduler::constraint_violation(&vm.spec, w).filter(|_| !vm.evacuating && !vm.deleting) {
                     return Err(format!("VM {} breaks its constraints: {why}", vm.spec.name));
                 }
                 let e = alloc.entry(n).or_default();
@@ -1475,6 +1541,12 @@ impl ClusterState {
         for vm in self.vms.values() {
             if vm.evacuating && vm.node_id.is_none() {
                 return Err(format!("VM {} is evacuating but not placed", vm.spec.name));
+            }
+            if vm.deleting && (vm.node_id.is_none() || vm.desired != Desired::Running && vm.desired != Desired::Stopped) {
+                return Err(format!("VM {} is being deleted but not placed", vm.spec.name));
+            }
+            if vm.deleting && vm.desired != Desired::Stopped {
+                return Err(format!("VM {} is being deleted but wanted running", vm.spec.name));
             }
             if vm.preempted_by.is_some() && !vm.evacuating {
                 return Err(format!("VM {} records a preemption but is not evacuating", vm.spec.name));

@@ -213,13 +213,16 @@ fn run(ops: &[Op]) -> Result<ClusterState, TestCaseError> {
             );
         }
         // The model: a placed VM deleted may still run; fencing or a matching confirmation ends it.
-        match &cmd {
-            Command::DeleteVm { name } if out.is_ok() => {
-                let old = &before.vms[name];
+        // A VM that was placed and is gone now (deleted at once, or once its node confirmed a
+        // two-phase delete) may still run there until its node says otherwise.
+        for (name, old) in &before.vms {
+            if !s.vms.contains_key(name) {
                 if let (Some(node), Some(ip)) = (old.node_id, old.ip) {
                     ghosts.insert((name.clone(), node, old.epoch, ip));
                 }
             }
+        }
+        match &cmd {
             Command::RemoveWorker { id, .. } if out.is_ok() => ghosts.retain(|g| g.1 != *id),
             Command::LivenessVerdict { id, state: NodeState::Down, .. } if out.is_ok() => ghosts.retain(|g| g.1 != *id),
             Command::ReleaseAddresses { node_id, vms } => ghosts
@@ -412,6 +415,20 @@ fn pool_exhaustion_overlap_and_in_use_are_one_line_refusals() {
     // A VM deleted while placed: its address waits for its node's confirmation.
     let v0 = s.vms["v0"].clone();
     apply(&mut s, 30, Command::DeleteVm { name: "v0".into() }).expect("delete");
+    // Two-phase: its node confirms the stop, then the record goes and the address waits.
+    apply(
+        &mut s,
+        30,
+        Command::ReportVmStatus {
+            name: "v0".into(),
+            node_id: v0.node_id.unwrap(),
+            epoch: v0.epoch,
+            state: VmState::Stopped,
+            reason: None,
+            restarted: false,
+        },
+    )
+    .expect("report");
     let mut again = VmSpec::new("again");
     again.ip = v0.ip;
     let err = apply(

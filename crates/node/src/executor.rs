@@ -127,14 +127,18 @@ impl Executor {
             .iter()
             .map(to_observed)
             .collect();
-        let mine: Vec<VmRecord> = {
+        // The VMs and the index they were read at, under one guard: the lease check below must
+        // judge the state the plan is made from (a backlog applied in between would let a plan
+        // from before a move pass the "caught up" check, and restart a moved VM here).
+        let (mine, applied): (Vec<VmRecord>, u64) = {
             let a = self.node.state.read();
             // Only act on an applied state that knows this node; before registration (or after
             // a restore that lost it) the plan would stop everything.
             if !a.state.workers.contains_key(&self.node.id) {
                 return Ok(());
             }
-            a.state.vms.values().filter(|v| v.node_id == Some(self.node.id)).cloned().collect()
+            let applied = a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+            (a.state.vms.values().filter(|v| v.node_id == Some(self.node.id)).cloned().collect(), applied)
         };
         {
             let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());
@@ -177,7 +181,6 @@ impl Executor {
         // Without a lease (cut off from the cluster), or before catching up with what the
         // leader had committed when it renewed it, start nothing: the cluster may be moving
         // these VMs elsewhere. (The supervisors fence running VMs when the lease expires.)
-        let applied = self.node.state.read().last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
         if !self.node.liveness.may_act(applied) {
             actions.retain(|a| !matches!(a, Action::Start { .. }));
         }

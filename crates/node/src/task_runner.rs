@@ -186,11 +186,13 @@ impl TaskRunner {
     }
 
     async fn pass(self: &Arc<Self>) {
-        let (mine, known): (Vec<TaskRecord>, std::collections::HashSet<String>) = {
+        // Read with the index they were applied at, under one guard (see the executor).
+        let (mine, known, applied): (Vec<TaskRecord>, std::collections::HashSet<String>, u64) = {
             let a = self.node.state.read();
             if !a.state.workers.contains_key(&self.node.id) {
                 return;
             }
+            let applied = a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
             let mine = a
                 .state
                 .tasks
@@ -198,9 +200,8 @@ impl TaskRunner {
                 .filter(|t| t.node_id == Some(self.node.id) && !t.state.is_finished())
                 .cloned()
                 .collect();
-            (mine, a.state.tasks.keys().cloned().collect())
+            (mine, a.state.tasks.keys().cloned().collect(), applied)
         };
-        let applied = self.node.state.read().last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
         let may_start = self.node.liveness.may_act(applied);
         let current: HashMap<&str, u64> = mine.iter().map(|t| (t.id.as_str(), t.epoch)).collect();
 
