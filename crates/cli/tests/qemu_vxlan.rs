@@ -117,7 +117,11 @@ impl Netns {
         if i == 1 {
             args.extend(["--init".into(), "--network-cidr".into(), cidr.into()]);
         } else {
-            args.extend(["--join".into(), self.nodes[0].3.clone()]);
+            // Joins need a token (made with node 1's admin credential).
+            let token = wait_for("a join token", DEADLINE, || {
+                self.json(1, &["cluster", "token", "create", "--ttl", "600"])?["token"].as_str().map(String::from)
+            });
+            args.extend(["--join".into(), self.nodes[0].3.clone(), "--token".into(), token]);
         }
         let child = Command::new("ip")
             .args(&args)
@@ -134,8 +138,10 @@ impl Netns {
     /// Runs the CLI inside node `via`'s namespace against it.
     fn cli(&self, via: u32, args: &[&str]) -> Output {
         let n = &self.nodes[via as usize - 1];
+        let creds = self.nodes[0].1.join("admin.credentials");
         Command::new("ip")
-            .args(["netns", "exec", &n.0, BIN, "--addr", &n.3, "--json"])
+            .args(["netns", "exec", &n.0, BIN, "--addr", &n.3, "--json", "--credentials"])
+            .arg(&creds)
             .args(args)
             .output()
             .expect("cli")
