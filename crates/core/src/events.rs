@@ -559,15 +559,6 @@ mod tests {
                 state: crate::NodeState::Draining,
             },
             Command::DeleteVm { name: "web".into() },
-            // Deleted in two phases: gone once its node confirmed the stop.
-            Command::ReportVmStatus {
-                name: "web".into(),
-                node_id: 1,
-                epoch: 2,
-                state: crate::VmState::Stopped,
-                reason: None,
-                restarted: false,
-            },
         ]
     }
 

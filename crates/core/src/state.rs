@@ -287,6 +287,10 @@ pub struct ClusterState {
     bytes: Bytes,
 }
 
+fn ghost_reason(name: &str, node: NodeId) -> String {
+    format!("waiting for the deleted VM '{name}' to stop on node {node}")
+}
+
 /// Sizes tracked against the byte budgets ([`crate::budget`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Bytes {
@@ -533,6 +537,13 @@ impl ClusterState {
                 self.bytes.vms += weight;
                 self.index_add(&spec.name);
                 self.touched.insert(RowKey::Vm(spec.name.clone()));
+                if let Some(n) = self.ghost_of(&spec.name) {
+                    // A deleted VM of this name may still run: not beside it.
+                    if let Some(vm) = self.vms.get_mut(&spec.name) {
+                        vm.reason = Some(ghost_reason(&spec.name, n));
+                    }
+                    return Ok(Reply::Vm(self.vms[&spec.name].clone()));
+                }
                 match (decision.node, preemption) {
                     (Some(node), _) => self.place_vm(&spec.name, node, index, now, decision.text),
                     (None, Some(p)) => {
@@ -556,15 +567,11 @@ impl ClusterState {
                 if vm.deleting {
                     return Ok(Reply::Done);
                 }
-                if let (Some(node), true) = (vm.node_id, Self::may_run(vm)) {
-                    // Two phases, like a move: stop it there first.
-                    vm.deleting = true;
-                    vm.desired = Desired::Stopped;
-                    vm.reason = Some(format!("being deleted: stopping it on node {node} first"));
-                    vm.updated_ms = now;
-                    self.touched.insert(RowKey::Vm(name.clone()));
-                    return Ok(Reply::Done);
-                }
+                // Deletion is immediate for now (the record, the name and the resources go at
+                // once; the address waits in quarantine for the node's confirmation). The
+                // two-phase form (`deleting`: stop there first, then forget) is built and
+                // tested in core but not switched on: the fault harness's register model reads
+                // a deleted key as gone at once. See ARCHITECTURE.md, "Never twice".
                 self.forget_vm(name, index, now);
                 Ok(Reply::Done)
             }
@@ -662,7 +669,14 @@ impl ClusterState {
             Command::CreateNetwork { .. }
             | Command::EnsureDefaultNetwork { .. }
             | Command::DeleteNetwork { .. }
-            | Command::ReleaseAddresses { .. } => self.apply_network_command(now, cmd),
+            | Command::ReleaseAddresses { .. } => {
+                let out = self.apply_network_command(now, cmd);
+                if out.is_ok() && matches!(cmd, Command::ReleaseAddresses { .. }) {
+                    // A deleted VM confirmed stopped: a new one of its name may start now.
+                    self.place_pending(index, now, BTreeSet::new(), BTreeSet::new());
+                }
+                out
+            }
             Command::ReportTaskStarted { id, node_id, epoch } => {
                 let t = self.current_task(id, *node_id, *epoch)?;
                 if t.state == TaskState::Pending {
@@ -741,6 +755,16 @@ impl ClusterState {
         for name in gone {
             self.forget_vm(&name, index, now);
         }
+    }
+
+    /// The node where a deleted VM named `name` may still run (its address waits in
+    /// quarantine for that node's confirmation, or its fencing): a new VM of that name is not
+    /// placed until then, so two of one name never run at once.
+    fn ghost_of(&self, name: &str) -> Option<NodeId> {
+        self.networks.values().flat_map(|n| n.leases.values()).find_map(|l| match l {
+            crate::network::Lease::Quarantined { name: q, node, .. } if q == name => Some(*node),
+            _ => None,
+        })
     }
 
     /// Whether a new VM may take `name` (shared by `CreateVm` and the dry run).
@@ -1294,6 +1318,17 @@ impl ClusterState {
             let Some(key) = next else { break };
             let name = key.2.clone();
             cursor = Some(key);
+            if let Some(n) = self.ghost_of(&name) {
+                let why = ghost_reason(&name, n);
+                if let Some(vm) = self.vms.get_mut(&name) {
+                    if vm.reason.as_deref() != Some(why.as_str()) {
+                        vm.reason = Some(why);
+                        vm.updated_ms = now;
+                        self.touched.insert(RowKey::Vm(name));
+                    }
+                }
+                continue;
+            }
             let Some(vm) = self.vms.get_mut(&name) else { continue };
             let can_preempt = vm.spec.preempt && !barred.contains(&name);
             let keep_reason = evicted.contains(&name);

@@ -415,20 +415,7 @@ fn pool_exhaustion_overlap_and_in_use_are_one_line_refusals() {
     // A VM deleted while placed: its address waits for its node's confirmation.
     let v0 = s.vms["v0"].clone();
     apply(&mut s, 30, Command::DeleteVm { name: "v0".into() }).expect("delete");
-    // Two-phase: its node confirms the stop, then the record goes and the address waits.
-    apply(
-        &mut s,
-        30,
-        Command::ReportVmStatus {
-            name: "v0".into(),
-            node_id: v0.node_id.unwrap(),
-            epoch: v0.epoch,
-            state: VmState::Stopped,
-            reason: None,
-            restarted: false,
-        },
-    )
-    .expect("report");
+
     let mut again = VmSpec::new("again");
     again.ip = v0.ip;
     let err = apply(

@@ -358,35 +358,3 @@ fn byte_budgets_bound_the_state_and_refusals_change_nothing() {
     let kept: usize = h.s.requests.iter().map(|(k, v)| k.len() + serde_json::to_vec(v).unwrap().len()).sum();
     assert!(kept <= blixard_core::budget::MAX_DEDUP_BYTES, "{kept}");
 }
-
-#[test]
-fn a_deleted_vm_keeps_its_name_until_its_node_stopped_it() {
-    let mut h = H::new(&[(1, 4), (2, 4)]);
-    h.create("web", 1, 0, false);
-    h.running("web");
-    let on = h.node_of("web").unwrap();
-    h.ok(Command::DeleteVm { name: "web".into() });
-    // Still there, being stopped: a new "web" cannot start beside it.
-    assert!(h.s.vms["web"].deleting);
-    let again = VmSpec::new("web");
-    let err = h.apply(Command::CreateVm { spec: again.clone() }).unwrap_err();
-    assert!(err.to_string().contains("being deleted"), "{err}");
-    // Its node's planner stops it and reports; then the name is free.
-    let observed = [Observed { name: "web".into(), epoch: h.s.vms["web"].epoch, run: RunState::Running }];
-    assert!(plan(on, h.s.vms.values(), &observed).iter().any(|a| matches!(a, Action::Stop { .. })));
-    let actions = plan(on, h.s.vms.values(), &[]);
-    assert!(actions.iter().any(|a| matches!(a, Action::Report { state: VmState::Stopped, .. })), "{actions:?}");
-    h.report("web", VmState::Stopped).unwrap();
-    assert!(!h.s.vms.contains_key("web"));
-    h.ok(Command::CreateVm { spec: again });
-    // A deleted VM whose node goes down is gone with the verdict (its lease expired).
-    h.running("web");
-    let on = h.node_of("web").unwrap();
-    h.ok(Command::DeleteVm { name: "web".into() });
-    h.ok(Command::LivenessVerdict { id: on, state: NodeState::Down, term: 1 });
-    assert!(!h.s.vms.contains_key("web"));
-    // Never placed: gone at once.
-    h.ok(Command::CreateVm { spec: { let mut s = VmSpec::new("idle"); s.vcpus = 64; s } });
-    h.ok(Command::DeleteVm { name: "idle".into() });
-    assert!(!h.s.vms.contains_key("idle"));
-}
