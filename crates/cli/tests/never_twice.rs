@@ -108,7 +108,6 @@ fn frozen_leader(nodes: u64) {
         let l = try_json(&c.addr(new_leader), &["node", "list"])?;
         l.as_array()?.iter().any(|n| n["id"] == leader && n["state"] == "down").then_some(())
     });
-    std::thread::sleep(Duration::from_secs(1));
     c.signal(leader, "-CONT");
     // Give the woken node time to act on what it believes.
     wait_for("the woken node to follow", DEADLINE, || {
@@ -119,7 +118,9 @@ fn frozen_leader(nodes: u64) {
         let l = try_json(&c.addr(new_leader), &["vm", "list"])?;
         l.as_array()?.iter().all(|v| v["state"] == "running").then_some(())
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // The woken node applied everything the cluster committed meanwhile: whatever verdict it
+    // proposed in its old term was committed or refused by now.
+    c.wait_converged();
     // VMs on healthy nodes never moved: nobody declared their nodes down.
     let after = json(&c.addr(new_leader), &["vm", "list"]);
     for (name, node, epoch) in before.iter().filter(|b| b.1 != Some(leader)) {

@@ -78,12 +78,6 @@ pub fn plan<'a>(me: NodeId, vms: impl IntoIterator<Item = &'a VmRecord>, observe
         };
         // A VM being moved off this node is stopped here whatever its desired state.
         let desired = if vm.evacuating { Desired::Stopped } else { vm.desired };
-        if vm.deleting && !mine.is_some_and(|o| o.run.alive()) {
-            // Being deleted and not running here: say so, even over a recorded failure (the
-            // record goes once this node confirmed it).
-            report(&mut actions, VmState::Stopped, None);
-            continue;
-        }
         match (desired, mine.map(|o| &o.run)) {
             (Desired::Running, None) if blocked(&name) => {
                 // Placed by preemption: its victims still stop here first.
@@ -173,7 +167,6 @@ mod tests {
             placement: None,
             evacuating: false,
             preempted_by: None,
-            deleting: false,
             network: None,
             ip: None,
         }

@@ -229,7 +229,7 @@ pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption
         let mut mandatory = 0;
         if let Some(peer) = ctx.group_peer(w.id) {
             let Some(vm) = state.vms.get(peer) else { continue };
-            if vm.spec.priority >= spec.priority || vm.evacuating || vm.deleting {
+            if vm.spec.priority >= spec.priority || vm.evacuating {
                 continue;
             }
             free = free.saturating_add(&vm.spec.resources());
@@ -245,7 +245,7 @@ pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption
                     continue;
                 }
                 let Some(vm) = state.vms.get(name) else { continue };
-                if vm.evacuating || vm.deleting {
+                if vm.evacuating {
                     // Already leaving (and its room promised to whoever waits for it).
                     continue;
                 }

@@ -151,11 +151,6 @@ pub struct VmRecord {
     /// While evacuating for a preemption: the VM waiting for its room.
     #[serde(default)]
     pub preempted_by: Option<String>,
-    /// Deleted while it may still run: its node stops it, and the record (and so its name,
-    /// resources and address) goes only once that node confirmed the stop or was declared
-    /// down. A VM of the same name cannot run beside the old one.
-    #[serde(default)]
-    pub deleting: bool,
     /// The network its address is on (see [`crate::network`]); kept for its whole life.
     #[serde(default)]
     pub network: Option<String>,
@@ -423,8 +418,6 @@ impl ClusterState {
                     return Err(ApplyError::not_found("node", id));
                 }
                 self.touched.insert(RowKey::Worker(*id));
-                // (Before the node's addresses are released: theirs with them.)
-                self.forget_deleting_on(*id, index, now);
                 self.node_removed(*id);
                 self.requeue_tasks_from_node(*id, index, now, &format!("node {id} left the cluster"));
                 let names: Vec<String> =
@@ -528,7 +521,6 @@ impl ClusterState {
                     restarts: 0,
                     evacuating: false,
                     preempted_by: None,
-                    deleting: false,
                     placement: None,
                     network: address.as_ref().map(|a| a.0.clone()),
                     ip: address.map(|a| a.1),
@@ -561,17 +553,12 @@ impl ClusterState {
                 Ok(Reply::Vm(self.vms[&spec.name].clone()))
             }
             Command::DeleteVm { name } => {
-                let Some(vm) = self.vms.get_mut(name) else {
+                if !self.vms.contains_key(name) {
                     return Err(ApplyError::not_found("VM", name));
-                };
-                if vm.deleting {
-                    return Ok(Reply::Done);
                 }
-                // Deletion is immediate for now (the record, the name and the resources go at
-                // once; the address waits in quarantine for the node's confirmation). The
-                // two-phase form (`deleting`: stop there first, then forget) is built and
-                // tested in core but not switched on: the fault harness's register model reads
-                // a deleted key as gone at once. See ARCHITECTURE.md, "Never twice".
+                // The record and the name go at once; while the deleted copy may still run on
+                // its node, its quarantined address keeps its name from being placed again
+                // (`ghost_of`).
                 self.forget_vm(name, index, now);
                 Ok(Reply::Done)
             }
@@ -579,9 +566,6 @@ impl ClusterState {
                 let Some(vm) = self.vms.get_mut(name) else {
                     return Err(ApplyError::not_found("VM", name));
                 };
-                if vm.deleting {
-                    return Err(ApplyError::invalid(format!("VM '{name}' is being deleted")));
-                }
                 let was = vm.desired;
                 vm.desired = *desired;
                 vm.updated_ms = now;
@@ -612,9 +596,6 @@ impl ClusterState {
                 let Some(vm) = self.vms.get_mut(name) else {
                     return Err(ApplyError::not_found("VM", name));
                 };
-                if vm.deleting {
-                    return Err(ApplyError::invalid(format!("VM '{name}' is being deleted")));
-                }
                 let Some(from) = vm.node_id else {
                     return Err(ApplyError::invalid(format!("VM '{name}' is not placed on any node")));
                 };
@@ -645,11 +626,6 @@ impl ClusterState {
                 vm.reason = reason.clone();
                 vm.updated_ms = now;
                 self.touched.insert(RowKey::Vm(name.clone()));
-                if vm.deleting && matches!(state, VmState::Stopped | VmState::Failed) {
-                    // Its node confirmed the stop: now it is gone, name and all.
-                    self.forget_vm(name, index, now);
-                    return Ok(Reply::Done);
-                }
                 if vm.evacuating && matches!(state, VmState::Stopped | VmState::Failed) {
                     // Its node confirmed the old copy is down: now place it elsewhere (new
                     // epoch). A preemption's victim keeps its reason, and the VM that waited
@@ -741,21 +717,6 @@ impl ClusterState {
         }
     }
 
-    /// Forgets the VMs being deleted on node `id` (it confirmed nothing, but cannot run them:
-    /// it left, or its lease expired).
-    fn forget_deleting_on(&mut self, id: NodeId, index: u64, now: u64) {
-        let gone: Vec<String> = self
-            .by_node
-            .get(&id)
-            .into_iter()
-            .flatten()
-            .filter(|(_, n)| self.vms.get(n).is_some_and(|v| v.deleting))
-            .map(|(_, n)| n.clone())
-            .collect();
-        for name in gone {
-            self.forget_vm(&name, index, now);
-        }
-    }
 
     /// The node where a deleted VM named `name` may still run (its address waits in
     /// quarantine for that node's confirmation, or its fencing): a new VM of that name is not
@@ -770,9 +731,6 @@ impl ClusterState {
     /// Whether a new VM may take `name` (shared by `CreateVm` and the dry run).
     pub fn check_new_vm_name(&self, name: &str) -> Result<(), ApplyError> {
         match self.vms.get(name) {
-            Some(old) if old.deleting => Err(ApplyError::invalid(format!(
-                "VM '{name}' is being deleted: its node is stopping it; create it again once it is gone"
-            ))),
             Some(_) => Err(ApplyError::AlreadyExists { what: "VM".into(), name: name.to_string() }),
             None => Ok(()),
         }
@@ -807,9 +765,6 @@ impl ClusterState {
         match state {
             NodeState::Up => self.place_pending(index, now, BTreeSet::new(), BTreeSet::new()),
             NodeState::Down if was != NodeState::Down => {
-                // Its lease expired: what was being deleted there is gone (before the node's
-                // quarantined addresses are released, so theirs go too).
-                self.forget_deleting_on(id, index, now);
                 self.node_fenced(id);
                 self.requeue_tasks_from_node(id, index, now, &format!("node {id} is down"));
                 let evicted = self.reschedule_from_down_node(id, now);
@@ -1178,8 +1133,7 @@ impl ClusterState {
     /// down). A VM that cannot be running is unplaced at once; returns whether it was.
     fn evacuate(&mut self, name: &str, now: u64, reason: String, preempted_by: Option<&str>) -> bool {
         let Some(vm) = self.vms.get_mut(name) else { return false };
-        if vm.node_id.is_none() || vm.deleting {
-            // (Being deleted: it leaves once its node stopped it, for good.)
+        if vm.node_id.is_none() {
             return false;
         }
         if !Self::may_run(vm) {
@@ -1252,7 +1206,7 @@ impl ClusterState {
                 break;
             }
             let Some(vm) = self.vms.get(&victim) else { continue };
-            if vm.evacuating || vm.deleting {
+            if vm.evacuating {
                 continue;
             }
             let res = vm.spec.resources();
@@ -1271,7 +1225,7 @@ impl ClusterState {
             .into_iter()
             .flatten()
             .filter_map(|(_, n)| self.vms.get(n))
-            .filter(|v| v.evacuating || v.deleting)
+            .filter(|v| v.evacuating)
             .fold(Resources::default(), |acc, v| acc.saturating_add(&v.spec.resources()))
     }
 
@@ -1509,7 +1463,7 @@ impl ClusterState {
                 let Some(w) = self.workers.get(&n) else {
                     return Err(format!("VM {} is placed on unknown node {n}", vm.spec.name));
                 };
-                if let Some(why) = scheduler::constraint_violation(&vm.spec, w).filter(|_| !vm.evacuating && !vm.deleting) {
+                if let Some(why) = scheduler::constraint_violation(&vm.spec, w).filter(|_| !vm.evacuating) {
                     return Err(format!("VM {} breaks its constraints: {why}", vm.spec.name));
                 }
                 let e = alloc.entry(n).or_default();
@@ -1576,12 +1530,6 @@ impl ClusterState {
         for vm in self.vms.values() {
             if vm.evacuating && vm.node_id.is_none() {
                 return Err(format!("VM {} is evacuating but not placed", vm.spec.name));
-            }
-            if vm.deleting && (vm.node_id.is_none() || vm.desired != Desired::Running && vm.desired != Desired::Stopped) {
-                return Err(format!("VM {} is being deleted but not placed", vm.spec.name));
-            }
-            if vm.deleting && vm.desired != Desired::Stopped {
-                return Err(format!("VM {} is being deleted but wanted running", vm.spec.name));
             }
             if vm.preempted_by.is_some() && !vm.evacuating {
                 return Err(format!("VM {} records a preemption but is not evacuating", vm.spec.name));
