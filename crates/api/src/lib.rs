@@ -14,8 +14,8 @@ pub mod pb {
 }
 
 pub use pb::blixard_client::BlixardClient;
-pub use pb::networks_client::NetworksClient;
 pub use pb::enroll_client::EnrollClient;
+pub use pb::networks_client::NetworksClient;
 pub use pb::raft_peer_client::RaftPeerClient;
 
 /// Metadata header carrying the cluster id on peer requests.
@@ -29,13 +29,21 @@ pub const MAX_CLIENT_MESSAGE: usize = 1024 * 1024;
 
 impl From<core::Resources> for pb::Resources {
     fn from(r: core::Resources) -> Self {
-        pb::Resources { vcpus: r.vcpus, memory_mb: r.memory_mb, disk_gb: r.disk_gb }
+        pb::Resources {
+            vcpus: r.vcpus,
+            memory_mb: r.memory_mb,
+            disk_gb: r.disk_gb,
+        }
     }
 }
 
 impl From<pb::Resources> for core::Resources {
     fn from(r: pb::Resources) -> Self {
-        core::Resources { vcpus: r.vcpus, memory_mb: r.memory_mb, disk_gb: r.disk_gb }
+        core::Resources {
+            vcpus: r.vcpus,
+            memory_mb: r.memory_mb,
+            disk_gb: r.disk_gb,
+        }
     }
 }
 
@@ -95,7 +103,10 @@ impl From<&core::VmSpec> for pb::VmSpec {
             node: s.node,
             restart: s.restart.as_str().to_string(),
             start: s.start,
-            strategy: s.strategy.map(|x| x.as_str().to_string()).unwrap_or_default(),
+            strategy: s
+                .strategy
+                .map(|x| x.as_str().to_string())
+                .unwrap_or_default(),
             constraints: s.constraints.clone().into_iter().collect(),
             features: s.features.iter().cloned().collect(),
             priority: Some(u32::from(s.priority)),
@@ -110,7 +121,11 @@ impl From<&core::VmSpec> for pb::VmSpec {
 impl TryFrom<pb::VmSpec> for core::VmSpec {
     type Error = String;
     fn try_from(s: pb::VmSpec) -> Result<Self, String> {
-        let restart = if s.restart.is_empty() { core::RestartPolicy::default() } else { s.restart.parse()? };
+        let restart = if s.restart.is_empty() {
+            core::RestartPolicy::default()
+        } else {
+            s.restart.parse()?
+        };
         let mut spec = core::VmSpec::new(s.name);
         spec.vcpus = s.vcpus;
         spec.memory_mb = s.memory_mb;
@@ -129,13 +144,17 @@ impl TryFrom<pb::VmSpec> for core::VmSpec {
         spec.constraints = s.constraints.into_iter().collect();
         spec.features = s.features.into_iter().collect();
         if let Some(p) = s.priority {
-            spec.priority = u8::try_from(p).map_err(|_| format!("priority must be between 0 and 100, got {p}"))?;
+            spec.priority = u8::try_from(p)
+                .map_err(|_| format!("priority must be between 0 and 100, got {p}"))?;
         }
         spec.preempt = s.preempt;
         spec.disk_image = s.disk_image;
         spec.network = s.network.filter(|n| !n.is_empty());
         if let Some(ip) = s.ip.filter(|ip| !ip.is_empty()) {
-            spec.ip = Some(ip.parse().map_err(|_| format!("invalid IPv4 address '{ip}'"))?);
+            spec.ip = Some(
+                ip.parse()
+                    .map_err(|_| format!("invalid IPv4 address '{ip}'"))?,
+            );
         }
         Ok(spec)
     }
@@ -151,7 +170,12 @@ impl From<&core::Placement> for pb::PlacementExplanation {
             verdicts: p
                 .verdicts
                 .iter()
-                .map(|v| pb::NodeVerdict { node: v.node, eligible: v.eligible, score: v.score, reason: v.reason.clone() })
+                .map(|v| pb::NodeVerdict {
+                    node: v.node,
+                    eligible: v.eligible,
+                    score: v.score,
+                    reason: v.reason.clone(),
+                })
                 .collect(),
         }
     }
@@ -164,7 +188,11 @@ impl From<&core::Network> for pb::NetworkInfo {
             cidr: n.cidr.to_string(),
             vms: n.vm_count() as u32,
             vni: n.vni,
-            nodes: n.node_addresses().into_iter().map(|(id, ip)| (id, ip.to_string())).collect(),
+            nodes: n
+                .node_addresses()
+                .into_iter()
+                .map(|(id, ip)| (id, ip.to_string()))
+                .collect(),
         }
     }
 }
@@ -175,7 +203,9 @@ pub fn parse_node_state(s: &str) -> Result<core::NodeState, String> {
         "up" => Ok(core::NodeState::Up),
         "down" => Ok(core::NodeState::Down),
         "draining" => Ok(core::NodeState::Draining),
-        other => Err(format!("unknown node state '{other}': use up, down or draining")),
+        other => Err(format!(
+            "unknown node state '{other}': use up, down or draining"
+        )),
     }
 }
 
@@ -184,7 +214,9 @@ pub fn parse_desired(s: &str) -> Result<core::Desired, String> {
     match s {
         "running" => Ok(core::Desired::Running),
         "stopped" => Ok(core::Desired::Stopped),
-        other => Err(format!("unknown desired state '{other}': use running or stopped")),
+        other => Err(format!(
+            "unknown desired state '{other}': use running or stopped"
+        )),
     }
 }
 

@@ -28,7 +28,9 @@ struct RunResult {
 }
 
 async fn connect(addr: &str) -> anyhow::Result<BlixardClient<tonic::transport::Channel>> {
-    Ok(BlixardClient::new(crate::client::channel(addr, None).await?))
+    Ok(BlixardClient::new(
+        crate::client::channel(addr, None).await?,
+    ))
 }
 
 pub async fn writes(p: Params) -> anyhow::Result<()> {
@@ -39,7 +41,12 @@ pub async fn writes(p: Params) -> anyhow::Result<()> {
         let mut spec = pb::VmSpec::from(&blixard_core::VmSpec::new(format!("bench-{i}")));
         spec.memory_mb = 16;
         spec.start = false;
-        let r = admin.create_vm(pb::CreateVmRequest { spec: Some(spec), request_id: format!("bench-create-{i}") }).await;
+        let r = admin
+            .create_vm(pb::CreateVmRequest {
+                spec: Some(spec),
+                request_id: format!("bench-create-{i}"),
+            })
+            .await;
         if let Err(s) = r {
             if s.code() != tonic::Code::AlreadyExists {
                 return Err(anyhow!("creating bench VMs: {}", s.message()));
@@ -69,10 +76,18 @@ pub async fn writes(p: Params) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        println!("{}", crate::output::table(&["clients", "writes/s", "p50 ms", "p99 ms", "errors"], rows));
+        println!(
+            "{}",
+            crate::output::table(&["clients", "writes/s", "p50 ms", "p99 ms", "errors"], rows)
+        );
     }
     for i in 0..max {
-        let _ = admin.delete_vm(pb::VmRef { name: format!("bench-{i}"), request_id: String::new() }).await;
+        let _ = admin
+            .delete_vm(pb::VmRef {
+                name: format!("bench-{i}"),
+                request_id: String::new(),
+            })
+            .await;
     }
     Ok(())
 }
@@ -120,7 +135,14 @@ async fn run(p: &Params, clients: usize) -> anyhow::Result<RunResult> {
         let i = ((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1;
         lat[i].as_secs_f64() * 1000.0
     };
-    Ok(RunResult { clients, writes: lat.len(), errors, secs, p50_ms: pct(0.50), p99_ms: pct(0.99) })
+    Ok(RunResult {
+        clients,
+        writes: lat.len(),
+        errors,
+        secs,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    })
 }
 
 /// `blixard bench boot`: in the same run, time a raw QEMU boot of the default guest to its
@@ -134,7 +156,8 @@ pub async fn boot(addr: String, runs: usize, memory_mb: u64, json_out: bool) -> 
     let mut c = connect(&addr).await?;
     for i in 0..runs {
         // Raw QEMU, same argv the driver builds.
-        let dir = std::env::temp_dir().join(format!("blixard-bench-boot-{}-{i}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("blixard-bench-boot-{}-{i}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut cfg = blixard_vmm::VmConfig::new(format!("raw-{i}"));
         cfg.memory_mb = memory_mb;
@@ -158,7 +181,10 @@ pub async fn boot(addr: String, runs: usize, memory_mb: u64, json_out: bool) -> 
                 break;
             }
             if Instant::now() > deadline {
-                anyhow::bail!("raw QEMU boot did not reach {} within 120 s", blixard_vmm::READY_LINE);
+                anyhow::bail!(
+                    "raw QEMU boot did not reach {} within 120 s",
+                    blixard_vmm::READY_LINE
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -171,22 +197,40 @@ pub async fn boot(addr: String, runs: usize, memory_mb: u64, json_out: bool) -> 
         let mut spec = pb::VmSpec::from(&blixard_core::VmSpec::new(name.clone()));
         spec.memory_mb = memory_mb;
         let t = Instant::now();
-        c.create_vm(pb::CreateVmRequest { spec: Some(spec), request_id: format!("{name}-create") })
-            .await
-            .map_err(|s| anyhow!("create: {}", s.message()))?;
+        c.create_vm(pb::CreateVmRequest {
+            spec: Some(spec),
+            request_id: format!("{name}-create"),
+        })
+        .await
+        .map_err(|s| anyhow!("create: {}", s.message()))?;
         loop {
-            let vm = c.get_vm(pb::GetVmRequest { name: name.clone(), stale: false }).await.map_err(|s| anyhow!("status: {}", s.message()))?;
+            let vm = c
+                .get_vm(pb::GetVmRequest {
+                    name: name.clone(),
+                    stale: false,
+                })
+                .await
+                .map_err(|s| anyhow!("status: {}", s.message()))?;
             let vm = vm.into_inner();
             if vm.state == "running" {
                 break;
             }
             if vm.state == "failed" || Instant::now() > deadline + Duration::from_secs(60) {
-                anyhow::bail!("blixard VM {name} did not reach running (state {}: {:?})", vm.state, vm.reason);
+                anyhow::bail!(
+                    "blixard VM {name} did not reach running (state {}: {:?})",
+                    vm.state,
+                    vm.reason
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         orchestrated.push(t.elapsed());
-        c.delete_vm(pb::VmRef { name: name.clone(), request_id: String::new() }).await.map_err(|s| anyhow!("delete: {}", s.message()))?;
+        c.delete_vm(pb::VmRef {
+            name: name.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .map_err(|s| anyhow!("delete: {}", s.message()))?;
     }
     let stats = |v: &mut Vec<Duration>| {
         v.sort();
@@ -204,11 +248,27 @@ pub async fn boot(addr: String, runs: usize, memory_mb: u64, json_out: bool) -> 
         }));
     } else {
         let rows = vec![
-            vec!["raw QEMU boot to ready".into(), format!("{rmin:.0}"), format!("{rmed:.0}"), format!("{rmax:.0}")],
-            vec!["blixard create -> running".into(), format!("{bmin:.0}"), format!("{bmed:.0}"), format!("{bmax:.0}")],
+            vec![
+                "raw QEMU boot to ready".into(),
+                format!("{rmin:.0}"),
+                format!("{rmed:.0}"),
+                format!("{rmax:.0}"),
+            ],
+            vec![
+                "blixard create -> running".into(),
+                format!("{bmin:.0}"),
+                format!("{bmed:.0}"),
+                format!("{bmax:.0}"),
+            ],
         ];
-        println!("{}", crate::output::table(&["", "min ms", "median ms", "max ms"], rows));
-        println!("orchestration overhead (median): {:.0} ms over {runs} runs", bmed - rmed);
+        println!(
+            "{}",
+            crate::output::table(&["", "min ms", "median ms", "max ms"], rows)
+        );
+        println!(
+            "orchestration overhead (median): {:.0} ms over {runs} runs",
+            bmed - rmed
+        );
     }
     Ok(())
 }

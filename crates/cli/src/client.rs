@@ -97,7 +97,11 @@ pub struct SubmitArgs {
 
 fn parse_pairs(raw: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
     raw.iter()
-        .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("{what} '{l}' must be KEY=VALUE")))
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("{what} '{l}' must be KEY=VALUE"))
+        })
         .collect()
 }
 
@@ -135,7 +139,12 @@ pub async fn channel(addr: &str, request_timeout: Option<Duration>) -> anyhow::R
     }
     ep.connect_with_connector(blixard_pki::Connector::new(tls))
         .await
-        .map_err(|e| anyhow!("cannot reach blixard at {addr}: {}", blixard_pki::error_chain(&e)))
+        .map_err(|e| {
+            anyhow!(
+                "cannot reach blixard at {addr}: {}",
+                blixard_pki::error_chain(&e)
+            )
+        })
 }
 
 pub(crate) fn request_id() -> String {
@@ -145,8 +154,13 @@ pub(crate) fn request_id() -> String {
 /// Turns a gRPC status into one clear line.
 pub(crate) fn status_err(addr: &str, s: tonic::Status) -> anyhow::Error {
     match s.code() {
-        tonic::Code::Unavailable if s.message().contains("transport error") || s.message().contains("connect") => {
-            anyhow!("cannot reach blixard at {addr}: is the node running? ({})", s.message())
+        tonic::Code::Unavailable
+            if s.message().contains("transport error") || s.message().contains("connect") =>
+        {
+            anyhow!(
+                "cannot reach blixard at {addr}: is the node running? ({})",
+                s.message()
+            )
         }
         _ => anyhow!("{}", s.message()),
     }
@@ -175,7 +189,9 @@ impl Client {
             .map_err(|e| status_err(&self.addr, e))?
             .into_inner();
         if self.json {
-            output::print_json(&serde_json::json!({"token": t.token, "id": t.id, "expires_at_ms": t.expires_at_ms}));
+            output::print_json(
+                &serde_json::json!({"token": t.token, "id": t.id, "expires_at_ms": t.expires_at_ms}),
+            );
         } else {
             println!("{}", t.token);
         }
@@ -183,7 +199,12 @@ impl Client {
     }
 
     pub async fn token_list(&self) -> anyhow::Result<()> {
-        let list = self.connect().await?.list_join_tokens(pb::Empty {}).await.map_err(|e| status_err(&self.addr, e))?;
+        let list = self
+            .connect()
+            .await?
+            .list_join_tokens(pb::Empty {})
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
         let tokens = list.into_inner().tokens;
         if self.json {
             let rows = tokens
@@ -197,9 +218,19 @@ impl Client {
         } else {
             let rows = tokens
                 .iter()
-                .map(|t| vec![t.id.clone(), t.status.clone(), t.expires_at_ms.to_string(), opt(t.used_by)])
+                .map(|t| {
+                    vec![
+                        t.id.clone(),
+                        t.status.clone(),
+                        t.expires_at_ms.to_string(),
+                        opt(t.used_by),
+                    ]
+                })
                 .collect();
-            println!("{}", table(&["id", "status", "expires at (ms)", "used by"], rows));
+            println!(
+                "{}",
+                table(&["id", "status", "expires at (ms)", "used by"], rows)
+            );
         }
         Ok(())
     }
@@ -215,26 +246,49 @@ impl Client {
     }
 
     pub async fn cluster_status(&self, stale: bool) -> anyhow::Result<()> {
-        let s = self.connect().await?.cluster_status(pb::ReadOptions { stale }).await.map_err(|e| status_err(&self.addr, e))?;
+        let s = self
+            .connect()
+            .await?
+            .cluster_status(pb::ReadOptions { stale })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
         let s = s.into_inner();
         if self.json {
             output::print_json(&output::status_json(&s));
         } else {
-            println!("node {}  leader {}  term {}  applied {}", s.node_id, opt(s.leader_id), s.term, s.applied_index);
-            let rows = s.members.iter().map(|m| vec![m.id.to_string(), m.addr.clone(), m.role.clone()]).collect();
+            println!(
+                "node {}  leader {}  term {}  applied {}",
+                s.node_id,
+                opt(s.leader_id),
+                s.term,
+                s.applied_index
+            );
+            let rows = s
+                .members
+                .iter()
+                .map(|m| vec![m.id.to_string(), m.addr.clone(), m.role.clone()])
+                .collect();
             println!("{}", table(&["id", "addr", "role"], rows));
         }
         Ok(())
     }
 
     pub async fn cluster_remove(&self, id: u64) -> anyhow::Result<()> {
-        self.connect().await?.remove_member(pb::RemoveMemberRequest { node_id: id }).await.map_err(|e| status_err(&self.addr, e))?;
+        self.connect()
+            .await?
+            .remove_member(pb::RemoveMemberRequest { node_id: id })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
         self.done(&format!("node {id} removed"));
         Ok(())
     }
 
     pub async fn cluster_leave(&self) -> anyhow::Result<()> {
-        self.connect().await?.leave(pb::Empty {}).await.map_err(|e| status_err(&self.addr, e))?;
+        self.connect()
+            .await?
+            .leave(pb::Empty {})
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
         self.done(&format!("node at {} left the cluster", self.addr));
         Ok(())
     }
@@ -248,10 +302,17 @@ impl Client {
     }
 
     pub async fn node_list(&self, stale: bool) -> anyhow::Result<()> {
-        let r = self.connect().await?.list_nodes(pb::ReadOptions { stale }).await.map_err(|e| status_err(&self.addr, e))?;
+        let r = self
+            .connect()
+            .await?
+            .list_nodes(pb::ReadOptions { stale })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
         let nodes = r.into_inner().nodes;
         if self.json {
-            output::print_json(&serde_json::Value::Array(nodes.iter().map(output::node_json).collect()));
+            output::print_json(&serde_json::Value::Array(
+                nodes.iter().map(output::node_json).collect(),
+            ));
             return Ok(());
         }
         let rows = nodes
@@ -271,7 +332,22 @@ impl Client {
                 ]
             })
             .collect();
-        println!("{}", table(&["id", "addr", "state", "vcpus", "memory mib", "disk gib", "vms", "kvm"], rows));
+        println!(
+            "{}",
+            table(
+                &[
+                    "id",
+                    "addr",
+                    "state",
+                    "vcpus",
+                    "memory mib",
+                    "disk gib",
+                    "vms",
+                    "kvm"
+                ],
+                rows
+            )
+        );
         Ok(())
     }
 
@@ -279,7 +355,11 @@ impl Client {
         let r = self
             .connect()
             .await?
-            .set_node_state(pb::SetNodeStateRequest { node_id: id, state: state.into(), request_id: request_id() })
+            .set_node_state(pb::SetNodeStateRequest {
+                node_id: id,
+                state: state.into(),
+                request_id: request_id(),
+            })
             .await
             .map_err(|e| status_err(&self.addr, e))?;
         let n = r.into_inner();
@@ -296,13 +376,22 @@ impl Client {
             return self.node_set_state(id, "draining").await;
         }
         let mut c = self.connect().await?;
-        c.set_node_state(pb::SetNodeStateRequest { node_id: id, state: "draining".into(), request_id: request_id() })
-            .await
-            .map_err(|e| status_err(&self.addr, e))?;
+        c.set_node_state(pb::SetNodeStateRequest {
+            node_id: id,
+            state: "draining".into(),
+            request_id: request_id(),
+        })
+        .await
+        .map_err(|e| status_err(&self.addr, e))?;
         let deadline = Instant::now() + Duration::from_secs(timeout);
         let mut last = String::new();
         loop {
-            let vms = c.list_vms(pb::ReadOptions { stale: false }).await.map_err(|e| status_err(&self.addr, e))?.into_inner().vms;
+            let vms = c
+                .list_vms(pb::ReadOptions { stale: false })
+                .await
+                .map_err(|e| status_err(&self.addr, e))?
+                .into_inner()
+                .vms;
             let left: Vec<&pb::VmInfo> = vms.iter().filter(|v| v.node_id == Some(id)).collect();
             let line = format!("node {id}: {} VMs left", left.len());
             if line != last && !self.json {
@@ -311,15 +400,30 @@ impl Client {
             }
             if left.is_empty() {
                 if self.json {
-                    output::print_json(&serde_json::json!({"node_id": id, "state": "draining", "vms_left": 0}));
+                    output::print_json(
+                        &serde_json::json!({"node_id": id, "state": "draining", "vms_left": 0}),
+                    );
                 } else {
                     println!("node {id} is drained");
                 }
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let names: Vec<String> = left.iter().map(|v| format!("{} ({})", v.name, v.reason.clone().unwrap_or_else(|| v.state.clone()))).collect();
-                anyhow::bail!("node {id} still has {} VMs after {timeout}s: {}", left.len(), names.join(", "));
+                let names: Vec<String> = left
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            "{} ({})",
+                            v.name,
+                            v.reason.clone().unwrap_or_else(|| v.state.clone())
+                        )
+                    })
+                    .collect();
+                anyhow::bail!(
+                    "node {id} still has {} VMs after {timeout}s: {}",
+                    left.len(),
+                    names.join(", ")
+                );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -341,7 +445,9 @@ impl Client {
             restart: a.restart,
             start: !a.no_start,
             strategy: a.strategy.unwrap_or_default(),
-            constraints: parse_pairs(&a.constraints, "constraint")?.into_iter().collect(),
+            constraints: parse_pairs(&a.constraints, "constraint")?
+                .into_iter()
+                .collect(),
             features: a.features,
             priority: a.priority,
             preempt: a.preempt,
@@ -353,7 +459,10 @@ impl Client {
             let r = self
                 .connect()
                 .await?
-                .explain_placement(pb::CreateVmRequest { spec: Some(spec), request_id: String::new() })
+                .explain_placement(pb::CreateVmRequest {
+                    spec: Some(spec),
+                    request_id: String::new(),
+                })
                 .await
                 .map_err(|e| status_err(&self.addr, e))?;
             let p = r.into_inner();
@@ -370,7 +479,13 @@ impl Client {
                 let rows = p
                     .verdicts
                     .iter()
-                    .map(|v| vec![v.node.to_string(), if v.eligible { "yes" } else { "no" }.into(), v.reason.clone()])
+                    .map(|v| {
+                        vec![
+                            v.node.to_string(),
+                            if v.eligible { "yes" } else { "no" }.into(),
+                            v.reason.clone(),
+                        ]
+                    })
                     .collect();
                 println!("{}", table(&["node", "eligible", "verdict"], rows));
             }
@@ -379,7 +494,10 @@ impl Client {
         let r = self
             .connect()
             .await?
-            .create_vm(pb::CreateVmRequest { spec: Some(spec), request_id: request_id() })
+            .create_vm(pb::CreateVmRequest {
+                spec: Some(spec),
+                request_id: request_id(),
+            })
             .await
             .map_err(|e| status_err(&self.addr, e))?;
         let vm = r.into_inner();
@@ -398,7 +516,11 @@ impl Client {
         let r = self
             .connect()
             .await?
-            .set_vm_desired(pb::SetVmDesiredRequest { name: name.into(), desired: desired.into(), request_id: request_id() })
+            .set_vm_desired(pb::SetVmDesiredRequest {
+                name: name.into(),
+                desired: desired.into(),
+                request_id: request_id(),
+            })
             .await
             .map_err(|e| status_err(&self.addr, e))?;
         let vm = r.into_inner();
@@ -413,15 +535,29 @@ impl Client {
     pub async fn vm_delete(&self, name: &str) -> anyhow::Result<()> {
         self.connect()
             .await?
-            .delete_vm(pb::VmRef { name: name.into(), request_id: request_id() })
+            .delete_vm(pb::VmRef {
+                name: name.into(),
+                request_id: request_id(),
+            })
             .await
             .map_err(|e| status_err(&self.addr, e))?;
         self.done(&format!("VM {name} deleted"));
         Ok(())
     }
 
-    async fn get_vm(&self, c: &mut BlixardClient<Channel>, name: &str, stale: bool) -> anyhow::Result<pb::VmInfo> {
-        let r = c.get_vm(pb::GetVmRequest { name: name.into(), stale }).await.map_err(|e| status_err(&self.addr, e))?;
+    async fn get_vm(
+        &self,
+        c: &mut BlixardClient<Channel>,
+        name: &str,
+        stale: bool,
+    ) -> anyhow::Result<pb::VmInfo> {
+        let r = c
+            .get_vm(pb::GetVmRequest {
+                name: name.into(),
+                stale,
+            })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
         Ok(r.into_inner())
     }
 
@@ -443,24 +579,41 @@ impl Client {
     }
 
     /// Shows the cluster settings, or changes some (`lease`: lease, grace and heartbeat ms).
-    pub async fn cluster_settings(&self, strategy: Option<String>, vcpu_overcommit: Option<u32>, lease: [Option<u64>; 3]) -> anyhow::Result<()> {
+    pub async fn cluster_settings(
+        &self,
+        strategy: Option<String>,
+        vcpu_overcommit: Option<u32>,
+        lease: [Option<u64>; 3],
+    ) -> anyhow::Result<()> {
         if lease.iter().any(|v| *v == Some(0)) {
             anyhow::bail!("lease, grace and heartbeat must be positive numbers of milliseconds");
         }
-        let s = if strategy.is_none() && vcpu_overcommit.is_none() && lease.iter().all(Option::is_none) {
-            let r = self.connect().await?.cluster_status(pb::ReadOptions { stale: false }).await.map_err(|e| status_err(&self.addr, e))?;
-            r.into_inner().scheduler.unwrap_or_default()
-        } else {
-            let req = pb::SchedulerSettings {
-                strategy: strategy.unwrap_or_default(),
-                vcpu_overcommit_pct: vcpu_overcommit.unwrap_or(0),
-                request_id: request_id(),
-                lease_ms: lease[0].unwrap_or(0),
-                grace_ms: lease[1].unwrap_or(0),
-                heartbeat_ms: lease[2].unwrap_or(0),
+        let s =
+            if strategy.is_none() && vcpu_overcommit.is_none() && lease.iter().all(Option::is_none)
+            {
+                let r = self
+                    .connect()
+                    .await?
+                    .cluster_status(pb::ReadOptions { stale: false })
+                    .await
+                    .map_err(|e| status_err(&self.addr, e))?;
+                r.into_inner().scheduler.unwrap_or_default()
+            } else {
+                let req = pb::SchedulerSettings {
+                    strategy: strategy.unwrap_or_default(),
+                    vcpu_overcommit_pct: vcpu_overcommit.unwrap_or(0),
+                    request_id: request_id(),
+                    lease_ms: lease[0].unwrap_or(0),
+                    grace_ms: lease[1].unwrap_or(0),
+                    heartbeat_ms: lease[2].unwrap_or(0),
+                };
+                self.connect()
+                    .await?
+                    .set_scheduler_settings(req)
+                    .await
+                    .map_err(|e| status_err(&self.addr, e))?
+                    .into_inner()
             };
-            self.connect().await?.set_scheduler_settings(req).await.map_err(|e| status_err(&self.addr, e))?.into_inner()
-        };
         if self.json {
             output::print_json(&output::settings_json(&s));
         } else {
@@ -479,7 +632,11 @@ impl Client {
         let mut after = String::new();
         loop {
             let r = c
-                .list_vms_page(pb::PageRequest { stale, limit: 0, after: after.clone() })
+                .list_vms_page(pb::PageRequest {
+                    stale,
+                    limit: 0,
+                    after: after.clone(),
+                })
                 .await
                 .map_err(|e| status_err(&self.addr, e))?
                 .into_inner();
@@ -490,7 +647,9 @@ impl Client {
             after = r.next;
         }
         if self.json {
-            output::print_json(&serde_json::Value::Array(vms.iter().map(output::vm_json).collect()));
+            output::print_json(&serde_json::Value::Array(
+                vms.iter().map(output::vm_json).collect(),
+            ));
         } else {
             println!("{}", vm_table(&vms));
         }
@@ -498,22 +657,36 @@ impl Client {
     }
 
     pub async fn vm_restart(&self, name: &str, timeout: u64) -> anyhow::Result<()> {
-        let quiet = Client { addr: self.addr.clone(), json: false };
+        let quiet = Client {
+            addr: self.addr.clone(),
+            json: false,
+        };
         quiet.set_desired_quiet(name, "stopped").await?;
-        quiet.wait_state(name, &["stopped", "failed"], timeout).await?;
+        quiet
+            .wait_state(name, &["stopped", "failed"], timeout)
+            .await?;
         self.vm_set_desired(name, "running").await
     }
 
     async fn set_desired_quiet(&self, name: &str, desired: &str) -> anyhow::Result<()> {
         self.connect()
             .await?
-            .set_vm_desired(pb::SetVmDesiredRequest { name: name.into(), desired: desired.into(), request_id: request_id() })
+            .set_vm_desired(pb::SetVmDesiredRequest {
+                name: name.into(),
+                desired: desired.into(),
+                request_id: request_id(),
+            })
             .await
             .map_err(|e| status_err(&self.addr, e))?;
         Ok(())
     }
 
-    async fn wait_state(&self, name: &str, states: &[&str], timeout: u64) -> anyhow::Result<pb::VmInfo> {
+    async fn wait_state(
+        &self,
+        name: &str,
+        states: &[&str],
+        timeout: u64,
+    ) -> anyhow::Result<pb::VmInfo> {
         let deadline = Instant::now() + Duration::from_secs(timeout);
         let mut c = self.connect().await?;
         loop {
@@ -522,7 +695,11 @@ impl Client {
                 return Ok(vm);
             }
             if Instant::now() >= deadline {
-                anyhow::bail!("timed out after {timeout}s waiting for VM {name} to be {} (it is {})", states.join(" or "), vm.state);
+                anyhow::bail!(
+                    "timed out after {timeout}s waiting for VM {name} to be {} (it is {})",
+                    states.join(" or "),
+                    vm.state
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -533,7 +710,11 @@ impl Client {
         let mut stream = self
             .connect()
             .await?
-            .vm_logs(pb::VmLogsRequest { name: name.into(), follow, previous })
+            .vm_logs(pb::VmLogsRequest {
+                name: name.into(),
+                follow,
+                previous,
+            })
             .await
             .map_err(|e| status_err(&self.addr, e))?
             .into_inner();
@@ -541,14 +722,24 @@ impl Client {
             // One JSON document: the console as text (invalid UTF-8 replaced). With --follow,
             // the console is streamed as it comes.
             let mut data = Vec::new();
-            while let Some(chunk) = stream.message().await.map_err(|e| status_err(&self.addr, e))? {
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|e| status_err(&self.addr, e))?
+            {
                 data.extend_from_slice(&chunk.data);
             }
-            output::print_json(&serde_json::json!({"name": name, "console": String::from_utf8_lossy(&data)}));
+            output::print_json(
+                &serde_json::json!({"name": name, "console": String::from_utf8_lossy(&data)}),
+            );
             return Ok(());
         }
         let mut out = std::io::stdout().lock();
-        while let Some(chunk) = stream.message().await.map_err(|e| status_err(&self.addr, e))? {
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|e| status_err(&self.addr, e))?
+        {
             out.write_all(&chunk.data)?;
             out.flush()?;
         }
@@ -570,8 +761,19 @@ impl Client {
 }
 
 impl Client {
-    async fn get_task(&self, c: &mut BlixardClient<Channel>, id: &str, stale: bool) -> anyhow::Result<pb::TaskInfo> {
-        let r = c.get_task(pb::GetTaskRequest { id: id.into(), stale }).await.map_err(|e| status_err(&self.addr, e))?;
+    async fn get_task(
+        &self,
+        c: &mut BlixardClient<Channel>,
+        id: &str,
+        stale: bool,
+    ) -> anyhow::Result<pb::TaskInfo> {
+        let r = c
+            .get_task(pb::GetTaskRequest {
+                id: id.into(),
+                stale,
+            })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
         Ok(r.into_inner())
     }
 
@@ -590,8 +792,17 @@ impl Client {
             max_attempts: a.max_attempts,
         };
         spec.validate()?;
-        let req = pb::SubmitTaskRequest { spec: Some(pb::TaskSpec::from(&spec)), request_id: request_id() };
-        let t = self.connect().await?.submit_task(req).await.map_err(|e| status_err(&self.addr, e))?.into_inner();
+        let req = pb::SubmitTaskRequest {
+            spec: Some(pb::TaskSpec::from(&spec)),
+            request_id: request_id(),
+        };
+        let t = self
+            .connect()
+            .await?
+            .submit_task(req)
+            .await
+            .map_err(|e| status_err(&self.addr, e))?
+            .into_inner();
         if self.json {
             output::print_json(&output::task_json(&t));
         } else {
@@ -615,13 +826,28 @@ impl Client {
         Ok(())
     }
 
-    pub async fn task_list(&self, stale: bool, state: Option<String>, node: Option<u64>) -> anyhow::Result<()> {
+    pub async fn task_list(
+        &self,
+        stale: bool,
+        state: Option<String>,
+        node: Option<u64>,
+    ) -> anyhow::Result<()> {
         let mut c = self.connect().await?;
         let mut tasks = Vec::new();
         let mut after = String::new();
         loop {
-            let req = pb::ListTasksRequest { stale, state: state.clone().unwrap_or_default(), node, limit: 0, after: after.clone() };
-            let r = c.list_tasks(req).await.map_err(|e| status_err(&self.addr, e))?.into_inner();
+            let req = pb::ListTasksRequest {
+                stale,
+                state: state.clone().unwrap_or_default(),
+                node,
+                limit: 0,
+                after: after.clone(),
+            };
+            let r = c
+                .list_tasks(req)
+                .await
+                .map_err(|e| status_err(&self.addr, e))?
+                .into_inner();
             tasks.extend(r.tasks);
             if r.next.is_empty() {
                 break;
@@ -629,7 +855,9 @@ impl Client {
             after = r.next;
         }
         if self.json {
-            output::print_json(&serde_json::Value::Array(tasks.iter().map(output::task_json).collect()));
+            output::print_json(&serde_json::Value::Array(
+                tasks.iter().map(output::task_json).collect(),
+            ));
         } else {
             println!("{}", task_table(&tasks));
         }
@@ -645,7 +873,10 @@ impl Client {
                 break t;
             }
             if Instant::now() >= deadline {
-                anyhow::bail!("timed out after {timeout}s waiting for task {id} to end (it is {})", t.state);
+                anyhow::bail!(
+                    "timed out after {timeout}s waiting for task {id} to end (it is {})",
+                    t.state
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
@@ -673,21 +904,34 @@ impl Client {
         let mut stream = self
             .connect()
             .await?
-            .task_logs(pb::TaskRef { id: id.into(), request_id: String::new() })
+            .task_logs(pb::TaskRef {
+                id: id.into(),
+                request_id: String::new(),
+            })
             .await
             .map_err(|e| status_err(&self.addr, e))?
             .into_inner();
         if self.json {
             // One JSON document: the output as text (invalid UTF-8 replaced).
             let mut data = Vec::new();
-            while let Some(chunk) = stream.message().await.map_err(|e| status_err(&self.addr, e))? {
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|e| status_err(&self.addr, e))?
+            {
                 data.extend_from_slice(&chunk.data);
             }
-            output::print_json(&serde_json::json!({"id": id, "output": String::from_utf8_lossy(&data)}));
+            output::print_json(
+                &serde_json::json!({"id": id, "output": String::from_utf8_lossy(&data)}),
+            );
             return Ok(());
         }
         let mut out = std::io::stdout().lock();
-        while let Some(chunk) = stream.message().await.map_err(|e| status_err(&self.addr, e))? {
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|e| status_err(&self.addr, e))?
+        {
             out.write_all(&chunk.data)?;
         }
         out.flush()?;
@@ -698,7 +942,10 @@ impl Client {
         let t = self
             .connect()
             .await?
-            .cancel_task(pb::TaskRef { id: id.into(), request_id: request_id() })
+            .cancel_task(pb::TaskRef {
+                id: id.into(),
+                request_id: request_id(),
+            })
             .await
             .map_err(|e| status_err(&self.addr, e))?
             .into_inner();
@@ -728,7 +975,18 @@ fn task_table(tasks: &[pb::TaskInfo]) -> String {
             ]
         })
         .collect();
-    table(&["id", "node", "state", "exit", "duration ms", "attempt", "command"], rows)
+    table(
+        &[
+            "id",
+            "node",
+            "state",
+            "exit",
+            "duration ms",
+            "attempt",
+            "command",
+        ],
+        rows,
+    )
 }
 
 fn vm_table(vms: &[pb::VmInfo]) -> String {
@@ -748,7 +1006,20 @@ fn vm_table(vms: &[pb::VmInfo]) -> String {
             ]
         })
         .collect();
-    table(&["name", "node", "desired", "state", "vcpus", "memory mib", "epoch", "ip", "reason"], rows)
+    table(
+        &[
+            "name",
+            "node",
+            "desired",
+            "state",
+            "vcpus",
+            "memory mib",
+            "epoch",
+            "ip",
+            "reason",
+        ],
+        rows,
+    )
 }
 
 impl Client {
@@ -762,13 +1033,23 @@ impl Client {
             .map_err(|e| status_err(&self.addr, e))?
             .into_inner();
         if s.http_addr.is_empty() {
-            anyhow::bail!("node {} at {} serves no HTTP: start it with --http HOST:PORT", s.node_id, self.addr);
+            anyhow::bail!(
+                "node {} at {} serves no HTTP: start it with --http HOST:PORT",
+                s.node_id,
+                self.addr
+            );
         }
-        let mut http: std::net::SocketAddr =
-            s.http_addr.parse().with_context(|| format!("node reported a bad HTTP address '{}'", s.http_addr))?;
+        let mut http: std::net::SocketAddr = s
+            .http_addr
+            .parse()
+            .with_context(|| format!("node reported a bad HTTP address '{}'", s.http_addr))?;
         if http.ip().is_unspecified() {
             // Bound to every interface: reach it the way --addr reaches the node.
-            if let Some(ip) = self.addr.rsplit_once(':').and_then(|(h, _)| h.parse::<std::net::IpAddr>().ok()) {
+            if let Some(ip) = self
+                .addr
+                .rsplit_once(':')
+                .and_then(|(h, _)| h.parse::<std::net::IpAddr>().ok())
+            {
                 http.set_ip(ip);
             }
         }
@@ -794,9 +1075,13 @@ impl Client {
             .into_inner();
         let mut all = Vec::new();
         let mut out = std::io::stdout().lock();
-        while let Some(m) = stream.message().await.map_err(|e| status_err(&self.addr, e))? {
-            let v: serde_json::Value =
-                serde_json::from_str(&m.json).with_context(|| format!("malformed event from {}", self.addr))?;
+        while let Some(m) = stream
+            .message()
+            .await
+            .map_err(|e| status_err(&self.addr, e))?
+        {
+            let v: serde_json::Value = serde_json::from_str(&m.json)
+                .with_context(|| format!("malformed event from {}", self.addr))?;
             if self.json && !follow {
                 all.push(v);
                 continue;
@@ -808,7 +1093,13 @@ impl Client {
                     Ok(e) => e.summary(),
                     Err(_) => m.json.clone(),
                 };
-                writeln!(out, "{:>8}  {:<16} {}", m.index, m.r#type, output::clean(&line))?;
+                writeln!(
+                    out,
+                    "{:>8}  {:<16} {}",
+                    m.index,
+                    m.r#type,
+                    output::clean(&line)
+                )?;
             }
             out.flush()?;
         }

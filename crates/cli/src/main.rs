@@ -20,7 +20,12 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "blixard", version, about = "Distributed microVM orchestrator")]
 struct Cli {
     /// Address of any cluster member.
-    #[arg(long, global = true, env = "BLIXARD_ADDR", default_value = "127.0.0.1:7001")]
+    #[arg(
+        long,
+        global = true,
+        env = "BLIXARD_ADDR",
+        default_value = "127.0.0.1:7001"
+    )]
     addr: String,
     /// Print exactly one JSON document on stdout.
     #[arg(long, global = true)]
@@ -358,19 +363,29 @@ fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 fn init_logging(daemon: bool) {
-    let default = if daemon { "info,openraft=warn" } else { "warn,openraft=error" };
+    let default = if daemon {
+        "info,openraft=warn"
+    } else {
+        "warn,openraft=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BLIXARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
     use blixard_node::config::{Bootstrap, CapacityOverrides, RaftTuning};
-    let id = a.id.ok_or_else(|| anyhow::anyhow!("--id is required to run a node"))?;
+    let id =
+        a.id.ok_or_else(|| anyhow::anyhow!("--id is required to run a node"))?;
     if id == 0 {
         anyhow::bail!("--id must be a positive integer");
     }
-    let data_dir = a.data_dir.ok_or_else(|| anyhow::anyhow!("--data-dir is required to run a node"))?;
+    let data_dir = a
+        .data_dir
+        .ok_or_else(|| anyhow::anyhow!("--data-dir is required to run a node"))?;
     let bootstrap = match (a.init, a.join) {
         (true, _) => Bootstrap::Init,
         (false, Some(seed)) => Bootstrap::Join(seed),
@@ -381,7 +396,9 @@ async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
         (Some(t), _) => Some(t),
         (None, Some(f)) => Some(
             std::fs::read_to_string(&f)
-                .map_err(|e| anyhow::anyhow!("cannot read the join token file {}: {e}", f.display()))?
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot read the join token file {}: {e}", f.display())
+                })?
                 .trim()
                 .to_string(),
         ),
@@ -390,9 +407,15 @@ async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
     config.advertise = a.advertise;
     config.driver = a.driver;
     config.target_voters = a.target_voters.max(1);
-    config.capacity = CapacityOverrides { vcpus: a.vcpus, memory_mb: a.memory_mb, disk_gb: a.disk_gb };
+    config.capacity = CapacityOverrides {
+        vcpus: a.vcpus,
+        memory_mb: a.memory_mb,
+        disk_gb: a.disk_gb,
+    };
     config.labels = parse_labels(&a.labels)?;
-    a.network_cidr.parse::<blixard_core::Cidr>().map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;
+    a.network_cidr
+        .parse::<blixard_core::Cidr>()
+        .map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;
     config.default_network_cidr = a.network_cidr;
     config.host_network = !a.no_host_network;
     blixard_core::spec::validate_labels(&config.labels)?;
@@ -457,7 +480,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(&cli.command, Cmd::Node { sub: None, .. } | Cmd::Workload);
     init_logging(daemon);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -469,29 +495,71 @@ fn main() -> ExitCode {
         let c = client::Client::new(cli.addr.clone(), cli.json);
         match cli.command {
             Cmd::Node { sub: None, daemon } => run_daemon(daemon).await,
-            Cmd::Bench { sub: BenchCmd::Boot { runs, memory } } => bench::boot(cli.addr.clone(), runs.max(1), memory, cli.json).await,
-            Cmd::Bench { sub: BenchCmd::Writes { clients, duration, addrs } } => {
-                let addrs = if addrs.is_empty() { vec![cli.addr.clone()] } else { addrs };
-                bench::writes(bench::Params { addrs, clients, duration: Duration::from_secs(duration), json: cli.json }).await
+            Cmd::Bench {
+                sub: BenchCmd::Boot { runs, memory },
+            } => bench::boot(cli.addr.clone(), runs.max(1), memory, cli.json).await,
+            Cmd::Bench {
+                sub:
+                    BenchCmd::Writes {
+                        clients,
+                        duration,
+                        addrs,
+                    },
+            } => {
+                let addrs = if addrs.is_empty() {
+                    vec![cli.addr.clone()]
+                } else {
+                    addrs
+                };
+                bench::writes(bench::Params {
+                    addrs,
+                    clients,
+                    duration: Duration::from_secs(duration),
+                    json: cli.json,
+                })
+                .await
             }
             Cmd::Dashboard => c.dashboard().await,
             Cmd::Events { since, follow } => c.events(since, follow).await,
-            Cmd::Workload => blixard_vmm::idle_workload().await.map_err(anyhow::Error::from),
+            Cmd::Workload => blixard_vmm::idle_workload()
+                .await
+                .map_err(anyhow::Error::from),
             Cmd::Node { sub: Some(s), .. } => match s {
                 NodeCmd::List { stale } => c.node_list(stale).await,
-                NodeCmd::Drain { id, timeout, no_wait } => c.node_drain(id, timeout, no_wait).await,
+                NodeCmd::Drain {
+                    id,
+                    timeout,
+                    no_wait,
+                } => c.node_drain(id, timeout, no_wait).await,
                 NodeCmd::Undrain { id } => c.node_set_state(id, "up").await,
             },
             Cmd::Cluster { sub } => match sub {
                 ClusterCmd::Status { stale } => c.cluster_status(stale).await,
                 ClusterCmd::Remove { id } => c.cluster_remove(id).await,
                 ClusterCmd::Leave => c.cluster_leave().await,
-                ClusterCmd::Settings { strategy, vcpu_overcommit, lease_ms, grace_ms, heartbeat_ms } => {
-                    c.cluster_settings(strategy, vcpu_overcommit, [lease_ms, grace_ms, heartbeat_ms]).await
+                ClusterCmd::Settings {
+                    strategy,
+                    vcpu_overcommit,
+                    lease_ms,
+                    grace_ms,
+                    heartbeat_ms,
+                } => {
+                    c.cluster_settings(
+                        strategy,
+                        vcpu_overcommit,
+                        [lease_ms, grace_ms, heartbeat_ms],
+                    )
+                    .await
                 }
-                ClusterCmd::Token { sub: TokenCmd::Create { ttl } } => c.token_create(ttl).await,
-                ClusterCmd::Token { sub: TokenCmd::List } => c.token_list().await,
-                ClusterCmd::Token { sub: TokenCmd::Revoke { id } } => c.token_revoke(&id).await,
+                ClusterCmd::Token {
+                    sub: TokenCmd::Create { ttl },
+                } => c.token_create(ttl).await,
+                ClusterCmd::Token {
+                    sub: TokenCmd::List,
+                } => c.token_list().await,
+                ClusterCmd::Token {
+                    sub: TokenCmd::Revoke { id },
+                } => c.token_revoke(&id).await,
             },
             Cmd::Network { sub } => network::run(&c, sub).await,
             Cmd::Task { sub } => match sub {
@@ -508,10 +576,18 @@ fn main() -> ExitCode {
                 VmCmd::Stop { name } => c.vm_set_desired(&name, "stopped").await,
                 VmCmd::Restart { name, timeout } => c.vm_restart(&name, timeout).await,
                 VmCmd::Delete { name } => c.vm_delete(&name).await,
-                VmCmd::Logs { name, follow, previous } => c.vm_logs(&name, follow, previous).await,
+                VmCmd::Logs {
+                    name,
+                    follow,
+                    previous,
+                } => c.vm_logs(&name, follow, previous).await,
                 VmCmd::Status { name, stale } => c.vm_status(&name, stale).await,
                 VmCmd::List { stale } => c.vm_list(stale).await,
-                VmCmd::Wait { name, state, timeout } => c.vm_wait(&name, &state, timeout).await,
+                VmCmd::Wait {
+                    name,
+                    state,
+                    timeout,
+                } => c.vm_wait(&name, &state, timeout).await,
             },
         }
     });

@@ -33,7 +33,13 @@ fn node_failure_handling() {
     let seed = c.addr(1);
     c.add_node(4, Some(&seed), &[]);
     wait_for("node 4 to be a learner everywhere", DEADLINE, || {
-        c.live().iter().all(|id| c.members_of(*id).is_some_and(|m| m.contains(&(4, "learner".into())))).then_some(())
+        c.live()
+            .iter()
+            .all(|id| {
+                c.members_of(*id)
+                    .is_some_and(|m| m.contains(&(4, "learner".into())))
+            })
+            .then_some(())
     });
     let leader = c.leader();
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
@@ -41,30 +47,62 @@ fn node_failure_handling() {
 
     // Remove a non-leader through another non-leader.
     let out = run_cli(&c.addr(via), &["cluster", "remove", &victim.to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(c.wait_exit(victim, DEADLINE), "a removed node stops by itself");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        c.wait_exit(victim, DEADLINE),
+        "a removed node stops by itself"
+    );
     // The learner is promoted to keep three voters; every survivor agrees.
     c.wait_members(3);
     for id in c.live() {
         let m = c.members_of(id).unwrap();
-        assert!(!m.iter().any(|(mid, _)| *mid == victim), "node {id} still reports removed node {victim}: {m:?}");
+        assert!(
+            !m.iter().any(|(mid, _)| *mid == victim),
+            "node {id} still reports removed node {victim}: {m:?}"
+        );
     }
 
     // Remove the leader itself.
     let out = run_cli(&c.addr(via), &["cluster", "remove", &leader.to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(c.wait_exit(leader, DEADLINE), "the removed leader stops by itself");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        c.wait_exit(leader, DEADLINE),
+        "the removed leader stops by itself"
+    );
     let new_leader = c.wait_members(2);
     assert_ne!(new_leader, leader);
-    let views: Vec<_> = c.live().iter().map(|id| c.members_of(*id).unwrap()).collect();
-    assert!(views.windows(2).all(|w| w[0] == w[1]), "survivors disagree: {views:?}");
+    let views: Vec<_> = c
+        .live()
+        .iter()
+        .map(|id| c.members_of(*id).unwrap())
+        .collect();
+    assert!(
+        views.windows(2).all(|w| w[0] == w[1]),
+        "survivors disagree: {views:?}"
+    );
     assert_eq!(views[0].len(), 2);
     // Workers follow membership.
-    wait_for("removed workers to disappear from node list", DEADLINE, || {
-        let nodes = try_json(&c.addr(via), &["node", "list"])?;
-        let ids: Vec<u64> = nodes.as_array()?.iter().filter_map(|n| n["id"].as_u64()).collect();
-        (!ids.contains(&leader) && !ids.contains(&victim)).then_some(())
-    });
+    wait_for(
+        "removed workers to disappear from node list",
+        DEADLINE,
+        || {
+            let nodes = try_json(&c.addr(via), &["node", "list"])?;
+            let ids: Vec<u64> = nodes
+                .as_array()?
+                .iter()
+                .filter_map(|n| n["id"].as_u64())
+                .collect();
+            (!ids.contains(&leader) && !ids.contains(&victim)).then_some(())
+        },
+    );
     c.wait_converged();
 }
 
@@ -79,7 +117,11 @@ fn vm_read_after_write_consistency() {
         assert_eq!(vm["name"], name.as_str());
         for reader in ids.iter().filter(|r| **r != writer) {
             let got = json(&c.addr(*reader), &["vm", "status", &name]);
-            assert_eq!(got["name"], name.as_str(), "node {reader} read of {name} written via node {writer}");
+            assert_eq!(
+                got["name"],
+                name.as_str(),
+                "node {reader} read of {name} written via node {writer}"
+            );
             assert_eq!(got["epoch"], vm["epoch"]);
         }
     }
@@ -91,7 +133,11 @@ fn vm_read_after_write_consistency() {
 #[test]
 fn worker_registration_consistency() {
     let mut c = Cluster::new(&[]);
-    c.add_node(1, None, &["--vcpus", "8", "--memory-mb", "8192", "--label", "zone=a"]);
+    c.add_node(
+        1,
+        None,
+        &["--vcpus", "8", "--memory-mb", "8192", "--label", "zone=a"],
+    );
     let seed = c.addr(1);
     c.add_node(2, Some(&seed), &["--vcpus", "4"]);
     c.add_node(3, Some(&seed), &[]);
@@ -106,7 +152,10 @@ fn worker_registration_consistency() {
             })
         })
         .collect();
-    assert!(lists.windows(2).all(|w| w[0] == w[1]), "nodes disagree on workers: {lists:?}");
+    assert!(
+        lists.windows(2).all(|w| w[0] == w[1]),
+        "nodes disagree on workers: {lists:?}"
+    );
     let workers = lists[0].as_array().unwrap();
     for w in workers {
         let id = w["id"].as_u64().unwrap();
@@ -131,7 +180,10 @@ fn worker_registration_consistency() {
 fn restart_after_kill9_keeps_acknowledged_state() {
     let mut c = Cluster::start(3, &[]);
     for i in 0..10 {
-        json(&c.addr(1 + (i % 3)), &["vm", "create", &format!("keep-{i}"), "--memory", "32"]);
+        json(
+            &c.addr(1 + (i % 3)),
+            &["vm", "create", &format!("keep-{i}"), "--memory", "32"],
+        );
     }
     let (index, digest) = c.wait_converged();
     for id in [1, 2, 3] {
@@ -142,10 +194,20 @@ fn restart_after_kill9_keeps_acknowledged_state() {
     }
     c.wait_members(3);
     for id in [1, 2, 3] {
-        let list = wait_for("vm list after restart", DEADLINE, || try_json(&c.addr(id), &["vm", "list"]));
-        let names: Vec<&str> = list.as_array().unwrap().iter().filter_map(|v| v["name"].as_str()).collect();
+        let list = wait_for("vm list after restart", DEADLINE, || {
+            try_json(&c.addr(id), &["vm", "list"])
+        });
+        let names: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["name"].as_str())
+            .collect();
         for i in 0..10 {
-            assert!(names.contains(&format!("keep-{i}").as_str()), "node {id} lost keep-{i}: {names:?}");
+            assert!(
+                names.contains(&format!("keep-{i}").as_str()),
+                "node {id} lost keep-{i}: {names:?}"
+            );
         }
     }
     let (index2, _) = c.wait_converged();
@@ -161,7 +223,10 @@ fn lagging_node_catches_up_by_snapshot() {
     let mut c = Cluster::start(3, &["--snapshot-every", "20", "--keep-logs", "5"]);
     c.kill9(3);
     for i in 0..60 {
-        json(&c.addr(1 + (i % 2)), &["vm", "create", &format!("lag-{i}"), "--memory", "16"]);
+        json(
+            &c.addr(1 + (i % 2)),
+            &["vm", "create", &format!("lag-{i}"), "--memory", "16"],
+        );
     }
     let leader = c.leader();
     let purged = wait_for("the leader to purge its log", DEADLINE, || {
@@ -173,7 +238,10 @@ fn lagging_node_catches_up_by_snapshot() {
     c.restart(3);
     c.wait_converged();
     let s = c.status(3).unwrap();
-    assert!(s["snapshot_index"].as_u64().is_some(), "node 3 should have installed a snapshot: {s}");
+    assert!(
+        s["snapshot_index"].as_u64().is_some(),
+        "node 3 should have installed a snapshot: {s}"
+    );
     let list = json(&c.addr(3), &["vm", "list", "--stale"]);
     assert_eq!(list.as_array().unwrap().len(), 60);
 }
@@ -182,7 +250,9 @@ fn lagging_node_catches_up_by_snapshot() {
 fn bad_input_is_refused_and_changes_nothing() {
     let c = Cluster::start(1, &[]);
     let a = c.addr(1);
-    wait_for("node 1 to register", DEADLINE, || (try_json(&a, &["node", "list"])?.as_array()?.len() == 1).then_some(()));
+    wait_for("node 1 to register", DEADLINE, || {
+        (try_json(&a, &["node", "list"])?.as_array()?.len() == 1).then_some(())
+    });
     let (before, _) = c.wait_converged();
     let long = "x".repeat(5000);
     // Malformed input is refused before it reaches the log.
@@ -198,7 +268,12 @@ fn bad_input_is_refused_and_changes_nothing() {
         let out = run_cli(&a, &args);
         assert!(!out.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(err.trim().lines().count(), 1, "one clear line for {:?}: {err}", &args[..2]);
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "one clear line for {:?}: {err}",
+            &args[..2]
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
     let (after, _) = c.wait_converged();
@@ -216,14 +291,29 @@ fn bad_input_is_refused_and_changes_nothing() {
         let out = run_cli(&a, &args);
         assert!(!out.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(err.trim().lines().count(), 1, "one clear line for {args:?}: {err}");
-        assert!(err.contains("42") || err.contains("missing"), "the error names the unknown thing: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "one clear line for {args:?}: {err}"
+        );
+        assert!(
+            err.contains("42") || err.contains("missing"),
+            "the error names the unknown thing: {err}"
+        );
     }
     assert_eq!(json(&a, &["vm", "list"]).as_array().unwrap().len(), 0);
     assert_eq!(json(&a, &["node", "list"]), workers);
     // --init on a directory that holds a cluster is refused.
     let out = std::process::Command::new(common::BIN)
-        .args(["node", "--id", "1", "--listen", "127.0.0.1:0", "--init", "--data-dir"])
+        .args([
+            "node",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--init",
+            "--data-dir",
+        ])
         .arg(&c.node(1).dir)
         .output()
         .unwrap();
@@ -240,7 +330,10 @@ fn unreachable_node_gives_one_clear_line() {
     let out = common::run_cli_with(&addr, None, &["cluster", "status"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no credentials") && err.contains("--credentials"), "{err}");
+    assert!(
+        err.contains("no credentials") && err.contains("--credentials"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     // With credentials (of a cluster of our own making) but nobody listening.
     let tmp = tempfile::tempdir().unwrap();

@@ -195,7 +195,10 @@ fn networks_and_addresses_through_the_cli() {
 fn concurrent_creates_through_several_nodes_get_distinct_addresses() {
     let c = Cluster::start(3, &["--network-cidr", "10.78.0.0/24"]);
     // 14 usable addresses, 3 of them the nodes' bridges: 11 VMs fit in "tiny".
-    json(&c.addr(1), &["network", "create", "tiny", "--cidr", "192.168.41.0/28"]);
+    json(
+        &c.addr(1),
+        &["network", "create", "tiny", "--cidr", "192.168.41.0/28"],
+    );
     let addrs: Vec<String> = (1..=3).map(|i| c.addr(i)).collect();
     let results: Vec<(String, std::process::Output)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..24)
@@ -204,12 +207,28 @@ fn concurrent_creates_through_several_nodes_get_distinct_addresses() {
                 s.spawn(move || {
                     let name = format!("c{i}");
                     let net = if i % 2 == 0 { "default" } else { "tiny" };
-                    let out = run_cli(&addr, &["--json", "vm", "create", &name, "--memory", "16", "--no-start", "--network", net]);
+                    let out = run_cli(
+                        &addr,
+                        &[
+                            "--json",
+                            "vm",
+                            "create",
+                            &name,
+                            "--memory",
+                            "16",
+                            "--no-start",
+                            "--network",
+                            net,
+                        ],
+                    );
                     (name, out)
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     let mut ips = BTreeSet::new();
     let (mut ok_tiny, mut full_tiny) = (0, 0);
@@ -217,7 +236,10 @@ fn concurrent_creates_through_several_nodes_get_distinct_addresses() {
         let tiny = name[1..].parse::<usize>().unwrap() % 2 == 1;
         if out.status.success() {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-            assert!(ips.insert(v["ip"].as_str().unwrap().to_string()), "{name} got a taken address: {v}");
+            assert!(
+                ips.insert(v["ip"].as_str().unwrap().to_string()),
+                "{name} got a taken address: {v}"
+            );
             ok_tiny += usize::from(tiny);
         } else {
             let err = String::from_utf8_lossy(&out.stderr);

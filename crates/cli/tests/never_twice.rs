@@ -22,7 +22,9 @@ fn vm(c: &Cluster, name: &str) -> Value {
 
 fn wait_running_on(c: &Cluster, name: &str, node: Option<u64>) -> Value {
     let via = c.live()[0];
-    c.wait_vm(via, name, "running", DEADLINE, |v| v["state"] == "running" && node.is_none_or(|n| v["node_id"] == n))
+    c.wait_vm(via, name, "running", DEADLINE, |v| {
+        v["state"] == "running" && node.is_none_or(|n| v["node_id"] == n)
+    })
 }
 
 #[test]
@@ -31,7 +33,20 @@ fn preempting_running_vms_stops_them_before_anything_starts_in_their_place() {
     let a = c.addr(1);
     // Binpack puts the three on one node.
     for i in 0..3 {
-        json(&a, &["vm", "create", &format!("low-{i}"), "--vcpus", "1", "--memory", "32", "--priority", "10"]);
+        json(
+            &a,
+            &[
+                "vm",
+                "create",
+                &format!("low-{i}"),
+                "--vcpus",
+                "1",
+                "--memory",
+                "32",
+                "--priority",
+                "10",
+            ],
+        );
     }
     for i in 0..3 {
         wait_running_on(&c, &format!("low-{i}"), None);
@@ -40,16 +55,38 @@ fn preempting_running_vms_stops_them_before_anything_starts_in_their_place() {
     assert!((0..3).all(|i| vm(&c, &format!("low-{i}"))["node_id"] == full));
     let other = if full == 1 { 2 } else { 1 };
 
-    let vip = json(&a, &["vm", "create", "vip", "--vcpus", "3", "--memory", "32", "--priority", "90", "--preempt", "--node", &full.to_string()]);
+    let vip = json(
+        &a,
+        &[
+            "vm",
+            "create",
+            "vip",
+            "--vcpus",
+            "3",
+            "--memory",
+            "32",
+            "--priority",
+            "90",
+            "--preempt",
+            "--node",
+            &full.to_string(),
+        ],
+    );
     // It holds the room at once, and starts only once its victims stopped there.
     assert_eq!(vip["node_id"], full, "{vip}");
     wait_running_on(&c, "vip", Some(full));
     for i in 0..3 {
         let v = wait_running_on(&c, &format!("low-{i}"), Some(other));
-        assert!(v["reason"].is_null() || v["reason"].as_str().is_some(), "{v}");
+        assert!(
+            v["reason"].is_null() || v["reason"].as_str().is_some(),
+            "{v}"
+        );
     }
     let runs = c.assert_never_ran_twice();
-    assert!(runs >= 7, "three victims ran twice each, vip once: {runs} runs recorded");
+    assert!(
+        runs >= 7,
+        "three victims ran twice each, vip once: {runs} runs recorded"
+    );
 }
 
 #[test]
@@ -61,7 +98,10 @@ fn re_registering_with_less_capacity_stops_vms_before_moving_them() {
     c.wait_members(2);
     c.wait_workers(2);
     let a = c.addr(1);
-    json(&a, &["vm", "create", "victim", "--vcpus", "2", "--memory", "32"]);
+    json(
+        &a,
+        &["vm", "create", "victim", "--vcpus", "2", "--memory", "32"],
+    );
     let v = wait_running_on(&c, "victim", None);
     let on = v["node_id"].as_u64().unwrap();
     // Its node comes back with room for less than it needs: the VM stops there, then moves.
@@ -82,11 +122,17 @@ fn frozen_leader(nodes: u64) {
     let c = Cluster::start(nodes, &flags("16"));
     json(&c.addr(1), &["cluster", "settings", "--strategy", "spread"]);
     for i in 0..(nodes * 2) {
-        json(&c.addr(1), &["vm", "create", &format!("f{i}"), "--memory", "32"]);
+        json(
+            &c.addr(1),
+            &["vm", "create", &format!("f{i}"), "--memory", "32"],
+        );
     }
     wait_for("all VMs running", DEADLINE, || {
         let l = try_json(&c.addr(1), &["vm", "list"])?;
-        l.as_array()?.iter().all(|v| v["state"] == "running").then_some(())
+        l.as_array()?
+            .iter()
+            .all(|v| v["state"] == "running")
+            .then_some(())
     });
     let leader = c.leader();
     let others: Vec<u64> = (1..=nodes).filter(|n| *n != leader).collect();
@@ -94,7 +140,13 @@ fn frozen_leader(nodes: u64) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| (v["name"].as_str().unwrap().to_string(), v["node_id"].as_u64(), v["epoch"].as_u64()))
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["node_id"].as_u64(),
+                v["epoch"].as_u64(),
+            )
+        })
         .collect();
 
     c.signal(leader, "-STOP");
@@ -106,7 +158,10 @@ fn frozen_leader(nodes: u64) {
     });
     wait_for("the frozen node declared down", DEADLINE, || {
         let l = try_json(&c.addr(new_leader), &["node", "list"])?;
-        l.as_array()?.iter().any(|n| n["id"] == leader && n["state"] == "down").then_some(())
+        l.as_array()?
+            .iter()
+            .any(|n| n["id"] == leader && n["state"] == "down")
+            .then_some(())
     });
     c.signal(leader, "-CONT");
     // Give the woken node time to act on what it believes.
@@ -116,7 +171,10 @@ fn frozen_leader(nodes: u64) {
     });
     wait_for("every VM running again", DEADLINE, || {
         let l = try_json(&c.addr(new_leader), &["vm", "list"])?;
-        l.as_array()?.iter().all(|v| v["state"] == "running").then_some(())
+        l.as_array()?
+            .iter()
+            .all(|v| v["state"] == "running")
+            .then_some(())
     });
     // The woken node applied everything the cluster committed meanwhile: whatever verdict it
     // proposed in its old term was committed or refused by now.
@@ -124,13 +182,26 @@ fn frozen_leader(nodes: u64) {
     // VMs on healthy nodes never moved: nobody declared their nodes down.
     let after = json(&c.addr(new_leader), &["vm", "list"]);
     for (name, node, epoch) in before.iter().filter(|b| b.1 != Some(leader)) {
-        let now = after.as_array().unwrap().iter().find(|v| v["name"] == name.as_str()).unwrap();
-        assert_eq!((now["node_id"].as_u64(), now["epoch"].as_u64()), (*node, *epoch), "{name} moved off a healthy node");
+        let now = after
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name.as_str())
+            .unwrap();
+        assert_eq!(
+            (now["node_id"].as_u64(), now["epoch"].as_u64()),
+            (*node, *epoch),
+            "{name} moved off a healthy node"
+        );
     }
     let nodes_now = json(&c.addr(new_leader), &["node", "list"]);
     for n in nodes_now.as_array().unwrap() {
         if n["id"] != leader {
-            assert_eq!(n["state"], "up", "healthy node declared {}: {n}", n["state"]);
+            assert_eq!(
+                n["state"], "up",
+                "healthy node declared {}: {n}",
+                n["state"]
+            );
         }
     }
     c.assert_never_ran_twice();
@@ -151,11 +222,26 @@ fn a_failed_vm_with_restart_never_starts_again_on_request() {
     let c = Cluster::start(1, &flags("4"));
     let a = c.addr(1);
     // The process driver's workload reads its "kernel command line": crash with status 3.
-    let created = json(&a, &["vm", "create", "once", "--memory", "32", "--restart", "never", "--cmdline", "blixard.run-ms=200 blixard.exit=3"]);
+    let created = json(
+        &a,
+        &[
+            "vm",
+            "create",
+            "once",
+            "--memory",
+            "32",
+            "--restart",
+            "never",
+            "--cmdline",
+            "blixard.run-ms=200 blixard.exit=3",
+        ],
+    );
     let e0 = created["epoch"].as_u64().unwrap();
     c.wait_vm(1, "once", "failed", DEADLINE, |v| v["state"] == "failed");
     json(&a, &["vm", "start", "once"]);
-    let v = c.wait_vm(1, "once", "started again", DEADLINE, |v| v["epoch"].as_u64().is_some_and(|e| e > e0) && v["state"] == "failed");
+    let v = c.wait_vm(1, "once", "started again", DEADLINE, |v| {
+        v["epoch"].as_u64().is_some_and(|e| e > e0) && v["state"] == "failed"
+    });
     assert_eq!(v["node_id"], 1);
     c.assert_never_ran_twice();
 }
@@ -164,10 +250,27 @@ fn a_failed_vm_with_restart_never_starts_again_on_request() {
 fn restarts_are_counted_once_each() {
     let c = Cluster::start(1, &flags("4"));
     let a = c.addr(1);
-    json(&a, &["vm", "create", "flappy", "--memory", "32", "--restart", "always", "--cmdline", "blixard.run-ms=300"]);
-    let v = c.wait_vm(1, "flappy", "two restarts", DEADLINE, |v| v["restarts"].as_u64().is_some_and(|r| r >= 2));
+    json(
+        &a,
+        &[
+            "vm",
+            "create",
+            "flappy",
+            "--memory",
+            "32",
+            "--restart",
+            "always",
+            "--cmdline",
+            "blixard.run-ms=300",
+        ],
+    );
+    let v = c.wait_vm(1, "flappy", "two restarts", DEADLINE, |v| {
+        v["restarts"].as_u64().is_some_and(|r| r >= 2)
+    });
     assert!(v["restarts"].as_u64().unwrap() >= 2);
-    wait_for("status reads", Duration::from_secs(5), || try_json(&a, &["vm", "status", "flappy"]).map(|_| ()));
+    wait_for("status reads", Duration::from_secs(5), || {
+        try_json(&a, &["vm", "status", "flappy"]).map(|_| ())
+    });
 }
 
 #[test]
@@ -175,12 +278,27 @@ fn a_used_node_id_is_refused_and_the_refused_joiner_leaves_no_identity() {
     let mut c = Cluster::start(3, FAST_LIVENESS);
     let via = c.addr(1);
     let out = common::run_cli(&via, &["cluster", "remove", "3"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(c.wait_exit(3, DEADLINE), "the removed node stops");
     // A wiped node 3 (new data dir) tries to come back under its old id.
     let dir = c.tmp.path().join("n3-wiped");
     let out = std::process::Command::new(common::BIN)
-        .args(["node", "--id", "3", "--listen", "127.0.0.1:0", "--driver", "process", "--join", &via, "--data-dir"])
+        .args([
+            "node",
+            "--id",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+            "--driver",
+            "process",
+            "--join",
+            &via,
+            "--data-dir",
+        ])
         .arg(&dir)
         .args(["--token", &common::join_token(&via)])
         .env("BLIXARD_LOG", "warn")
@@ -188,17 +306,33 @@ fn a_used_node_id_is_refused_and_the_refused_joiner_leaves_no_identity() {
         .expect("run the joiner");
     assert!(!out.status.success(), "a refused joiner exits non-zero");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("node id 3 was used before"), "the refusal names the id: {err}");
+    assert!(
+        err.contains("node id 3 was used before"),
+        "the refusal names the id: {err}"
+    );
     assert!(!dir.join("node.json").exists(), "no identity left behind");
     assert!(!dir.join("raft").exists(), "no Raft state left behind");
     // Started again without flags, it has nothing to resume.
     let out = std::process::Command::new(common::BIN)
-        .args(["node", "--id", "3", "--listen", "127.0.0.1:0", "--driver", "process", "--data-dir"])
+        .args([
+            "node",
+            "--id",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+            "--driver",
+            "process",
+            "--data-dir",
+        ])
         .arg(&dir)
         .output()
         .expect("run the node");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no cluster"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no cluster"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A new id joins fine.
     c.add_node(4, Some(&via), &[]);
     c.wait_workers(3);
@@ -212,8 +346,14 @@ fn cluster_status_fails_without_a_leader_unless_stale() {
         c.kill9(id);
     }
     let out = common::run_cli(&c.addr(survivor), &["cluster", "status"]);
-    assert!(!out.status.success(), "a node without quorum must not print members as current");
+    assert!(
+        !out.status.success(),
+        "a node without quorum must not print members as current"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("leader"), "{err}");
-    assert!(try_json(&c.addr(survivor), &["cluster", "status", "--stale"]).is_some(), "--stale reads locally");
+    assert!(
+        try_json(&c.addr(survivor), &["cluster", "status", "--stale"]).is_some(),
+        "--stale reads locally"
+    );
 }

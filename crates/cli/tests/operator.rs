@@ -113,12 +113,15 @@ fn http(method: &str, url: &str, body: Option<Value>) -> (u16, String) {
 fn http_json(method: &str, url: &str, body: Option<Value>, want: u16) -> Value {
     let (code, text) = http(method, url, body);
     assert_eq!(code, want, "{method} {url}: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {url} is not JSON ({e}): {text}"))
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{method} {url} is not JSON ({e}): {text}"))
 }
 
 fn http_base(c: &Cluster, id: u64) -> String {
     let f = c.node(id).dir.join("http.addr");
-    let addr = wait_for("the HTTP address file", DEADLINE, || std::fs::read_to_string(&f).ok());
+    let addr = wait_for("the HTTP address file", DEADLINE, || {
+        std::fs::read_to_string(&f).ok()
+    });
     format!("http://{}", addr.trim())
 }
 
@@ -133,7 +136,8 @@ fn sse_events(body: &str) -> Vec<Value> {
 fn scrape(base: &str) -> prometheus_parse::Scrape {
     let (code, text) = http("GET", &format!("{base}/metrics"), None);
     assert_eq!(code, 200);
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("/metrics parses as Prometheus text")
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("/metrics parses as Prometheus text")
 }
 
 fn sample(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
@@ -141,7 +145,9 @@ fn sample(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>)
         .iter()
         .find(|x| x.metric == name && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
         .map(|x| match x.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => f64::NAN,
         })
 }
@@ -151,35 +157,77 @@ fn http_api_answers_like_the_cli_and_serves_metrics_events_and_dashboard() {
     let c = Cluster::start(3, &["--http", "127.0.0.1:0"]);
     let b1 = http_base(&c, 1);
     let b3 = http_base(&c, 3);
-    assert_eq!(http("GET", &format!("{b1}/healthz"), None), (200, "ok\n".to_string()));
-    wait_for("node 3 ready", DEADLINE, || (http("GET", &format!("{b3}/readyz"), None).0 == 200).then_some(()));
+    assert_eq!(
+        http("GET", &format!("{b1}/healthz"), None),
+        (200, "ok\n".to_string())
+    );
+    wait_for("node 3 ready", DEADLINE, || {
+        (http("GET", &format!("{b3}/readyz"), None).0 == 200).then_some(())
+    });
 
     // Writes through node 3's HTTP API, the same rules as gRPC.
-    let vm = http_json("POST", &format!("{b3}/v1/vms"), Some(serde_json::json!({"name": "h1", "memory_mb": 64})), 201);
+    let vm = http_json(
+        "POST",
+        &format!("{b3}/v1/vms"),
+        Some(serde_json::json!({"name": "h1", "memory_mb": 64})),
+        201,
+    );
     assert_eq!(vm["name"], "h1");
-    let err = http_json("POST", &format!("{b1}/v1/vms"), Some(serde_json::json!({"name": "h1", "memory_mb": 64})), 409);
+    let err = http_json(
+        "POST",
+        &format!("{b1}/v1/vms"),
+        Some(serde_json::json!({"name": "h1", "memory_mb": 64})),
+        409,
+    );
     assert!(err["error"].as_str().unwrap().contains("h1"), "{err}");
-    let err = http_json("POST", &format!("{b1}/v1/vms"), Some(serde_json::json!({"name": "h2", "memry": 1})), 400);
+    let err = http_json(
+        "POST",
+        &format!("{b1}/v1/vms"),
+        Some(serde_json::json!({"name": "h2", "memry": 1})),
+        400,
+    );
     assert!(err["error"].as_str().unwrap().contains("memry"), "{err}");
-    let err = http_json("POST", &format!("{b1}/v1/vms"), Some(serde_json::json!({"name": "Bad Name!"})), 400);
+    let err = http_json(
+        "POST",
+        &format!("{b1}/v1/vms"),
+        Some(serde_json::json!({"name": "Bad Name!"})),
+        400,
+    );
     assert!(err["error"].is_string());
     http_json("GET", &format!("{b1}/v1/vms/nope"), None, 404);
     c.wait_vm(1, "h1", "running", DEADLINE, |v| v["state"] == "running");
 
     // Reads equal the CLI's --json documents.
     let a1 = c.addr(1);
-    assert_eq!(http_json("GET", &format!("{b1}/v1/vms"), None, 200), json(&a1, &["vm", "list"]));
-    assert_eq!(http_json("GET", &format!("{b1}/v1/vms/h1"), None, 200), json(&a1, &["vm", "status", "h1"]));
-    assert_eq!(http_json("GET", &format!("{b1}/v1/nodes"), None, 200), json(&a1, &["node", "list"]));
+    assert_eq!(
+        http_json("GET", &format!("{b1}/v1/vms"), None, 200),
+        json(&a1, &["vm", "list"])
+    );
+    assert_eq!(
+        http_json("GET", &format!("{b1}/v1/vms/h1"), None, 200),
+        json(&a1, &["vm", "status", "h1"])
+    );
+    assert_eq!(
+        http_json("GET", &format!("{b1}/v1/nodes"), None, 200),
+        json(&a1, &["node", "list"])
+    );
     let cl = http_json("GET", &format!("{b1}/v1/cluster"), None, 200);
     assert_eq!(cl["members"], json(&a1, &["cluster", "status"])["members"]);
 
     // Metrics parse and follow the VMs.
     let s = scrape(&b1);
-    assert_eq!(sample(&s, "blixard_vms", Some(("state", "running"))), Some(1.0));
+    assert_eq!(
+        sample(&s, "blixard_vms", Some(("state", "running"))),
+        Some(1.0)
+    );
     assert!(sample(&s, "blixard_raft_term", None).unwrap_or(0.0) >= 1.0);
     assert!(sample(&s, "blixard_raft_applied_index", None).unwrap_or(0.0) >= 1.0);
-    assert!(s.samples.iter().any(|x| x.metric.starts_with("blixard_http_requests")), "HTTP requests are counted");
+    assert!(
+        s.samples
+            .iter()
+            .any(|x| x.metric.starts_with("blixard_http_requests")),
+        "HTTP requests are counted"
+    );
 
     let stopped = http_json("POST", &format!("{b1}/v1/vms/h1/stop"), None, 200);
     assert_eq!(stopped["desired"], "stopped");
@@ -189,16 +237,28 @@ fn http_api_answers_like_the_cli_and_serves_metrics_events_and_dashboard() {
     });
 
     // Tasks.
-    let t = http_json("POST", &format!("{b1}/v1/tasks"), Some(serde_json::json!({"command": ["echo", "hello-http"]})), 201);
+    let t = http_json(
+        "POST",
+        &format!("{b1}/v1/tasks"),
+        Some(serde_json::json!({"command": ["echo", "hello-http"]})),
+        201,
+    );
     let id = t["id"].as_str().unwrap().to_string();
     wait_for("the task to succeed", DEADLINE, || {
-        (http_json("GET", &format!("{b1}/v1/tasks/{id}"), None, 200)["state"] == "succeeded").then_some(())
+        (http_json("GET", &format!("{b1}/v1/tasks/{id}"), None, 200)["state"] == "succeeded")
+            .then_some(())
     });
-    assert_eq!(http_json("GET", &format!("{b1}/v1/tasks"), None, 200), json(&a1, &["task", "list"]));
+    assert_eq!(
+        http_json("GET", &format!("{b1}/v1/tasks"), None, 200),
+        json(&a1, &["task", "list"])
+    );
     // `logs --json` prints one JSON document.
     let logs = json(&a1, &["task", "logs", &id]);
     assert_eq!(logs["id"], id.as_str());
-    assert!(logs["output"].as_str().unwrap().contains("hello-http"), "{logs}");
+    assert!(
+        logs["output"].as_str().unwrap().contains("hello-http"),
+        "{logs}"
+    );
     assert!(json(&a1, &["vm", "logs", "h1"])["console"].is_string());
 
     let del = http_json("DELETE", &format!("{b1}/v1/vms/h1"), None, 200);
@@ -212,13 +272,31 @@ fn http_api_answers_like_the_cli_and_serves_metrics_events_and_dashboard() {
     let last = cli.last().unwrap()["index"].as_u64().unwrap();
     let (code, body) = http("GET", &format!("{b3}/v1/events?follow=false"), None);
     assert_eq!(code, 200);
-    let sse: Vec<Value> = sse_events(&body).into_iter().filter(|e| e["index"].as_u64() <= Some(last)).collect();
-    assert_eq!(sse, cli, "SSE from node 3 equals the CLI's events from node 1");
-    assert!(has(&sse, "task_result", |e| e["task"] == id.as_str() && e["state"] == "succeeded"));
+    let sse: Vec<Value> = sse_events(&body)
+        .into_iter()
+        .filter(|e| e["index"].as_u64() <= Some(last))
+        .collect();
+    assert_eq!(
+        sse, cli,
+        "SSE from node 3 equals the CLI's events from node 1"
+    );
+    assert!(has(&sse, "task_result", |e| e["task"] == id.as_str()
+        && e["state"] == "succeeded"));
     let mid = cli[cli.len() / 2]["index"].as_u64().unwrap();
-    let (_, body) = http("GET", &format!("{b1}/v1/events?since={mid}&follow=false"), None);
-    let tail: Vec<Value> = sse_events(&body).into_iter().filter(|e| e["index"].as_u64() <= Some(last)).collect();
-    let expect: Vec<Value> = cli.iter().filter(|e| e["index"].as_u64() > Some(mid)).cloned().collect();
+    let (_, body) = http(
+        "GET",
+        &format!("{b1}/v1/events?since={mid}&follow=false"),
+        None,
+    );
+    let tail: Vec<Value> = sse_events(&body)
+        .into_iter()
+        .filter(|e| e["index"].as_u64() <= Some(last))
+        .collect();
+    let expect: Vec<Value> = cli
+        .iter()
+        .filter(|e| e["index"].as_u64() > Some(mid))
+        .cloned()
+        .collect();
     assert_eq!(tail, expect);
 
     // The dashboard is served from the binary.
@@ -238,7 +316,13 @@ fn chromium_dom(url: &str, ms: u64) -> Option<String> {
     use std::process::{Command, Stdio};
     let profile = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-dev-shm-usage",
+        ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--timeout={ms}"))
         .args(["--dump-dom", url])
@@ -270,19 +354,29 @@ fn dashboard_renders_the_cluster_and_live_events_in_headless_chromium() {
     let a1 = c.addr(1);
     json(&a1, &["vm", "create", "ui1", "--memory", "64"]);
     c.wait_vm(1, "ui1", "running", DEADLINE, |v| v["state"] == "running");
-    let url = json(&c.addr(2), &["dashboard"])["url"].as_str().expect("url").to_string();
+    let url = json(&c.addr(2), &["dashboard"])["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
     // The page reads /v1/ and the node's kept events before it finishes loading, so the DOM
     // Chromium dumps holds the tables and the timeline (`li` per event). A loaded machine may
     // need another attempt.
     let mut attempt = 0u64;
-    let dom = wait_for("the dashboard to render in Chromium", std::time::Duration::from_secs(180), || {
-        attempt += 1;
-        let dom = chromium_dom(&url, 2500 + 500 * (attempt % 3))?;
-        let ok = dom.contains(r#"data-vm="ui1""#)
-            && dom.contains(r#"class="vm_created""#)
-            && dom.contains("vm=ui1")
-            && (1..=3).all(|id| dom.contains(&format!(r#"data-id="{id}""#)));
-        ok.then_some(dom)
-    });
-    assert!(dom.contains("3 nodes, 1 VMs (1 running)"), "the summary counts the cluster");
+    let dom = wait_for(
+        "the dashboard to render in Chromium",
+        std::time::Duration::from_secs(180),
+        || {
+            attempt += 1;
+            let dom = chromium_dom(&url, 2500 + 500 * (attempt % 3))?;
+            let ok = dom.contains(r#"data-vm="ui1""#)
+                && dom.contains(r#"class="vm_created""#)
+                && dom.contains("vm=ui1")
+                && (1..=3).all(|id| dom.contains(&format!(r#"data-id="{id}""#)));
+            ok.then_some(dom)
+        },
+    );
+    assert!(
+        dom.contains("3 nodes, 1 VMs (1 running)"),
+        "the summary counts the cluster"
+    );
 }

@@ -119,9 +119,16 @@ impl Netns {
         } else {
             // Joins need a token (made with node 1's admin credential).
             let token = wait_for("a join token", DEADLINE, || {
-                self.json(1, &["cluster", "token", "create", "--ttl", "600"])?["token"].as_str().map(String::from)
+                self.json(1, &["cluster", "token", "create", "--ttl", "600"])?["token"]
+                    .as_str()
+                    .map(String::from)
             });
-            args.extend(["--join".into(), self.nodes[0].3.clone(), "--token".into(), token]);
+            args.extend([
+                "--join".into(),
+                self.nodes[0].3.clone(),
+                "--token".into(),
+                token,
+            ]);
         }
         let child = Command::new("ip")
             .args(&args)
@@ -140,7 +147,16 @@ impl Netns {
         let n = &self.nodes[via as usize - 1];
         let creds = self.nodes[0].1.join("admin.credentials");
         Command::new("ip")
-            .args(["netns", "exec", &n.0, BIN, "--addr", &n.3, "--json", "--credentials"])
+            .args([
+                "netns",
+                "exec",
+                &n.0,
+                BIN,
+                "--addr",
+                &n.3,
+                "--json",
+                "--credentials",
+            ])
             .arg(&creds)
             .args(args)
             .output()

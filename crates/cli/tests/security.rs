@@ -486,7 +486,10 @@ fn credentials_are_written_private_and_missing_ones_refused() {
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 #[test]
@@ -500,9 +503,12 @@ fn a_huge_message_without_a_member_certificate_is_refused_before_it_is_read() {
     rt().block_on(async {
         // 100 MiB to the peer service, as a client and without any certificate: refused on
         // the request's headers, before the body is decoded.
-        let big = pb::RaftMessage { data: vec![b'x'; 100 << 20] };
+        let big = pb::RaftMessage {
+            data: vec![b'x'; 100 << 20],
+        };
         let mut r = tonic::Request::new(big.clone());
-        r.metadata_mut().insert(CLUSTER_HEADER, cid.parse().unwrap());
+        r.metadata_mut()
+            .insert(CLUSTER_HEADER, cid.parse().unwrap());
         let e = peer_client(&addr, &admin)
             .max_encoding_message_size(usize::MAX)
             .append_entries(r)
@@ -510,19 +516,40 @@ fn a_huge_message_without_a_member_certificate_is_refused_before_it_is_read() {
             .unwrap_err();
         assert!(denied(&e), "{e:?}");
         let mut r = tonic::Request::new(big);
-        r.metadata_mut().insert(CLUSTER_HEADER, cid.parse().unwrap());
-        let e = anonymous_peer(&addr, &admin).max_encoding_message_size(usize::MAX).append_entries(r).await.unwrap_err();
+        r.metadata_mut()
+            .insert(CLUSTER_HEADER, cid.parse().unwrap());
+        let e = anonymous_peer(&addr, &admin)
+            .max_encoding_message_size(usize::MAX)
+            .append_entries(r)
+            .await
+            .unwrap_err();
         assert!(denied(&e), "{e:?}");
         // An enrollment attempt (the one anonymous service) is capped at 64 KiB.
-        let fp = blixard_pki::Ca(blixard_pki::CertKey { cert_pem: admin.ca_pem.clone(), key_pem: String::new() })
-            .fingerprint()
-            .unwrap();
-        let ch = blixard_pki::channel(&addr, blixard_pki::pinned_client_config(&fp).unwrap()).unwrap();
-        let req = pb::EnrollRequest { token_id: "x".repeat(1 << 20), secret: String::new(), node_id: 5, addr: "a:1".into() };
-        let e = blixard_api::EnrollClient::new(ch).max_encoding_message_size(usize::MAX).enroll(req).await.unwrap_err();
+        let fp = blixard_pki::Ca(blixard_pki::CertKey {
+            cert_pem: admin.ca_pem.clone(),
+            key_pem: String::new(),
+        })
+        .fingerprint()
+        .unwrap();
+        let ch =
+            blixard_pki::channel(&addr, blixard_pki::pinned_client_config(&fp).unwrap()).unwrap();
+        let req = pb::EnrollRequest {
+            token_id: "x".repeat(1 << 20),
+            secret: String::new(),
+            node_id: 5,
+            addr: "a:1".into(),
+        };
+        let e = blixard_api::EnrollClient::new(ch)
+            .max_encoding_message_size(usize::MAX)
+            .enroll(req)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
     });
     let after = rss_kib(pid);
-    assert!(after < before + 64 * 1024, "the node's memory grew from {before} KiB to {after} KiB");
+    assert!(
+        after < before + 64 * 1024,
+        "the node's memory grew from {before} KiB to {after} KiB"
+    );
     json(&addr, &["vm", "create", "still-fine", "--no-start"]);
 }

@@ -23,7 +23,11 @@ fn wait_end(addr: &str, id: &str, deadline: Duration) -> Value {
 
 fn logs(addr: &str, id: &str) -> String {
     let out = run_cli(addr, &["task", "logs", id]);
-    assert!(out.status.success(), "task logs: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "task logs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -33,12 +37,23 @@ fn tasks_on_one_node() {
     let a = c.addr(1);
 
     // Success; the plain output is the id alone.
-    let out = run_cli(&a, &["task", "submit", "--", "sh", "-c", "echo hi; echo err >&2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_cli(
+        &a,
+        &["task", "submit", "--", "sh", "-c", "echo hi; echo err >&2"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ok = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(ok.len(), 36, "a uuid: {ok}");
     let w = run_cli(&a, &["task", "wait", &ok, "--timeout", "60"]);
-    assert!(w.status.success(), "task wait: {}", String::from_utf8_lossy(&w.stderr));
+    assert!(
+        w.status.success(),
+        "task wait: {}",
+        String::from_utf8_lossy(&w.stderr)
+    );
     let t = json(&a, &["task", "status", &ok]);
     assert_eq!(t["state"], "succeeded");
     assert_eq!(t["exit_code"], 0);
@@ -53,19 +68,40 @@ fn tasks_on_one_node() {
     let w = run_cli(&a, &["task", "wait", &bad, "--timeout", "60"]);
     assert!(!w.status.success());
     let err = String::from_utf8_lossy(&w.stderr);
-    assert!(err.contains("failed") && err.contains("exit code 3"), "{err}");
+    assert!(
+        err.contains("failed") && err.contains("exit code 3"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     let t = json(&a, &["task", "status", &bad]);
     assert_eq!(t["state"], "failed");
     assert_eq!(t["exit_code"], 3);
 
     // Timeout: the process (group) is killed.
-    let slow = submit(&a, &["--timeout", "1", "--", "sh", "-c", "echo $$ > pid; sleep 30"]);
+    let slow = submit(
+        &a,
+        &[
+            "--timeout",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > pid; sleep 30",
+        ],
+    );
     let t = wait_end(&a, &slow, DEADLINE);
     assert_eq!(t["state"], "timed_out");
     assert!(t["exit_code"].is_null());
-    let pid: u32 = std::fs::read_to_string(c.node(1).dir.join("tasks").join(&slow).join("pid")).unwrap().trim().parse().unwrap();
-    wait_for("the timed-out process to be gone", Duration::from_secs(10), || (!common::pid_alive(pid)).then_some(()));
+    let pid: u32 = std::fs::read_to_string(c.node(1).dir.join("tasks").join(&slow).join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for(
+        "the timed-out process to be gone",
+        Duration::from_secs(10),
+        || (!common::pid_alive(pid)).then_some(()),
+    );
 
     // Cancel a running task.
     let long = submit(&a, &["--", "sh", "-c", "echo $$ > pid; sleep 60"]);
@@ -74,11 +110,23 @@ fn tasks_on_one_node() {
         (t["state"] == "running").then_some(())
     });
     let out = run_cli(&a, &["task", "cancel", &long]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t = wait_end(&a, &long, DEADLINE);
     assert_eq!(t["state"], "cancelled");
-    let pid: u32 = std::fs::read_to_string(c.node(1).dir.join("tasks").join(&long).join("pid")).unwrap().trim().parse().unwrap();
-    wait_for("the cancelled process to be gone", Duration::from_secs(10), || (!common::pid_alive(pid)).then_some(()));
+    let pid: u32 = std::fs::read_to_string(c.node(1).dir.join("tasks").join(&long).join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for(
+        "the cancelled process to be gone",
+        Duration::from_secs(10),
+        || (!common::pid_alive(pid)).then_some(()),
+    );
     let w = run_cli(&a, &["task", "wait", &long, "--timeout", "5"]);
     assert!(!w.status.success());
     assert!(String::from_utf8_lossy(&w.stderr).contains("cancelled"));
@@ -92,7 +140,11 @@ fn tasks_on_one_node() {
     let t = wait_end(&a, &big, DEADLINE);
     assert_eq!(t["state"], "succeeded");
     let l = logs(&a, &big);
-    assert!(l.starts_with("[... "), "marker first: {}", &l[..60.min(l.len())]);
+    assert!(
+        l.starts_with("[... "),
+        "marker first: {}",
+        &l[..60.min(l.len())]
+    );
     assert!(l.lines().next().unwrap().contains("bytes truncated"));
     assert!(l.trim_end().ends_with("LAST-LINE"));
     let body = l.split_once('\n').unwrap().1;
@@ -111,10 +163,16 @@ fn tasks_on_one_node() {
         (vec!["task", "submit"], "empty command"),
         (vec!["task", "status", "no-such-task"], "not found"),
         (vec!["task", "logs", "no-such-task"], "not found"),
-        (vec!["task", "submit", "--timeout", "0", "--", "true"], "timeout"),
+        (
+            vec!["task", "submit", "--timeout", "0", "--", "true"],
+            "timeout",
+        ),
         (vec!["task", "submit", "--node", "9", "--", "true"], "node"),
         (vec!["task", "submit", "--env", "NOEQ", "--", "true"], "K"),
-        (vec!["task", "list", "--state", "weird"], "unknown task state"),
+        (
+            vec!["task", "list", "--state", "weird"],
+            "unknown task state",
+        ),
     ] {
         let out = run_cli(&a, &args);
         assert!(!out.status.success(), "{args:?} succeeded");
@@ -134,7 +192,9 @@ fn tasks_on_one_node() {
 fn pending_tasks_wait_for_capacity() {
     let c = Cluster::start(1, &["--vcpus", "2"]);
     let a = c.addr(1);
-    wait_for("node 1 to register", DEADLINE, || (try_json(&a, &["node", "list"])?.as_array()?.len() == 1).then_some(()));
+    wait_for("node 1 to register", DEADLINE, || {
+        (try_json(&a, &["node", "list"])?.as_array()?.len() == 1).then_some(())
+    });
     let first = submit(&a, &["--cpus", "2", "--", "sh", "-c", "sleep 2"]);
     let second = submit(&a, &["--cpus", "1", "--", "true"]);
     let t = json(&a, &["task", "status", &second]);
@@ -160,8 +220,27 @@ fn node_death_retries_on_another_node_and_the_old_attempt_never_reports() {
     let leader = c.leader();
     // Keep the leader busy so the task lands on a follower.
     let a = c.addr(leader);
-    let hold = submit(&a, &["--node", &leader.to_string(), "--cpus", "4", "--", "sleep", "60"]);
-    let id = submit(&a, &["--", "sh", "-c", "echo attempt $BLIXARD_TASK_ATTEMPT; sleep 6; echo done"]);
+    let hold = submit(
+        &a,
+        &[
+            "--node",
+            &leader.to_string(),
+            "--cpus",
+            "4",
+            "--",
+            "sleep",
+            "60",
+        ],
+    );
+    let id = submit(
+        &a,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "echo attempt $BLIXARD_TASK_ATTEMPT; sleep 6; echo done",
+        ],
+    );
     let t = wait_for("the task to run", DEADLINE, || {
         let t = try_json(&a, &["task", "status", &id])?;
         (t["state"] == "running").then_some(t)
@@ -189,17 +268,33 @@ fn node_death_retries_on_another_node_and_the_old_attempt_never_reports() {
     c.restart(victim);
     wait_for("the victim to be up again", DEADLINE, || {
         let nodes = try_json(&a, &["node", "list"])?;
-        nodes.as_array()?.iter().any(|n| n["id"] == victim && n["state"] == "up").then_some(())
+        nodes
+            .as_array()?
+            .iter()
+            .any(|n| n["id"] == victim && n["state"] == "up")
+            .then_some(())
     });
     // Once it has dealt with its old attempt (marker closed, below), the record must still be
     // the successful attempt: it did not report a result for an attempt it no longer owns.
     let marker: Value = wait_for("the old attempt's marker to be closed", DEADLINE, || {
-        let m: Value = serde_json::from_slice(&std::fs::read(c.node(victim).dir.join("tasks").join(&id).join("attempt.json")).ok()?).ok()?;
+        let m: Value = serde_json::from_slice(
+            &std::fs::read(
+                c.node(victim)
+                    .dir
+                    .join("tasks")
+                    .join(&id)
+                    .join("attempt.json"),
+            )
+            .ok()?,
+        )
+        .ok()?;
         (m["done"] == true).then_some(m)
     });
     assert_eq!(marker["epoch"].as_u64(), Some(first_epoch));
     if let Some(pid) = marker["pid"].as_u64() {
-        wait_for("the old attempt's process to be gone", DEADLINE, || (!common::pid_alive(pid as u32)).then_some(()));
+        wait_for("the old attempt's process to be gone", DEADLINE, || {
+            (!common::pid_alive(pid as u32)).then_some(())
+        });
     }
 
     let after = json(&a, &["task", "status", &id]);
@@ -208,7 +303,11 @@ fn node_death_retries_on_another_node_and_the_old_attempt_never_reports() {
     // Every node answers with the same object.
     c.wait_converged();
     for n in c.live() {
-        assert_eq!(json(&c.addr(n), &["task", "status", &id]), after, "via node {n}");
+        assert_eq!(
+            json(&c.addr(n), &["task", "status", &id]),
+            after,
+            "via node {n}"
+        );
         assert!(logs(&c.addr(n), &id).contains("done"), "logs via node {n}");
     }
     let out = run_cli(&a, &["task", "cancel", &hold]);
@@ -220,21 +319,41 @@ fn node_death_retries_on_another_node_and_the_old_attempt_never_reports() {
 fn a_daemon_restart_mid_task_reports_the_attempt_failed_and_never_reruns_it() {
     let mut c = Cluster::start(1, &[]);
     let a = c.addr(1);
-    wait_for("node 1 to register", DEADLINE, || (try_json(&a, &["node", "list"])?.as_array()?.len() == 1).then_some(()));
-    let id = submit(&a, &["--", "sh", "-c", "echo $$ > pid; echo started >> runs; sleep 60"]);
+    wait_for("node 1 to register", DEADLINE, || {
+        (try_json(&a, &["node", "list"])?.as_array()?.len() == 1).then_some(())
+    });
+    let id = submit(
+        &a,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > pid; echo started >> runs; sleep 60",
+        ],
+    );
     wait_for("the task to run", DEADLINE, || {
         let t = try_json(&a, &["task", "status", &id])?;
         (t["state"] == "running").then_some(())
     });
     let dir = c.node(1).dir.join("tasks").join(&id);
-    let pid: u32 = wait_for("the pid file", DEADLINE, || std::fs::read_to_string(dir.join("pid")).ok()?.trim().parse().ok());
+    let pid: u32 = wait_for("the pid file", DEADLINE, || {
+        std::fs::read_to_string(dir.join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
     c.kill9(1);
     c.restart(1);
     let t = wait_end(&a, &id, DEADLINE);
     assert_eq!(t["state"], "failed", "{t}");
     assert_eq!(t["attempt"], 1);
     assert!(t["reason"].as_str().unwrap().contains("restarted"), "{t}");
-    wait_for("the orphaned process to be gone", Duration::from_secs(10), || (!common::pid_alive(pid)).then_some(()));
+    wait_for(
+        "the orphaned process to be gone",
+        Duration::from_secs(10),
+        || (!common::pid_alive(pid)).then_some(()),
+    );
     // A later task running to completion proves the runner made passes since: none reran it.
     let probe = submit(&a, &["--", "true"]);
     assert_eq!(wait_end(&a, &probe, DEADLINE)["state"], "succeeded");
@@ -261,7 +380,18 @@ fn a_lost_node_s_task_stops_before_its_retry_starts(loss: Loss) {
     let leader = c.leader();
     let a = c.addr(leader);
     // Keep the leader busy so the task lands on a follower.
-    let hold = submit(&a, &["--node", &leader.to_string(), "--cpus", "4", "--", "sleep", "120"]);
+    let hold = submit(
+        &a,
+        &[
+            "--node",
+            &leader.to_string(),
+            "--cpus",
+            "4",
+            "--",
+            "sleep",
+            "120",
+        ],
+    );
     // The first attempt would run for a minute: only fencing can end it early.
     let id = submit(&a, &["--timeout", "300", "--", "sh", "-c", "echo attempt $BLIXARD_TASK_ATTEMPT; if [ $BLIXARD_TASK_ATTEMPT = 1 ]; then sleep 60; fi; echo done"]);
     let t = wait_for("the task to run", DEADLINE, || {
@@ -271,7 +401,12 @@ fn a_lost_node_s_task_stops_before_its_retry_starts(loss: Loss) {
     let victim = t["node_id"].as_u64().unwrap();
     assert_ne!(victim, leader);
     let first_epoch = t["epoch"].as_u64().unwrap();
-    let marker = c.node(victim).dir.join("tasks").join(&id).join("attempt.json");
+    let marker = c
+        .node(victim)
+        .dir
+        .join("tasks")
+        .join(&id)
+        .join("attempt.json");
     let pid = wait_for("the first attempt's pid", DEADLINE, || {
         let m: Value = serde_json::from_slice(&std::fs::read(&marker).ok()?).ok()?;
         m["pid"].as_u64()
@@ -283,9 +418,12 @@ fn a_lost_node_s_task_stops_before_its_retry_starts(loss: Loss) {
     }
     // Fenced by its supervisor, with nobody left to tell it.
     let run = c.node(victim).dir.join("tasks").join(&id).join("run");
-    wait_for("the first attempt to be fenced", DEADLINE, || (!common::pid_alive(pid) && run.join("exit_code").exists()).then_some(()));
+    wait_for("the first attempt to be fenced", DEADLINE, || {
+        (!common::pid_alive(pid) && run.join("exit_code").exists()).then_some(())
+    });
     let fenced = run.join("fenced");
-    let why = std::fs::read_to_string(&fenced).expect("the supervisor recorded why it fenced the task");
+    let why =
+        std::fs::read_to_string(&fenced).expect("the supervisor recorded why it fenced the task");
     assert!(why.contains("expired"), "{why}");
 
     let t = wait_end(&a, &id, Duration::from_secs(90));
@@ -296,7 +434,10 @@ fn a_lost_node_s_task_stops_before_its_retry_starts(loss: Loss) {
     // Both attempts left their records; they never overlapped.
     let runs = wait_for("both attempts' start and stop records", DEADLINE, || {
         let text = std::fs::read_to_string(c.events_path()).ok()?;
-        let mine: Vec<&str> = text.lines().filter(|l| l.split_whitespace().nth(2) == Some(id.as_str())).collect();
+        let mine: Vec<&str> = text
+            .lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some(id.as_str()))
+            .collect();
         (mine.iter().filter(|l| l.starts_with("stop ")).count() == 2).then_some(mine.len())
     });
     assert_eq!(runs, 4, "one start and one stop per attempt");
@@ -320,7 +461,11 @@ fn a_lost_node_s_task_stops_before_its_retry_starts(loss: Loss) {
             (m["done"] == true).then_some(m)
         });
         assert_eq!(m["epoch"].as_u64(), Some(first_epoch));
-        assert_eq!(json(&a, &["task", "status", &id]), t, "the record stays the successful attempt");
+        assert_eq!(
+            json(&a, &["task", "status", &id]),
+            t,
+            "the record stays the successful attempt"
+        );
     }
     let out = run_cli(&a, &["task", "cancel", &hold]);
     assert!(out.status.success());

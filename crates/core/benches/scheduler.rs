@@ -23,7 +23,9 @@ fn register(id: u64, capacity: Resources) -> Command {
         addr: format!("10.0.{}.{}:7000", id / 256, id % 256),
         capacity,
         kvm: id % 2 == 0,
-        labels: [("zone".to_string(), format!("z{}", id % 4))].into_iter().collect(),
+        labels: [("zone".to_string(), format!("z{}", id % 4))]
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -66,7 +68,14 @@ fn place_all(strategy: Strategy) {
     for id in 1..=NODES {
         apply(&mut s, register(id, Resources::new(128, 256 * 1024, 4096))).unwrap();
     }
-    apply(&mut s, Command::SetSchedulerSettings { strategy, vcpu_overcommit_pct: 400 }).unwrap();
+    apply(
+        &mut s,
+        Command::SetSchedulerSettings {
+            strategy,
+            vcpu_overcommit_pct: 400,
+        },
+    )
+    .unwrap();
 
     let mut times = Vec::with_capacity(VMS);
     let total = Instant::now();
@@ -111,10 +120,21 @@ fn pending_round() {
         s.apply(index, &Request::new(c, index))
     };
     for id in 1..=NODES {
-        apply(&mut s, register(id, Resources::new(106, 1024 * 1024, 100_000))).unwrap();
+        apply(
+            &mut s,
+            register(id, Resources::new(106, 1024 * 1024, 100_000)),
+        )
+        .unwrap();
     }
     // Spread the small VMs so every node keeps 16 vCPUs free: too few for the big ones.
-    apply(&mut s, Command::SetSchedulerSettings { strategy: Strategy::Spread, vcpu_overcommit_pct: 100 }).unwrap();
+    apply(
+        &mut s,
+        Command::SetSchedulerSettings {
+            strategy: Strategy::Spread,
+            vcpu_overcommit_pct: 100,
+        },
+    )
+    .unwrap();
     for i in 0..9_000 {
         let mut spec = VmSpec::new(format!("small-{i}"));
         spec.vcpus = 1;
@@ -129,10 +149,20 @@ fn pending_round() {
     s.take_touched();
     let pending = s.pending_vms().count();
     let t = Instant::now();
-    apply(&mut s, Command::DeleteVm { name: "small-0".into() }).unwrap();
+    apply(
+        &mut s,
+        Command::DeleteVm {
+            name: "small-0".into(),
+        },
+    )
+    .unwrap();
     let delete = t.elapsed();
     let t = Instant::now();
-    apply(&mut s, register(NODES + 1, Resources::new(512, 1024 * 1024, 100_000))).unwrap();
+    apply(
+        &mut s,
+        register(NODES + 1, Resources::new(512, 1024 * 1024, 100_000)),
+    )
+    .unwrap();
     let register = t.elapsed();
     s.check_invariants().expect("invariants hold");
     println!(

@@ -30,12 +30,19 @@ pub fn vm_spec_bytes(s: &VmSpec) -> usize {
         + opt(&s.cmdline)
         + opt(&s.disk_image)
         + opt(&s.anti_affinity)
-        + s.labels.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-        + s.constraints.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + s.labels
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+        + s.constraints
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
         + s.features.iter().map(String::len).sum::<usize>()
 }
 
 /// What a task spec weighs: its command and environment.
 pub fn task_spec_bytes(s: &TaskSpec) -> usize {
-    64 + s.command.iter().map(String::len).sum::<usize>() + s.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    64 + s.command.iter().map(String::len).sum::<usize>()
+        + s.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }

@@ -25,7 +25,11 @@ pub struct Request {
 
 impl Request {
     pub fn new(command: Command, time_ms: u64) -> Self {
-        Self { request_id: None, time_ms, command }
+        Self {
+            request_id: None,
+            time_ms,
+            command,
+        }
     }
 
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
@@ -82,16 +86,27 @@ pub enum Command {
     /// lease has provably expired, so its workloads may run elsewhere) or `up` when its
     /// heartbeats are back. Proposed by the leader of `term` only, never forwarded; `apply`
     /// refuses it when the log entry's own term is another one.
-    LivenessVerdict { id: NodeId, state: NodeState, term: u64 },
+    LivenessVerdict {
+        id: NodeId,
+        state: NodeState,
+        term: u64,
+    },
     /// Change the cluster's lease settings (absent fields keep their value); see
     /// [`crate::state::LivenessSettings`].
-    SetLivenessSettings { lease_ms: Option<u64>, grace_ms: Option<u64>, heartbeat_ms: Option<u64> },
+    SetLivenessSettings {
+        lease_ms: Option<u64>,
+        grace_ms: Option<u64>,
+        heartbeat_ms: Option<u64>,
+    },
     /// Record a new VM and place it.
     CreateVm { spec: VmSpec },
     /// Change the cluster-wide scheduler settings: the default strategy and the vCPU
     /// overcommit in percent (100 = none, at most 1000). Refused when a node already has more
     /// vCPUs allocated than the new ratio allows.
-    SetSchedulerSettings { strategy: Strategy, vcpu_overcommit_pct: u32 },
+    SetSchedulerSettings {
+        strategy: Strategy,
+        vcpu_overcommit_pct: u32,
+    },
     /// Forget a VM.
     DeleteVm { name: String },
     /// Ask for a VM to run or to be stopped.
@@ -113,7 +128,11 @@ pub enum Command {
     /// Record a one-shot task (its id chosen by the proposer) and place it when capacity allows.
     SubmitTask { id: String, spec: TaskSpec },
     /// The node running attempt `epoch` of a task started it.
-    ReportTaskStarted { id: String, node_id: NodeId, epoch: u64 },
+    ReportTaskStarted {
+        id: String,
+        node_id: NodeId,
+        epoch: u64,
+    },
     /// The result of attempt `epoch` of a task (succeeded, failed, timed_out or cancelled).
     ReportTaskResult {
         id: String,
@@ -135,7 +154,10 @@ pub enum Command {
     DeleteNetwork { name: String },
     /// Node `node_id` confirms that these (VM name, placement epoch) no longer run there: their
     /// quarantined addresses are free again.
-    ReleaseAddresses { node_id: NodeId, vms: Vec<(String, u64)> },
+    ReleaseAddresses {
+        node_id: NodeId,
+        vms: Vec<(String, u64)>,
+    },
     /// Join tokens and revoked node identities (`tokens`).
     Security(crate::tokens::SecurityCommand),
 }
@@ -189,11 +211,21 @@ pub enum ApplyError {
     #[error("{0}")]
     NoCapacity(String),
     #[error("stale report for VM '{name}': epoch {got} is not the current placement (epoch {current} on node {node:?})")]
-    StaleEpoch { name: String, got: u64, current: u64, node: Option<NodeId> },
+    StaleEpoch {
+        name: String,
+        got: u64,
+        current: u64,
+        node: Option<NodeId>,
+    },
     #[error("{0}")]
     LimitReached(String),
     #[error("stale report for task '{id}': attempt epoch {got} is not the current assignment (epoch {current} on node {node:?})")]
-    StaleAttempt { id: String, got: u64, current: u64, node: Option<NodeId> },
+    StaleAttempt {
+        id: String,
+        got: u64,
+        current: u64,
+        node: Option<NodeId>,
+    },
     /// A leader-only verdict committed in another term than the one that decided it.
     #[error("stale verdict: decided in term {decided} but committed in term {committed}; only the leader of the current term decides")]
     StaleTerm { decided: u64, committed: u64 },
@@ -208,7 +240,10 @@ impl ApplyError {
         ApplyError::Invalid(msg.into())
     }
     pub fn not_found(what: &str, name: impl fmt::Display) -> Self {
-        ApplyError::NotFound { what: what.into(), name: name.to_string() }
+        ApplyError::NotFound {
+            what: what.into(),
+            name: name.to_string(),
+        }
     }
 }
 

@@ -20,8 +20,8 @@ pub mod state;
 pub mod task;
 pub mod tokens;
 
-pub use events::{Event, EventKind, EventSource};
 pub use command::{ApplyError, Command, Outcome, Reply, Request};
+pub use events::{Event, EventKind, EventSource};
 pub use liveness::LivenessSettings;
 pub use network::{Cidr, Lease, Network};
 pub use scheduler::{explain, NodeVerdict, Placement, SchedulerSettings};

@@ -41,7 +41,13 @@ pub struct LivenessSettings {
 
 impl Default for LivenessSettings {
     fn default() -> Self {
-        Self { lease_ms: 10_000, grace_ms: 5_000, heartbeat_ms: 1_000, previous_lease_ms: 10_000, changed_ms: 0 }
+        Self {
+            lease_ms: 10_000,
+            grace_ms: 5_000,
+            heartbeat_ms: 1_000,
+            previous_lease_ms: 10_000,
+            changed_ms: 0,
+        }
     }
 }
 
@@ -63,17 +69,31 @@ impl LivenessSettings {
             )));
         }
         if self.grace_ms == 0 || self.grace_ms > MAX_GRACE_MS {
-            return Err(ApplyError::invalid(format!("grace must be between 1 and {MAX_GRACE_MS} ms, got {}", self.grace_ms)));
+            return Err(ApplyError::invalid(format!(
+                "grace must be between 1 and {MAX_GRACE_MS} ms, got {}",
+                self.grace_ms
+            )));
         }
         Ok(())
     }
 
     /// The settings after a change of some fields at `now_ms` (the entry's time). `fresh`:
     /// no lease can exist yet (the cluster has no worker), so nothing is judged by the old one.
-    pub fn merged(&self, lease_ms: Option<u64>, grace_ms: Option<u64>, heartbeat_ms: Option<u64>, now_ms: u64, fresh: bool) -> Self {
+    pub fn merged(
+        &self,
+        lease_ms: Option<u64>,
+        grace_ms: Option<u64>,
+        heartbeat_ms: Option<u64>,
+        now_ms: u64,
+        fresh: bool,
+    ) -> Self {
         let lease = lease_ms.unwrap_or(self.lease_ms);
         // Still inside the previous change's window: keep the longest lease that may be out.
-        let outstanding = if now_ms < self.window_end_ms() { self.lease_ms.max(self.previous_lease_ms) } else { self.lease_ms };
+        let outstanding = if now_ms < self.window_end_ms() {
+            self.lease_ms.max(self.previous_lease_ms)
+        } else {
+            self.lease_ms
+        };
         Self {
             lease_ms: lease,
             grace_ms: grace_ms.unwrap_or(self.grace_ms),
@@ -84,7 +104,9 @@ impl LivenessSettings {
     }
 
     fn window_end_ms(&self) -> u64 {
-        self.changed_ms.saturating_add(self.previous_lease_ms).saturating_add(self.grace_ms)
+        self.changed_ms
+            .saturating_add(self.previous_lease_ms)
+            .saturating_add(self.grace_ms)
     }
 
     /// The lease the failure detector judges by at wall-clock `now_ms`.
@@ -129,7 +151,10 @@ pub fn verdicts(
     let down_after = settings.down_after_ms(wall_ms);
     let mut out = Vec::new();
     for (id, state) in workers {
-        let seen = view.entry(*id).or_insert(Seen { last_ms: now_ms, back_since_ms: None });
+        let seen = view.entry(*id).or_insert(Seen {
+            last_ms: now_ms,
+            back_since_ms: None,
+        });
         let silent = now_ms.saturating_sub(seen.last_ms);
         match state {
             NodeState::Down => {
@@ -170,15 +195,31 @@ mod tests {
     use super::*;
 
     fn s() -> LivenessSettings {
-        LivenessSettings { lease_ms: 1000, grace_ms: 500, heartbeat_ms: 100, previous_lease_ms: 1000, changed_ms: 0 }
+        LivenessSettings {
+            lease_ms: 1000,
+            grace_ms: 500,
+            heartbeat_ms: 100,
+            previous_lease_ms: 1000,
+            changed_ms: 0,
+        }
     }
 
     #[test]
     fn validation() {
         assert!(s().validate().is_ok());
         assert!(LivenessSettings { grace_ms: 0, ..s() }.validate().is_err());
-        assert!(LivenessSettings { lease_ms: 150, ..s() }.validate().is_err());
-        assert!(LivenessSettings { heartbeat_ms: 0, ..s() }.validate().is_err());
+        assert!(LivenessSettings {
+            lease_ms: 150,
+            ..s()
+        }
+        .validate()
+        .is_err());
+        assert!(LivenessSettings {
+            heartbeat_ms: 0,
+            ..s()
+        }
+        .validate()
+        .is_err());
         assert!(LivenessSettings::default().validate().is_ok());
     }
 
@@ -186,7 +227,10 @@ mod tests {
     fn a_shorter_lease_is_judged_by_the_old_one_until_every_old_lease_ended() {
         let m = s().merged(Some(400), None, None, 10_000, false);
         // Leases granted just before the change may last 1000 ms more; then grace.
-        assert_eq!((m.lease_ms, m.down_after_ms(10_000), m.down_after_ms(11_499)), (400, 1500, 1500));
+        assert_eq!(
+            (m.lease_ms, m.down_after_ms(10_000), m.down_after_ms(11_499)),
+            (400, 1500, 1500)
+        );
         assert_eq!(m.down_after_ms(11_500), 900);
         // Two quick changes keep the longest outstanding lease.
         let m2 = m.merged(Some(300), None, None, 10_100, false);
@@ -205,14 +249,23 @@ mod tests {
         let mut view = BTreeMap::new();
         assert!(verdicts(&s(), 1_000_000, &workers, &mut view, 0).is_empty());
         view.get_mut(&1).unwrap().last_ms = 1400;
-        assert!(verdicts(&s(), 1_000_000, &workers, &mut view, 1500).is_empty(), "exactly lease + grace is not yet down");
-        assert_eq!(verdicts(&s(), 1_000_000, &workers, &mut view, 1501), vec![(2, NodeState::Down)]);
+        assert!(
+            verdicts(&s(), 1_000_000, &workers, &mut view, 1500).is_empty(),
+            "exactly lease + grace is not yet down"
+        );
+        assert_eq!(
+            verdicts(&s(), 1_000_000, &workers, &mut view, 1501),
+            vec![(2, NodeState::Down)]
+        );
         let down = BTreeMap::from([(1, NodeState::Up), (2, NodeState::Down)]);
         view.get_mut(&1).unwrap().last_ms = 1600;
         view.get_mut(&2).unwrap().last_ms = 1600;
         assert!(verdicts(&s(), 1_000_000, &down, &mut view, 1600).is_empty());
         view.get_mut(&2).unwrap().last_ms = 1900;
-        assert_eq!(verdicts(&s(), 1_000_000, &down, &mut view, 1900), vec![(2, NodeState::Up)]);
+        assert_eq!(
+            verdicts(&s(), 1_000_000, &down, &mut view, 1900),
+            vec![(2, NodeState::Up)]
+        );
     }
 
     #[test]
@@ -228,7 +281,13 @@ mod tests {
     #[test]
     fn departed_workers_leave_the_view() {
         let mut view = BTreeMap::from([(9, Seen::default())]);
-        verdicts(&s(), 1_000_000, &BTreeMap::from([(1, NodeState::Up)]), &mut view, 5);
+        verdicts(
+            &s(),
+            1_000_000,
+            &BTreeMap::from([(1, NodeState::Up)]),
+            &mut view,
+            5,
+        );
         assert!(!view.contains_key(&9) && view.contains_key(&1));
     }
 }

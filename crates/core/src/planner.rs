@@ -27,7 +27,11 @@ pub enum RunState {
     /// The guest signalled readiness.
     Running,
     /// The process ended. `requested` when the executor asked it to stop.
-    Exited { code: Option<i32>, requested: bool, reason: Option<String> },
+    Exited {
+        code: Option<i32>,
+        requested: bool,
+        reason: Option<String>,
+    },
 }
 
 impl RunState {
@@ -40,25 +44,42 @@ impl RunState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Boot the VM for `epoch` (replacing any exited run of it).
-    Start { spec: VmSpec, epoch: u64, restart: bool },
+    Start {
+        spec: VmSpec,
+        epoch: u64,
+        restart: bool,
+    },
     /// Stop the VM gracefully (then forcibly after the grace period).
     Stop { name: String },
     /// Forget an exited VM's local run state.
     Remove { name: String },
     /// Propose what was observed, through Raft.
-    Report { name: String, epoch: u64, state: VmState, reason: Option<String> },
+    Report {
+        name: String,
+        epoch: u64,
+        state: VmState,
+        reason: Option<String>,
+    },
 }
 
 /// Plans the actions for node `me`.
 ///
 /// A VM placed here by preemption is not started while one of its victims is still being
 /// stopped here (`evacuating` with `preempted_by` naming it): the node never runs both.
-pub fn plan<'a>(me: NodeId, vms: impl IntoIterator<Item = &'a VmRecord>, observed: &[Observed]) -> Vec<Action> {
+pub fn plan<'a>(
+    me: NodeId,
+    vms: impl IntoIterator<Item = &'a VmRecord>,
+    observed: &[Observed],
+) -> Vec<Action> {
     let mut actions = Vec::new();
-    let mut obs: BTreeMap<&str, &Observed> = observed.iter().map(|o| (o.name.as_str(), o)).collect();
+    let mut obs: BTreeMap<&str, &Observed> =
+        observed.iter().map(|o| (o.name.as_str(), o)).collect();
     let mine: Vec<&VmRecord> = vms.into_iter().filter(|v| v.node_id == Some(me)).collect();
-    let waiting: std::collections::BTreeSet<&str> =
-        mine.iter().filter(|v| v.evacuating).filter_map(|v| v.preempted_by.as_deref()).collect();
+    let waiting: std::collections::BTreeSet<&str> = mine
+        .iter()
+        .filter(|v| v.evacuating)
+        .filter_map(|v| v.preempted_by.as_deref())
+        .collect();
     let blocked = |name: &str| waiting.contains(name);
     for vm in mine {
         let name = vm.spec.name.clone();
@@ -73,28 +94,64 @@ pub fn plan<'a>(me: NodeId, vms: impl IntoIterator<Item = &'a VmRecord>, observe
         };
         let report = |actions: &mut Vec<Action>, state: VmState, reason: Option<String>| {
             if vm.state != state || vm.reason != reason {
-                actions.push(Action::Report { name: name.clone(), epoch: vm.epoch, state, reason });
+                actions.push(Action::Report {
+                    name: name.clone(),
+                    epoch: vm.epoch,
+                    state,
+                    reason,
+                });
             }
         };
         // A VM being moved off this node is stopped here whatever its desired state.
-        let desired = if vm.evacuating { Desired::Stopped } else { vm.desired };
+        let desired = if vm.evacuating {
+            Desired::Stopped
+        } else {
+            vm.desired
+        };
         match (desired, mine.map(|o| &o.run)) {
             (Desired::Running, None) if blocked(&name) => {
                 // Placed by preemption: its victims still stop here first.
             }
             (Desired::Running, None) => {
-                actions.push(Action::Start { spec: vm.spec.clone(), epoch: vm.epoch, restart: false });
+                actions.push(Action::Start {
+                    spec: vm.spec.clone(),
+                    epoch: vm.epoch,
+                    restart: false,
+                });
             }
-            (Desired::Running, Some(RunState::Starting)) => report(&mut actions, VmState::Starting, None),
-            (Desired::Running, Some(RunState::Running)) => report(&mut actions, VmState::Running, None),
-            (Desired::Running, Some(RunState::Exited { requested: true, .. })) => {
+            (Desired::Running, Some(RunState::Starting)) => {
+                report(&mut actions, VmState::Starting, None)
+            }
+            (Desired::Running, Some(RunState::Running)) => {
+                report(&mut actions, VmState::Running, None)
+            }
+            (
+                Desired::Running,
+                Some(RunState::Exited {
+                    requested: true, ..
+                }),
+            ) => {
                 // It was stopped on request and is wanted again.
-                actions.push(Action::Start { spec: vm.spec.clone(), epoch: vm.epoch, restart: false });
+                actions.push(Action::Start {
+                    spec: vm.spec.clone(),
+                    epoch: vm.epoch,
+                    restart: false,
+                });
             }
-            (Desired::Running, Some(RunState::Exited { code, requested: false, reason })) => {
+            (
+                Desired::Running,
+                Some(RunState::Exited {
+                    code,
+                    requested: false,
+                    reason,
+                }),
+            ) => {
                 let failed = *code != Some(0);
                 let (state, why) = if failed {
-                    (VmState::Failed, Some(reason.clone().unwrap_or_else(|| exit_reason(*code))))
+                    (
+                        VmState::Failed,
+                        Some(reason.clone().unwrap_or_else(|| exit_reason(*code))),
+                    )
                 } else {
                     (VmState::Stopped, Some("the guest shut down".to_string()))
                 };
@@ -105,14 +162,25 @@ pub fn plan<'a>(me: NodeId, vms: impl IntoIterator<Item = &'a VmRecord>, observe
                     RestartPolicy::Never => false,
                 };
                 if again {
-                    actions.push(Action::Start { spec: vm.spec.clone(), epoch: vm.epoch, restart: true });
+                    actions.push(Action::Start {
+                        spec: vm.spec.clone(),
+                        epoch: vm.epoch,
+                        restart: true,
+                    });
                 }
             }
             (Desired::Stopped, Some(run)) if run.alive() => {
                 actions.push(Action::Stop { name: name.clone() });
                 report(&mut actions, VmState::Stopping, None);
             }
-            (Desired::Stopped, Some(RunState::Exited { code, requested, reason })) => {
+            (
+                Desired::Stopped,
+                Some(RunState::Exited {
+                    code,
+                    requested,
+                    reason,
+                }),
+            ) => {
                 if !requested && *code != Some(0) && vm.state == VmState::Failed {
                     // Keep the recorded failure.
                 } else {
@@ -136,9 +204,13 @@ pub fn plan<'a>(me: NodeId, vms: impl IntoIterator<Item = &'a VmRecord>, observe
 
 fn clean_up(actions: &mut Vec<Action>, o: &Observed) {
     if o.run.alive() {
-        actions.push(Action::Stop { name: o.name.clone() });
+        actions.push(Action::Stop {
+            name: o.name.clone(),
+        });
     } else {
-        actions.push(Action::Remove { name: o.name.clone() });
+        actions.push(Action::Remove {
+            name: o.name.clone(),
+        });
     }
 }
 
@@ -173,17 +245,39 @@ mod tests {
     }
 
     fn obs(name: &str, epoch: u64, run: RunState) -> Observed {
-        Observed { name: name.into(), epoch, run }
+        Observed {
+            name: name.into(),
+            epoch,
+            run,
+        }
     }
 
     #[test]
     fn starts_what_should_run_and_reports_progress() {
         let v = vm("a", 1, 5, Desired::Running, VmState::Pending);
-        assert!(matches!(plan(1, [&v], &[])[..], [Action::Start { epoch: 5, restart: false, .. }]));
+        assert!(matches!(
+            plan(1, [&v], &[])[..],
+            [Action::Start {
+                epoch: 5,
+                restart: false,
+                ..
+            }]
+        ));
         let a = plan(1, [&v], &[obs("a", 5, RunState::Running)]);
-        assert_eq!(a, vec![Action::Report { name: "a".into(), epoch: 5, state: VmState::Running, reason: None }]);
+        assert_eq!(
+            a,
+            vec![Action::Report {
+                name: "a".into(),
+                epoch: 5,
+                state: VmState::Running,
+                reason: None
+            }]
+        );
         let running = vm("a", 1, 5, Desired::Running, VmState::Running);
-        assert!(plan(1, [&running], &[obs("a", 5, RunState::Running)]).is_empty(), "steady state plans nothing");
+        assert!(
+            plan(1, [&running], &[obs("a", 5, RunState::Running)]).is_empty(),
+            "steady state plans nothing"
+        );
     }
 
     #[test]
@@ -192,7 +286,19 @@ mod tests {
         assert!(plan(1, [&v], &[]).is_empty());
         let a = plan(1, [&v], &[obs("a", 5, RunState::Running)]);
         assert_eq!(a, vec![Action::Stop { name: "a".into() }]);
-        let a = plan(1, [&v], &[obs("a", 5, RunState::Exited { code: Some(0), requested: true, reason: None })]);
+        let a = plan(
+            1,
+            [&v],
+            &[obs(
+                "a",
+                5,
+                RunState::Exited {
+                    code: Some(0),
+                    requested: true,
+                    reason: None,
+                },
+            )],
+        );
         assert_eq!(a, vec![Action::Remove { name: "a".into() }]);
     }
 
@@ -206,8 +312,24 @@ mod tests {
 
     #[test]
     fn restart_policy_decides_after_a_crash() {
-        let crashed = obs("a", 5, RunState::Exited { code: Some(1), requested: false, reason: None });
-        let clean = obs("a", 5, RunState::Exited { code: Some(0), requested: false, reason: None });
+        let crashed = obs(
+            "a",
+            5,
+            RunState::Exited {
+                code: Some(1),
+                requested: false,
+                reason: None,
+            },
+        );
+        let clean = obs(
+            "a",
+            5,
+            RunState::Exited {
+                code: Some(0),
+                requested: false,
+                reason: None,
+            },
+        );
         let mut v = vm("a", 1, 5, Desired::Running, VmState::Running);
         for (policy, o, restarts) in [
             (RestartPolicy::Always, &crashed, true),
@@ -218,8 +340,16 @@ mod tests {
         ] {
             v.spec.restart = policy;
             let a = plan(1, [&v], std::slice::from_ref(o));
-            assert!(matches!(a[0], Action::Report { .. }), "{policy:?}: report first");
-            assert_eq!(a.iter().any(|x| matches!(x, Action::Start { restart: true, .. })), restarts, "{policy:?}");
+            assert!(
+                matches!(a[0], Action::Report { .. }),
+                "{policy:?}: report first"
+            );
+            assert_eq!(
+                a.iter()
+                    .any(|x| matches!(x, Action::Start { restart: true, .. })),
+                restarts,
+                "{policy:?}"
+            );
         }
     }
 
@@ -228,7 +358,27 @@ mod tests {
         let v = vm("a", 1, 5, Desired::Stopped, VmState::Running);
         let a = plan(1, [&v], &[obs("a", 5, RunState::Running)]);
         assert_eq!(a[0], Action::Stop { name: "a".into() });
-        let a = plan(1, [&v], &[obs("a", 5, RunState::Exited { code: Some(0), requested: true, reason: None })]);
-        assert_eq!(a, vec![Action::Report { name: "a".into(), epoch: 5, state: VmState::Stopped, reason: None }]);
+        let a = plan(
+            1,
+            [&v],
+            &[obs(
+                "a",
+                5,
+                RunState::Exited {
+                    code: Some(0),
+                    requested: true,
+                    reason: None,
+                },
+            )],
+        );
+        assert_eq!(
+            a,
+            vec![Action::Report {
+                name: "a".into(),
+                epoch: 5,
+                state: VmState::Stopped,
+                reason: None
+            }]
+        );
     }
 }

@@ -46,13 +46,17 @@ pub struct SchedulerSettings {
 
 impl Default for SchedulerSettings {
     fn default() -> Self {
-        Self { strategy: Strategy::Binpack, vcpu_overcommit_pct: 100 }
+        Self {
+            strategy: Strategy::Binpack,
+            vcpu_overcommit_pct: 100,
+        }
     }
 }
 
 impl SchedulerSettings {
     pub fn validate(&self) -> Result<(), ApplyError> {
-        if !(MIN_VCPU_OVERCOMMIT_PCT..=MAX_VCPU_OVERCOMMIT_PCT).contains(&self.vcpu_overcommit_pct) {
+        if !(MIN_VCPU_OVERCOMMIT_PCT..=MAX_VCPU_OVERCOMMIT_PCT).contains(&self.vcpu_overcommit_pct)
+        {
             return Err(ApplyError::invalid(format!(
                 "vcpu overcommit must be between {MIN_VCPU_OVERCOMMIT_PCT} and {MAX_VCPU_OVERCOMMIT_PCT} percent, got {}",
                 self.vcpu_overcommit_pct
@@ -64,7 +68,10 @@ impl SchedulerSettings {
     /// What the scheduler may allocate on a node of this declared capacity.
     pub fn effective_capacity(&self, capacity: &Resources) -> Resources {
         let vcpus = u64::from(capacity.vcpus) * u64::from(self.vcpu_overcommit_pct) / 100;
-        Resources { vcpus: u32::try_from(vcpus).unwrap_or(u32::MAX), ..*capacity }
+        Resources {
+            vcpus: u32::try_from(vcpus).unwrap_or(u32::MAX),
+            ..*capacity
+        }
     }
 }
 
@@ -131,7 +138,9 @@ pub fn explain(state: &ClusterState, spec: &VmSpec) -> Result<Placement, ApplyEr
     spec.validate()?;
     state.check_new_vm_name(&spec.name)?;
     if state.vms.len() >= MAX_VMS {
-        return Err(ApplyError::LimitReached(format!("the cluster already holds {MAX_VMS} VMs")));
+        return Err(ApplyError::LimitReached(format!(
+            "the cluster already holds {MAX_VMS} VMs"
+        )));
     }
     if let Some(pin) = spec.node {
         if !state.workers.contains_key(&pin) {
@@ -149,7 +158,12 @@ pub fn explain(state: &ClusterState, spec: &VmSpec) -> Result<Placement, ApplyEr
                 Check::Fits { score } => (true, Some(score)),
                 _ => (false, None),
             };
-            NodeVerdict { node: w.id, eligible, score, reason: ctx.verdict_text(w, &c) }
+            NodeVerdict {
+                node: w.id,
+                eligible,
+                score,
+                reason: ctx.verdict_text(w, &c),
+            }
         })
         .collect();
     let d = decide(state, spec);
@@ -160,7 +174,13 @@ pub fn explain(state: &ClusterState, spec: &VmSpec) -> Result<Placement, ApplyEr
             None => (None, d.text, Vec::new()),
         },
     };
-    Ok(Placement { node, strategy, summary, preempted, verdicts })
+    Ok(Placement {
+        node,
+        strategy,
+        summary,
+        preempted,
+        verdicts,
+    })
 }
 
 /// The strategy that applies to `spec`.
@@ -195,9 +215,15 @@ pub fn decide(state: &ClusterState, spec: &VmSpec) -> Decision {
                 fmt_score(score),
                 if eligible == 1 { "" } else { "s" }
             );
-            Decision { node: Some(node), text }
+            Decision {
+                node: Some(node),
+                text,
+            }
         }
-        None => Decision { node: None, text: ctx.refusal() },
+        None => Decision {
+            node: None,
+            text: ctx.refusal(),
+        },
     }
 }
 
@@ -228,7 +254,9 @@ pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption
         let mut victims: Vec<(u8, String, Resources)> = Vec::new();
         let mut mandatory = 0;
         if let Some(peer) = ctx.group_peer(w.id) {
-            let Some(vm) = state.vms.get(peer) else { continue };
+            let Some(vm) = state.vms.get(peer) else {
+                continue;
+            };
             if vm.spec.priority >= spec.priority || vm.evacuating {
                 continue;
             }
@@ -244,7 +272,9 @@ pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption
                 if victims.iter().any(|v| v.1 == name) {
                     continue;
                 }
-                let Some(vm) = state.vms.get(name) else { continue };
+                let Some(vm) = state.vms.get(name) else {
+                    continue;
+                };
                 if vm.evacuating {
                     // Already leaving (and its room promised to whoever waits for it).
                     continue;
@@ -270,7 +300,11 @@ pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption
             // Fits without evicting anything: `decide` would have found it.
             continue;
         }
-        let key = (victims.len(), victims.iter().map(|v| u32::from(v.0)).sum::<u32>(), w.id);
+        let key = (
+            victims.len(),
+            victims.iter().map(|v| u32::from(v.0)).sum::<u32>(),
+            w.id,
+        );
         if best.as_ref().is_none_or(|(k, _)| key < *k) {
             best = Some((key, victims.into_iter().map(|v| v.1).collect()));
         }
@@ -298,7 +332,11 @@ pub fn preempted_reason(by: &VmSpec) -> String {
 /// Why `w` no longer satisfies the placement constraints of `spec`, if it does not.
 pub fn constraint_violation(spec: &VmSpec, w: &Worker) -> Option<String> {
     if spec.node.is_some_and(|p| p != w.id) {
-        return Some(format!("pinned to node {} but on node {}", spec.node.unwrap_or_default(), w.id));
+        return Some(format!(
+            "pinned to node {} but on node {}",
+            spec.node.unwrap_or_default(),
+            w.id
+        ));
     }
     if let Some((k, v)) = missing_label(spec, w) {
         return Some(format!("node {} no longer has label {k}={v}", w.id));
@@ -317,7 +355,10 @@ fn missing_label<'a>(spec: &'a VmSpec, w: &Worker) -> Option<(&'a str, &'a str)>
 }
 
 fn missing_feature<'a>(spec: &'a VmSpec, w: &Worker) -> Option<&'a str> {
-    spec.features.iter().find(|f| !has_feature(w, f)).map(String::as_str)
+    spec.features
+        .iter()
+        .find(|f| !has_feature(w, f))
+        .map(String::as_str)
 }
 
 /// Whether a worker offers a (known) feature.
@@ -334,11 +375,20 @@ pub fn has_feature(w: &Worker, feature: &str) -> bool {
 pub fn no_room_text(need: &Resources, largest: &[(u64, NodeId); 3]) -> Option<String> {
     let [(cpu, cpu_node), (mem, mem_node), (disk, disk_node)] = *largest;
     if u64::from(need.vcpus) > cpu {
-        Some(format!("no node has {} vCPUs free (largest free: {cpu} on node {cpu_node})", need.vcpus))
+        Some(format!(
+            "no node has {} vCPUs free (largest free: {cpu} on node {cpu_node})",
+            need.vcpus
+        ))
     } else if need.memory_mb > mem {
-        Some(format!("no node has {} MiB memory free (largest free: {mem} MiB on node {mem_node})", need.memory_mb))
+        Some(format!(
+            "no node has {} MiB memory free (largest free: {mem} MiB on node {mem_node})",
+            need.memory_mb
+        ))
     } else if need.disk_gb > disk {
-        Some(format!("no node has {} GiB disk free (largest free: {disk} GiB on node {disk_node})", need.disk_gb))
+        Some(format!(
+            "no node has {} GiB disk free (largest free: {disk} GiB on node {disk_node})",
+            need.disk_gb
+        ))
     } else {
         None
     }
@@ -347,7 +397,10 @@ pub fn no_room_text(need: &Resources, largest: &[(u64, NodeId); 3]) -> Option<St
 /// True when `spec` has no pin, labels, features or anti-affinity group: every up node is a
 /// candidate, so the refusal depends only on the largest free amounts over up nodes.
 pub fn unconstrained(spec: &VmSpec) -> bool {
-    spec.node.is_none() && spec.constraints.is_empty() && spec.features.is_empty() && spec.anti_affinity.is_none()
+    spec.node.is_none()
+        && spec.constraints.is_empty()
+        && spec.features.is_empty()
+        && spec.anti_affinity.is_none()
 }
 
 fn fmt_score(permille: u32) -> String {
@@ -355,7 +408,10 @@ fn fmt_score(permille: u32) -> String {
 }
 
 fn fmt_labels(m: &BTreeMap<String, String>) -> String {
-    m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -380,7 +436,8 @@ fn utilization(cap: &Resources, used: &Resources) -> u32 {
             n += 1;
         }
     }
-    sum.checked_div(n).map_or(0, |avg| u32::try_from(avg).unwrap_or(1000))
+    sum.checked_div(n)
+        .map_or(0, |avg| u32::try_from(avg).unwrap_or(1000))
 }
 
 /// A node's verdict, as the first failing check.
@@ -420,8 +477,17 @@ struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     fn new(state: &'a ClusterState, spec: &'a VmSpec) -> Self {
-        let group = spec.anti_affinity.as_deref().and_then(|g| state.anti_affinity_nodes(g));
-        Self { state, spec, need: spec.resources(), strategy: strategy_of(state, spec), group }
+        let group = spec
+            .anti_affinity
+            .as_deref()
+            .and_then(|g| state.anti_affinity_nodes(g));
+        Self {
+            state,
+            spec,
+            need: spec.resources(),
+            strategy: strategy_of(state, spec),
+            group,
+        }
     }
 
     fn group_peer(&self, node: NodeId) -> Option<&'a str> {
@@ -460,7 +526,9 @@ impl<'a> Ctx<'a> {
 
     fn verdict_text(&self, w: &Worker, c: &Check) -> String {
         match c {
-            Check::NotPinned => format!("not the pinned node {}", self.spec.node.unwrap_or_default()),
+            Check::NotPinned => {
+                format!("not the pinned node {}", self.spec.node.unwrap_or_default())
+            }
             Check::MissingLabel(k, v) => format!("no label {k}={v}"),
             Check::MissingFeature(f) => format!("no feature {f}"),
             Check::NotUp(s) => s.as_str().to_string(),
@@ -482,10 +550,16 @@ impl<'a> Ctx<'a> {
             parts.push(format!("needs {} vCPUs, {} free", n.vcpus, free.vcpus));
         }
         if n.memory_mb > free.memory_mb {
-            parts.push(format!("needs {} MiB memory, {} free", n.memory_mb, free.memory_mb));
+            parts.push(format!(
+                "needs {} MiB memory, {} free",
+                n.memory_mb, free.memory_mb
+            ));
         }
         if n.disk_gb > free.disk_gb {
-            parts.push(format!("needs {} GiB disk, {} free", n.disk_gb, free.disk_gb));
+            parts.push(format!(
+                "needs {} GiB disk, {} free",
+                n.disk_gb, free.disk_gb
+            ));
         }
         parts.join("; ")
     }
@@ -499,30 +573,52 @@ impl<'a> Ctx<'a> {
                 return format!("pinned node {pin} is not registered");
             };
             return match self.check(w) {
-                Check::MissingLabel(k, v) => format!("pinned node {pin} does not have label {k}={v}"),
+                Check::MissingLabel(k, v) => {
+                    format!("pinned node {pin} does not have label {k}={v}")
+                }
                 Check::MissingFeature(f) => format!("pinned node {pin} does not have feature {f}"),
                 Check::NotUp(s) => format!("node {pin} is {}", s.as_str()),
                 Check::AntiAffinity => format!(
                     "anti-affinity group {} already has a VM on pinned node {pin}",
                     spec.anti_affinity.as_deref().unwrap_or_default()
                 ),
-                Check::NoRoom { free } => format!("pinned node {pin} has no room: {}", self.shortfall(&free)),
-                Check::NotPinned | Check::Fits { .. } => format!("pinned node {pin} cannot take it"),
+                Check::NoRoom { free } => {
+                    format!("pinned node {pin} has no room: {}", self.shortfall(&free))
+                }
+                Check::NotPinned | Check::Fits { .. } => {
+                    format!("pinned node {pin} cannot take it")
+                }
             };
         }
         if state.workers.is_empty() {
             return "no workers are registered".to_string();
         }
-        let checks: Vec<(NodeId, Check)> = state.workers.values().map(|w| (w.id, self.check(w))).collect();
+        let checks: Vec<(NodeId, Check)> = state
+            .workers
+            .values()
+            .map(|w| (w.id, self.check(w)))
+            .collect();
         let furthest = checks.iter().map(|(_, c)| c.stage()).max().unwrap_or(0);
-        let at: Vec<&(NodeId, Check)> = checks.iter().filter(|(_, c)| c.stage() == furthest).collect();
-        let with_labels =
-            if spec.constraints.is_empty() { String::new() } else { format!(" with labels {}", fmt_labels(&spec.constraints)) };
+        let at: Vec<&(NodeId, Check)> = checks
+            .iter()
+            .filter(|(_, c)| c.stage() == furthest)
+            .collect();
+        let with_labels = if spec.constraints.is_empty() {
+            String::new()
+        } else {
+            format!(" with labels {}", fmt_labels(&spec.constraints))
+        };
         match at.first().map(|(_, c)| *c) {
-            Some(Check::MissingLabel(..)) => format!("no node has labels {}", fmt_labels(&spec.constraints)),
+            Some(Check::MissingLabel(..)) => {
+                format!("no node has labels {}", fmt_labels(&spec.constraints))
+            }
             Some(Check::MissingFeature(_)) => {
                 let fs: Vec<&str> = spec.features.iter().map(String::as_str).collect();
-                format!("no node{with_labels} has feature{} {}", if fs.len() == 1 { "" } else { "s" }, fs.join(","))
+                format!(
+                    "no node{with_labels} has feature{} {}",
+                    if fs.len() == 1 { "" } else { "s" },
+                    fs.join(",")
+                )
             }
             Some(Check::NotUp(_)) => {
                 let list: Vec<String> = at
@@ -536,7 +632,11 @@ impl<'a> Ctx<'a> {
                 if at.len() == 1 {
                     list.join("")
                 } else {
-                    let more = if at.len() > 5 { format!(", {} more", at.len() - 5) } else { String::new() };
+                    let more = if at.len() > 5 {
+                        format!(", {} more", at.len() - 5)
+                    } else {
+                        String::new()
+                    };
                     format!("no eligible node is up ({}{more})", list.join(", "))
                 }
             }
@@ -551,7 +651,10 @@ impl<'a> Ctx<'a> {
                 let mut best: [Option<(u64, NodeId)>; 3] = [None; 3];
                 for (id, c) in &at {
                     if let Check::NoRoom { free } = c {
-                        for (i, v) in [u64::from(free.vcpus), free.memory_mb, free.disk_gb].into_iter().enumerate() {
+                        for (i, v) in [u64::from(free.vcpus), free.memory_mb, free.disk_gb]
+                            .into_iter()
+                            .enumerate()
+                        {
                             if best[i].is_none_or(|(b, _)| v > b) {
                                 best[i] = Some((v, *id));
                             }
@@ -571,7 +674,9 @@ impl<'a> Ctx<'a> {
                     ),
                 }
             }
-            Some(Check::NotPinned) | Some(Check::Fits { .. }) | None => "no node can take it".to_string(),
+            Some(Check::NotPinned) | Some(Check::Fits { .. }) | None => {
+                "no node can take it".to_string()
+            }
         }
     }
 }
@@ -591,7 +696,10 @@ mod tests {
 
     impl H {
         fn new() -> Self {
-            Self { s: ClusterState::default(), i: 0 }
+            Self {
+                s: ClusterState::default(),
+                i: 0,
+            }
         }
         fn run(&mut self, c: Command) -> Outcome {
             self.i += 1;
@@ -600,9 +708,18 @@ mod tests {
             o
         }
         fn node_full(&mut self, id: NodeId, cap: Resources, kvm: bool, labels: &[(&str, &str)]) {
-            let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            self.run(Command::RegisterWorker { id, addr: format!("10.0.0.{id}:7000"), capacity: cap, kvm, labels })
-                .unwrap();
+            let labels = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            self.run(Command::RegisterWorker {
+                id,
+                addr: format!("10.0.0.{id}:7000"),
+                capacity: cap,
+                kvm,
+                labels,
+            })
+            .unwrap();
         }
         fn node(&mut self, id: NodeId, vcpus: u32, memory_mb: u64) {
             self.node_full(id, Resources::new(vcpus, memory_mb, 100), false, &[]);
@@ -618,9 +735,14 @@ mod tests {
         }
         fn set_state(&mut self, id: NodeId, state: NodeState) {
             // Down (and back up from down) is the failure detector's verdict.
-            let down = self.s.workers.get(&id).is_some_and(|w| w.state == NodeState::Down);
+            let down = self
+                .s
+                .workers
+                .get(&id)
+                .is_some_and(|w| w.state == NodeState::Down);
             if state == NodeState::Down || (down && state == NodeState::Up) {
-                self.run(Command::LivenessVerdict { id, state, term: 0 }).unwrap();
+                self.run(Command::LivenessVerdict { id, state, term: 0 })
+                    .unwrap();
             } else {
                 self.run(Command::SetWorkerState { id, state }).unwrap();
             }
@@ -640,7 +762,10 @@ mod tests {
             .unwrap();
         }
         fn settings(&mut self, strategy: Strategy, pct: u32) -> Outcome {
-            self.run(Command::SetSchedulerSettings { strategy, vcpu_overcommit_pct: pct })
+            self.run(Command::SetSchedulerSettings {
+                strategy,
+                vcpu_overcommit_pct: pct,
+            })
         }
     }
 
@@ -666,11 +791,22 @@ mod tests {
         }
         let a = h.create(vm("a", 2, 1024));
         assert_eq!(a.node_id, Some(1), "all empty: lowest id");
-        assert!(a.placement.as_deref().unwrap().starts_with("binpack: node 1 (score 0.12; 3 nodes eligible"), "{:?}", a.placement);
+        assert!(
+            a.placement
+                .as_deref()
+                .unwrap()
+                .starts_with("binpack: node 1 (score 0.12; 3 nodes eligible"),
+            "{:?}",
+            a.placement
+        );
         let mut pinned = vm("p", 1, 512);
         pinned.node = Some(2);
         assert_eq!(h.create(pinned).node_id, Some(2));
-        assert_eq!(h.create(vm("b", 2, 1024)).node_id, Some(1), "node 1 is fuller than node 2");
+        assert_eq!(
+            h.create(vm("b", 2, 1024)).node_id,
+            Some(1),
+            "node 1 is fuller than node 2"
+        );
         assert_eq!(h.create(vm("c", 4, 4096)).node_id, Some(1));
         // Node 1 is now 8/8 vCPUs: the next goes to the fuller of 2 and 3.
         assert_eq!(h.create(vm("d", 1, 256)).node_id, Some(2));
@@ -683,12 +819,24 @@ mod tests {
             h.node(id, 8, 8192);
         }
         h.settings(Strategy::Spread, 100).unwrap();
-        let placed: Vec<_> = ["a", "b", "c", "d"].iter().map(|n| h.create(vm(n, 1, 512)).node_id.unwrap()).collect();
+        let placed: Vec<_> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| h.create(vm(n, 1, 512)).node_id.unwrap())
+            .collect();
         assert_eq!(placed, vec![1, 2, 3, 1]);
-        assert!(h.vm("b").placement.as_deref().unwrap().starts_with("spread: node 2"));
+        assert!(h
+            .vm("b")
+            .placement
+            .as_deref()
+            .unwrap()
+            .starts_with("spread: node 2"));
         let mut packed = vm("e", 1, 512);
         packed.strategy = Some(Strategy::Binpack);
-        assert_eq!(h.create(packed).node_id, Some(1), "per-VM binpack picks the fullest");
+        assert_eq!(
+            h.create(packed).node_id,
+            Some(1),
+            "per-VM binpack picks the fullest"
+        );
         let mut spread = vm("f", 1, 512);
         spread.strategy = Some(Strategy::Spread);
         assert_eq!(h.create(spread).node_id, Some(2));
@@ -706,14 +854,20 @@ mod tests {
         h.node(1, 1, 8192);
         h.node(2, 1, 8192);
         h.node(3, 2, 8192);
-        assert_eq!(h.create(vm("big", 4, 256)).reason.as_deref(), Some("no node has 4 vCPUs free (largest free: 2 on node 3)"));
+        assert_eq!(
+            h.create(vm("big", 4, 256)).reason.as_deref(),
+            Some("no node has 4 vCPUs free (largest free: 2 on node 3)")
+        );
         assert_eq!(
             h.create(vm("fat", 1, 10_000)).reason.as_deref(),
             Some("no node has 10000 MiB memory free (largest free: 8192 MiB on node 1)")
         );
         let mut disk = vm("disky", 1, 256);
         disk.disk_gb = 500;
-        assert_eq!(h.create(disk).reason.as_deref(), Some("no node has 500 GiB disk free (largest free: 100 GiB on node 1)"));
+        assert_eq!(
+            h.create(disk).reason.as_deref(),
+            Some("no node has 500 GiB disk free (largest free: 100 GiB on node 1)")
+        );
 
         let mut h = H::new();
         h.node(1, 4, 1024);
@@ -741,10 +895,16 @@ mod tests {
         let mut h = H::new();
         h.node(7, 8, 8192);
         h.set_state(7, NodeState::Draining);
-        assert_eq!(h.create(vm("d", 1, 256)).reason.as_deref(), Some("node 7 is draining"));
+        assert_eq!(
+            h.create(vm("d", 1, 256)).reason.as_deref(),
+            Some("node 7 is draining")
+        );
         let mut pinned = vm("p", 1, 256);
         pinned.node = Some(7);
-        assert_eq!(h.create(pinned).reason.as_deref(), Some("node 7 is draining"));
+        assert_eq!(
+            h.create(pinned).reason.as_deref(),
+            Some("node 7 is draining")
+        );
         h.node(8, 8, 8192);
         h.set_state(8, NodeState::Down);
         assert_eq!(
@@ -756,13 +916,22 @@ mod tests {
         h.node_full(1, Resources::new(8, 8192, 10), false, &[("zone", "a")]);
         let mut zoned = vm("z", 1, 256);
         zoned.constraints.insert("zone".into(), "b".into());
-        assert_eq!(h.create(zoned.clone()).reason.as_deref(), Some("no node has labels zone=b"));
+        assert_eq!(
+            h.create(zoned.clone()).reason.as_deref(),
+            Some("no node has labels zone=b")
+        );
         let mut kvm = vm("k", 1, 256);
         kvm.features.insert("kvm".into());
-        assert_eq!(h.create(kvm.clone()).reason.as_deref(), Some("no node has feature kvm"));
+        assert_eq!(
+            h.create(kvm.clone()).reason.as_deref(),
+            Some("no node has feature kvm")
+        );
         kvm.name = "k2".into();
         kvm.constraints.insert("zone".into(), "a".into());
-        assert_eq!(h.create(kvm).reason.as_deref(), Some("no node with labels zone=a has feature kvm"));
+        assert_eq!(
+            h.create(kvm).reason.as_deref(),
+            Some("no node with labels zone=a has feature kvm")
+        );
         // A node with the labels appears: the pending VM is placed.
         h.node_full(2, Resources::new(8, 8192, 10), true, &[("zone", "b")]);
         assert_eq!(h.vm("z").node_id, Some(2));
@@ -778,16 +947,33 @@ mod tests {
         let mut s = vm("gpu", 1, 256);
         s.features.insert("gpu".into());
         let e = h.run(Command::CreateVm { spec: s }).unwrap_err();
-        assert_eq!(e.to_string(), "unknown feature 'gpu': known features are kvm");
+        assert_eq!(
+            e.to_string(),
+            "unknown feature 'gpu': known features are kvm"
+        );
         let mut s = vm("p", 1, 256);
         s.priority = 101;
-        assert_eq!(h.run(Command::CreateVm { spec: s }).unwrap_err().to_string(), "priority must be between 0 and 100, got 101");
+        assert_eq!(
+            h.run(Command::CreateVm { spec: s })
+                .unwrap_err()
+                .to_string(),
+            "priority must be between 0 and 100, got 101"
+        );
         let mut s = vm("pin", 1, 256);
         s.node = Some(9);
-        assert_eq!(h.run(Command::CreateVm { spec: s }).unwrap_err().to_string(), "node '9' not found");
+        assert_eq!(
+            h.run(Command::CreateVm { spec: s })
+                .unwrap_err()
+                .to_string(),
+            "node '9' not found"
+        );
         let mut s = vm("c", 1, 256);
         s.constraints.insert("bad key!".into(), "x".into());
-        assert!(h.run(Command::CreateVm { spec: s }).unwrap_err().to_string().starts_with("invalid node constraint"));
+        assert!(h
+            .run(Command::CreateVm { spec: s })
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid node constraint"));
         assert_eq!(
             h.settings(Strategy::Binpack, 50).unwrap_err().to_string(),
             "vcpu overcommit must be between 100 and 1000 percent, got 50"
@@ -803,10 +989,17 @@ mod tests {
         for i in 0..8 {
             assert_eq!(h.create(vm(&format!("v{i}"), 1, 256)).node_id, Some(1));
         }
-        assert_eq!(h.create(vm("v8", 1, 256)).reason.as_deref(), Some("no node has 1 vCPUs free (largest free: 0 on node 1)"));
+        assert_eq!(
+            h.create(vm("v8", 1, 256)).reason.as_deref(),
+            Some("no node has 1 vCPUs free (largest free: 0 on node 1)")
+        );
         // Memory is not overcommitted.
         h.settings(Strategy::Binpack, 1000).unwrap();
-        assert_eq!(h.vm("v8").node_id, Some(1), "raising the ratio places pending VMs");
+        assert_eq!(
+            h.vm("v8").node_id,
+            Some(1),
+            "raising the ratio places pending VMs"
+        );
         assert_eq!(h.create(vm("m", 1, 8192)).node_id, None);
         assert_eq!(
             h.settings(Strategy::Binpack, 100).unwrap_err().to_string(),
@@ -825,16 +1018,34 @@ mod tests {
         // Two phases: high holds the room at once, but the victim stops on its node first
         // (the planner starts high only then).
         assert_eq!(hi.node_id, Some(1));
-        assert_eq!(hi.placement.as_deref(), Some("preempt: node 1 (priority 90 evicted 1 lower-priority VM: low-a)"));
-        assert_eq!(hi.reason.as_deref(), Some("waiting for low-a to stop on node 1 before it starts"));
+        assert_eq!(
+            hi.placement.as_deref(),
+            Some("preempt: node 1 (priority 90 evicted 1 lower-priority VM: low-a)")
+        );
+        assert_eq!(
+            hi.reason.as_deref(),
+            Some("waiting for low-a to stop on node 1 before it starts")
+        );
         let a = h.vm("low-a").clone();
-        assert_eq!((a.node_id, a.evacuating, a.preempted_by.as_deref()), (Some(1), true, Some("high")));
-        assert_eq!(a.reason.as_deref(), Some("preempted by VM high (priority 90)"));
+        assert_eq!(
+            (a.node_id, a.evacuating, a.preempted_by.as_deref()),
+            (Some(1), true, Some("high"))
+        );
+        assert_eq!(
+            a.reason.as_deref(),
+            Some("preempted by VM high (priority 90)")
+        );
         h.stopped("low-a");
         assert_eq!(h.vm("high").node_id, Some(1));
         let a = h.vm("low-a");
-        assert_eq!((a.node_id, a.state, a.evacuating), (None, VmState::Pending, false));
-        assert_eq!(a.reason.as_deref(), Some("preempted by VM high (priority 90)"));
+        assert_eq!(
+            (a.node_id, a.state, a.evacuating),
+            (None, VmState::Pending, false)
+        );
+        assert_eq!(
+            a.reason.as_deref(),
+            Some("preempted by VM high (priority 90)")
+        );
         assert_eq!(h.vm("low-b").node_id, Some(1));
         // Equal or higher priority is never evicted; without preempt nothing is evicted.
         assert_eq!(h.create(prio("peer", 2, 20, true)).node_id, None);
@@ -854,7 +1065,10 @@ mod tests {
         s.node = Some(3);
         h.create(s);
         assert_eq!(h.create(prio("urgent", 4, 50, true)).node_id, Some(3));
-        assert_eq!(h.vm("large").reason.as_deref(), Some("preempted by VM urgent (priority 50)"));
+        assert_eq!(
+            h.vm("large").reason.as_deref(),
+            Some("preempted by VM urgent (priority 50)")
+        );
         assert_eq!(h.s.vms.values().filter(|v| v.evacuating).count(), 1);
         h.stopped("large");
         assert_eq!(h.vm("urgent").node_id, Some(3));
@@ -880,10 +1094,16 @@ mod tests {
         // mid, off its node, preempts low on node 2 in turn (again in two phases: it holds
         // the room while low stops there).
         assert_eq!(h.vm("mid").node_id, Some(2));
-        assert_eq!((h.vm("low").node_id, h.vm("low").evacuating), (Some(2), true));
+        assert_eq!(
+            (h.vm("low").node_id, h.vm("low").evacuating),
+            (Some(2), true)
+        );
         h.stopped("low");
         assert_eq!(h.vm("mid").node_id, Some(2));
-        assert_eq!(h.vm("low").reason.as_deref(), Some("preempted by VM mid (priority 60)"));
+        assert_eq!(
+            h.vm("low").reason.as_deref(),
+            Some("preempted by VM mid (priority 60)")
+        );
 
         // A victim that fits elsewhere is re-placed in the same apply.
         let mut h = H::new();
@@ -905,7 +1125,11 @@ mod tests {
         let mut h = H::new();
         h.node(1, 2, 8192);
         h.create(prio("idle", 2, 10, false));
-        h.run(Command::SetVmDesired { name: "idle".into(), desired: crate::state::Desired::Stopped }).unwrap();
+        h.run(Command::SetVmDesired {
+            name: "idle".into(),
+            desired: crate::state::Desired::Stopped,
+        })
+        .unwrap();
         h.stopped("idle");
         assert_eq!(h.create(prio("now", 2, 90, true)).node_id, Some(1));
         assert_eq!(h.vm("idle").node_id, None);
@@ -917,12 +1141,18 @@ mod tests {
         h.create(prio("early-low", 2, 10, false));
         h.create(prio("late-high", 2, 80, false));
         h.create(prio("mid", 2, 50, false));
-        assert_eq!(h.s.pending_vms().collect::<Vec<_>>(), vec!["late-high", "mid", "early-low"]);
+        assert_eq!(
+            h.s.pending_vms().collect::<Vec<_>>(),
+            vec!["late-high", "mid", "early-low"]
+        );
         h.node(1, 4, 8192);
         assert_eq!(h.vm("late-high").node_id, Some(1));
         assert_eq!(h.vm("mid").node_id, Some(1));
         assert_eq!(h.vm("early-low").node_id, None);
-        assert_eq!(h.vm("early-low").reason.as_deref(), Some("no node has 2 vCPUs free (largest free: 0 on node 1)"));
+        assert_eq!(
+            h.vm("early-low").reason.as_deref(),
+            Some("no node has 2 vCPUs free (largest free: 0 on node 1)")
+        );
         h.run(Command::DeleteVm { name: "mid".into() }).unwrap();
         assert_eq!(h.vm("early-low").node_id, Some(1));
         assert!(h.vm("early-low").reason.is_none());
@@ -938,15 +1168,24 @@ mod tests {
         h.create(prio("low", 1, 10, false));
         h.create(prio("high", 2, 90, false));
         h.node_full(1, Resources::new(2, 8192, 10), true, &[("zone", "b")]);
-        assert_eq!(h.vm("zoned").reason.as_deref(), Some("node 1 no longer has label zone=a"));
+        assert_eq!(
+            h.vm("zoned").reason.as_deref(),
+            Some("node 1 no longer has label zone=a")
+        );
         assert_eq!(h.vm("high").node_id, Some(1));
         // They leave in two phases: stopped on node 1 first.
         assert!(h.vm("zoned").evacuating && h.vm("low").evacuating);
         assert_eq!(h.vm("low").node_id, Some(1));
         h.stopped("zoned");
-        assert_eq!(h.vm("zoned").reason.as_deref(), Some("node 1 no longer has label zone=a"));
+        assert_eq!(
+            h.vm("zoned").reason.as_deref(),
+            Some("node 1 no longer has label zone=a")
+        );
         h.stopped("low");
-        assert_eq!(h.vm("zoned").reason.as_deref(), Some("no node has labels zone=a"));
+        assert_eq!(
+            h.vm("zoned").reason.as_deref(),
+            Some("no node has labels zone=a")
+        );
         assert_eq!(h.vm("low").node_id, None);
         assert_eq!(
             h.vm("low").reason.as_deref(),
@@ -967,20 +1206,35 @@ mod tests {
         assert_eq!(h.s.digest(), before);
         assert_eq!(p.node, Some(2));
         assert_eq!(p.strategy, Strategy::Binpack);
-        let reasons: BTreeMap<NodeId, (bool, String)> =
-            p.verdicts.iter().map(|v| (v.node, (v.eligible, v.reason.clone()))).collect();
-        assert_eq!(reasons[&1], (false, "no room: needs 4 vCPUs, 2 free".to_string()));
+        let reasons: BTreeMap<NodeId, (bool, String)> = p
+            .verdicts
+            .iter()
+            .map(|v| (v.node, (v.eligible, v.reason.clone())))
+            .collect();
+        assert_eq!(
+            reasons[&1],
+            (false, "no room: needs 4 vCPUs, 2 free".to_string())
+        );
         assert_eq!(reasons[&2], (true, "fits: score 0.20".to_string()));
         assert_eq!(reasons[&3], (false, "draining".to_string()));
         assert_eq!(p.summary, "binpack: node 2 (score 0.20; 1 node eligible)");
-        assert_eq!(h.create(vm("b", 4, 1024)).placement.as_deref(), Some(p.summary.as_str()));
-        assert_eq!(explain(&h.s, &vm("b", 1, 256)).unwrap_err().to_string(), "VM 'b' already exists");
+        assert_eq!(
+            h.create(vm("b", 4, 1024)).placement.as_deref(),
+            Some(p.summary.as_str())
+        );
+        assert_eq!(
+            explain(&h.s, &vm("b", 1, 256)).unwrap_err().to_string(),
+            "VM 'b' already exists"
+        );
 
         let p = explain(&h.s, &prio("urgent", 6, 90, true)).unwrap();
         assert_eq!(p.node, Some(2));
         assert_eq!(p.preempted, vec!["b".to_string()]);
         let urgent = h.create(prio("urgent", 6, 90, true));
-        assert_eq!((urgent.node_id, urgent.placement), (p.node, Some(p.summary)));
+        assert_eq!(
+            (urgent.node_id, urgent.placement),
+            (p.node, Some(p.summary))
+        );
         h.stopped("b");
         assert_eq!(h.vm("urgent").node_id, p.node);
         assert_eq!(h.vm("b").node_id, None);
@@ -997,7 +1251,8 @@ mod tests {
         h.create(vm("pending", 64, 256));
         h.s.take_touched();
         let rows = h.s.all_rows();
-        let back = ClusterState::from_rows(rows.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+        let back =
+            ClusterState::from_rows(rows.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
         assert_eq!(back, h.s);
         assert_eq!(back.settings.vcpu_overcommit_pct, 300);
         assert_eq!(back.anti_affinity_nodes("grp").map(|m| m.len()), Some(1));
@@ -1022,12 +1277,23 @@ mod tests {
         assert_eq!((lost.node_id, lost.state), (None, VmState::Lost));
         assert!(lost.reason.unwrap().contains("node 1 went down"));
         // A stale report from the old node is refused.
-        let stale = h.run(Command::ReportVmStatus { name: "a".into(), node_id: 1, epoch: a0.epoch, state: VmState::Running, reason: None, restarted: false });
+        let stale = h.run(Command::ReportVmStatus {
+            name: "a".into(),
+            node_id: 1,
+            epoch: a0.epoch,
+            state: VmState::Running,
+            reason: None,
+            restarted: false,
+        });
         assert!(matches!(stale, Err(crate::ApplyError::StaleEpoch { .. })));
         // Lost VMs are not placed again by themselves, but on request.
         h.set_state(1, NodeState::Up);
         assert_eq!(h.vm("n").state, VmState::Lost);
-        h.run(Command::SetVmDesired { name: "n".into(), desired: crate::state::Desired::Running }).unwrap();
+        h.run(Command::SetVmDesired {
+            name: "n".into(),
+            desired: crate::state::Desired::Running,
+        })
+        .unwrap();
         assert!(h.vm("n").node_id.is_some());
     }
 
@@ -1036,17 +1302,41 @@ mod tests {
         let mut h = H::new();
         h.node(1, 4, 4096);
         let v0 = h.create(VmSpec::new("m"));
-        h.run(Command::ReportVmStatus { name: "m".into(), node_id: 1, epoch: v0.epoch, state: VmState::Running, reason: None, restarted: false }).unwrap();
+        h.run(Command::ReportVmStatus {
+            name: "m".into(),
+            node_id: 1,
+            epoch: v0.epoch,
+            state: VmState::Running,
+            reason: None,
+            restarted: false,
+        })
+        .unwrap();
         h.node(2, 4, 4096);
         h.set_state(1, NodeState::Draining);
         h.run(Command::MoveVm { name: "m".into() }).unwrap();
         let v1 = h.vm("m").clone();
-        assert_eq!((v1.node_id, v1.evacuating), (Some(1), true), "still on node 1 until stopped there");
-        h.run(Command::ReportVmStatus { name: "m".into(), node_id: 1, epoch: v0.epoch, state: VmState::Stopped, reason: None, restarted: false }).unwrap();
+        assert_eq!(
+            (v1.node_id, v1.evacuating),
+            (Some(1), true),
+            "still on node 1 until stopped there"
+        );
+        h.run(Command::ReportVmStatus {
+            name: "m".into(),
+            node_id: 1,
+            epoch: v0.epoch,
+            state: VmState::Stopped,
+            reason: None,
+            restarted: false,
+        })
+        .unwrap();
         let v2 = h.vm("m").clone();
         assert_eq!(v2.node_id, Some(2));
         assert!(v2.epoch > v0.epoch);
         assert!(!v2.evacuating);
-        assert_eq!(v2.desired, crate::state::Desired::Running, "it is started there");
+        assert_eq!(
+            v2.desired,
+            crate::state::Desired::Running,
+            "it is started there"
+        );
     }
 }

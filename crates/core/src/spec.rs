@@ -47,7 +47,9 @@ pub const MAX_FEATURES: usize = 16;
 pub const KNOWN_FEATURES: &[&str] = &["kvm"];
 
 /// How the scheduler chooses among the nodes a VM fits on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Fill the fullest node that fits, keeping others empty.
@@ -78,7 +80,10 @@ impl std::str::FromStr for Strategy {
         match s {
             "binpack" => Ok(Self::Binpack),
             "spread" => Ok(Self::Spread),
-            other => Err(format!("unknown placement strategy '{}': use binpack or spread", truncate_for_message(other))),
+            other => Err(format!(
+                "unknown placement strategy '{}': use binpack or spread",
+                truncate_for_message(other)
+            )),
         }
     }
 }
@@ -97,12 +102,18 @@ pub struct Resources {
 
 impl Resources {
     pub fn new(vcpus: u32, memory_mb: u64, disk_gb: u64) -> Self {
-        Self { vcpus, memory_mb, disk_gb }
+        Self {
+            vcpus,
+            memory_mb,
+            disk_gb,
+        }
     }
 
     /// True when `other` fits inside `self`.
     pub fn fits(&self, other: &Resources) -> bool {
-        other.vcpus <= self.vcpus && other.memory_mb <= self.memory_mb && other.disk_gb <= self.disk_gb
+        other.vcpus <= self.vcpus
+            && other.memory_mb <= self.memory_mb
+            && other.disk_gb <= self.disk_gb
     }
 
     pub fn saturating_sub(&self, other: &Resources) -> Resources {
@@ -139,7 +150,9 @@ impl std::str::FromStr for RestartPolicy {
             "always" => Ok(Self::Always),
             "on-failure" => Ok(Self::OnFailure),
             "never" => Ok(Self::Never),
-            other => Err(format!("unknown restart policy '{other}': use always, on-failure or never")),
+            other => Err(format!(
+                "unknown restart policy '{other}': use always, on-failure or never"
+            )),
         }
     }
 }
@@ -232,7 +245,10 @@ impl VmSpec {
     pub fn validate(&self) -> Result<(), ApplyError> {
         validate_name(&self.name)?;
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            return Err(ApplyError::invalid(format!("vcpus must be between 1 and {MAX_VCPUS}, got {}", self.vcpus)));
+            return Err(ApplyError::invalid(format!(
+                "vcpus must be between 1 and {MAX_VCPUS}, got {}",
+                self.vcpus
+            )));
         }
         if self.memory_mb < MIN_MEMORY_MB || self.memory_mb > MAX_MEMORY_MB {
             return Err(ApplyError::invalid(format!(
@@ -241,18 +257,29 @@ impl VmSpec {
             )));
         }
         if self.disk_gb > MAX_DISK_GB {
-            return Err(ApplyError::invalid(format!("disk must be at most {MAX_DISK_GB} GiB, got {}", self.disk_gb)));
+            return Err(ApplyError::invalid(format!(
+                "disk must be at most {MAX_DISK_GB} GiB, got {}",
+                self.disk_gb
+            )));
         }
-        for (what, p) in [("kernel", &self.kernel), ("initrd", &self.initrd), ("disk image", &self.disk_image)] {
+        for (what, p) in [
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+            ("disk image", &self.disk_image),
+        ] {
             if let Some(p) = p {
                 if p.is_empty() || p.len() > MAX_PATH_LEN || p.contains('\0') {
-                    return Err(ApplyError::invalid(format!("{what} path must be 1 to {MAX_PATH_LEN} bytes")));
+                    return Err(ApplyError::invalid(format!(
+                        "{what} path must be 1 to {MAX_PATH_LEN} bytes"
+                    )));
                 }
             }
         }
         if let Some(c) = &self.cmdline {
             if c.len() > MAX_CMDLINE_LEN || c.contains('\0') {
-                return Err(ApplyError::invalid(format!("cmdline must be at most {MAX_CMDLINE_LEN} bytes")));
+                return Err(ApplyError::invalid(format!(
+                    "cmdline must be at most {MAX_CMDLINE_LEN} bytes"
+                )));
             }
         }
         validate_labels(&self.labels)?;
@@ -263,12 +290,18 @@ impl VmSpec {
             validate_label_part("anti-affinity group", g)?;
         }
         if self.priority > MAX_PRIORITY {
-            return Err(ApplyError::invalid(format!("priority must be between 0 and {MAX_PRIORITY}, got {}", self.priority)));
+            return Err(ApplyError::invalid(format!(
+                "priority must be between 0 and {MAX_PRIORITY}, got {}",
+                self.priority
+            )));
         }
         validate_labels(&self.constraints)
             .map_err(|e| ApplyError::invalid(format!("invalid node constraint: {e}")))?;
         if self.features.len() > MAX_FEATURES {
-            return Err(ApplyError::invalid(format!("at most {MAX_FEATURES} features, got {}", self.features.len())));
+            return Err(ApplyError::invalid(format!(
+                "at most {MAX_FEATURES} features, got {}",
+                self.features.len()
+            )));
         }
         for f in &self.features {
             if !KNOWN_FEATURES.contains(&f.as_str()) {
@@ -288,7 +321,9 @@ pub fn validate_name(name: &str) -> Result<(), ApplyError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -301,12 +336,17 @@ pub fn validate_name(name: &str) -> Result<(), ApplyError> {
 
 pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApplyError> {
     if labels.len() > MAX_LABELS {
-        return Err(ApplyError::invalid(format!("at most {MAX_LABELS} labels, got {}", labels.len())));
+        return Err(ApplyError::invalid(format!(
+            "at most {MAX_LABELS} labels, got {}",
+            labels.len()
+        )));
     }
     for (k, v) in labels {
         validate_label_part("label key", k)?;
         if v.len() > MAX_LABEL_LEN || v.chars().any(|c| c.is_control()) {
-            return Err(ApplyError::invalid(format!("label value for '{k}' must be at most {MAX_LABEL_LEN} printable characters")));
+            return Err(ApplyError::invalid(format!(
+                "label value for '{k}' must be at most {MAX_LABEL_LEN} printable characters"
+            )));
         }
     }
     Ok(())
@@ -315,7 +355,8 @@ pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApplyErr
 fn validate_label_part(what: &str, s: &str) -> Result<(), ApplyError> {
     let ok = !s.is_empty()
         && s.len() <= MAX_LABEL_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
     if ok {
         Ok(())
     } else {

@@ -221,7 +221,11 @@ const SECURITY_ROW: &str = "security";
 type PendingKey = (Reverse<u8>, u64, String);
 
 fn pending_key(vm: &VmRecord) -> PendingKey {
-    (Reverse(vm.spec.priority), vm.created_ms, vm.spec.name.clone())
+    (
+        Reverse(vm.spec.priority),
+        vm.created_ms,
+        vm.spec.name.clone(),
+    )
 }
 
 /// A remembered request outcome, for de-duplicating retries.
@@ -320,7 +324,10 @@ impl ClusterState {
         let outcome = self.apply_command(term, index, req.time_ms, &req.command);
         #[cfg(debug_assertions)]
         if let Err(e) = self.check_invariants() {
-            panic!("invariant broken by {} at index {index}: {e}", req.command.kind());
+            panic!(
+                "invariant broken by {} at index {index}: {e}",
+                req.command.kind()
+            );
         }
         if outcome.is_ok() && !self.pending_tasks.is_empty() {
             // Any change may have made room (or a node) for waiting tasks.
@@ -340,13 +347,23 @@ impl ClusterState {
         let r = Remembered { index, outcome };
         self.bytes.requests += remembered_bytes(&id, &r);
         if let Some(old) = self.requests.insert(id.clone(), r) {
-            self.bytes.requests = self.bytes.requests.saturating_sub(remembered_bytes(&id, &old));
+            self.bytes.requests = self
+                .bytes
+                .requests
+                .saturating_sub(remembered_bytes(&id, &old));
         }
         // The oldest are forgotten first: beyond the count window or the byte budget.
-        while self.requests.len() > DEDUP_WINDOW || self.bytes.requests > crate::budget::MAX_DEDUP_BYTES {
-            let Some((_, oldest)) = self.request_order.pop_first() else { break };
+        while self.requests.len() > DEDUP_WINDOW
+            || self.bytes.requests > crate::budget::MAX_DEDUP_BYTES
+        {
+            let Some((_, oldest)) = self.request_order.pop_first() else {
+                break;
+            };
             if let Some(old) = self.requests.remove(&oldest) {
-                self.bytes.requests = self.bytes.requests.saturating_sub(remembered_bytes(&oldest, &old));
+                self.bytes.requests = self
+                    .bytes
+                    .requests
+                    .saturating_sub(remembered_bytes(&oldest, &old));
             }
             self.touched.insert(RowKey::Request(oldest));
         }
@@ -371,11 +388,20 @@ impl ClusterState {
             if decided == term {
                 Ok(())
             } else {
-                Err(ApplyError::StaleTerm { decided, committed: term })
+                Err(ApplyError::StaleTerm {
+                    decided,
+                    committed: term,
+                })
             }
         };
         match cmd {
-            Command::RegisterWorker { id, addr, capacity, kvm, labels } => {
+            Command::RegisterWorker {
+                id,
+                addr,
+                capacity,
+                kvm,
+                labels,
+            } => {
                 if !self.node_ids.members.is_empty() && !self.node_ids.members.contains(id) {
                     return Err(ApplyError::invalid(format!("node {id} is not a member of the cluster: only members register as workers")));
                 }
@@ -384,7 +410,9 @@ impl ClusterState {
                 }
                 spec::validate_labels(labels)?;
                 if !self.workers.contains_key(id) && self.workers.len() >= MAX_WORKERS {
-                    return Err(ApplyError::LimitReached(format!("the cluster already has {MAX_WORKERS} workers")));
+                    return Err(ApplyError::LimitReached(format!(
+                        "the cluster already has {MAX_WORKERS} workers"
+                    )));
                 }
                 let w = self.workers.entry(*id).or_insert_with(|| Worker {
                     id: *id,
@@ -419,9 +447,17 @@ impl ClusterState {
                 }
                 self.touched.insert(RowKey::Worker(*id));
                 self.node_removed(*id);
-                self.requeue_tasks_from_node(*id, index, now, &format!("node {id} left the cluster"));
-                let names: Vec<String> =
-                    self.by_node.get(id).map(|s| s.iter().map(|(_, n)| n.clone()).collect()).unwrap_or_default();
+                self.requeue_tasks_from_node(
+                    *id,
+                    index,
+                    now,
+                    &format!("node {id} left the cluster"),
+                );
+                let names: Vec<String> = self
+                    .by_node
+                    .get(id)
+                    .map(|s| s.iter().map(|(_, n)| n.clone()).collect())
+                    .unwrap_or_default();
                 for name in &names {
                     self.unplace_vm(name, now, format!("node {id} left the cluster"));
                 }
@@ -444,29 +480,52 @@ impl ClusterState {
                 }
                 self.set_worker_state(*id, *state, index, now)
             }
-            Command::LivenessVerdict { id, state, term: decided } => {
+            Command::LivenessVerdict {
+                id,
+                state,
+                term: decided,
+            } => {
                 same_term(*decided)?;
                 let Some(w) = self.workers.get(id) else {
                     return Err(ApplyError::not_found("node", id));
                 };
                 match (w.state, *state) {
-                    (NodeState::Down, NodeState::Up) | (NodeState::Up | NodeState::Draining, NodeState::Down) => {
+                    (NodeState::Down, NodeState::Up)
+                    | (NodeState::Up | NodeState::Draining, NodeState::Down) => {
                         self.set_worker_state(*id, *state, index, now)
                     }
-                    (_, NodeState::Draining) => Err(ApplyError::invalid("a liveness verdict is up or down")),
+                    (_, NodeState::Draining) => {
+                        Err(ApplyError::invalid("a liveness verdict is up or down"))
+                    }
                     // Already so (a verdict repeated across a leader change): nothing to do.
                     _ => Ok(Reply::Worker(w.clone())),
                 }
             }
-            Command::SetLivenessSettings { lease_ms, grace_ms, heartbeat_ms } => {
-                let new = self.liveness.merged(*lease_ms, *grace_ms, *heartbeat_ms, now, self.workers.is_empty());
+            Command::SetLivenessSettings {
+                lease_ms,
+                grace_ms,
+                heartbeat_ms,
+            } => {
+                let new = self.liveness.merged(
+                    *lease_ms,
+                    *grace_ms,
+                    *heartbeat_ms,
+                    now,
+                    self.workers.is_empty(),
+                );
                 new.validate()?;
                 self.liveness = new;
                 self.touched.insert(RowKey::Liveness);
                 Ok(Reply::Done)
             }
-            Command::SetSchedulerSettings { strategy, vcpu_overcommit_pct } => {
-                let new = SchedulerSettings { strategy: *strategy, vcpu_overcommit_pct: *vcpu_overcommit_pct };
+            Command::SetSchedulerSettings {
+                strategy,
+                vcpu_overcommit_pct,
+            } => {
+                let new = SchedulerSettings {
+                    strategy: *strategy,
+                    vcpu_overcommit_pct: *vcpu_overcommit_pct,
+                };
                 new.validate()?;
                 for w in self.workers.values() {
                     let limit = new.effective_capacity(&w.capacity).vcpus;
@@ -486,7 +545,9 @@ impl ClusterState {
                 spec.validate()?;
                 self.check_new_vm_name(&spec.name)?;
                 if self.vms.len() >= MAX_VMS {
-                    return Err(ApplyError::LimitReached(format!("the cluster already holds {MAX_VMS} VMs")));
+                    return Err(ApplyError::LimitReached(format!(
+                        "the cluster already holds {MAX_VMS} VMs"
+                    )));
                 }
                 let weight = crate::budget::vm_spec_bytes(spec);
                 if self.bytes.vms + weight > crate::budget::MAX_VM_SPEC_BYTES {
@@ -506,7 +567,11 @@ impl ClusterState {
                     None if spec.preempt => scheduler::plan_preemption(self, spec),
                     _ => None,
                 };
-                let desired = if spec.start { Desired::Running } else { Desired::Stopped };
+                let desired = if spec.start {
+                    Desired::Running
+                } else {
+                    Desired::Stopped
+                };
                 // The last refusal possible: taking the address is the first change.
                 let address = self.assign_address(spec)?;
                 let vm = VmRecord {
@@ -570,8 +635,12 @@ impl ClusterState {
                 vm.desired = *desired;
                 vm.updated_ms = now;
                 self.touched.insert(RowKey::Vm(name.clone()));
-                let ended_by_itself = vm.state == VmState::Failed || (vm.state == VmState::Stopped && was == Desired::Running);
-                let node_up = vm.node_id.and_then(|n| self.workers.get(&n)).is_some_and(|w| w.state == NodeState::Up);
+                let ended_by_itself = vm.state == VmState::Failed
+                    || (vm.state == VmState::Stopped && was == Desired::Running);
+                let node_up = vm
+                    .node_id
+                    .and_then(|n| self.workers.get(&n))
+                    .is_some_and(|w| w.state == NodeState::Up);
                 let Some(vm) = self.vms.get_mut(name) else {
                     return Err(ApplyError::not_found("VM", name));
                 };
@@ -597,16 +666,30 @@ impl ClusterState {
                     return Err(ApplyError::not_found("VM", name));
                 };
                 let Some(from) = vm.node_id else {
-                    return Err(ApplyError::invalid(format!("VM '{name}' is not placed on any node")));
+                    return Err(ApplyError::invalid(format!(
+                        "VM '{name}' is not placed on any node"
+                    )));
                 };
                 vm.updated_ms = now;
                 self.touched.insert(RowKey::Vm(name.clone()));
-                if self.evacuate(name, now, format!("moving off node {from}: stopping it there first"), None) {
+                if self.evacuate(
+                    name,
+                    now,
+                    format!("moving off node {from}: stopping it there first"),
+                    None,
+                ) {
                     self.place_pending(index, now, BTreeSet::new(), BTreeSet::from([name.clone()]));
                 }
                 Ok(Reply::Vm(self.vms[name].clone()))
             }
-            Command::ReportVmStatus { name, node_id, epoch, state, reason, restarted } => {
+            Command::ReportVmStatus {
+                name,
+                node_id,
+                epoch,
+                state,
+                reason,
+                restarted,
+            } => {
                 let Some(vm) = self.vms.get_mut(name) else {
                     return Err(ApplyError::not_found("VM", name));
                 };
@@ -664,7 +747,15 @@ impl ClusterState {
                 }
                 Ok(Reply::Task(Box::new(self.tasks[id].clone())))
             }
-            Command::ReportTaskResult { id, node_id, epoch, state, exit_code, duration_ms, reason } => {
+            Command::ReportTaskResult {
+                id,
+                node_id,
+                epoch,
+                state,
+                exit_code,
+                duration_ms,
+                reason,
+            } => {
                 if !state.is_result() {
                     return Err(ApplyError::invalid(format!(
                         "a task result must be succeeded, failed, timed_out or cancelled, not {}",
@@ -672,7 +763,13 @@ impl ClusterState {
                     )));
                 }
                 self.current_task(id, *node_id, *epoch)?;
-                self.finish_task(id, index, now, *state, reason.as_deref().map(task::clip_reason));
+                self.finish_task(
+                    id,
+                    index,
+                    now,
+                    *state,
+                    reason.as_deref().map(task::clip_reason),
+                );
                 if let Some(t) = self.tasks.get_mut(id) {
                     t.exit_code = *exit_code;
                     t.duration_ms = *duration_ms;
@@ -691,10 +788,19 @@ impl ClusterState {
                     return Err(ApplyError::not_found("task", id));
                 };
                 if t.state.is_finished() {
-                    return Err(ApplyError::invalid(format!("task '{id}' already finished ({})", t.state.as_str())));
+                    return Err(ApplyError::invalid(format!(
+                        "task '{id}' already finished ({})",
+                        t.state.as_str()
+                    )));
                 }
                 if t.node_id.is_none() {
-                    self.finish_task(id, index, now, TaskState::Cancelled, Some("cancelled before it was placed".into()));
+                    self.finish_task(
+                        id,
+                        index,
+                        now,
+                        TaskState::Cancelled,
+                        Some("cancelled before it was placed".into()),
+                    );
                 } else {
                     t.cancel_requested = true;
                     t.reason = Some("cancel requested: waiting for its node to stop it".into());
@@ -717,21 +823,28 @@ impl ClusterState {
         }
     }
 
-
     /// The node where a deleted VM named `name` may still run (its address waits in
     /// quarantine for that node's confirmation, or its fencing): a new VM of that name is not
     /// placed until then, so two of one name never run at once.
     fn ghost_of(&self, name: &str) -> Option<NodeId> {
-        self.networks.values().flat_map(|n| n.leases.values()).find_map(|l| match l {
-            crate::network::Lease::Quarantined { name: q, node, .. } if q == name => Some(*node),
-            _ => None,
-        })
+        self.networks
+            .values()
+            .flat_map(|n| n.leases.values())
+            .find_map(|l| match l {
+                crate::network::Lease::Quarantined { name: q, node, .. } if q == name => {
+                    Some(*node)
+                }
+                _ => None,
+            })
     }
 
     /// Whether a new VM may take `name` (shared by `CreateVm` and the dry run).
     pub fn check_new_vm_name(&self, name: &str) -> Result<(), ApplyError> {
         match self.vms.get(name) {
-            Some(_) => Err(ApplyError::AlreadyExists { what: "VM".into(), name: name.to_string() }),
+            Some(_) => Err(ApplyError::AlreadyExists {
+                what: "VM".into(),
+                name: name.to_string(),
+            }),
             None => Ok(()),
         }
     }
@@ -741,7 +854,10 @@ impl ClusterState {
     fn forget_vm(&mut self, name: &str, index: u64, now: u64) {
         self.index_remove(name);
         if let Some(vm) = self.vms.remove(name) {
-            self.bytes.vms = self.bytes.vms.saturating_sub(crate::budget::vm_spec_bytes(&vm.spec));
+            self.bytes.vms = self
+                .bytes
+                .vms
+                .saturating_sub(crate::budget::vm_spec_bytes(&vm.spec));
             if let Some(node) = vm.node_id {
                 self.release(node, &vm.spec.resources());
             }
@@ -772,7 +888,11 @@ impl ClusterState {
             }
             _ => {}
         }
-        let w = self.workers.get(&id).cloned().ok_or_else(|| ApplyError::not_found("node", id))?;
+        let w = self
+            .workers
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApplyError::not_found("node", id))?;
         Ok(Reply::Worker(w))
     }
 
@@ -780,11 +900,16 @@ impl ClusterState {
         task::validate_task_id(id)?;
         spec.validate()?;
         if self.tasks.contains_key(id) {
-            return Err(ApplyError::AlreadyExists { what: "task".into(), name: id.to_string() });
+            return Err(ApplyError::AlreadyExists {
+                what: "task".into(),
+                name: id.to_string(),
+            });
         }
         let active = self.tasks.len() - self.finished_tasks.len();
         if active >= MAX_ACTIVE_TASKS {
-            return Err(ApplyError::LimitReached(format!("the cluster already holds {MAX_ACTIVE_TASKS} unfinished tasks")));
+            return Err(ApplyError::LimitReached(format!(
+                "the cluster already holds {MAX_ACTIVE_TASKS} unfinished tasks"
+            )));
         }
         let weight = crate::budget::task_spec_bytes(spec);
         if self.bytes.tasks + weight > crate::budget::MAX_TASK_SPEC_BYTES {
@@ -832,20 +957,39 @@ impl ClusterState {
     }
 
     /// The task `id` if (`node`, `epoch`) is its current, unfinished assignment.
-    fn current_task(&mut self, id: &str, node: NodeId, epoch: u64) -> Result<&mut TaskRecord, ApplyError> {
+    fn current_task(
+        &mut self,
+        id: &str,
+        node: NodeId,
+        epoch: u64,
+    ) -> Result<&mut TaskRecord, ApplyError> {
         let Some(t) = self.tasks.get_mut(id) else {
             return Err(ApplyError::not_found("task", id));
         };
         if t.epoch != epoch || t.node_id != Some(node) || t.state.is_finished() {
-            return Err(ApplyError::StaleAttempt { id: id.to_string(), got: epoch, current: t.epoch, node: t.node_id });
+            return Err(ApplyError::StaleAttempt {
+                id: id.to_string(),
+                got: epoch,
+                current: t.epoch,
+                node: t.node_id,
+            });
         }
         Ok(t)
     }
 
     /// Ends task `id` in `state`: frees what it held and records it as finished. (Eviction of
     /// old finished tasks is left to the caller, after it has read the record.)
-    fn finish_task(&mut self, id: &str, index: u64, now: u64, state: TaskState, reason: Option<String>) {
-        let Some(t) = self.tasks.get_mut(id) else { return };
+    fn finish_task(
+        &mut self,
+        id: &str,
+        index: u64,
+        now: u64,
+        state: TaskState,
+        reason: Option<String>,
+    ) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
         if t.state.is_finished() {
             return;
         }
@@ -868,9 +1012,14 @@ impl ClusterState {
     /// Forgets the oldest finished tasks beyond [`MAX_FINISHED_TASKS`].
     fn evict_finished_tasks(&mut self) {
         while self.finished_tasks.len() > MAX_FINISHED_TASKS {
-            let Some((_, id)) = self.finished_tasks.pop_first() else { break };
+            let Some((_, id)) = self.finished_tasks.pop_first() else {
+                break;
+            };
             if let Some(t) = self.tasks.remove(&id) {
-                self.bytes.tasks = self.bytes.tasks.saturating_sub(crate::budget::task_spec_bytes(&t.spec));
+                self.bytes.tasks = self
+                    .bytes
+                    .tasks
+                    .saturating_sub(crate::budget::task_spec_bytes(&t.spec));
             }
             self.touched.insert(RowKey::Task(id));
         }
@@ -894,21 +1043,33 @@ impl ClusterState {
             .map(|t| t.id.clone())
             .collect();
         for tid in on_node {
-            let Some(t) = self.tasks.get(&tid) else { continue };
+            let Some(t) = self.tasks.get(&tid) else {
+                continue;
+            };
             let (cancel, attempt, max) = (t.cancel_requested, t.attempt, t.spec.max_attempts);
             if cancel {
-                self.finish_task(&tid, index, now, TaskState::Cancelled, Some(format!("cancelled; {why}")));
+                self.finish_task(
+                    &tid,
+                    index,
+                    now,
+                    TaskState::Cancelled,
+                    Some(format!("cancelled; {why}")),
+                );
             } else if attempt >= max {
                 self.finish_task(
                     &tid,
                     index,
                     now,
                     TaskState::Lost,
-                    Some(format!("{why} during attempt {attempt} of {max}; no attempt left")),
+                    Some(format!(
+                        "{why} during attempt {attempt} of {max}; no attempt left"
+                    )),
                 );
             } else {
                 let res = t.spec.resources();
-                let Some(t) = self.tasks.get_mut(&tid) else { continue };
+                let Some(t) = self.tasks.get_mut(&tid) else {
+                    continue;
+                };
                 t.node_id = None;
                 t.state = TaskState::Pending;
                 t.started_ms = None;
@@ -932,7 +1093,10 @@ impl ClusterState {
             if w.state != NodeState::Up || spec.node.is_some_and(|p| p != w.id) {
                 continue;
             }
-            let free = self.settings.effective_capacity(&w.capacity).saturating_sub(&w.allocated);
+            let free = self
+                .settings
+                .effective_capacity(&w.capacity)
+                .saturating_sub(&w.allocated);
             if !free.fits(&need) {
                 continue;
             }
@@ -947,11 +1111,19 @@ impl ClusterState {
         match (best, spec.node) {
             (Some((_, _, n)), _) => Ok(n),
             (None, Some(p)) => match self.workers.get(&p) {
-                Some(w) if w.state != NodeState::Up => Err(format!("waiting for node {p}: it is {}", w.state.as_str())),
-                Some(_) => Err(format!("waiting for node {p} to have {} free vCPUs and {} MiB memory", need.vcpus, need.memory_mb)),
+                Some(w) if w.state != NodeState::Up => {
+                    Err(format!("waiting for node {p}: it is {}", w.state.as_str()))
+                }
+                Some(_) => Err(format!(
+                    "waiting for node {p} to have {} free vCPUs and {} MiB memory",
+                    need.vcpus, need.memory_mb
+                )),
                 None => Err(format!("node {p} is no longer in the cluster")),
             },
-            (None, None) => Err(format!("waiting for an up node with {} free vCPUs and {} MiB memory", need.vcpus, need.memory_mb)),
+            (None, None) => Err(format!(
+                "waiting for an up node with {} free vCPUs and {} MiB memory",
+                need.vcpus, need.memory_mb
+            )),
         }
     }
 
@@ -960,12 +1132,16 @@ impl ClusterState {
     fn place_pending_tasks(&mut self, index: u64, now: u64) {
         let waiting: Vec<(u64, String)> = self.pending_tasks.iter().cloned().collect();
         for key in waiting {
-            let Some(t) = self.tasks.get(&key.1) else { continue };
+            let Some(t) = self.tasks.get(&key.1) else {
+                continue;
+            };
             match self.choose_task_node(&t.spec) {
                 Ok(node) => {
                     let res = t.spec.resources();
                     self.pending_tasks.remove(&key);
-                    let Some(t) = self.tasks.get_mut(&key.1) else { continue };
+                    let Some(t) = self.tasks.get_mut(&key.1) else {
+                        continue;
+                    };
                     t.node_id = Some(node);
                     t.attempt += 1;
                     t.epoch = index;
@@ -979,7 +1155,9 @@ impl ClusterState {
                     }
                 }
                 Err(why) => {
-                    let Some(t) = self.tasks.get_mut(&key.1) else { continue };
+                    let Some(t) = self.tasks.get_mut(&key.1) else {
+                        continue;
+                    };
                     // A retry keeps the story of why it is waiting until it is placed again.
                     if t.attempt == 0 && t.reason.as_deref() != Some(why.as_str()) {
                         t.reason = Some(why);
@@ -1001,10 +1179,16 @@ impl ClusterState {
         let Some(vm) = self.vms.get(name) else { return };
         match vm.node_id {
             Some(n) => {
-                self.by_node.entry(n).or_default().insert((vm.spec.priority, name.to_string()));
+                self.by_node
+                    .entry(n)
+                    .or_default()
+                    .insert((vm.spec.priority, name.to_string()));
                 // A VM leaving its node no longer holds its group's place there.
                 if let (Some(g), false) = (&vm.spec.anti_affinity, vm.evacuating) {
-                    self.groups.entry(g.clone()).or_default().insert(n, name.to_string());
+                    self.groups
+                        .entry(g.clone())
+                        .or_default()
+                        .insert(n, name.to_string());
                 }
             }
             None if vm.state == VmState::Lost => {}
@@ -1045,14 +1229,20 @@ impl ClusterState {
     /// Places the unplaced VM `name` on `node` with epoch `index`.
     fn place_vm(&mut self, name: &str, node: NodeId, index: u64, now: u64, explanation: String) {
         self.index_remove(name);
-        let Some(vm) = self.vms.get_mut(name) else { return };
+        let Some(vm) = self.vms.get_mut(name) else {
+            return;
+        };
         let res = vm.spec.resources();
         vm.node_id = Some(node);
         vm.epoch = index;
         vm.reason = None;
         vm.placement = Some(explanation);
         vm.updated_ms = now;
-        vm.state = if vm.desired == Desired::Stopped { VmState::Stopped } else { VmState::Pending };
+        vm.state = if vm.desired == Desired::Stopped {
+            VmState::Stopped
+        } else {
+            VmState::Pending
+        };
         if let Some(w) = self.workers.get_mut(&node) {
             w.allocated = w.allocated.saturating_add(&res);
             w.vms += 1;
@@ -1065,11 +1255,16 @@ impl ClusterState {
     /// A node went down: its VMs whose restart policy allows it go back to pending (to be
     /// placed elsewhere with a new epoch); the others become lost. Returns the rescheduled.
     fn reschedule_from_down_node(&mut self, id: NodeId, now: u64) -> BTreeSet<String> {
-        let on_node: Vec<String> =
-            self.by_node.get(&id).map(|s| s.iter().map(|(_, n)| n.clone()).collect()).unwrap_or_default();
+        let on_node: Vec<String> = self
+            .by_node
+            .get(&id)
+            .map(|s| s.iter().map(|(_, n)| n.clone()).collect())
+            .unwrap_or_default();
         let mut rescheduled = BTreeSet::new();
         for name in on_node {
-            let Some(vm) = self.vms.get(&name) else { continue };
+            let Some(vm) = self.vms.get(&name) else {
+                continue;
+            };
             let policy = vm.spec.restart;
             let desired = vm.desired;
             self.unplace_vm(&name, now, format!("node {id} is down; rescheduled"));
@@ -1079,7 +1274,9 @@ impl ClusterState {
                     self.index_remove(&name);
                     if let Some(vm) = self.vms.get_mut(&name) {
                         vm.state = VmState::Lost;
-                        vm.reason = Some(format!("node {id} went down and its restart policy is never"));
+                        vm.reason = Some(format!(
+                            "node {id} went down and its restart policy is never"
+                        ));
                     }
                     continue;
                 }
@@ -1092,7 +1289,9 @@ impl ClusterState {
     /// Takes VM `name` off its node, back to pending with `reason`.
     fn unplace_vm(&mut self, name: &str, now: u64, reason: String) {
         self.index_remove(name);
-        let Some(vm) = self.vms.get_mut(name) else { return };
+        let Some(vm) = self.vms.get_mut(name) else {
+            return;
+        };
         let res = vm.spec.resources();
         let node = vm.node_id.take();
         vm.state = VmState::Pending;
@@ -1122,7 +1321,9 @@ impl ClusterState {
         match (vm.desired, vm.state) {
             (_, VmState::Lost) => false,
             (Desired::Stopped, VmState::Stopped | VmState::Failed) => false,
-            (Desired::Running, VmState::Failed) => vm.spec.restart != crate::spec::RestartPolicy::Never,
+            (Desired::Running, VmState::Failed) => {
+                vm.spec.restart != crate::spec::RestartPolicy::Never
+            }
             _ => vm.node_id.is_some(),
         }
     }
@@ -1131,8 +1332,16 @@ impl ClusterState {
     /// (its node stops it, keeping its resources meanwhile) and is placed elsewhere only once
     /// that node confirmed it stopped, or its lease provably expired (the node is declared
     /// down). A VM that cannot be running is unplaced at once; returns whether it was.
-    fn evacuate(&mut self, name: &str, now: u64, reason: String, preempted_by: Option<&str>) -> bool {
-        let Some(vm) = self.vms.get_mut(name) else { return false };
+    fn evacuate(
+        &mut self,
+        name: &str,
+        now: u64,
+        reason: String,
+        preempted_by: Option<&str>,
+    ) -> bool {
+        let Some(vm) = self.vms.get_mut(name) else {
+            return false;
+        };
         if vm.node_id.is_none() {
             return false;
         }
@@ -1141,7 +1350,9 @@ impl ClusterState {
             return true;
         }
         self.index_remove(name);
-        let Some(vm) = self.vms.get_mut(name) else { return false };
+        let Some(vm) = self.vms.get_mut(name) else {
+            return false;
+        };
         vm.evacuating = true;
         vm.preempted_by = preempted_by.map(str::to_string);
         vm.reason = Some(reason);
@@ -1155,17 +1366,33 @@ impl ClusterState {
     /// and `by` is placed there at once, so the room is its own (the node holds both while
     /// the victims stop: what leaves is not counted against its capacity). Its executor starts
     /// it only once no victim of it still runs there (`planner::plan`). Returns the victims.
-    fn preempt(&mut self, by: &VmSpec, p: &scheduler::Preemption, index: u64, now: u64) -> BTreeSet<String> {
+    fn preempt(
+        &mut self,
+        by: &VmSpec,
+        p: &scheduler::Preemption,
+        index: u64,
+        now: u64,
+    ) -> BTreeSet<String> {
         let mut waiting_for = Vec::new();
         for v in &p.victims {
             if !self.evacuate(v, now, scheduler::preempted_reason(by), Some(&by.name)) {
                 waiting_for.push(v.clone());
             }
         }
-        self.place_vm(&by.name, p.node, index, now, scheduler::preemption_text(by, p));
+        self.place_vm(
+            &by.name,
+            p.node,
+            index,
+            now,
+            scheduler::preemption_text(by, p),
+        );
         if !waiting_for.is_empty() {
             if let Some(vm) = self.vms.get_mut(&by.name) {
-                vm.reason = Some(format!("waiting for {} to stop on node {} before it starts", waiting_for.join(", "), p.node));
+                vm.reason = Some(format!(
+                    "waiting for {} to stop on node {} before it starts",
+                    waiting_for.join(", "),
+                    p.node
+                ));
             }
         }
         p.victims.iter().cloned().collect()
@@ -1176,12 +1403,21 @@ impl ClusterState {
     /// node's capacity again. Returns the evicted VMs.
     fn evict_misfits(&mut self, id: NodeId, index: u64, now: u64) -> BTreeSet<String> {
         let mut evicted = BTreeSet::new();
-        let Some(w) = self.workers.get(&id) else { return evicted };
-        let on_node: Vec<String> =
-            self.by_node.get(&id).map(|s| s.iter().map(|(_, n)| n.clone()).collect()).unwrap_or_default();
+        let Some(w) = self.workers.get(&id) else {
+            return evicted;
+        };
+        let on_node: Vec<String> = self
+            .by_node
+            .get(&id)
+            .map(|s| s.iter().map(|(_, n)| n.clone()).collect())
+            .unwrap_or_default();
         let mut misfits = Vec::new();
         for name in &on_node {
-            if let Some(why) = self.vms.get(name).and_then(|vm| scheduler::constraint_violation(&vm.spec, w)) {
+            if let Some(why) = self
+                .vms
+                .get(name)
+                .and_then(|vm| scheduler::constraint_violation(&vm.spec, w))
+            {
                 misfits.push((name.clone(), why));
             }
         }
@@ -1193,19 +1429,29 @@ impl ClusterState {
         }
         // Then, lowest priority first, VMs until what stays fits the new capacity. Tasks are
         // never evicted (a one-shot command cannot move without running twice): they finish.
-        let Some(w) = self.workers.get(&id) else { return evicted };
+        let Some(w) = self.workers.get(&id) else {
+            return evicted;
+        };
         let cap = self.settings.effective_capacity(&w.capacity);
         let mut staying = w.allocated.saturating_sub(&self.leaving_allocation(id));
         let why = format!(
             "node {id} re-registered with less capacity ({} vCPUs, {} MiB memory, {} GiB disk)",
             cap.vcpus, cap.memory_mb, cap.disk_gb
         );
-        let candidates: Vec<String> = self.by_node.get(&id).into_iter().flatten().map(|(_, n)| n.clone()).collect();
+        let candidates: Vec<String> = self
+            .by_node
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .map(|(_, n)| n.clone())
+            .collect();
         for victim in candidates {
             if cap.fits(&staying) {
                 break;
             }
-            let Some(vm) = self.vms.get(&victim) else { continue };
+            let Some(vm) = self.vms.get(&victim) else {
+                continue;
+            };
             if vm.evacuating {
                 continue;
             }
@@ -1226,7 +1472,9 @@ impl ClusterState {
             .flatten()
             .filter_map(|(_, n)| self.vms.get(n))
             .filter(|v| v.evacuating)
-            .fold(Resources::default(), |acc, v| acc.saturating_add(&v.spec.resources()))
+            .fold(Resources::default(), |acc, v| {
+                acc.saturating_add(&v.spec.resources())
+            })
     }
 
     /// The largest free amount of each resource over up nodes, each with the lowest node id
@@ -1234,7 +1482,10 @@ impl ClusterState {
     fn free_bound(&self) -> Option<[(u64, NodeId); 3]> {
         let mut b: Option<[(u64, NodeId); 3]> = None;
         for w in self.workers.values().filter(|w| w.state == NodeState::Up) {
-            let free = self.settings.effective_capacity(&w.capacity).saturating_sub(&w.allocated);
+            let free = self
+                .settings
+                .effective_capacity(&w.capacity)
+                .saturating_sub(&w.allocated);
             let free = [u64::from(free.vcpus), free.memory_mb, free.disk_gb];
             let b = b.get_or_insert([(free[0], w.id), (free[1], w.id), (free[2], w.id)]);
             for (slot, v) in b.iter_mut().zip(free) {
@@ -1256,7 +1507,13 @@ impl ClusterState {
     /// resource than any up node has free is refused from a per-round bound without looking at
     /// the nodes (with the same reason text `decide` would give); others cost one scan of the
     /// workers.
-    fn place_pending(&mut self, index: u64, now: u64, mut barred: BTreeSet<String>, mut evicted: BTreeSet<String>) {
+    fn place_pending(
+        &mut self,
+        index: u64,
+        now: u64,
+        mut barred: BTreeSet<String>,
+        mut evicted: BTreeSet<String>,
+    ) {
         if self.pending.is_empty() {
             return;
         }
@@ -1267,7 +1524,11 @@ impl ClusterState {
         loop {
             let next = match &cursor {
                 None => self.pending.first().cloned(),
-                Some(c) => self.pending.range((Bound::Excluded(c.clone()), Bound::Unbounded)).next().cloned(),
+                Some(c) => self
+                    .pending
+                    .range((Bound::Excluded(c.clone()), Bound::Unbounded))
+                    .next()
+                    .cloned(),
             };
             let Some(key) = next else { break };
             let name = key.2.clone();
@@ -1283,7 +1544,9 @@ impl ClusterState {
                 }
                 continue;
             }
-            let Some(vm) = self.vms.get_mut(&name) else { continue };
+            let Some(vm) = self.vms.get_mut(&name) else {
+                continue;
+            };
             let can_preempt = vm.spec.preempt && !barred.contains(&name);
             let keep_reason = evicted.contains(&name);
             if !can_preempt && scheduler::unconstrained(&vm.spec) {
@@ -1292,7 +1555,11 @@ impl ClusterState {
                 let need = vm.spec.resources();
                 let text = texts
                     .entry((need.vcpus, need.memory_mb, need.disk_gb))
-                    .or_insert_with(|| bound.as_ref().and_then(|b| scheduler::no_room_text(&need, b)));
+                    .or_insert_with(|| {
+                        bound
+                            .as_ref()
+                            .and_then(|b| scheduler::no_room_text(&need, b))
+                    });
                 if let Some(text) = text {
                     if !keep_reason && vm.reason.as_deref() != Some(text.as_str()) {
                         vm.reason = Some(text.clone());
@@ -1342,7 +1609,11 @@ impl ClusterState {
 
     /// The VMs placed on `node`, as (priority, name), lowest priority first.
     pub fn vms_on_node(&self, node: NodeId) -> impl Iterator<Item = (u8, &str)> {
-        self.by_node.get(&node).into_iter().flatten().map(|(p, n)| (*p, n.as_str()))
+        self.by_node
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .map(|(p, n)| (*p, n.as_str()))
     }
 
     /// The unplaced VMs, in the order they are retried.
@@ -1382,20 +1653,32 @@ impl ClusterState {
             .chain(self.requests.keys().map(|id| RowKey::Request(id.clone())))
             .chain(self.tasks.keys().map(|id| RowKey::Task(id.clone())))
             .chain(self.networks.keys().map(|n| RowKey::Network(n.clone())))
-            .chain([RowKey::Settings, RowKey::Liveness, RowKey::NodeIds, RowKey::Security]);
-        keys.filter_map(|k| self.row(&k).map(|v| (k.encode(), v))).collect()
+            .chain([
+                RowKey::Settings,
+                RowKey::Liveness,
+                RowKey::NodeIds,
+                RowKey::Security,
+            ]);
+        keys.filter_map(|k| self.row(&k).map(|v| (k.encode(), v)))
+            .collect()
     }
 
     /// Rebuilds the state from stored rows (the inverse of [`Self::all_rows`]).
-    pub fn from_rows<'a>(rows: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self, String> {
+    pub fn from_rows<'a>(
+        rows: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Self, String> {
         let mut s = ClusterState::default();
         for (key, value) in rows {
             let bad = |e: serde_json::Error| format!("corrupt row {key}: {e}");
             if let Some(name) = key.strip_prefix("vm/") {
-                s.vms.insert(name.to_string(), serde_json::from_slice(value).map_err(bad)?);
+                s.vms.insert(
+                    name.to_string(),
+                    serde_json::from_slice(value).map_err(bad)?,
+                );
             } else if let Some(id) = key.strip_prefix("worker/") {
                 let id: NodeId = id.parse().map_err(|_| format!("corrupt row key {key}"))?;
-                s.workers.insert(id, serde_json::from_slice(value).map_err(bad)?);
+                s.workers
+                    .insert(id, serde_json::from_slice(value).map_err(bad)?);
             } else if key == SECURITY_ROW {
                 s.security = serde_json::from_slice(value).map_err(bad)?;
             } else if key == SETTINGS_ROW {
@@ -1405,11 +1688,16 @@ impl ClusterState {
             } else if key == NODE_IDS_ROW {
                 s.node_ids = serde_json::from_slice(value).map_err(bad)?;
             } else if let Some(id) = key.strip_prefix("task/") {
-                s.tasks.insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
+                s.tasks
+                    .insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
             } else if let Some(name) = key.strip_prefix("net/") {
-                s.networks.insert(name.to_string(), serde_json::from_slice(value).map_err(bad)?);
+                s.networks.insert(
+                    name.to_string(),
+                    serde_json::from_slice(value).map_err(bad)?,
+                );
             } else if let Some(id) = key.strip_prefix("req/") {
-                s.requests.insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
+                s.requests
+                    .insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
             } else {
                 return Err(format!("unknown row key {key}"));
             }
@@ -1420,11 +1708,27 @@ impl ClusterState {
 
     /// Restores the fields that are not serialized.
     pub fn rebuild_derived(&mut self) {
-        self.request_order = self.requests.iter().map(|(id, r)| (r.index, id.clone())).collect();
+        self.request_order = self
+            .requests
+            .iter()
+            .map(|(id, r)| (r.index, id.clone()))
+            .collect();
         self.bytes = Bytes {
-            vms: self.vms.values().map(|v| crate::budget::vm_spec_bytes(&v.spec)).sum(),
-            tasks: self.tasks.values().map(|t| crate::budget::task_spec_bytes(&t.spec)).sum(),
-            requests: self.requests.iter().map(|(id, r)| remembered_bytes(id, r)).sum(),
+            vms: self
+                .vms
+                .values()
+                .map(|v| crate::budget::vm_spec_bytes(&v.spec))
+                .sum(),
+            tasks: self
+                .tasks
+                .values()
+                .map(|t| crate::budget::task_spec_bytes(&t.spec))
+                .sum(),
+            requests: self
+                .requests
+                .iter()
+                .map(|(id, r)| remembered_bytes(id, r))
+                .sum(),
         };
         self.groups.clear();
         self.by_node.clear();
@@ -1437,7 +1741,8 @@ impl ClusterState {
         self.finished_tasks.clear();
         for t in self.tasks.values() {
             if t.state.is_finished() {
-                self.finished_tasks.insert((t.finished_index.unwrap_or(0), t.id.clone()));
+                self.finished_tasks
+                    .insert((t.finished_index.unwrap_or(0), t.id.clone()));
             } else if t.node_id.is_none() {
                 self.pending_tasks.insert((t.submitted_ms, t.id.clone()));
             }
@@ -1463,14 +1768,20 @@ impl ClusterState {
                 let Some(w) = self.workers.get(&n) else {
                     return Err(format!("VM {} is placed on unknown node {n}", vm.spec.name));
                 };
-                if let Some(why) = scheduler::constraint_violation(&vm.spec, w).filter(|_| !vm.evacuating) {
+                if let Some(why) =
+                    scheduler::constraint_violation(&vm.spec, w).filter(|_| !vm.evacuating)
+                {
                     return Err(format!("VM {} breaks its constraints: {why}", vm.spec.name));
                 }
                 let e = alloc.entry(n).or_default();
                 e.0 = e.0.saturating_add(&vm.spec.resources());
                 e.1 += 1;
             } else if !matches!(vm.state, VmState::Pending | VmState::Lost) {
-                return Err(format!("VM {} is unplaced but {}", vm.spec.name, vm.state.as_str()));
+                return Err(format!(
+                    "VM {} is unplaced but {}",
+                    vm.spec.name,
+                    vm.state.as_str()
+                ));
             }
         }
         let mut task_alloc: BTreeMap<NodeId, Resources> = BTreeMap::new();
@@ -1483,32 +1794,53 @@ impl ClusterState {
                     return Err(format!("task {} is assigned to unknown node {n}", t.id));
                 }
                 if t.spec.node.is_some_and(|p| p != n) {
-                    return Err(format!("task {} is pinned to node {:?} but assigned to node {n}", t.id, t.spec.node));
+                    return Err(format!(
+                        "task {} is pinned to node {:?} but assigned to node {n}",
+                        t.id, t.spec.node
+                    ));
                 }
                 if t.attempt == 0 || t.attempt > t.spec.max_attempts {
-                    return Err(format!("task {} is assigned with attempt {}", t.id, t.attempt));
+                    return Err(format!(
+                        "task {} is assigned with attempt {}",
+                        t.id, t.attempt
+                    ));
                 }
                 let e = task_alloc.entry(n).or_default();
                 *e = e.saturating_add(&t.spec.resources());
             } else if t.state != TaskState::Pending {
-                return Err(format!("task {} is unassigned but {}", t.id, t.state.as_str()));
+                return Err(format!(
+                    "task {} is unassigned but {}",
+                    t.id,
+                    t.state.as_str()
+                ));
             }
         }
-        let finished = self.tasks.values().filter(|t| t.state.is_finished()).count();
+        let finished = self
+            .tasks
+            .values()
+            .filter(|t| t.state.is_finished())
+            .count();
         if finished > MAX_FINISHED_TASKS {
-            return Err(format!("{finished} finished tasks kept, above the limit of {MAX_FINISHED_TASKS}"));
+            return Err(format!(
+                "{finished} finished tasks kept, above the limit of {MAX_FINISHED_TASKS}"
+            ));
         }
         for w in self.workers.values() {
             let (a, count) = alloc.get(&w.id).copied().unwrap_or_default();
             let a = a.saturating_add(&task_alloc.get(&w.id).copied().unwrap_or_default());
             if a != w.allocated || count != w.vms {
-                return Err(format!("node {} records allocation {:?}/{} but VMs and tasks sum to {:?}/{}", w.id, w.allocated, w.vms, a, count));
+                return Err(format!(
+                    "node {} records allocation {:?}/{} but VMs and tasks sum to {:?}/{}",
+                    w.id, w.allocated, w.vms, a, count
+                ));
             }
             // A node that shrank (re-registered with less) may hold more than its capacity
             // while the VMs leaving it stop and its tasks finish; nothing new lands there.
             let cap = self.settings.effective_capacity(&w.capacity);
-            let staying =
-                w.allocated.saturating_sub(&self.leaving_allocation(w.id)).saturating_sub(&task_alloc.get(&w.id).copied().unwrap_or_default());
+            let staying = w
+                .allocated
+                .saturating_sub(&self.leaving_allocation(w.id))
+                .saturating_sub(&task_alloc.get(&w.id).copied().unwrap_or_default());
             if !cap.fits(&staying) {
                 return Err(format!(
                     "node {} over-committed: {:?} > {:?} (vcpu overcommit {}%)",
@@ -1524,15 +1856,22 @@ impl ClusterState {
                 }
             }
         }
-        self.settings.validate().map_err(|e| format!("invalid settings: {e}"))?;
+        self.settings
+            .validate()
+            .map_err(|e| format!("invalid settings: {e}"))?;
         self.check_network_invariants()?;
-        self.liveness.validate().map_err(|e| format!("invalid lease settings: {e}"))?;
+        self.liveness
+            .validate()
+            .map_err(|e| format!("invalid lease settings: {e}"))?;
         for vm in self.vms.values() {
             if vm.evacuating && vm.node_id.is_none() {
                 return Err(format!("VM {} is evacuating but not placed", vm.spec.name));
             }
             if vm.preempted_by.is_some() && !vm.evacuating {
-                return Err(format!("VM {} records a preemption but is not evacuating", vm.spec.name));
+                return Err(format!(
+                    "VM {} records a preemption but is not evacuating",
+                    vm.spec.name
+                ));
             }
         }
         let mut fresh = ClusterState {
@@ -1553,13 +1892,17 @@ impl ClusterState {
         if fresh.pending != self.pending {
             return Err("pending index differs from a rebuild".into());
         }
-        if fresh.pending_tasks != self.pending_tasks || fresh.finished_tasks != self.finished_tasks {
+        if fresh.pending_tasks != self.pending_tasks || fresh.finished_tasks != self.finished_tasks
+        {
             return Err("task indexes differ from a rebuild".into());
         }
         // (The de-duplication bytes are left out: recounting them costs a serialization of
         // every remembered outcome, and this runs after every apply in debug builds.)
         if (fresh.bytes.vms, fresh.bytes.tasks) != (self.bytes.vms, self.bytes.tasks) {
-            return Err(format!("byte accounting {:?} differs from a rebuild {:?}", self.bytes, fresh.bytes));
+            return Err(format!(
+                "byte accounting {:?} differs from a rebuild {:?}",
+                self.bytes, fresh.bytes
+            ));
         }
         Ok(())
     }

@@ -70,29 +70,47 @@ impl TaskSpec {
 
     /// What the task holds on its node while it is assigned there.
     pub fn resources(&self) -> Resources {
-        Resources { vcpus: self.cpus, memory_mb: self.memory_mb, disk_gb: 0 }
+        Resources {
+            vcpus: self.cpus,
+            memory_mb: self.memory_mb,
+            disk_gb: 0,
+        }
     }
 
     pub fn validate(&self) -> Result<(), ApplyError> {
         if self.command.is_empty() || self.command[0].is_empty() {
-            return Err(ApplyError::invalid("empty command: give the program to run after --"));
+            return Err(ApplyError::invalid(
+                "empty command: give the program to run after --",
+            ));
         }
         if self.command.len() > MAX_TASK_ARGS {
-            return Err(ApplyError::invalid(format!("too many arguments: {} (at most {MAX_TASK_ARGS})", self.command.len())));
+            return Err(ApplyError::invalid(format!(
+                "too many arguments: {} (at most {MAX_TASK_ARGS})",
+                self.command.len()
+            )));
         }
         let bytes: usize = self.command.iter().map(|a| a.len()).sum();
         if bytes > MAX_TASK_COMMAND_BYTES {
-            return Err(ApplyError::invalid(format!("command too long: {bytes} bytes (at most {MAX_TASK_COMMAND_BYTES})")));
+            return Err(ApplyError::invalid(format!(
+                "command too long: {bytes} bytes (at most {MAX_TASK_COMMAND_BYTES})"
+            )));
         }
         if self.command.iter().any(|a| a.contains('\0')) {
-            return Err(ApplyError::invalid("command arguments may not contain NUL bytes"));
+            return Err(ApplyError::invalid(
+                "command arguments may not contain NUL bytes",
+            ));
         }
         if self.env.len() > MAX_TASK_ENV {
-            return Err(ApplyError::invalid(format!("too many environment variables: {} (at most {MAX_TASK_ENV})", self.env.len())));
+            return Err(ApplyError::invalid(format!(
+                "too many environment variables: {} (at most {MAX_TASK_ENV})",
+                self.env.len()
+            )));
         }
         let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
         if env_bytes > MAX_TASK_ENV_BYTES {
-            return Err(ApplyError::invalid(format!("environment too large: {env_bytes} bytes (at most {MAX_TASK_ENV_BYTES})")));
+            return Err(ApplyError::invalid(format!(
+                "environment too large: {env_bytes} bytes (at most {MAX_TASK_ENV_BYTES})"
+            )));
         }
         for (k, v) in &self.env {
             let ok = !k.is_empty()
@@ -105,20 +123,30 @@ impl TaskSpec {
                 )));
             }
             if v.contains('\0') {
-                return Err(ApplyError::invalid(format!("environment variable {k} contains a NUL byte")));
+                return Err(ApplyError::invalid(format!(
+                    "environment variable {k} contains a NUL byte"
+                )));
             }
         }
         if self.cpus == 0 || self.cpus > MAX_VCPUS {
-            return Err(ApplyError::invalid(format!("--cpus must be 1 to {MAX_VCPUS}")));
+            return Err(ApplyError::invalid(format!(
+                "--cpus must be 1 to {MAX_VCPUS}"
+            )));
         }
         if self.memory_mb > MAX_MEMORY_MB {
-            return Err(ApplyError::invalid(format!("--memory must be at most {MAX_MEMORY_MB} MiB")));
+            return Err(ApplyError::invalid(format!(
+                "--memory must be at most {MAX_MEMORY_MB} MiB"
+            )));
         }
         if self.timeout_secs == 0 || self.timeout_secs > MAX_TASK_TIMEOUT_SECS {
-            return Err(ApplyError::invalid(format!("--timeout must be 1 to {MAX_TASK_TIMEOUT_SECS} seconds")));
+            return Err(ApplyError::invalid(format!(
+                "--timeout must be 1 to {MAX_TASK_TIMEOUT_SECS} seconds"
+            )));
         }
         if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS {
-            return Err(ApplyError::invalid(format!("max attempts must be 1 to {MAX_ATTEMPTS}")));
+            return Err(ApplyError::invalid(format!(
+                "max attempts must be 1 to {MAX_ATTEMPTS}"
+            )));
         }
         Ok(())
     }
@@ -128,7 +156,9 @@ impl TaskSpec {
 pub fn validate_task_id(id: &str) -> Result<(), ApplyError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_TASK_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -186,7 +216,10 @@ impl TaskState {
 
     /// The states an executor may report as a result.
     pub fn is_result(&self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::TimedOut | TaskState::Cancelled)
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::TimedOut | TaskState::Cancelled
+        )
     }
 }
 

@@ -114,11 +114,21 @@ fn command(op: &Op, s: &ClusterState) -> Command {
         Op::Remove { id } => Command::RemoveWorker { id: *id, term: 0 },
         Op::SetState { id, state } => {
             // Down (and up again from down) is the failure detector's verdict.
-            let down = s.workers.get(id).is_some_and(|w| w.state == NodeState::Down);
+            let down = s
+                .workers
+                .get(id)
+                .is_some_and(|w| w.state == NodeState::Down);
             if *state == NodeState::Down || (down && *state == NodeState::Up) {
-                Command::LivenessVerdict { id: *id, state: *state, term: 0 }
+                Command::LivenessVerdict {
+                    id: *id,
+                    state: *state,
+                    term: 0,
+                }
             } else {
-                Command::SetWorkerState { id: *id, state: *state }
+                Command::SetWorkerState {
+                    id: *id,
+                    state: *state,
+                }
             }
         }
         Op::CreateNet { net, cidr } => Command::CreateNetwork {
@@ -224,7 +234,11 @@ fn run(ops: &[Op]) -> Result<ClusterState, TestCaseError> {
         }
         match &cmd {
             Command::RemoveWorker { id, .. } if out.is_ok() => ghosts.retain(|g| g.1 != *id),
-            Command::LivenessVerdict { id, state: NodeState::Down, .. } if out.is_ok() => ghosts.retain(|g| g.1 != *id),
+            Command::LivenessVerdict {
+                id,
+                state: NodeState::Down,
+                ..
+            } if out.is_ok() => ghosts.retain(|g| g.1 != *id),
             Command::ReleaseAddresses { node_id, vms } => ghosts
                 .retain(|g| !(g.1 == *node_id && vms.iter().any(|(n, e)| *n == g.0 && *e == g.2))),
             _ => {}
@@ -390,12 +404,23 @@ fn pool_exhaustion_overlap_and_in_use_are_one_line_refusals() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("cannot be deleted"), "{err}");
-    let blue = Command::CreateNetwork { name: "blue".into(), cidr: "10.5.0.0/24".into() };
+    let blue = Command::CreateNetwork {
+        name: "blue".into(),
+        cidr: "10.5.0.0/24".into(),
+    };
     apply(&mut s, 40, blue).expect("blue");
     let mut on_blue = VmSpec::new("b1");
     on_blue.network = Some("blue".into());
     apply(&mut s, 41, Command::CreateVm { spec: on_blue }).expect("b1");
-    let err = apply(&mut s, 42, Command::DeleteNetwork { name: "blue".into() }).unwrap_err().to_string();
+    let err = apply(
+        &mut s,
+        42,
+        Command::DeleteNetwork {
+            name: "blue".into(),
+        },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("in use by 1 VM(s) (b1)"), "{err}");
     let err = apply(
         &mut s,

@@ -4,11 +4,11 @@
 //! re-place at once, plus the rules around them (client `down` refused, verdicts bound to their
 //! term, lease settings, ids never reused, a failed VM started again).
 
-use blixard_core::{
-    ApplyError, ClusterState, Command, Desired, NodeState, Reply, Request, Resources, TaskSpec, TaskState, VmSpec,
-    VmState,
-};
 use blixard_core::planner::{plan, Action, Observed, RunState};
+use blixard_core::{
+    ApplyError, ClusterState, Command, Desired, NodeState, Reply, Request, Resources, TaskSpec,
+    TaskState, VmSpec, VmState,
+};
 use proptest::prelude::*;
 
 struct H {
@@ -19,7 +19,11 @@ struct H {
 
 impl H {
     fn new(nodes: &[(u64, u32)]) -> Self {
-        let mut h = H { s: ClusterState::default(), index: 0, term: 1 };
+        let mut h = H {
+            s: ClusterState::default(),
+            index: 0,
+            term: 1,
+        };
         for (id, vcpus) in nodes {
             h.register(*id, *vcpus);
         }
@@ -39,10 +43,18 @@ impl H {
     fn apply(&mut self, c: Command) -> Result<Reply, ApplyError> {
         self.index += 1;
         let before = self.s.clone();
-        let out = self.s.apply_at(self.term, self.index, &Request::new(c, self.index * 100));
-        self.s.check_invariants().unwrap_or_else(|e| panic!("invariant broken: {e}"));
+        let out = self
+            .s
+            .apply_at(self.term, self.index, &Request::new(c, self.index * 100));
+        self.s
+            .check_invariants()
+            .unwrap_or_else(|e| panic!("invariant broken: {e}"));
         if out.is_err() {
-            assert_eq!(before.digest(), self.s.digest(), "a refused command changed the state");
+            assert_eq!(
+                before.digest(),
+                self.s.digest(),
+                "a refused command changed the state"
+            );
         }
         out
     }
@@ -90,16 +102,33 @@ fn preemption_waits_for_the_victim_to_stop_on_its_node() {
     assert_eq!(h.node_of("high"), Some(1));
     assert_eq!(h.node_of("low"), Some(1));
     assert!(h.s.vms["low"].evacuating);
-    let observed = [Observed { name: "low".into(), epoch: h.s.vms["low"].epoch, run: RunState::Running }];
+    let observed = [Observed {
+        name: "low".into(),
+        epoch: h.s.vms["low"].epoch,
+        run: RunState::Running,
+    }];
     let actions = plan(1, h.s.vms.values(), &observed);
-    assert!(actions.iter().any(|a| matches!(a, Action::Stop { name } if name == "low")), "{actions:?}");
-    assert!(!actions.iter().any(|a| matches!(a, Action::Start { .. })), "{actions:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Stop { name } if name == "low")),
+        "{actions:?}"
+    );
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Start { .. })),
+        "{actions:?}"
+    );
     // The victim's old epoch is still current: its node can report it stopped.
     h.report("low", VmState::Stopping).unwrap();
     h.report("low", VmState::Stopped).unwrap();
     assert_eq!(h.node_of("low"), None);
     let actions = plan(1, h.s.vms.values(), &[]);
-    assert!(actions.iter().any(|a| matches!(a, Action::Start { spec, .. } if spec.name == "high")), "{actions:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Start { spec, .. } if spec.name == "high")),
+        "{actions:?}"
+    );
 }
 
 #[test]
@@ -107,19 +136,46 @@ fn a_client_cannot_declare_a_node_down_or_bring_it_back() {
     let mut h = H::new(&[(1, 4), (2, 4)]);
     h.create("a", 1, 0, false);
     let on = h.node_of("a").unwrap();
-    let err = h.apply(Command::SetWorkerState { id: on, state: NodeState::Down }).unwrap_err();
-    assert!(err.to_string().contains("only by the failure detector"), "{err}");
+    let err = h
+        .apply(Command::SetWorkerState {
+            id: on,
+            state: NodeState::Down,
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("only by the failure detector"),
+        "{err}"
+    );
     assert_eq!(h.node_of("a"), Some(on));
     // The detector's verdict in the current term moves it.
-    h.ok(Command::LivenessVerdict { id: on, state: NodeState::Down, term: 1 });
+    h.ok(Command::LivenessVerdict {
+        id: on,
+        state: NodeState::Down,
+        term: 1,
+    });
     assert_ne!(h.node_of("a"), Some(on));
-    let err = h.apply(Command::SetWorkerState { id: on, state: NodeState::Up }).unwrap_err();
+    let err = h
+        .apply(Command::SetWorkerState {
+            id: on,
+            state: NodeState::Up,
+        })
+        .unwrap_err();
     assert!(err.to_string().contains("comes back up by itself"), "{err}");
-    h.ok(Command::LivenessVerdict { id: on, state: NodeState::Up, term: 1 });
+    h.ok(Command::LivenessVerdict {
+        id: on,
+        state: NodeState::Up,
+        term: 1,
+    });
     assert_eq!(h.s.workers[&on].state, NodeState::Up);
     // Draining and undraining stay operator commands.
-    h.ok(Command::SetWorkerState { id: on, state: NodeState::Draining });
-    h.ok(Command::SetWorkerState { id: on, state: NodeState::Up });
+    h.ok(Command::SetWorkerState {
+        id: on,
+        state: NodeState::Draining,
+    });
+    h.ok(Command::SetWorkerState {
+        id: on,
+        state: NodeState::Up,
+    });
 }
 
 #[test]
@@ -129,11 +185,25 @@ fn a_verdict_of_another_term_is_void() {
     let on = h.node_of("a").unwrap();
     // Decided by the leader of term 1 (frozen, woken up), committed by the leader of term 2.
     h.term = 2;
-    let err = h.apply(Command::LivenessVerdict { id: on, state: NodeState::Down, term: 1 }).unwrap_err();
-    assert_eq!(err, ApplyError::StaleTerm { decided: 1, committed: 2 });
+    let err = h
+        .apply(Command::LivenessVerdict {
+            id: on,
+            state: NodeState::Down,
+            term: 1,
+        })
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ApplyError::StaleTerm {
+            decided: 1,
+            committed: 2
+        }
+    );
     assert_eq!(h.s.workers[&on].state, NodeState::Up);
     assert_eq!(h.node_of("a"), Some(on));
-    let err = h.apply(Command::RemoveWorker { id: on, term: 1 }).unwrap_err();
+    let err = h
+        .apply(Command::RemoveWorker { id: on, term: 1 })
+        .unwrap_err();
     assert!(matches!(err, ApplyError::StaleTerm { .. }));
     assert!(h.s.workers.contains_key(&on));
 }
@@ -150,14 +220,24 @@ fn re_registration_with_less_capacity_stops_before_moving_and_never_moves_tasks(
     let mut spec = TaskSpec::new(vec!["sleep".into(), "60".into()]);
     spec.cpus = 2;
     spec.node = Some(on);
-    h.ok(Command::SubmitTask { id: "t".into(), spec });
-    h.ok(Command::ReportTaskStarted { id: "t".into(), node_id: on, epoch: h.s.tasks["t"].epoch });
+    h.ok(Command::SubmitTask {
+        id: "t".into(),
+        spec,
+    });
+    h.ok(Command::ReportTaskStarted {
+        id: "t".into(),
+        node_id: on,
+        epoch: h.s.tasks["t"].epoch,
+    });
     // The node comes back with 1 vCPU: neither fits, but the VM only leaves once stopped and
     // the task is left to finish (a one-shot command cannot move without running twice).
     h.register(on, 1);
     assert_eq!(h.node_of("v"), Some(on));
     assert!(h.s.vms["v"].evacuating);
-    assert_eq!((h.s.tasks["t"].node_id, h.s.tasks["t"].state), (Some(on), TaskState::Running));
+    assert_eq!(
+        (h.s.tasks["t"].node_id, h.s.tasks["t"].state),
+        (Some(on), TaskState::Running)
+    );
     h.report("v", VmState::Stopped).unwrap();
     assert_ne!(h.node_of("v"), Some(on));
 }
@@ -167,13 +247,29 @@ fn lease_settings_are_replicated_validated_and_judged_by_the_longer_lease() {
     let mut h = H::new(&[(1, 4)]);
     assert_eq!(h.s.liveness.lease_ms, 10_000);
     for bad in [
-        Command::SetLivenessSettings { lease_ms: None, grace_ms: Some(0), heartbeat_ms: None },
-        Command::SetLivenessSettings { lease_ms: Some(1500), grace_ms: None, heartbeat_ms: None },
-        Command::SetLivenessSettings { lease_ms: None, grace_ms: None, heartbeat_ms: Some(6000) },
+        Command::SetLivenessSettings {
+            lease_ms: None,
+            grace_ms: Some(0),
+            heartbeat_ms: None,
+        },
+        Command::SetLivenessSettings {
+            lease_ms: Some(1500),
+            grace_ms: None,
+            heartbeat_ms: None,
+        },
+        Command::SetLivenessSettings {
+            lease_ms: None,
+            grace_ms: None,
+            heartbeat_ms: Some(6000),
+        },
     ] {
         h.apply(bad).unwrap_err();
     }
-    h.ok(Command::SetLivenessSettings { lease_ms: Some(4000), grace_ms: Some(1000), heartbeat_ms: Some(500) });
+    h.ok(Command::SetLivenessSettings {
+        lease_ms: Some(4000),
+        grace_ms: Some(1000),
+        heartbeat_ms: Some(500),
+    });
     let l = h.s.liveness;
     assert_eq!((l.lease_ms, l.grace_ms, l.heartbeat_ms), (4000, 1000, 500));
     // A node may still hold a 10 s lease granted before the change; once every such lease
@@ -203,7 +299,8 @@ fn node_ids_are_never_reused_and_only_members_register() {
     assert!(err.to_string().contains("not a member"), "{err}");
     // Kept across a reload from rows.
     let rows = h.s.all_rows();
-    let back = ClusterState::from_rows(rows.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+    let back =
+        ClusterState::from_rows(rows.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
     assert!(back.id_was_used(2));
 }
 
@@ -217,7 +314,10 @@ fn a_failed_vm_starts_again_under_a_new_epoch_and_restarts_are_counted() {
     h.report("f", VmState::Failed).unwrap();
     let e0 = h.s.vms["f"].epoch;
     // `vm start` (desired was already running) asks for a fresh run.
-    h.ok(Command::SetVmDesired { name: "f".into(), desired: Desired::Running });
+    h.ok(Command::SetVmDesired {
+        name: "f".into(),
+        desired: Desired::Running,
+    });
     let vm = h.s.vms["f"].clone();
     assert!(vm.epoch > e0);
     assert_eq!((vm.node_id, vm.state), (Some(1), VmState::Pending));
@@ -238,20 +338,54 @@ fn a_failed_vm_starts_again_under_a_new_epoch_and_restarts_are_counted() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { vm: u8, vcpus: u32, priority: u8, preempt: bool },
-    Report { vm: u8, state: VmState },
-    Register { node: u64, vcpus: u32 },
-    Verdict { node: u64, down: bool },
-    Drain { node: u64 },
-    Move { vm: u8 },
-    Delete { vm: u8 },
+    Create {
+        vm: u8,
+        vcpus: u32,
+        priority: u8,
+        preempt: bool,
+    },
+    Report {
+        vm: u8,
+        state: VmState,
+    },
+    Register {
+        node: u64,
+        vcpus: u32,
+    },
+    Verdict {
+        node: u64,
+        down: bool,
+    },
+    Drain {
+        node: u64,
+    },
+    Move {
+        vm: u8,
+    },
+    Delete {
+        vm: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0u8..6, 1u32..4, 0u8..100, any::<bool>())
-            .prop_map(|(vm, vcpus, priority, preempt)| Op::Create { vm, vcpus, priority, preempt }),
-        (0u8..6, prop_oneof![Just(VmState::Running), Just(VmState::Stopped), Just(VmState::Failed), Just(VmState::Starting)])
+        (0u8..6, 1u32..4, 0u8..100, any::<bool>()).prop_map(|(vm, vcpus, priority, preempt)| {
+            Op::Create {
+                vm,
+                vcpus,
+                priority,
+                preempt,
+            }
+        }),
+        (
+            0u8..6,
+            prop_oneof![
+                Just(VmState::Running),
+                Just(VmState::Stopped),
+                Just(VmState::Failed),
+                Just(VmState::Starting)
+            ]
+        )
             .prop_map(|(vm, state)| Op::Report { vm, state }),
         (1u64..4, 0u32..6).prop_map(|(node, vcpus)| Op::Register { node, vcpus }),
         (1u64..4, any::<bool>()).prop_map(|(node, down)| Op::Verdict { node, down }),
@@ -339,10 +473,23 @@ fn byte_budgets_bound_the_state_and_refusals_change_nothing() {
         spec.env.insert("V".into(), "v".repeat(15 * 1024));
         h.index += 1;
         // (Straight to apply: the harness's per-apply digest would dominate the test's time.)
-        let r = Request::new(Command::SubmitTask { id: format!("t-{accepted}"), spec: spec.clone() }, h.index);
+        let r = Request::new(
+            Command::SubmitTask {
+                id: format!("t-{accepted}"),
+                spec: spec.clone(),
+            },
+            h.index,
+        );
         match h.s.apply_at(h.term, h.index, &r) {
             Ok(_) => accepted += 1,
-            Err(_) => break h.apply(Command::SubmitTask { id: format!("t-{accepted}"), spec }).unwrap_err(),
+            Err(_) => {
+                break h
+                    .apply(Command::SubmitTask {
+                        id: format!("t-{accepted}"),
+                        spec,
+                    })
+                    .unwrap_err()
+            }
         }
         assert!(accepted < 5_000, "no budget");
     };
@@ -351,10 +498,20 @@ fn byte_budgets_bound_the_state_and_refusals_change_nothing() {
     assert!(accepted > 500, "{accepted}");
     // Remembered outcomes: each retry-able reply carries a task; the table stays in budget.
     for i in 0..200 {
-        let r = Request::new(Command::CancelTask { id: format!("t-{i}") }, 1).with_id(format!("req-{i}"));
+        let r = Request::new(
+            Command::CancelTask {
+                id: format!("t-{i}"),
+            },
+            1,
+        )
+        .with_id(format!("req-{i}"));
         h.index += 1;
         h.s.apply_at(h.term, h.index, &r).unwrap();
     }
-    let kept: usize = h.s.requests.iter().map(|(k, v)| k.len() + serde_json::to_vec(v).unwrap().len()).sum();
+    let kept: usize =
+        h.s.requests
+            .iter()
+            .map(|(k, v)| k.len() + serde_json::to_vec(v).unwrap().len())
+            .sum();
     assert!(kept <= blixard_core::budget::MAX_DEDUP_BYTES, "{kept}");
 }

@@ -4,29 +4,70 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use blixard_core::{RestartPolicy, TaskSpec, TaskState};
 use blixard_core::scheduler::explain;
-use blixard_core::{ClusterState, Command, Desired, VmState, NodeId, NodeState, Reply, Request, Resources, Strategy, VmSpec};
+use blixard_core::{
+    ClusterState, Command, Desired, NodeId, NodeState, Reply, Request, Resources, Strategy, VmSpec,
+    VmState,
+};
+use blixard_core::{RestartPolicy, TaskSpec, TaskState};
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)]
 enum Op {
-    Register { id: NodeId, vcpus: u32, memory_mb: u64, disk_gb: u64, kvm: bool, zone: Option<u8> },
-    Remove { id: NodeId },
-    SetState { id: NodeId, state: NodeState },
+    Register {
+        id: NodeId,
+        vcpus: u32,
+        memory_mb: u64,
+        disk_gb: u64,
+        kvm: bool,
+        zone: Option<u8>,
+    },
+    Remove {
+        id: NodeId,
+    },
+    SetState {
+        id: NodeId,
+        state: NodeState,
+    },
     Create(VmSpec),
-    Delete { vm: u8 },
-    Settings { strategy: Strategy, pct: u32 },
-    Move { vm: u8 },
-    Desired { vm: u8, running: bool },
+    Delete {
+        vm: u8,
+    },
+    Settings {
+        strategy: Strategy,
+        pct: u32,
+    },
+    Move {
+        vm: u8,
+    },
+    Desired {
+        vm: u8,
+        running: bool,
+    },
     /// A report for the VM's current placement (`current`) or a stale one.
-    Report { vm: u8, state: VmState, current: bool },
-    SubmitTask { t: u8, cpus: u32, memory_mb: u64, pin: Option<NodeId>, max_attempts: u32 },
+    Report {
+        vm: u8,
+        state: VmState,
+        current: bool,
+    },
+    SubmitTask {
+        t: u8,
+        cpus: u32,
+        memory_mb: u64,
+        pin: Option<NodeId>,
+        max_attempts: u32,
+    },
     /// A task start (`state == None`) or result for its current assignment or a stale one.
-    TaskReport { t: u8, state: Option<TaskState>, current: bool },
-    CancelTask { t: u8 },
+    TaskReport {
+        t: u8,
+        state: Option<TaskState>,
+        current: bool,
+    },
+    CancelTask {
+        t: u8,
+    },
 }
 
 fn zone(z: u8) -> String {
@@ -47,32 +88,58 @@ fn spec() -> impl proptest::strategy::Strategy<Value = VmSpec> {
         proptest::option::weighted(0.2, 0u8..3),
         proptest::bool::weighted(0.2),
         proptest::option::weighted(0.1, 1u64..6),
-        (0u8..=100, proptest::bool::weighted(0.3), proptest::option::weighted(0.3, strategy()), proptest::bool::ANY, 0u8..3),
+        (
+            0u8..=100,
+            proptest::bool::weighted(0.3),
+            proptest::option::weighted(0.3, strategy()),
+            proptest::bool::ANY,
+            0u8..3,
+        ),
     )
-        .prop_map(|(n, vcpus, memory_mb, disk_gb, group, zone_c, kvm, pin, (priority, preempt, strategy, start, restart))| {
-            let mut s = VmSpec::new(format!("vm-{n}"));
-            s.vcpus = vcpus;
-            s.memory_mb = memory_mb;
-            s.disk_gb = disk_gb;
-            s.anti_affinity = group.map(|g| format!("g{g}"));
-            if let Some(z) = zone_c {
-                s.constraints.insert("zone".into(), zone(z));
-            }
-            if kvm {
-                s.features.insert("kvm".into());
-            }
-            s.node = pin;
-            s.priority = priority;
-            s.preempt = preempt;
-            s.strategy = strategy;
-            s.start = start;
-            s.restart = [RestartPolicy::Always, RestartPolicy::OnFailure, RestartPolicy::Never][restart as usize];
-            s
-        })
+        .prop_map(
+            |(
+                n,
+                vcpus,
+                memory_mb,
+                disk_gb,
+                group,
+                zone_c,
+                kvm,
+                pin,
+                (priority, preempt, strategy, start, restart),
+            )| {
+                let mut s = VmSpec::new(format!("vm-{n}"));
+                s.vcpus = vcpus;
+                s.memory_mb = memory_mb;
+                s.disk_gb = disk_gb;
+                s.anti_affinity = group.map(|g| format!("g{g}"));
+                if let Some(z) = zone_c {
+                    s.constraints.insert("zone".into(), zone(z));
+                }
+                if kvm {
+                    s.features.insert("kvm".into());
+                }
+                s.node = pin;
+                s.priority = priority;
+                s.preempt = preempt;
+                s.strategy = strategy;
+                s.start = start;
+                s.restart = [
+                    RestartPolicy::Always,
+                    RestartPolicy::OnFailure,
+                    RestartPolicy::Never,
+                ][restart as usize];
+                s
+            },
+        )
 }
 
 fn node_state() -> impl proptest::strategy::Strategy<Value = NodeState> {
-    prop_oneof![Just(NodeState::Up), Just(NodeState::Down), Just(NodeState::Draining)]
+    prop_oneof![
+        Just(NodeState::Up),
+        Just(NodeState::Down),
+        Just(NodeState::Draining)
+    ]
 }
 
 fn op() -> impl proptest::strategy::Strategy<Value = Op> {
@@ -99,56 +166,133 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
 
 fn command(op: &Op, s: &ClusterState) -> Command {
     match op {
-        Op::Move { vm } => Command::MoveVm { name: format!("vm-{vm}") },
+        Op::Move { vm } => Command::MoveVm {
+            name: format!("vm-{vm}"),
+        },
         Op::Desired { vm, running } => Command::SetVmDesired {
             name: format!("vm-{vm}"),
-            desired: if *running { Desired::Running } else { Desired::Stopped },
+            desired: if *running {
+                Desired::Running
+            } else {
+                Desired::Stopped
+            },
         },
         Op::Report { vm, state, current } => {
             let name = format!("vm-{vm}");
-            let (node, epoch) = s.vms.get(&name).map(|v| (v.node_id.unwrap_or(1), v.epoch)).unwrap_or((1, 0));
-            let epoch = if *current { epoch } else { epoch.saturating_sub(1) };
-            Command::ReportVmStatus { name, node_id: node, epoch, state: *state, reason: None, restarted: false }
+            let (node, epoch) = s
+                .vms
+                .get(&name)
+                .map(|v| (v.node_id.unwrap_or(1), v.epoch))
+                .unwrap_or((1, 0));
+            let epoch = if *current {
+                epoch
+            } else {
+                epoch.saturating_sub(1)
+            };
+            Command::ReportVmStatus {
+                name,
+                node_id: node,
+                epoch,
+                state: *state,
+                reason: None,
+                restarted: false,
+            }
         }
-        Op::Register { id, vcpus, memory_mb, disk_gb, kvm, zone: z } => Command::RegisterWorker {
+        Op::Register {
+            id,
+            vcpus,
+            memory_mb,
+            disk_gb,
+            kvm,
+            zone: z,
+        } => Command::RegisterWorker {
             id: *id,
             addr: format!("127.0.0.1:{}", 7000 + id),
             capacity: Resources::new(*vcpus, *memory_mb, *disk_gb),
             kvm: *kvm,
-            labels: z.map(|z| ("zone".to_string(), zone(z))).into_iter().collect(),
+            labels: z
+                .map(|z| ("zone".to_string(), zone(z)))
+                .into_iter()
+                .collect(),
         },
         Op::Remove { id } => Command::RemoveWorker { id: *id, term: 0 },
         Op::SetState { id, state } => {
             // Down (and up again from down) is the failure detector's verdict; the rest is an
             // operator's command.
-            let down = s.workers.get(id).is_some_and(|w| w.state == NodeState::Down);
+            let down = s
+                .workers
+                .get(id)
+                .is_some_and(|w| w.state == NodeState::Down);
             if *state == NodeState::Down || (down && *state == NodeState::Up) {
-                Command::LivenessVerdict { id: *id, state: *state, term: 0 }
+                Command::LivenessVerdict {
+                    id: *id,
+                    state: *state,
+                    term: 0,
+                }
             } else {
-                Command::SetWorkerState { id: *id, state: *state }
+                Command::SetWorkerState {
+                    id: *id,
+                    state: *state,
+                }
             }
         }
         Op::Create(spec) => Command::CreateVm { spec: spec.clone() },
-        Op::Delete { vm } => Command::DeleteVm { name: format!("vm-{vm}") },
-        Op::Settings { strategy, pct } => Command::SetSchedulerSettings { strategy: *strategy, vcpu_overcommit_pct: *pct },
-        Op::SubmitTask { t, cpus, memory_mb, pin, max_attempts } => {
+        Op::Delete { vm } => Command::DeleteVm {
+            name: format!("vm-{vm}"),
+        },
+        Op::Settings { strategy, pct } => Command::SetSchedulerSettings {
+            strategy: *strategy,
+            vcpu_overcommit_pct: *pct,
+        },
+        Op::SubmitTask {
+            t,
+            cpus,
+            memory_mb,
+            pin,
+            max_attempts,
+        } => {
             let mut spec = TaskSpec::new(vec!["true".into()]);
             spec.cpus = *cpus;
             spec.memory_mb = *memory_mb;
             spec.node = *pin;
             spec.max_attempts = *max_attempts;
-            Command::SubmitTask { id: format!("t-{t}"), spec }
+            Command::SubmitTask {
+                id: format!("t-{t}"),
+                spec,
+            }
         }
         Op::TaskReport { t, state, current } => {
             let id = format!("t-{t}");
-            let (node, epoch) = s.tasks.get(&id).map(|t| (t.node_id.unwrap_or(1), t.epoch)).unwrap_or((1, 0));
-            let epoch = if *current { epoch } else { epoch.saturating_sub(1) };
+            let (node, epoch) = s
+                .tasks
+                .get(&id)
+                .map(|t| (t.node_id.unwrap_or(1), t.epoch))
+                .unwrap_or((1, 0));
+            let epoch = if *current {
+                epoch
+            } else {
+                epoch.saturating_sub(1)
+            };
             match state {
-                None => Command::ReportTaskStarted { id, node_id: node, epoch },
-                Some(st) => Command::ReportTaskResult { id, node_id: node, epoch, state: *st, exit_code: Some(0), duration_ms: Some(5), reason: None },
+                None => Command::ReportTaskStarted {
+                    id,
+                    node_id: node,
+                    epoch,
+                },
+                Some(st) => Command::ReportTaskResult {
+                    id,
+                    node_id: node,
+                    epoch,
+                    state: *st,
+                    exit_code: Some(0),
+                    duration_ms: Some(5),
+                    reason: None,
+                },
             }
         }
-        Op::CancelTask { t } => Command::CancelTask { id: format!("t-{t}") },
+        Op::CancelTask { t } => Command::CancelTask {
+            id: format!("t-{t}"),
+        },
     }
 }
 
@@ -172,11 +316,22 @@ fn run(ops: &[Op]) -> Result<(ClusterState, BTreeMap<String, Vec<u8>>), TestCase
         for vm in s.vms.values() {
             if let (Some(n), true) = (vm.node_id, vm.epoch == index) {
                 let state = s.workers[&n].state;
-                prop_assert_eq!(state, NodeState::Up, "{} placed on {} node {}", vm.spec.name, state.as_str(), n);
+                prop_assert_eq!(
+                    state,
+                    NodeState::Up,
+                    "{} placed on {} node {}",
+                    vm.spec.name,
+                    state.as_str(),
+                    n
+                );
                 prop_assert!(vm.placement.is_some());
             }
             if vm.node_id.is_none() {
-                prop_assert!(vm.reason.is_some(), "pending VM {} has no reason", vm.spec.name);
+                prop_assert!(
+                    vm.reason.is_some(),
+                    "pending VM {} has no reason",
+                    vm.spec.name
+                );
             }
         }
         // The dry run agreed with apply.
@@ -192,7 +347,11 @@ fn run(ops: &[Op]) -> Result<(ClusterState, BTreeMap<String, Vec<u8>>), TestCase
                     prop_assert_eq!(p.verdicts.len(), s.workers.len());
                 }
                 (Err(a), Err(b)) => prop_assert_eq!(a, b),
-                other => return Err(TestCaseError::fail(format!("dry run and apply disagree: {other:?}"))),
+                other => {
+                    return Err(TestCaseError::fail(format!(
+                        "dry run and apply disagree: {other:?}"
+                    )))
+                }
             }
         }
         for key in s.take_touched() {

@@ -2,7 +2,10 @@
 //! retries on node loss, cancellation, retention and validation.
 
 use blixard_core::task::{MAX_FINISHED_TASKS, MAX_TASK_ARGS};
-use blixard_core::{ApplyError, ClusterState, Command, NodeState, Reply, Request, Resources, TaskRecord, TaskSpec, TaskState};
+use blixard_core::{
+    ApplyError, ClusterState, Command, NodeState, Reply, Request, Resources, TaskRecord, TaskSpec,
+    TaskState,
+};
 
 struct T {
     s: ClusterState,
@@ -11,7 +14,10 @@ struct T {
 
 impl T {
     fn new(nodes: &[(u64, u32, u64)]) -> Self {
-        let mut t = T { s: ClusterState::default(), index: 0 };
+        let mut t = T {
+            s: ClusterState::default(),
+            index: 0,
+        };
         for (id, vcpus, mem) in nodes {
             t.ok(Command::RegisterWorker {
                 id: *id,
@@ -28,9 +34,15 @@ impl T {
         self.index += 1;
         let before = self.s.clone();
         let out = self.s.apply(self.index, &Request::new(c, self.index * 100));
-        self.s.check_invariants().unwrap_or_else(|e| panic!("invariant broken: {e}"));
+        self.s
+            .check_invariants()
+            .unwrap_or_else(|e| panic!("invariant broken: {e}"));
         if out.is_err() {
-            assert_eq!(before.digest(), self.s.digest(), "a refused command changed the state");
+            assert_eq!(
+                before.digest(),
+                self.s.digest(),
+                "a refused command changed the state"
+            );
         }
         out
     }
@@ -43,7 +55,10 @@ impl T {
         let mut spec = TaskSpec::new(vec!["sleep".into(), "1".into()]);
         spec.cpus = cpus;
         spec.memory_mb = mem;
-        match self.ok(Command::SubmitTask { id: id.into(), spec }) {
+        match self.ok(Command::SubmitTask {
+            id: id.into(),
+            spec,
+        }) {
             Reply::Task(t) => *t,
             other => panic!("unexpected reply {other:?}"),
         }
@@ -53,7 +68,14 @@ impl T {
         &self.s.tasks[id]
     }
 
-    fn result(&mut self, id: &str, node: u64, epoch: u64, state: TaskState, code: i32) -> Result<Reply, ApplyError> {
+    fn result(
+        &mut self,
+        id: &str,
+        node: u64,
+        epoch: u64,
+        state: TaskState,
+        code: i32,
+    ) -> Result<Reply, ApplyError> {
         self.apply(Command::ReportTaskResult {
             id: id.into(),
             node_id: node,
@@ -77,9 +99,17 @@ fn placement_accounts_capacity_and_frees_it_at_the_end() {
     let b = t.submit("b", 1, 256);
     assert_eq!(b.node_id, None);
     assert_eq!(b.state, TaskState::Pending);
-    assert!(b.reason.as_deref().unwrap_or("").contains("waiting"), "{:?}", b.reason);
+    assert!(
+        b.reason.as_deref().unwrap_or("").contains("waiting"),
+        "{:?}",
+        b.reason
+    );
     let ep = t.task("a").epoch;
-    t.ok(Command::ReportTaskStarted { id: "a".into(), node_id: 1, epoch: ep });
+    t.ok(Command::ReportTaskStarted {
+        id: "a".into(),
+        node_id: 1,
+        epoch: ep,
+    });
     assert_eq!(t.task("a").state, TaskState::Running);
     t.result("a", 1, ep, TaskState::Succeeded, 0).unwrap();
     assert_eq!(t.task("a").state, TaskState::Succeeded);
@@ -95,8 +125,16 @@ fn stale_attempt_results_are_refused() {
     let a = t.submit("a", 1, 64);
     let first = a.node_id.unwrap();
     let ep = a.epoch;
-    t.ok(Command::ReportTaskStarted { id: "a".into(), node_id: first, epoch: ep });
-    t.ok(Command::LivenessVerdict { id: first, state: NodeState::Down, term: 0 });
+    t.ok(Command::ReportTaskStarted {
+        id: "a".into(),
+        node_id: first,
+        epoch: ep,
+    });
+    t.ok(Command::LivenessVerdict {
+        id: first,
+        state: NodeState::Down,
+        term: 0,
+    });
     let a = t.task("a").clone();
     assert_eq!(a.attempt, 2);
     assert_ne!(a.node_id, Some(first));
@@ -104,12 +142,21 @@ fn stale_attempt_results_are_refused() {
     // The old node comes back and reports its attempt: refused.
     let err = t.result("a", first, ep, TaskState::Failed, 1).unwrap_err();
     assert!(matches!(err, ApplyError::StaleAttempt { .. }), "{err}");
-    let err = t.apply(Command::ReportTaskStarted { id: "a".into(), node_id: first, epoch: ep }).unwrap_err();
+    let err = t
+        .apply(Command::ReportTaskStarted {
+            id: "a".into(),
+            node_id: first,
+            epoch: ep,
+        })
+        .unwrap_err();
     assert!(matches!(err, ApplyError::StaleAttempt { .. }));
     // The current attempt's result counts; a second result is refused.
     let second = a.node_id.unwrap();
-    t.result("a", second, a.epoch, TaskState::Succeeded, 0).unwrap();
-    assert!(t.result("a", second, a.epoch, TaskState::Failed, 1).is_err());
+    t.result("a", second, a.epoch, TaskState::Succeeded, 0)
+        .unwrap();
+    assert!(t
+        .result("a", second, a.epoch, TaskState::Failed, 1)
+        .is_err());
     assert_eq!(t.task("a").state, TaskState::Succeeded);
 }
 
@@ -118,13 +165,24 @@ fn node_loss_retries_then_loses() {
     let mut t = T::new(&[(1, 4, 4096), (2, 4, 4096), (3, 4, 4096)]);
     let mut spec = TaskSpec::new(vec!["x".into()]);
     spec.max_attempts = 2;
-    t.ok(Command::SubmitTask { id: "a".into(), spec });
+    t.ok(Command::SubmitTask {
+        id: "a".into(),
+        spec,
+    });
     let n1 = t.task("a").node_id.unwrap();
-    t.ok(Command::LivenessVerdict { id: n1, state: NodeState::Down, term: 0 });
+    t.ok(Command::LivenessVerdict {
+        id: n1,
+        state: NodeState::Down,
+        term: 0,
+    });
     assert_eq!(t.task("a").attempt, 2);
     let n2 = t.task("a").node_id.unwrap();
     assert_ne!(n1, n2);
-    t.ok(Command::LivenessVerdict { id: n2, state: NodeState::Down, term: 0 });
+    t.ok(Command::LivenessVerdict {
+        id: n2,
+        state: NodeState::Down,
+        term: 0,
+    });
     let a = t.task("a");
     assert_eq!(a.state, TaskState::Lost);
     assert!(a.reason.as_deref().unwrap().contains("no attempt left"));
@@ -136,16 +194,33 @@ fn node_loss_retries_then_loses() {
 #[test]
 fn pinned_tasks_wait_for_their_node() {
     let mut t = T::new(&[(1, 4, 4096), (2, 4, 4096)]);
-    t.ok(Command::LivenessVerdict { id: 2, state: NodeState::Down, term: 0 });
+    t.ok(Command::LivenessVerdict {
+        id: 2,
+        state: NodeState::Down,
+        term: 0,
+    });
     let mut spec = TaskSpec::new(vec!["x".into()]);
     spec.node = Some(2);
-    t.ok(Command::SubmitTask { id: "p".into(), spec: spec.clone() });
+    t.ok(Command::SubmitTask {
+        id: "p".into(),
+        spec: spec.clone(),
+    });
     assert_eq!(t.task("p").node_id, None);
     assert!(t.task("p").reason.as_deref().unwrap().contains("node 2"));
-    t.ok(Command::LivenessVerdict { id: 2, state: NodeState::Up, term: 0 });
+    t.ok(Command::LivenessVerdict {
+        id: 2,
+        state: NodeState::Up,
+        term: 0,
+    });
     assert_eq!(t.task("p").node_id, Some(2));
     spec.node = Some(9);
-    assert!(matches!(t.apply(Command::SubmitTask { id: "q".into(), spec }), Err(ApplyError::NotFound { .. })));
+    assert!(matches!(
+        t.apply(Command::SubmitTask {
+            id: "q".into(),
+            spec
+        }),
+        Err(ApplyError::NotFound { .. })
+    ));
 }
 
 #[test]
@@ -162,8 +237,14 @@ fn cancel_pending_at_once_and_assigned_through_the_node() {
     assert_eq!(a.state, TaskState::Pending);
     t.result("a", 1, a.epoch, TaskState::Cancelled, -1).unwrap();
     assert_eq!(t.task("a").state, TaskState::Cancelled);
-    assert!(matches!(t.apply(Command::CancelTask { id: "a".into() }), Err(ApplyError::Invalid(_))));
-    assert!(matches!(t.apply(Command::CancelTask { id: "zz".into() }), Err(ApplyError::NotFound { .. })));
+    assert!(matches!(
+        t.apply(Command::CancelTask { id: "a".into() }),
+        Err(ApplyError::Invalid(_))
+    ));
+    assert!(matches!(
+        t.apply(Command::CancelTask { id: "zz".into() }),
+        Err(ApplyError::NotFound { .. })
+    ));
 }
 
 #[test]
@@ -181,7 +262,8 @@ fn retention_evicts_the_oldest_finished() {
     assert!(t.s.tasks.contains_key("t5"));
     // Rows round-trip.
     let rows = t.s.all_rows();
-    let back = ClusterState::from_rows(rows.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+    let back =
+        ClusterState::from_rows(rows.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
     assert_eq!(back.digest(), t.s.digest());
     back.check_invariants().unwrap();
 }
@@ -207,12 +289,32 @@ fn validation_refuses_bad_specs_and_ids() {
         }),
     ];
     for spec in cases {
-        assert!(matches!(t.apply(Command::SubmitTask { id: "a".into(), spec }), Err(ApplyError::Invalid(_))));
+        assert!(matches!(
+            t.apply(Command::SubmitTask {
+                id: "a".into(),
+                spec
+            }),
+            Err(ApplyError::Invalid(_))
+        ));
     }
     let spec = TaskSpec::new(vec!["x".into()]);
-    assert!(t.apply(Command::SubmitTask { id: "Bad Id".into(), spec: spec.clone() }).is_err());
-    t.ok(Command::SubmitTask { id: "a".into(), spec: spec.clone() });
-    assert!(matches!(t.apply(Command::SubmitTask { id: "a".into(), spec }), Err(ApplyError::AlreadyExists { .. })));
+    assert!(t
+        .apply(Command::SubmitTask {
+            id: "Bad Id".into(),
+            spec: spec.clone()
+        })
+        .is_err());
+    t.ok(Command::SubmitTask {
+        id: "a".into(),
+        spec: spec.clone(),
+    });
+    assert!(matches!(
+        t.apply(Command::SubmitTask {
+            id: "a".into(),
+            spec
+        }),
+        Err(ApplyError::AlreadyExists { .. })
+    ));
 }
 
 #[test]
@@ -222,7 +324,9 @@ fn vms_and_tasks_share_capacity() {
     let mut vm = blixard_core::VmSpec::new("v");
     vm.vcpus = 1;
     vm.memory_mb = 256;
-    let Reply::Vm(v) = t.ok(Command::CreateVm { spec: vm }) else { panic!() };
+    let Reply::Vm(v) = t.ok(Command::CreateVm { spec: vm }) else {
+        panic!()
+    };
     assert_eq!(v.node_id, None, "the task holds the vCPUs");
     let ep = t.task("a").epoch;
     t.result("a", 1, ep, TaskState::Failed, 3).unwrap();

@@ -15,13 +15,25 @@ pub struct Capabilities {
 }
 
 pub fn detect(data_dir: &Path, overrides: &CapacityOverrides) -> Capabilities {
-    let vcpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    let memory_mb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| parse_meminfo_total_mb(&s)).unwrap_or(0);
+    let vcpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let memory_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| parse_meminfo_total_mb(&s))
+        .unwrap_or(0);
     let disk_gb = nix::sys::statvfs::statvfs(data_dir)
-        .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64) / (1024 * 1024 * 1024))
+        .map(|s| {
+            (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64)
+                / (1024 * 1024 * 1024)
+        })
         .unwrap_or(0);
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let kvm_opens = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let kvm_opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     Capabilities {
         capacity: Resources {
             vcpus: overrides.vcpus.unwrap_or(vcpus),
@@ -35,7 +47,10 @@ pub fn detect(data_dir: &Path, overrides: &CapacityOverrides) -> Capabilities {
 /// KVM is usable only when the CPU advertises hardware virtualization and /dev/kvm opens:
 /// some hosts expose /dev/kvm without it, and stock guest kernels hang there.
 pub fn kvm_usable(cpuinfo: &str, kvm_opens: bool) -> bool {
-    let flags = cpuinfo.lines().filter(|l| l.starts_with("flags")).flat_map(|l| l.split_whitespace());
+    let flags = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .flat_map(|l| l.split_whitespace());
     kvm_opens && flags.into_iter().any(|f| f == "vmx" || f == "svm")
 }
 
@@ -60,7 +75,10 @@ mod tests {
 
     #[test]
     fn meminfo_is_parsed() {
-        assert_eq!(parse_meminfo_total_mb("MemTotal:       24576000 kB\nMemFree: 1 kB\n"), Some(24000));
+        assert_eq!(
+            parse_meminfo_total_mb("MemTotal:       24576000 kB\nMemFree: 1 kB\n"),
+            Some(24000)
+        );
         assert_eq!(parse_meminfo_total_mb("garbage"), None);
     }
 }

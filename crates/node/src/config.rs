@@ -111,7 +111,12 @@ impl Default for LivenessTuning {
 }
 
 impl NodeConfig {
-    pub fn new(id: u64, listen: SocketAddr, data_dir: impl Into<PathBuf>, bootstrap: Bootstrap) -> Self {
+    pub fn new(
+        id: u64,
+        listen: SocketAddr,
+        data_dir: impl Into<PathBuf>,
+        bootstrap: Bootstrap,
+    ) -> Self {
         Self {
             id,
             listen,

@@ -41,13 +41,17 @@ impl From<NodeError> for tonic::Status {
                 ApplyError::Invalid(_) => Status::invalid_argument(msg),
                 ApplyError::NotFound { .. } => Status::not_found(msg),
                 ApplyError::AlreadyExists { .. } => Status::already_exists(msg),
-                ApplyError::NoCapacity(_) | ApplyError::LimitReached(_) => Status::resource_exhausted(msg),
-                ApplyError::StaleEpoch { .. } | ApplyError::StaleAttempt { .. } | ApplyError::StaleTerm { .. } => {
-                    Status::failed_precondition(msg)
+                ApplyError::NoCapacity(_) | ApplyError::LimitReached(_) => {
+                    Status::resource_exhausted(msg)
                 }
+                ApplyError::StaleEpoch { .. }
+                | ApplyError::StaleAttempt { .. }
+                | ApplyError::StaleTerm { .. } => Status::failed_precondition(msg),
                 ApplyError::IdUsed(_) => Status::already_exists(msg),
             },
-            NodeError::NoLeader(_) | NodeError::Unreachable(_) | NodeError::Timeout(_) => Status::unavailable(msg),
+            NodeError::NoLeader(_) | NodeError::Unreachable(_) | NodeError::Timeout(_) => {
+                Status::unavailable(msg)
+            }
             NodeError::NotInCluster(_) => Status::failed_precondition(msg),
             NodeError::Invalid(_) | NodeError::Config(_) => Status::invalid_argument(msg),
             NodeError::Io(_) | NodeError::Raft(_) => Status::internal(msg),

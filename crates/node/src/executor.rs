@@ -39,7 +39,11 @@ struct Local {
     /// Consecutive restarts and when the next one may happen.
     backoff: HashMap<String, (u32, Instant)>,
     /// The host network last made to match (networks, taps) and when.
-    net_synced: Option<(BTreeMap<u32, WantedNet>, std::collections::BTreeSet<String>, Instant)>,
+    net_synced: Option<(
+        BTreeMap<u32, WantedNet>,
+        std::collections::BTreeSet<String>,
+        Instant,
+    )>,
     /// The last host-networking error logged.
     net_error: Option<String>,
 }
@@ -59,19 +63,39 @@ pub fn to_observed(o: &blixard_vmm::Observed) -> Observed {
     let run = match &o.state {
         blixard_vmm::RunState::Starting => RunState::Starting,
         blixard_vmm::RunState::Running => RunState::Running,
-        blixard_vmm::RunState::Stopped { exit_code } => RunState::Exited { code: *exit_code, requested: true, reason: None },
-        blixard_vmm::RunState::Failed { reason } => {
-            RunState::Exited { code: None, requested: false, reason: Some(short_reason(reason)) }
-        }
+        blixard_vmm::RunState::Stopped { exit_code } => RunState::Exited {
+            code: *exit_code,
+            requested: true,
+            reason: None,
+        },
+        blixard_vmm::RunState::Failed { reason } => RunState::Exited {
+            code: None,
+            requested: false,
+            reason: Some(short_reason(reason)),
+        },
     };
-    Observed { name: o.name.clone(), epoch: o.epoch, run }
+    Observed {
+        name: o.name.clone(),
+        epoch: o.epoch,
+        run,
+    }
 }
 
 /// The first line of a failure reason, plus the last console line if there is one: enough for
 /// `vm status`; the full story stays in the console log.
 fn short_reason(reason: &str) -> String {
-    let mut r: String = reason.lines().next().unwrap_or("").chars().take(300).collect();
-    if let Some(last) = reason.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("---")) {
+    let mut r: String = reason
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect();
+    if let Some(last) = reason
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.starts_with("---"))
+    {
         if !r.contains(last.trim()) {
             r.push_str(" | last output: ");
             r.extend(last.trim().chars().take(200));
@@ -91,7 +115,13 @@ impl Executor {
                 tracing::warn!(path = %path.display(), error = %e, "recording the network device prefix");
             }
         }
-        Arc::new(Self { node, driver, hostnet, default_guest: Mutex::new(None), local: Mutex::new(Local::default()) })
+        Arc::new(Self {
+            node,
+            driver,
+            hostnet,
+            default_guest: Mutex::new(None),
+            local: Mutex::new(Local::default()),
+        })
     }
 
     pub fn driver(&self) -> &Arc<dyn VmDriver> {
@@ -138,7 +168,15 @@ impl Executor {
                 return Ok(());
             }
             let applied = a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
-            (a.state.vms.values().filter(|v| v.node_id == Some(self.node.id)).cloned().collect(), applied)
+            (
+                a.state
+                    .vms
+                    .values()
+                    .filter(|v| v.node_id == Some(self.node.id))
+                    .cloned()
+                    .collect(),
+                applied,
+            )
         };
         {
             let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());
@@ -155,7 +193,9 @@ impl Executor {
             // again now and then (someone may have removed a device by hand).
             let due = {
                 let l = self.local.lock().unwrap_or_else(|p| p.into_inner());
-                l.net_synced.as_ref().is_none_or(|(n, t, at)| *n != nets || *t != taps || at.elapsed() >= NET_RESYNC)
+                l.net_synced
+                    .as_ref()
+                    .is_none_or(|(n, t, at)| *n != nets || *t != taps || at.elapsed() >= NET_RESYNC)
             };
             if due {
                 let result = h.sync(&nets, &taps).await;
@@ -188,7 +228,9 @@ impl Executor {
         for a in actions {
             let name = match &a {
                 Action::Start { spec, .. } => spec.name.clone(),
-                Action::Stop { name } | Action::Remove { name } | Action::Report { name, .. } => name.clone(),
+                Action::Stop { name } | Action::Remove { name } | Action::Report { name, .. } => {
+                    name.clone()
+                }
             };
             per_vm.entry(name).or_default().push(a);
         }
@@ -208,7 +250,11 @@ impl Executor {
                         break;
                     }
                 }
-                this.local.lock().unwrap_or_else(|p| p.into_inner()).inflight.remove(&name);
+                this.local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .inflight
+                    .remove(&name);
             });
         }
         Ok(())
@@ -236,30 +282,58 @@ impl Executor {
             .values()
             .filter_map(|n| {
                 let addr = n.node_address(self.node.id)?;
-                Some((n.vni, WantedNet { vni: n.vni, addr, prefix: n.cidr.prefix(), peers: peers.clone() }))
+                Some((
+                    n.vni,
+                    WantedNet {
+                        vni: n.vni,
+                        addr,
+                        prefix: n.cidr.prefix(),
+                        peers: peers.clone(),
+                    },
+                ))
             })
             .collect();
-        let mut taps: std::collections::BTreeSet<String> =
-            mine.iter().filter(|v| v.ip.is_some()).map(|v| h.tap_name(v.name())).collect();
-        taps.extend(observed.iter().filter(|o| matches!(o.run, RunState::Starting | RunState::Running)).map(|o| h.tap_name(&o.name)));
+        let mut taps: std::collections::BTreeSet<String> = mine
+            .iter()
+            .filter(|v| v.ip.is_some())
+            .map(|v| h.tap_name(v.name()))
+            .collect();
+        taps.extend(
+            observed
+                .iter()
+                .filter(|o| matches!(o.run, RunState::Starting | RunState::Running))
+                .map(|o| h.tap_name(&o.name)),
+        );
         (nets, taps)
     }
 
     /// The VM's interface: its tap (created on its network's bridge), MAC, and the `ip=` kernel
     /// parameter (address, this node's address as gateway, netmask, the VM's name as hostname).
     async fn attach_network(&self, cfg: &mut VmConfig) -> Result<(), NodeError> {
-        let Some(h) = &self.hostnet else { return Ok(()) };
+        let Some(h) = &self.hostnet else {
+            return Ok(());
+        };
         let found = {
             let a = self.node.state.read();
             a.state.vms.get(&cfg.name).and_then(|vm| {
                 let net = a.state.networks.get(vm.network.as_deref()?)?;
-                Some((vm.ip?, net.vni, net.cidr.netmask(), net.node_address(self.node.id)))
+                Some((
+                    vm.ip?,
+                    net.vni,
+                    net.cidr.netmask(),
+                    net.node_address(self.node.id),
+                ))
             })
         };
-        let Some((ip, vni, mask, gw)) = found else { return Ok(()) };
+        let Some((ip, vni, mask, gw)) = found else {
+            return Ok(());
+        };
         let tap = h.tap_name(&cfg.name);
         h.ensure_tap(&tap, vni).await?;
-        cfg.net = Some(blixard_vmm::NetAttachment { tap, mac: HostNet::mac(ip) });
+        cfg.net = Some(blixard_vmm::NetAttachment {
+            tap,
+            mac: HostNet::mac(ip),
+        });
         let gw = gw.map(|g| g.to_string()).unwrap_or_default();
         let param = format!("ip={ip}::{gw}:{mask}:{}:eth0:off", cfg.name);
         // Before the user's command line, so that an `ip=` of theirs wins.
@@ -281,7 +355,11 @@ impl Executor {
                 .values()
                 .flat_map(|n| n.leases.values())
                 .filter_map(|l| match l {
-                    blixard_core::Lease::Quarantined { name, node, epoch } if *node == self.node.id => Some((name.clone(), *epoch)),
+                    blixard_core::Lease::Quarantined { name, node, epoch }
+                        if *node == self.node.id =>
+                    {
+                        Some((name.clone(), *epoch))
+                    }
                     _ => None,
                 })
                 .collect()
@@ -289,24 +367,45 @@ impl Executor {
         if waiting.is_empty() {
             return;
         }
-        let busy: HashSet<String> = self.local.lock().unwrap_or_else(|p| p.into_inner()).inflight.clone();
+        let busy: HashSet<String> = self
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .inflight
+            .clone();
         let alive = |name: &str, epoch: u64| {
-            observed.iter().any(|o| o.name == name && o.epoch == epoch && matches!(o.run, RunState::Starting | RunState::Running))
+            observed.iter().any(|o| {
+                o.name == name
+                    && o.epoch == epoch
+                    && matches!(o.run, RunState::Starting | RunState::Running)
+            })
         };
-        let done: Vec<(String, u64)> = waiting.into_iter().filter(|(n, e)| !busy.contains(n) && !alive(n, *e)).collect();
+        let done: Vec<(String, u64)> = waiting
+            .into_iter()
+            .filter(|(n, e)| !busy.contains(n) && !alive(n, *e))
+            .collect();
         if done.is_empty() {
             return;
         }
-        let cmd = Command::ReleaseAddresses { node_id: self.node.id, vms: done.clone() };
+        let cmd = Command::ReleaseAddresses {
+            node_id: self.node.id,
+            vms: done.clone(),
+        };
         match self.node.propose(cmd, None).await {
-            Ok(_) => tracing::info!(vms = ?done, "confirmed deleted VMs stopped: their addresses are free"),
+            Ok(_) => {
+                tracing::info!(vms = ?done, "confirmed deleted VMs stopped: their addresses are free")
+            }
             Err(e) => tracing::debug!(error = %e, "confirming released addresses: will retry"),
         }
     }
 
     async fn perform(&self, action: &Action) -> Result<(), NodeError> {
         match action {
-            Action::Start { spec, epoch, restart } => {
+            Action::Start {
+                spec,
+                epoch,
+                restart,
+            } => {
                 if *restart && !self.restart_allowed(&spec.name) {
                     return Ok(());
                 }
@@ -315,29 +414,70 @@ impl Executor {
                 tracing::info!(vm = %spec.name, epoch, restart, "starting VM");
                 match self.driver.start(&cfg, *epoch).await {
                     // Counted once per restart, by the node that did it.
-                    Ok(()) if *restart => self.report_as(&spec.name, *epoch, blixard_core::VmState::Starting, None, true).await,
+                    Ok(()) if *restart => {
+                        self.report_as(
+                            &spec.name,
+                            *epoch,
+                            blixard_core::VmState::Starting,
+                            None,
+                            true,
+                        )
+                        .await
+                    }
                     Ok(()) => Ok(()),
-                    Err(e @ (DriverError::MissingFile { .. } | DriverError::GuestKernelMissing { .. } | DriverError::InvalidConfig { .. } | DriverError::BusyboxMissing { .. })) => {
+                    Err(
+                        e @ (DriverError::MissingFile { .. }
+                        | DriverError::GuestKernelMissing { .. }
+                        | DriverError::InvalidConfig { .. }
+                        | DriverError::BusyboxMissing { .. }),
+                    ) => {
                         // It will not get better by retrying: record the failure.
-                        self.report(&spec.name, *epoch, blixard_core::VmState::Failed, Some(e.to_string())).await
+                        self.report(
+                            &spec.name,
+                            *epoch,
+                            blixard_core::VmState::Failed,
+                            Some(e.to_string()),
+                        )
+                        .await
                     }
                     Err(e) => Err(NodeError::Io(e.to_string())),
                 }
             }
             Action::Stop { name } => {
                 tracing::info!(vm = %name, "stopping VM");
-                self.driver.stop(name, STOP_GRACE).await.map_err(|e| NodeError::Io(e.to_string()))
+                self.driver
+                    .stop(name, STOP_GRACE)
+                    .await
+                    .map_err(|e| NodeError::Io(e.to_string()))
             }
             Action::Remove { name } => {
                 tracing::info!(vm = %name, "removing VM run state");
-                self.local.lock().unwrap_or_else(|p| p.into_inner()).backoff.remove(name);
-                self.driver.remove(name).await.map_err(|e| NodeError::Io(e.to_string()))
+                self.local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .backoff
+                    .remove(name);
+                self.driver
+                    .remove(name)
+                    .await
+                    .map_err(|e| NodeError::Io(e.to_string()))
             }
-            Action::Report { name, epoch, state, reason } => self.report(name, *epoch, *state, reason.clone()).await,
+            Action::Report {
+                name,
+                epoch,
+                state,
+                reason,
+            } => self.report(name, *epoch, *state, reason.clone()).await,
         }
     }
 
-    async fn report(&self, name: &str, epoch: u64, state: blixard_core::VmState, reason: Option<String>) -> Result<(), NodeError> {
+    async fn report(
+        &self,
+        name: &str,
+        epoch: u64,
+        state: blixard_core::VmState,
+        reason: Option<String>,
+    ) -> Result<(), NodeError> {
         self.report_as(name, epoch, state, reason, false).await
     }
 
@@ -349,14 +489,23 @@ impl Executor {
         reason: Option<String>,
         restarted: bool,
     ) -> Result<(), NodeError> {
-        let cmd = Command::ReportVmStatus { name: name.to_string(), node_id: self.node.id, epoch, state, reason, restarted };
+        let cmd = Command::ReportVmStatus {
+            name: name.to_string(),
+            node_id: self.node.id,
+            epoch,
+            state,
+            reason,
+            restarted,
+        };
         match self.node.propose(cmd, None).await {
             Ok(_) => {
                 tracing::info!(vm = %name, epoch, state = state.as_str(), "reported");
                 Ok(())
             }
             // The placement moved on (or the VM is gone): the next plan sees it.
-            Err(NodeError::Rejected(ApplyError::StaleEpoch { .. } | ApplyError::NotFound { .. })) => Ok(()),
+            Err(NodeError::Rejected(
+                ApplyError::StaleEpoch { .. } | ApplyError::NotFound { .. },
+            )) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -369,7 +518,9 @@ impl Executor {
         if now < entry.1 {
             return false;
         }
-        let delay = BACKOFF_BASE.saturating_mul(1u32 << entry.0.min(5)).min(BACKOFF_MAX);
+        let delay = BACKOFF_BASE
+            .saturating_mul(1u32 << entry.0.min(5))
+            .min(BACKOFF_MAX);
         entry.0 += 1;
         entry.1 = now + delay;
         true
@@ -398,7 +549,8 @@ impl Executor {
         if let Some(v) = g.as_ref() {
             return Ok(v.clone());
         }
-        let v = blixard_vmm::guest::default_guest(&blixard_vmm::guest::guest_dir()).map_err(|e| NodeError::Config(e.to_string()))?;
+        let v = blixard_vmm::guest::default_guest(&blixard_vmm::guest::guest_dir())
+            .map_err(|e| NodeError::Config(e.to_string()))?;
         *g = Some(v.clone());
         Ok(v)
     }
@@ -414,13 +566,19 @@ fn action_kind(a: &Action) -> &'static str {
 }
 
 /// Builds the driver named in the configuration.
-pub fn make_driver(kind: &str, run_root: PathBuf, lease_file: &std::path::Path) -> Result<Arc<dyn VmDriver>, NodeError> {
+pub fn make_driver(
+    kind: &str,
+    run_root: PathBuf,
+    lease_file: &std::path::Path,
+) -> Result<Arc<dyn VmDriver>, NodeError> {
     let lease = lease_file.display().to_string();
     match kind {
         "process" => {
-            let exe = std::env::current_exe().map_err(|e| NodeError::Config(format!("cannot find own executable: {e}")))?;
+            let exe = std::env::current_exe()
+                .map_err(|e| NodeError::Config(format!("cannot find own executable: {e}")))?;
             let argv = vec![exe.display().to_string(), "__workload".to_string()];
-            let mut d = blixard_vmm::ProcessDriver::new(run_root, argv).with_env(blixard_vmm::LEASE_FILE_ENV, lease);
+            let mut d = blixard_vmm::ProcessDriver::new(run_root, argv)
+                .with_env(blixard_vmm::LEASE_FILE_ENV, lease);
             if let Ok(f) = std::env::var(blixard_vmm::EVENTS_FILE_ENV) {
                 d = d.with_env(blixard_vmm::EVENTS_FILE_ENV, f);
             }
@@ -435,8 +593,12 @@ pub fn make_driver(kind: &str, run_root: PathBuf, lease_file: &std::path::Path) 
                     "qemu-system-x86_64 not found: run scripts/setup.sh (as root) or start with --driver process".into(),
                 ));
             }
-            Ok(Arc::new(blixard_vmm::QemuDriver::new(run_root).with_env(blixard_vmm::LEASE_FILE_ENV, lease)))
+            Ok(Arc::new(
+                blixard_vmm::QemuDriver::new(run_root).with_env(blixard_vmm::LEASE_FILE_ENV, lease),
+            ))
         }
-        other => Err(NodeError::Config(format!("unknown driver '{other}': use qemu or process"))),
+        other => Err(NodeError::Config(format!(
+            "unknown driver '{other}': use qemu or process"
+        ))),
     }
 }

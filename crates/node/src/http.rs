@@ -359,7 +359,11 @@ async fn vms(State(s): State<Http>, Q(q): Q<ReadQuery>) -> ApiResult {
     let mut vms = Vec::new();
     let mut after = String::new();
     loop {
-        let page = pb::PageRequest { stale: q.stale, limit: 0, after: after.clone() };
+        let page = pb::PageRequest {
+            stale: q.stale,
+            limit: 0,
+            after: after.clone(),
+        };
         let r = s.api.list_vms_page(req(page)).await?.into_inner();
         vms.extend(r.vms);
         if r.next.is_empty() {
@@ -367,7 +371,9 @@ async fn vms(State(s): State<Http>, Q(q): Q<ReadQuery>) -> ApiResult {
         }
         after = r.next;
     }
-    Ok(Json(Value::Array(vms.iter().map(shapes::vm_json).collect())))
+    Ok(Json(Value::Array(
+        vms.iter().map(shapes::vm_json).collect(),
+    )))
 }
 
 async fn vm(State(s): State<Http>, Path(name): Path<String>, Q(q): Q<ReadQuery>) -> ApiResult {
@@ -468,7 +474,9 @@ async fn tasks(State(s): State<Http>, Q(q): Q<TaskQuery>) -> ApiResult {
         }
         after = r.next;
     }
-    Ok(Json(Value::Array(tasks.iter().map(shapes::task_json).collect())))
+    Ok(Json(Value::Array(
+        tasks.iter().map(shapes::task_json).collect(),
+    )))
 }
 
 async fn task(State(s): State<Http>, Path(id): Path<String>, Q(q): Q<ReadQuery>) -> ApiResult {

@@ -14,8 +14,8 @@ pub mod error;
 pub mod events;
 pub mod executor;
 pub mod hostnet;
-pub mod liveness;
 pub mod http;
+pub mod liveness;
 pub mod meta;
 pub mod metrics;
 pub mod node;
@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blixard_api::pb::blixard_server::BlixardServer;
-use blixard_api::pb::networks_server::NetworksServer;
 use blixard_api::pb::enroll_server::EnrollServer;
+use blixard_api::pb::networks_server::NetworksServer;
 use blixard_api::pb::raft_peer_server::RaftPeerServer;
 use blixard_api::{pb, BlixardClient, MAX_CLIENT_MESSAGE, MAX_PEER_MESSAGE};
 use blixard_core::Command;
@@ -109,19 +109,32 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         (Some(m), 0) => m.addr.parse().unwrap_or(config.listen),
         _ => config.listen,
     };
-    let listener =
-        TcpListener::bind(bind).await.map_err(|e| NodeError::Io(format!("cannot listen on {bind}: {e}")))?;
-    let local = listener.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
-    let addr = config.advertise.clone().unwrap_or_else(|| local.to_string());
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| NodeError::Io(format!("cannot listen on {bind}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| NodeError::Io(e.to_string()))?;
+    let addr = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local.to_string());
 
     let http_listener = match config.http {
         Some(a) => Some(bind_http(&config, a).await?),
         None => None,
     };
-    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
+    let http_addr = http_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string());
     // The node's identity: nothing is written for a joiner until the cluster accepted its token.
     let (cluster_id, join_via, tls) = match (&existing, &config.bootstrap) {
-        (Some(m), _) => (m.cluster_id.clone(), None, security::NodeTls::load(&config.data_dir, config.id)?),
+        (Some(m), _) => (
+            m.cluster_id.clone(),
+            None,
+            security::NodeTls::load(&config.data_dir, config.id)?,
+        ),
         (None, Bootstrap::Join(seed)) => {
             let token = config.join_token.as_deref().unwrap_or_default();
             let (cluster_id, tls) = security::enroll(seed, token, config.id, &addr).await?;
@@ -168,7 +181,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         raft,
         state,
         events,
-        metrics: metrics::Metrics { store: store_metrics, ..Default::default() },
+        metrics: metrics::Metrics {
+            store: store_metrics,
+            ..Default::default()
+        },
         http_addr,
         config: config.clone(),
         shutdown,
@@ -178,12 +194,20 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         peers: Default::default(),
         tls: tls.clone(),
     });
-    let mut identity = NodeMeta { node_id: config.id, cluster_id: cluster_id.clone(), addr: addr.clone(), left: false };
+    let mut identity = NodeMeta {
+        node_id: config.id,
+        cluster_id: cluster_id.clone(),
+        addr: addr.clone(),
+        left: false,
+    };
     if existing.is_none() && join_via.is_none() {
         // Bootstrap: the initial membership is the first log entry.
-        let members = std::collections::BTreeMap::from([(config.id, BasicNode { addr: addr.clone() })]);
+        let members =
+            std::collections::BTreeMap::from([(config.id, BasicNode { addr: addr.clone() })]);
         match node.raft.initialize(members).await {
-            Ok(()) => tracing::info!(node = config.id, cluster = %cluster_id, "initialized a new cluster"),
+            Ok(()) => {
+                tracing::info!(node = config.id, cluster = %cluster_id, "initialized a new cluster")
+            }
             Err(e) => tracing::info!(error = %e, "cluster already initialized"),
         }
     }
@@ -226,8 +250,12 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     tasks.push(tokio::spawn(register_worker(node.clone())));
     tasks.push(tokio::spawn(housekeeping(node.clone())));
-    tasks.push(tokio::spawn(executor::Executor::new(node.clone(), driver).run()));
-    tasks.push(tokio::spawn(task_runner::TaskRunner::new(node.clone()).run()));
+    tasks.push(tokio::spawn(
+        executor::Executor::new(node.clone(), driver).run(),
+    ));
+    tasks.push(tokio::spawn(
+        task_runner::TaskRunner::new(node.clone()).run(),
+    ));
     tasks.push(tokio::spawn(liveness::heartbeat_loop(node.clone())));
     tasks.push(tokio::spawn(liveness::leader_loop(node.clone())));
     tracing::info!(node = config.id, %addr, cluster = %cluster_id, "node started");
@@ -235,7 +263,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
 }
 
 /// Starts a node and runs it until `shutdown` resolves or the node leaves its cluster.
-pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
     let handle = start(config).await?;
     let node = handle.node.clone();
     tokio::select! {
@@ -253,13 +284,27 @@ async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
         let ch = blixard_raft::network::channel(seed, &node.tls.client)
             .map_err(|e| NodeError::Config(format!("bad address {seed}: {e}")))?;
         let mut c = BlixardClient::new(ch);
-        match c.join(pb::JoinRequest { node_id: node.id, addr: node.addr.clone() }).await {
+        match c
+            .join(pb::JoinRequest {
+                node_id: node.id,
+                addr: node.addr.clone(),
+            })
+            .await
+        {
             Ok(r) => {
                 let r = r.into_inner();
-                tracing::info!(node = node.id, voter = r.voter, leader = r.leader_id, "joined the cluster");
+                tracing::info!(
+                    node = node.id,
+                    voter = r.voter,
+                    leader = r.leader_id,
+                    "joined the cluster"
+                );
                 return Ok(());
             }
-            Err(s) if s.code() == tonic::Code::Unavailable && tokio::time::Instant::now() < deadline => {
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
                 tracing::debug!(error = %s.message(), "join: retrying");
             }
             Err(s) => {
@@ -276,12 +321,18 @@ async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
 
 /// Binds the HTTP listener and records its address in `DATA_DIR/http.addr` (port 0 picks one).
 async fn bind_http(config: &NodeConfig, addr: SocketAddr) -> Result<TcpListener, NodeError> {
-    let l = TcpListener::bind(addr).await.map_err(|e| NodeError::Io(format!("cannot listen for HTTP on {addr}: {e}")))?;
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|e| NodeError::Io(format!("cannot listen for HTTP on {addr}: {e}")))?;
     let local = l.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| NodeError::Io(format!("creating {}: {e}", config.data_dir.display())))?;
-    std::fs::write(config.data_dir.join("http.addr"), local.to_string())
-        .map_err(|e| NodeError::Io(format!("writing {}: {e}", config.data_dir.join("http.addr").display())))?;
+    std::fs::write(config.data_dir.join("http.addr"), local.to_string()).map_err(|e| {
+        NodeError::Io(format!(
+            "writing {}: {e}",
+            config.data_dir.join("http.addr").display()
+        ))
+    })?;
     tracing::info!(http = %local, "serving HTTP: dashboard at http://{local}/ui/");
     Ok(l)
 }
@@ -357,7 +408,11 @@ fn initial_liveness(config: &NodeConfig) -> Result<Option<Command>, NodeError> {
         .merged(lease_ms, grace_ms, heartbeat_ms, 0, true)
         .validate()
         .map_err(|e| NodeError::Config(format!("lease settings: {e}")))?;
-    Ok(Some(Command::SetLivenessSettings { lease_ms, grace_ms, heartbeat_ms }))
+    Ok(Some(Command::SetLivenessSettings {
+        lease_ms,
+        grace_ms,
+        heartbeat_ms,
+    }))
 }
 
 /// Proposes `cmd` until it is applied (or refused), retrying while there is no leader.
@@ -460,7 +515,10 @@ async fn housekeeping(node: Arc<Node>) {
             _ = node.stopped() => return,
         }
         if node.removed_from_cluster(&mut was_member) {
-            tracing::warn!(node = node.id, "this node was removed from the cluster; stopping its VMs and shutting down");
+            tracing::warn!(
+                node = node.id,
+                "this node was removed from the cluster; stopping its VMs and shutting down"
+            );
             node.stop_all_vms().await;
             if let Err(e) = mark_left(&node) {
                 tracing::error!(error = %e, "recording departure");
@@ -476,6 +534,11 @@ async fn housekeeping(node: Arc<Node>) {
 
 /// Records that this node left its cluster, so its data directory is not resumed.
 pub(crate) fn mark_left(node: &Node) -> Result<(), NodeError> {
-    let m = NodeMeta { node_id: node.id, cluster_id: node.cluster_id.to_string(), addr: node.addr.clone(), left: true };
+    let m = NodeMeta {
+        node_id: node.id,
+        cluster_id: node.cluster_id.to_string(),
+        addr: node.addr.clone(),
+        left: true,
+    };
     meta::store(&node.config.data_dir, &m)
 }

@@ -78,7 +78,9 @@ impl Default for Liveness {
 const PAUSE: Duration = Duration::from_secs(2);
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Liveness {
@@ -99,7 +101,8 @@ impl Liveness {
     /// valid lease after this.
     pub fn revoke(&self, lease_file: &std::path::Path) {
         let mut l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
-        self.revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.revoked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         l.valid_until = None;
         if let Err(e) = write_lease(lease_file, 0) {
             tracing::warn!(error = %e, "writing the revoked lease");
@@ -109,7 +112,13 @@ impl Liveness {
     /// Renews the lease until `until` (monotonic clock, for this daemon) and writes the lease file
     /// with the same deadline on CLOCK_BOOTTIME (`deadline_ms`, for the supervisors), unless
     /// the lease was revoked.
-    fn renew(&self, until: Instant, deadline_ms: Option<u64>, min_applied: u64, lease_file: &std::path::Path) {
+    fn renew(
+        &self,
+        until: Instant,
+        deadline_ms: Option<u64>,
+        min_applied: u64,
+        lease_file: &std::path::Path,
+    ) {
         let mut l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
             return;
@@ -136,7 +145,13 @@ impl Liveness {
     /// On the leader: a heartbeat from `node` arrived.
     pub fn seen(&self, node: u64) {
         let now = self.clock();
-        self.view.lock().unwrap_or_else(|p| p.into_inner()).seen.entry(node).or_default().last_ms = now;
+        self.view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen
+            .entry(node)
+            .or_default()
+            .last_ms = now;
     }
 
     /// On the leader: how long since `node` was last heard from (since this leader's term
@@ -144,7 +159,10 @@ impl Liveness {
     pub fn silent_for(&self, node: u64) -> Duration {
         let now = self.clock();
         let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
-        let seen = v.seen.entry(node).or_insert(Seen { last_ms: now, back_since_ms: None });
+        let seen = v.seen.entry(node).or_insert(Seen {
+            last_ms: now,
+            back_since_ms: None,
+        });
         Duration::from_millis(now.saturating_sub(seen.last_ms))
     }
 }
@@ -209,12 +227,21 @@ pub async fn leader_loop(node: Arc<Node>) {
 async fn detect_failures(node: &Arc<Node>) {
     let settings = node.liveness_settings();
     let term = node.metrics().current_term;
-    let workers: BTreeMap<u64, NodeState> = node.state.read().state.workers.values().map(|w| (w.id, w.state)).collect();
+    let workers: BTreeMap<u64, NodeState> = node
+        .state
+        .read()
+        .state
+        .workers
+        .values()
+        .map(|w| (w.id, w.state))
+        .collect();
     let now = node.liveness.clock();
     let wall = Instant::now();
     let proposals = {
         let mut v = node.liveness.view.lock().unwrap_or_else(|p| p.into_inner());
-        let paused = v.last_tick.is_some_and(|t| wall.saturating_duration_since(t) > PAUSE);
+        let paused = v
+            .last_tick
+            .is_some_and(|t| wall.saturating_duration_since(t) > PAUSE);
         v.last_tick = Some(wall);
         if v.term != Some(term) {
             // A new leader knows nothing of past heartbeats: everyone gets a fresh grace period.
@@ -233,15 +260,32 @@ async fn detect_failures(node: &Arc<Node>) {
                 v.down_since.remove(id);
             }
         }
-        verdicts(&settings, unix_ms(SystemTime::now()), &workers, &mut v.seen, now)
+        verdicts(
+            &settings,
+            unix_ms(SystemTime::now()),
+            &workers,
+            &mut v.seen,
+            now,
+        )
     };
     for (id, state) in proposals {
         match state {
-            NodeState::Down => tracing::warn!(node = id, term, "no heartbeat for lease + grace: declaring the node down"),
-            _ => tracing::info!(node = id, term, "heartbeats are back: declaring the node up"),
+            NodeState::Down => tracing::warn!(
+                node = id,
+                term,
+                "no heartbeat for lease + grace: declaring the node down"
+            ),
+            _ => tracing::info!(
+                node = id,
+                term,
+                "heartbeats are back: declaring the node up"
+            ),
         }
         // Proposed here, in the term that decided it, or not at all.
-        if let Err(e) = node.propose_verdict(term, Command::LivenessVerdict { id, state, term }).await {
+        if let Err(e) = node
+            .propose_verdict(term, Command::LivenessVerdict { id, state, term })
+            .await
+        {
             tracing::warn!(node = id, error = %e, "could not record the verdict");
         }
     }
@@ -253,8 +297,16 @@ async fn drive_drains(node: &Arc<Node>) {
         let a = node.state.read();
         let st = &a.state;
         let mut moves = Vec::new();
-        for w in st.workers.values().filter(|w| w.state == NodeState::Draining) {
-            let on_node: Vec<&blixard_core::VmRecord> = st.vms.values().filter(|v| v.node_id == Some(w.id)).collect();
+        for w in st
+            .workers
+            .values()
+            .filter(|w| w.state == NodeState::Draining)
+        {
+            let on_node: Vec<&blixard_core::VmRecord> = st
+                .vms
+                .values()
+                .filter(|v| v.node_id == Some(w.id))
+                .collect();
             let mut inflight = on_node.iter().filter(|v| v.evacuating).count();
             for vm in on_node.iter().filter(|v| !v.evacuating) {
                 if inflight >= parallelism {
@@ -271,7 +323,10 @@ async fn drive_drains(node: &Arc<Node>) {
     };
     for name in moves {
         tracing::info!(vm = %name, "drain: moving VM");
-        if let Err(e) = node.propose(Command::MoveVm { name: name.clone() }, None).await {
+        if let Err(e) = node
+            .propose(Command::MoveVm { name: name.clone() }, None)
+            .await
+        {
             tracing::warn!(vm = %name, error = %e, "drain: could not move VM");
         }
     }
@@ -284,25 +339,40 @@ async fn replace_dead_voters(node: &Arc<Node>) {
         let a = node.state.read();
         let m = a.membership.membership();
         let voters: BTreeSet<u64> = m.voter_ids().collect();
-        let dead = voters
-            .iter()
-            .copied()
-            .find(|id| *id != node.id && v.down_since.get(id).is_some_and(|t| t.elapsed() >= after));
-        let spare = m
-            .learner_ids()
-            .find(|id| a.state.workers.get(id).is_some_and(|w| w.state == NodeState::Up));
+        let dead = voters.iter().copied().find(|id| {
+            *id != node.id && v.down_since.get(id).is_some_and(|t| t.elapsed() >= after)
+        });
+        let spare = m.learner_ids().find(|id| {
+            a.state
+                .workers
+                .get(id)
+                .is_some_and(|w| w.state == NodeState::Up)
+        });
         (dead, spare)
     };
-    let (Some(dead), Some(spare)) = (dead, spare) else { return };
+    let (Some(dead), Some(spare)) = (dead, spare) else {
+        return;
+    };
     let _guard = node.membership_lock.lock().await;
-    tracing::warn!(dead, spare, "replacing a voter that stayed down with a healthy learner");
-    let add = node.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([spare])), false).await;
+    tracing::warn!(
+        dead,
+        spare,
+        "replacing a voter that stayed down with a healthy learner"
+    );
+    let add = node
+        .raft
+        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([spare])), false)
+        .await;
     if let Err(e) = add {
         tracing::warn!(error = %e, "promoting the learner");
         return;
     }
     // The dead voter stays a learner: if it comes back it catches up without a vote.
-    if let Err(e) = node.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([dead])), true).await {
+    if let Err(e) = node
+        .raft
+        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([dead])), true)
+        .await
+    {
         tracing::warn!(error = %e, "demoting the dead voter");
     }
 }
@@ -318,14 +388,27 @@ mod lease_file_tests {
         let path = dir.path().join("vms").join("lease");
         let l = Liveness::default();
         let now = boottime_ms().expect("boottime");
-        l.renew(Instant::now() + Duration::from_secs(60), Some(now + 60_000), 1, &path);
+        l.renew(
+            Instant::now() + Duration::from_secs(60),
+            Some(now + 60_000),
+            1,
+            &path,
+        );
         assert!(check_lease(&path).is_ok(), "renewed");
         assert!(l.lease_valid());
         l.revoke(&path);
         assert!(check_lease(&path).unwrap_err().contains("revoked"));
         // A heartbeat that was in flight when the lease was revoked comes back.
-        l.renew(Instant::now() + Duration::from_secs(60), Some(now + 120_000), 2, &path);
-        assert!(check_lease(&path).unwrap_err().contains("revoked"), "still revoked");
+        l.renew(
+            Instant::now() + Duration::from_secs(60),
+            Some(now + 120_000),
+            2,
+            &path,
+        );
+        assert!(
+            check_lease(&path).unwrap_err().contains("revoked"),
+            "still revoked"
+        );
         assert!(!l.lease_valid());
     }
 }

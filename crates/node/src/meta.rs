@@ -36,7 +36,8 @@ pub fn load(data_dir: &Path) -> Result<Option<NodeMeta>, NodeError> {
 /// Writes the file atomically (temp file, fsync, rename).
 pub fn store(data_dir: &Path, meta: &NodeMeta) -> Result<(), NodeError> {
     use std::io::Write;
-    std::fs::create_dir_all(data_dir).map_err(|e| NodeError::Io(format!("creating {}: {e}", data_dir.display())))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| NodeError::Io(format!("creating {}: {e}", data_dir.display())))?;
     let p = path(data_dir);
     let tmp = data_dir.join("node.json.tmp");
     let bytes = serde_json::to_vec_pretty(meta).map_err(|e| NodeError::Io(e.to_string()))?;

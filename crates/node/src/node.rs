@@ -10,8 +10,8 @@ use blixard_api::{pb, BlixardClient, FORWARDED_HEADER};
 use blixard_core::{Command, Outcome, Reply, Request};
 use blixard_raft::network::{peer_client, peer_request};
 use blixard_raft::{Raft, SharedState};
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ReadPolicy};
 use tokio::sync::watch;
 
@@ -53,23 +53,32 @@ pub struct Node {
     /// Lease and, on the leader, heartbeat bookkeeping (local state).
     pub liveness: crate::liveness::Liveness,
     /// Open connections to peers, by address (local state).
-    pub(crate) peers: std::sync::Mutex<std::collections::HashMap<String, blixard_api::RaftPeerClient<tonic::transport::Channel>>>,
+    pub(crate) peers: std::sync::Mutex<
+        std::collections::HashMap<String, blixard_api::RaftPeerClient<tonic::transport::Channel>>,
+    >,
     /// Key material and TLS configurations (local).
     pub tls: Arc<crate::security::NodeTls>,
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Node {
     /// A (cached) connection to the peer at `addr`.
-    pub(crate) fn peer(&self, addr: &str) -> Result<blixard_api::RaftPeerClient<tonic::transport::Channel>, NodeError> {
+    pub(crate) fn peer(
+        &self,
+        addr: &str,
+    ) -> Result<blixard_api::RaftPeerClient<tonic::transport::Channel>, NodeError> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let c = peer_client(addr, &self.tls.client).map_err(|e| NodeError::Unreachable(format!("bad peer address {addr}: {e}")))?;
+        let c = peer_client(addr, &self.tls.client)
+            .map_err(|e| NodeError::Unreachable(format!("bad peer address {addr}: {e}")))?;
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -100,7 +109,11 @@ impl Node {
         let rx = self.raft.metrics();
         let m = rx.borrow_watched();
         let id = m.current_leader?;
-        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())?;
         Some((id, addr))
     }
 
@@ -114,12 +127,23 @@ impl Node {
         let m = a.membership.membership();
         let voters: BTreeSet<u64> = m.voter_ids().collect();
         m.nodes()
-            .map(|(id, n)| MemberInfo { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
+            .map(|(id, n)| MemberInfo {
+                id: *id,
+                addr: n.addr.clone(),
+                voter: voters.contains(id),
+            })
             .collect()
     }
 
     fn in_cluster(&self) -> bool {
-        self.raft.metrics().borrow_watched().membership_config.membership().nodes().next().is_some()
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_some()
     }
 
     fn not_in_cluster(&self) -> NodeError {
@@ -131,8 +155,16 @@ impl Node {
 
     /// Proposes a command through Raft and returns what `apply` said. Any node may call this:
     /// a follower hands the request to the leader.
-    pub async fn propose(&self, command: Command, request_id: Option<String>) -> Result<Reply, NodeError> {
-        let req = Request { request_id, time_ms: now_ms(), command };
+    pub async fn propose(
+        &self,
+        command: Command,
+        request_id: Option<String>,
+    ) -> Result<Reply, NodeError> {
+        let req = Request {
+            request_id,
+            time_ms: now_ms(),
+            command,
+        };
         let started = std::time::Instant::now();
         let outcome = self.propose_request(req).await;
         let result = match &outcome {
@@ -184,9 +216,14 @@ impl Node {
 
     async fn forward_proposal(&self, addr: &str, req: &Request) -> Result<Outcome, String> {
         let mut client = self.peer(addr).map_err(|e| e.to_string())?;
-        let r = peer_request(&self.cluster_id, req, Some(LEADER_WAIT)).map_err(|e| e.to_string())?;
-        let reply = client.propose(r).await.map_err(|s| s.message().to_string())?;
-        serde_json::from_slice(&reply.into_inner().data).map_err(|e| format!("bad reply from leader: {e}"))
+        let r =
+            peer_request(&self.cluster_id, req, Some(LEADER_WAIT)).map_err(|e| e.to_string())?;
+        let reply = client
+            .propose(r)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        serde_json::from_slice(&reply.into_inner().data)
+            .map_err(|e| format!("bad reply from leader: {e}"))
     }
 
     /// The cluster's lease settings, from this node's applied state.
@@ -197,12 +234,23 @@ impl Node {
     /// Proposes a leader-only verdict decided in `term` (liveness, worker removal): only on
     /// this node, only while it leads in that term; never forwarded. `apply` refuses it if its
     /// log entry ends up in another term.
-    pub(crate) async fn propose_verdict(&self, term: u64, command: Command) -> Result<Reply, NodeError> {
+    pub(crate) async fn propose_verdict(
+        &self,
+        term: u64,
+        command: Command,
+    ) -> Result<Reply, NodeError> {
         let m = self.metrics();
         if m.current_leader != Some(self.id) || m.current_term != term {
-            return Err(NodeError::NoLeader(format!("node {} no longer leads in term {term}; the verdict is void", self.id)));
+            return Err(NodeError::NoLeader(format!(
+                "node {} no longer leads in term {term}; the verdict is void",
+                self.id
+            )));
         }
-        match self.raft.client_write(Request::new(command, now_ms())).await {
+        match self
+            .raft
+            .client_write(Request::new(command, now_ms()))
+            .await
+        {
             Ok(resp) => resp.data.map_err(NodeError::Rejected),
             Err(e) => Err(NodeError::NoLeader(e.to_string())),
         }
@@ -211,7 +259,10 @@ impl Node {
     /// Proposes only if this node is the leader (used for requests forwarded by followers).
     pub(crate) async fn propose_as_leader(&self, mut req: Request) -> Result<Outcome, NodeError> {
         if !self.is_leader() {
-            return Err(NodeError::NoLeader(format!("node {} is not the leader", self.id)));
+            return Err(NodeError::NoLeader(format!(
+                "node {} is not the leader",
+                self.id
+            )));
         }
         req.time_ms = now_ms();
         match self.raft.client_write(req).await {
@@ -227,10 +278,12 @@ impl Node {
         let mut last_err = String::from("no leader elected yet");
         loop {
             match self.leader() {
-                Some((id, _)) if id == self.id => match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                    Ok(_) => return Ok(()),
-                    Err(e) => last_err = e.to_string(),
-                },
+                Some((id, _)) if id == self.id => {
+                    match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => last_err = e.to_string(),
+                    }
+                }
                 Some((id, addr)) => match self.remote_read_index(&addr).await {
                     Ok(index) => {
                         let wait = self.raft.wait(Some(LEADER_WAIT));
@@ -238,7 +291,9 @@ impl Node {
                             .applied_index_at_least(Some(index), "read barrier")
                             .await
                             .map(|_| ())
-                            .map_err(|e| NodeError::Timeout(format!("catching up to index {index}: {e}")));
+                            .map_err(|e| {
+                                NodeError::Timeout(format!("catching up to index {index}: {e}"))
+                            });
                     }
                     Err(e) => last_err = format!("read index from leader {id} at {addr}: {e}"),
                 },
@@ -254,9 +309,13 @@ impl Node {
 
     async fn remote_read_index(&self, addr: &str) -> Result<u64, String> {
         let mut client = self.peer(addr).map_err(|e| e.to_string())?;
-        let r = peer_request(&self.cluster_id, &(), Some(LEADER_WAIT)).map_err(|e| e.to_string())?;
+        let r =
+            peer_request(&self.cluster_id, &(), Some(LEADER_WAIT)).map_err(|e| e.to_string())?;
         let r = r.map(|_| pb::Empty {});
-        let reply = client.read_index(r).await.map_err(|s| s.message().to_string())?;
+        let reply = client
+            .read_index(r)
+            .await
+            .map_err(|s| s.message().to_string())?;
         Ok(reply.into_inner().index)
     }
 
@@ -278,10 +337,16 @@ impl Node {
                 let reply = client
                     .heartbeat(r)
                     .await
-                    .map_err(|s| NodeError::Unreachable(format!("heartbeat to leader {id}: {}", s.message())))?
+                    .map_err(|s| {
+                        NodeError::Unreachable(format!("heartbeat to leader {id}: {}", s.message()))
+                    })?
                     .into_inner();
                 // An older leader that does not say: our own applied setting.
-                let lease = if reply.lease_ms == 0 { self.liveness_settings().lease_ms } else { reply.lease_ms };
+                let lease = if reply.lease_ms == 0 {
+                    self.liveness_settings().lease_ms
+                } else {
+                    reply.lease_ms
+                };
                 Ok((reply.index, lease))
             }
             None => Err(NodeError::NoLeader("no leader known".into())),
@@ -309,14 +374,21 @@ impl Node {
         loop {
             match self.leader() {
                 Some((id, addr)) if id != self.id => {
-                    let channel = blixard_raft::network::channel(&addr, &self.tls.client).map_err(|e| NodeError::Unreachable(e.to_string()))?;
+                    let channel = blixard_raft::network::channel(&addr, &self.tls.client)
+                        .map_err(|e| NodeError::Unreachable(e.to_string()))?;
                     match f(BlixardClient::new(channel)).await {
                         Ok(t) => return Ok(t),
-                        Err(s) if s.code() == tonic::Code::Unavailable => last_err = s.message().to_string(),
+                        Err(s) if s.code() == tonic::Code::Unavailable => {
+                            last_err = s.message().to_string()
+                        }
                         Err(s) => return Err(status_to_error(s)),
                     }
                 }
-                Some(_) => return Err(NodeError::NoLeader(format!("{what}: this node became the leader; retry"))),
+                Some(_) => {
+                    return Err(NodeError::NoLeader(format!(
+                        "{what}: this node became the leader; retry"
+                    )))
+                }
                 None if !self.in_cluster() => return Err(self.not_in_cluster()),
                 None => {}
             }
@@ -329,15 +401,28 @@ impl Node {
 
     /// Adds `id` at `addr` as a learner, then promotes it while voters are below the target.
     /// Idempotent for the same address; refused for a known id with another address.
-    pub async fn join_member(&self, id: u64, addr: String, forwarded: bool) -> Result<pb::JoinReply, NodeError> {
+    pub async fn join_member(
+        &self,
+        id: u64,
+        addr: String,
+        forwarded: bool,
+    ) -> Result<pb::JoinReply, NodeError> {
         if addr.is_empty() || addr.len() > blixard_core::spec::MAX_ADDR_LEN {
-            return Err(NodeError::Invalid("join address must be 1 to 256 bytes".into()));
+            return Err(NodeError::Invalid(
+                "join address must be 1 to 256 bytes".into(),
+            ));
         }
         if !self.is_leader() {
             if forwarded {
-                return Err(NodeError::NoLeader(format!("node {} is not the leader", self.id)));
+                return Err(NodeError::NoLeader(format!(
+                    "node {} is not the leader",
+                    self.id
+                )));
             }
-            let req = pb::JoinRequest { node_id: id, addr: addr.clone() };
+            let req = pb::JoinRequest {
+                node_id: id,
+                addr: addr.clone(),
+            };
             return self
                 .on_leader("join", |mut c| {
                     let req = forwarded_request(req.clone());
@@ -362,15 +447,23 @@ impl Node {
         } else {
             // Blocking: returns once the learner has caught up (bounded, so an unreachable
             // joiner cannot hold the membership lock forever).
-            let add = self.raft.add_learner(id, BasicNode { addr: addr.clone() }, true);
+            let add = self
+                .raft
+                .add_learner(id, BasicNode { addr: addr.clone() }, true);
             tokio::time::timeout(Duration::from_secs(60), add)
                 .await
-                .map_err(|_| NodeError::Timeout(format!("node {id} at {addr} did not catch up within 60s")))?
+                .map_err(|_| {
+                    NodeError::Timeout(format!("node {id} at {addr} did not catch up within 60s"))
+                })?
                 .map_err(|e| membership_err(&format!("adding node {id} as learner"), e))?;
             tracing::info!(node = id, %addr, "added learner");
         }
         let voter = self.promote_if_needed(id).await?;
-        Ok(pb::JoinReply { cluster_id: self.cluster_id.to_string(), voter, leader_id: self.id })
+        Ok(pb::JoinReply {
+            cluster_id: self.cluster_id.to_string(),
+            voter,
+            leader_id: self.id,
+        })
     }
 
     /// Promotes learner `id` to voter when the cluster has fewer voters than its target.
@@ -403,14 +496,21 @@ impl Node {
             let matched: BTreeMap<u64, u64> = m
                 .replication
                 .as_ref()
-                .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index()).unwrap_or(0))).collect())
+                .map(|r| {
+                    r.iter()
+                        .map(|(id, l)| (*id, l.as_ref().map(|l| l.index()).unwrap_or(0)))
+                        .collect()
+                })
                 .unwrap_or_default();
             (learners, matched, m.last_log_index.unwrap_or(0))
         };
         let _guard = self.membership_lock.lock().await;
         for id in learners {
             // Only learners that are close to the leader's log are worth promoting.
-            if matched.get(&id).is_some_and(|m| last.saturating_sub(*m) <= 100) {
+            if matched
+                .get(&id)
+                .is_some_and(|m| last.saturating_sub(*m) <= 100)
+            {
                 match self.promote_if_needed(id).await {
                     Ok(true) => {}
                     Ok(false) => break,
@@ -424,7 +524,10 @@ impl Node {
     pub async fn remove_member(&self, id: u64, forwarded: bool) -> Result<(), NodeError> {
         if !self.is_leader() {
             if forwarded {
-                return Err(NodeError::NoLeader(format!("node {} is not the leader", self.id)));
+                return Err(NodeError::NoLeader(format!(
+                    "node {} is not the leader",
+                    self.id
+                )));
             }
             return self
                 .on_leader("remove", |mut c| {
@@ -437,12 +540,16 @@ impl Node {
         let term = self.metrics().current_term;
         let membership = self.metrics().membership_config.membership().clone();
         let Some(removed_addr) = membership.get_node(&id).map(|n| n.addr.clone()) else {
-            return Err(NodeError::Rejected(blixard_core::ApplyError::not_found("member", id)));
+            return Err(NodeError::Rejected(blixard_core::ApplyError::not_found(
+                "member", id,
+            )));
         };
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let change = if voters.contains(&id) {
             if voters.len() == 1 {
-                return Err(NodeError::Invalid(format!("node {id} is the last voter; a cluster cannot remove its last voter")));
+                return Err(NodeError::Invalid(format!(
+                    "node {id} is the last voter; a cluster cannot remove its last voter"
+                )));
             }
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
@@ -459,9 +566,16 @@ impl Node {
         // confirms it stopped them, or its lease has run out (it can no longer renew it: the
         // leader refuses heartbeats from non-members). Until then the worker record, and so
         // the placements, stay.
-        let fenced = if id == self.id { self.stop_all_vms().await } else { self.notify_evicted(id, &removed_addr).await };
+        let fenced = if id == self.id {
+            self.stop_all_vms().await
+        } else {
+            self.notify_evicted(id, &removed_addr).await
+        };
         if fenced {
-            if let Err(e) = self.propose_verdict(term, Command::RemoveWorker { id, term }).await {
+            if let Err(e) = self
+                .propose_verdict(term, Command::RemoveWorker { id, term })
+                .await
+            {
                 tracing::debug!(node = id, error = %e, "removing worker record");
             }
         } else {
@@ -482,7 +596,11 @@ impl Node {
         };
         let mut ok = true;
         for vm in vms.into_iter().filter(|v| v.state.is_alive()) {
-            if let Err(e) = self.driver.stop(&vm.name, crate::executor::STOP_GRACE).await {
+            if let Err(e) = self
+                .driver
+                .stop(&vm.name, crate::executor::STOP_GRACE)
+                .await
+            {
                 tracing::error!(vm = %vm.name, error = %e, "stopping VM");
                 ok = false;
             }
@@ -492,8 +610,13 @@ impl Node {
 
     /// Tells a removed node so; it stops its VMs and confirms (false: no confirmation).
     async fn notify_evicted(&self, id: u64, addr: &str) -> bool {
-        let Ok(mut client) = peer_client(addr, &self.tls.client) else { return false };
-        let Ok(req) = peer_request(&self.cluster_id, &(), Some(crate::executor::STOP_GRACE * 2)) else { return false };
+        let Ok(mut client) = peer_client(addr, &self.tls.client) else {
+            return false;
+        };
+        let Ok(req) = peer_request(&self.cluster_id, &(), Some(crate::executor::STOP_GRACE * 2))
+        else {
+            return false;
+        };
         let req = req.map(|_| pb::EvictedNotice { node_id: id });
         match client.evicted(req).await {
             Ok(_) => true,
@@ -516,16 +639,27 @@ impl Node {
             if m.nodes().next().is_none() {
                 return;
             }
-            a.state.workers.keys().filter(|id| m.get_node(id).is_none()).copied().collect()
+            a.state
+                .workers
+                .keys()
+                .filter(|id| m.get_node(id).is_none())
+                .copied()
+                .collect()
         };
         // Only once they cannot be running any more: silent for lease + grace, as judged by
         // the leader of this term.
         let term = self.metrics().current_term;
         let after = Duration::from_millis(self.liveness_settings().down_after_ms(now_ms()));
-        let departed: Vec<u64> = departed.into_iter().filter(|id| self.liveness.silent_for(*id) > after).collect();
+        let departed: Vec<u64> = departed
+            .into_iter()
+            .filter(|id| self.liveness.silent_for(*id) > after)
+            .collect();
         for id in departed {
             tracing::info!(node = id, "forgetting worker that is no longer a member");
-            if let Err(e) = self.propose_verdict(term, Command::RemoveWorker { id, term }).await {
+            if let Err(e) = self
+                .propose_verdict(term, Command::RemoveWorker { id, term })
+                .await
+            {
                 tracing::debug!(node = id, error = %e, "removing worker record");
             }
         }
@@ -544,10 +678,15 @@ impl Node {
 }
 
 /// Leadership changes and concurrent changes are worth retrying; the rest are not.
-fn membership_err(what: &str, e: RaftError<blixard_raft::TypeConfig, ClientWriteError<blixard_raft::TypeConfig>>) -> NodeError {
+fn membership_err(
+    what: &str,
+    e: RaftError<blixard_raft::TypeConfig, ClientWriteError<blixard_raft::TypeConfig>>,
+) -> NodeError {
     use openraft::error::ChangeMembershipError as Cme;
     match &e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_))
+        RaftError::APIError(
+            ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_),
+        )
         | RaftError::APIError(ClientWriteError::ChangeMembershipError(Cme::InProgress(_))) => {
             NodeError::NoLeader(format!("{what}: {e}"))
         }
@@ -557,7 +696,10 @@ fn membership_err(what: &str, e: RaftError<blixard_raft::TypeConfig, ClientWrite
 
 pub(crate) fn forwarded_request<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    r.metadata_mut().insert(
+        FORWARDED_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     r
 }
 

@@ -27,7 +27,9 @@ fn request_id(s: &str) -> Result<Option<String>, Status> {
         return Ok(None);
     }
     if s.len() > blixard_core::spec::MAX_REQUEST_ID_LEN {
-        return Err(Status::invalid_argument("request id is longer than 128 bytes"));
+        return Err(Status::invalid_argument(
+            "request id is longer than 128 bytes",
+        ));
     }
     Ok(Some(s.to_string()))
 }
@@ -39,7 +41,10 @@ fn is_forwarded<T>(r: &GrpcRequest<T>) -> bool {
 impl Api {
     async fn read(&self, stale: bool) -> Result<(), Status> {
         #[cfg(feature = "fault-stale-reads")] // harness self-test only: serve every read stale
-        let stale = { let _ = stale; true };
+        let stale = {
+            let _ = stale;
+            true
+        };
         if !stale {
             self.node.read_barrier().await?;
         }
@@ -57,14 +62,19 @@ impl Api {
     /// (verified, not revoked) certificate.
     fn check_peer<T>(&self, r: &GrpcRequest<T>) -> Result<u64, Status> {
         let cert = security::peer_id(r)?;
-        let got = r.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok());
+        let got = r
+            .metadata()
+            .get(CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok());
         match got {
             Some(id) if id == &*self.node.cluster_id => Ok(cert),
             Some(id) => Err(Status::permission_denied(format!(
                 "peer belongs to cluster {id}, this node to cluster {}",
                 self.node.cluster_id
             ))),
-            None => Err(Status::permission_denied("peer request without a cluster id")),
+            None => Err(Status::permission_denied(
+                "peer request without a cluster id",
+            )),
         }
     }
 }
@@ -74,10 +84,16 @@ fn parse_spec(spec: Option<pb::VmSpec>) -> Result<VmSpec, Status> {
     let spec = spec.ok_or_else(|| Status::invalid_argument("missing VM spec"))?;
     let spec = VmSpec::try_from(spec).map_err(Status::invalid_argument)?;
     spec.validate().map_err(NodeError::Rejected)?;
-    for (what, p) in [("kernel", &spec.kernel), ("initrd", &spec.initrd), ("disk image", &spec.disk_image)] {
+    for (what, p) in [
+        ("kernel", &spec.kernel),
+        ("initrd", &spec.initrd),
+        ("disk image", &spec.disk_image),
+    ] {
         if let Some(p) = p {
             if !std::path::Path::new(p).is_file() {
-                return Err(Status::invalid_argument(format!("{what} not found: {p} (paths must exist on the nodes)")));
+                return Err(Status::invalid_argument(format!(
+                    "{what} not found: {p} (paths must exist on the nodes)"
+                )));
             }
         }
     }
@@ -100,7 +116,8 @@ fn task_reply(reply: Reply) -> Result<pb::TaskInfo, Status> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, Status> {
-    serde_json::from_slice(&m.data).map_err(|e| Status::invalid_argument(format!("malformed peer message: {e}")))
+    serde_json::from_slice(&m.data)
+        .map_err(|e| Status::invalid_argument(format!("malformed peer message: {e}")))
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<pb::RaftMessage>, Status> {
@@ -131,12 +148,20 @@ fn stream_file(node: Arc<Node>, path: std::path::PathBuf, follow: bool) -> LogSt
                             Ok(0) => break,
                             Ok(n) => {
                                 offset += n as u64;
-                                if tx.send(Ok(pb::LogChunk { data: buf[..n].to_vec() })).await.is_err() {
+                                if tx
+                                    .send(Ok(pb::LogChunk {
+                                        data: buf[..n].to_vec(),
+                                    }))
+                                    .await
+                                    .is_err()
+                                {
                                     return;
                                 }
                             }
                             Err(e) => {
-                                let _ = tx.send(Err(Status::internal(format!("reading console: {e}")))).await;
+                                let _ = tx
+                                    .send(Err(Status::internal(format!("reading console: {e}"))))
+                                    .await;
                                 return;
                             }
                         }
@@ -144,7 +169,9 @@ fn stream_file(node: Arc<Node>, path: std::path::PathBuf, follow: bool) -> LogSt
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    let _ = tx.send(Err(Status::internal(format!("opening console: {e}")))).await;
+                    let _ = tx
+                        .send(Err(Status::internal(format!("opening console: {e}"))))
+                        .await;
                     return;
                 }
             }
@@ -166,32 +193,49 @@ fn owner_client(
     node: &Node,
     owner: &(u64, Option<String>),
 ) -> Result<blixard_api::BlixardClient<tonic::transport::Channel>, Status> {
-    let addr = owner.1.as_deref().ok_or_else(|| Status::unavailable(format!("node {} has no known address", owner.0)))?;
-    let ch = blixard_raft::network::channel(addr, &node.tls.client).map_err(|e| Status::unavailable(e.to_string()))?;
+    let addr = owner
+        .1
+        .as_deref()
+        .ok_or_else(|| Status::unavailable(format!("node {} has no known address", owner.0)))?;
+    let ch = blixard_raft::network::channel(addr, &node.tls.client)
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     Ok(blixard_api::BlixardClient::new(ch))
 }
 
-type LogStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+type LogStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Blixard for Api {
     type VmLogsStream = LogStream;
 
-    async fn vm_logs(&self, r: GrpcRequest<pb::VmLogsRequest>) -> Result<Response<Self::VmLogsStream>, Status> {
+    async fn vm_logs(
+        &self,
+        r: GrpcRequest<pb::VmLogsRequest>,
+    ) -> Result<Response<Self::VmLogsStream>, Status> {
         let fwd = is_forwarded(&r);
         let req = r.into_inner();
         blixard_core::spec::validate_name(&req.name).map_err(NodeError::Rejected)?;
         self.node.read_barrier().await?;
         let owner = {
             let a = self.node.state.read();
-            let vm = a.state.vms.get(&req.name).ok_or_else(|| Status::not_found(format!("VM '{}' not found", req.name)))?;
+            let vm = a
+                .state
+                .vms
+                .get(&req.name)
+                .ok_or_else(|| Status::not_found(format!("VM '{}' not found", req.name)))?;
             let node = vm.node_id.ok_or_else(|| {
-                Status::failed_precondition(format!("VM '{}' is not placed on any node yet: no console", req.name))
+                Status::failed_precondition(format!(
+                    "VM '{}' is not placed on any node yet: no console",
+                    req.name
+                ))
             })?;
             (node, a.state.workers.get(&node).map(|w| w.addr.clone()))
         };
         if req.previous && req.follow {
-            return Err(Status::invalid_argument("--previous and --follow cannot be combined: the previous console no longer grows"));
+            return Err(Status::invalid_argument(
+                "--previous and --follow cannot be combined: the previous console no longer grows",
+            ));
         }
         if owner.0 == self.node.id {
             let mut path = self.node.driver.console_path(&req.name);
@@ -204,41 +248,74 @@ impl Blixard for Api {
                     )));
                 }
             }
-            return Ok(Response::new(stream_file(self.node.clone(), path, req.follow)));
+            return Ok(Response::new(stream_file(
+                self.node.clone(),
+                path,
+                req.follow,
+            )));
         }
         if fwd {
-            return Err(Status::unavailable(format!("VM '{}' is not on node {}", req.name, self.node.id)));
+            return Err(Status::unavailable(format!(
+                "VM '{}' is not on node {}",
+                req.name, self.node.id
+            )));
         }
-        let upstream = owner_client(&self.node, &owner)?.vm_logs(crate::node::forwarded_request(req)).await?.into_inner();
+        let upstream = owner_client(&self.node, &owner)?
+            .vm_logs(crate::node::forwarded_request(req))
+            .await?
+            .into_inner();
         Ok(Response::new(Box::pin(upstream)))
     }
 
     type TaskLogsStream = LogStream;
 
-    type EventsStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::EventMsg, Status>> + Send>>;
+    type EventsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::EventMsg, Status>> + Send>>;
 
-    async fn events(&self, r: GrpcRequest<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+    async fn events(
+        &self,
+        r: GrpcRequest<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
         use tokio_stream::StreamExt;
         let req = r.into_inner();
         let rx = crate::events::follow(self.node.clone(), req.since, req.follow);
         let s = tokio_stream::wrappers::ReceiverStream::new(rx).map(|e| {
             let json = serde_json::to_string(&e).map_err(|e| Status::internal(e.to_string()))?;
-            Ok(pb::EventMsg { index: e.index, r#type: e.kind.type_name().to_string(), json })
+            Ok(pb::EventMsg {
+                index: e.index,
+                r#type: e.kind.type_name().to_string(),
+                json,
+            })
         });
         Ok(Response::new(Box::pin(s)))
     }
 
-    async fn submit_task(&self, r: GrpcRequest<pb::SubmitTaskRequest>) -> Result<Response<pb::TaskInfo>, Status> {
+    async fn submit_task(
+        &self,
+        r: GrpcRequest<pb::SubmitTaskRequest>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
         let req = r.into_inner();
-        let spec: TaskSpec = req.spec.ok_or_else(|| Status::invalid_argument("missing task spec"))?.into();
+        let spec: TaskSpec = req
+            .spec
+            .ok_or_else(|| Status::invalid_argument("missing task spec"))?
+            .into();
         spec.validate().map_err(NodeError::Rejected)?;
         // The proposer chooses the id: apply has no randomness.
         let id = uuid::Uuid::new_v4().to_string();
-        let reply = self.node.propose(Command::SubmitTask { id, spec }, request_id(&req.request_id)?).await?;
+        let reply = self
+            .node
+            .propose(
+                Command::SubmitTask { id, spec },
+                request_id(&req.request_id)?,
+            )
+            .await?;
         Ok(Response::new(task_reply(reply)?))
     }
 
-    async fn get_task(&self, r: GrpcRequest<pb::GetTaskRequest>) -> Result<Response<pb::TaskInfo>, Status> {
+    async fn get_task(
+        &self,
+        r: GrpcRequest<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
         let req = r.into_inner();
         blixard_core::task::validate_task_id(&req.id).map_err(NodeError::Rejected)?;
         self.read(req.stale).await?;
@@ -249,7 +326,10 @@ impl Blixard for Api {
         }
     }
 
-    async fn list_tasks(&self, r: GrpcRequest<pb::ListTasksRequest>) -> Result<Response<pb::TaskList>, Status> {
+    async fn list_tasks(
+        &self,
+        r: GrpcRequest<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::TaskList>, Status> {
         let req = r.into_inner();
         let state = if req.state.is_empty() {
             None
@@ -268,31 +348,58 @@ impl Blixard for Api {
             .state
             .tasks
             .values()
-            .filter(|t| state.is_none_or(|s| t.state == s) && req.node.is_none_or(|n| t.node_id == Some(n)))
-            .filter(|t| after.as_ref().is_none_or(|(ms, id)| (t.submitted_ms, &t.id) > (*ms, id)))
+            .filter(|t| {
+                state.is_none_or(|s| t.state == s) && req.node.is_none_or(|n| t.node_id == Some(n))
+            })
+            .filter(|t| {
+                after
+                    .as_ref()
+                    .is_none_or(|(ms, id)| (t.submitted_ms, &t.id) > (*ms, id))
+            })
             .collect();
         tasks.sort_by(|x, y| (x.submitted_ms, &x.id).cmp(&(y.submitted_ms, &y.id)));
-        let (tasks, next) = page(tasks.into_iter(), req.limit, pb::TaskInfo::from, |t| format!("{}:{}", t.submitted_ms, t.id));
+        let (tasks, next) = page(tasks.into_iter(), req.limit, pb::TaskInfo::from, |t| {
+            format!("{}:{}", t.submitted_ms, t.id)
+        });
         Ok(Response::new(pb::TaskList { tasks, next }))
     }
 
-    async fn cancel_task(&self, r: GrpcRequest<pb::TaskRef>) -> Result<Response<pb::TaskInfo>, Status> {
+    async fn cancel_task(
+        &self,
+        r: GrpcRequest<pb::TaskRef>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
         let req = r.into_inner();
         blixard_core::task::validate_task_id(&req.id).map_err(NodeError::Rejected)?;
-        let reply = self.node.propose(Command::CancelTask { id: req.id }, request_id(&req.request_id)?).await?;
+        let reply = self
+            .node
+            .propose(
+                Command::CancelTask { id: req.id },
+                request_id(&req.request_id)?,
+            )
+            .await?;
         Ok(Response::new(task_reply(reply)?))
     }
 
-    async fn task_logs(&self, r: GrpcRequest<pb::TaskRef>) -> Result<Response<Self::TaskLogsStream>, Status> {
+    async fn task_logs(
+        &self,
+        r: GrpcRequest<pb::TaskRef>,
+    ) -> Result<Response<Self::TaskLogsStream>, Status> {
         let fwd = is_forwarded(&r);
         let req = r.into_inner();
         blixard_core::task::validate_task_id(&req.id).map_err(NodeError::Rejected)?;
         self.node.read_barrier().await?;
         let owner = {
             let a = self.node.state.read();
-            let t = a.state.tasks.get(&req.id).ok_or_else(|| Status::not_found(format!("task '{}' not found", req.id)))?;
+            let t = a
+                .state
+                .tasks
+                .get(&req.id)
+                .ok_or_else(|| Status::not_found(format!("task '{}' not found", req.id)))?;
             let node = t.node_id.ok_or_else(|| {
-                Status::failed_precondition(format!("task '{}' has not been placed on a node yet: no output", req.id))
+                Status::failed_precondition(format!(
+                    "task '{}' has not been placed on a node yet: no output",
+                    req.id
+                ))
             })?;
             (node, a.state.workers.get(&node).map(|w| w.addr.clone()))
         };
@@ -301,17 +408,29 @@ impl Blixard for Api {
             return Ok(Response::new(stream_file(self.node.clone(), path, false)));
         }
         if fwd {
-            return Err(Status::unavailable(format!("task '{}' did not run on node {}", req.id, self.node.id)));
+            return Err(Status::unavailable(format!(
+                "task '{}' did not run on node {}",
+                req.id, self.node.id
+            )));
         }
         let upstream = owner_client(&self.node, &owner)?
             .task_logs(crate::node::forwarded_request(req))
             .await
-            .map_err(|e| Status::unavailable(format!("node {} that ran the task: {}", owner.0, e.message())))?
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "node {} that ran the task: {}",
+                    owner.0,
+                    e.message()
+                ))
+            })?
             .into_inner();
         Ok(Response::new(Box::pin(upstream)))
     }
 
-    async fn cluster_status(&self, r: GrpcRequest<pb::ReadOptions>) -> Result<Response<pb::ClusterStatusReply>, Status> {
+    async fn cluster_status(
+        &self,
+        r: GrpcRequest<pb::ReadOptions>,
+    ) -> Result<Response<pb::ClusterStatusReply>, Status> {
         if !r.get_ref().stale {
             // Like every read: without a leader to confirm it, refuse rather than print a
             // membership that may be stale (`--stale` shows the local view, labelled so).
@@ -320,13 +439,21 @@ impl Blixard for Api {
         let m = self.node.metrics();
         let (applied, digest, settings) = {
             let a = self.node.state.read();
-            (a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0), a.state.digest(), settings_reply(&a.state))
+            (
+                a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+                a.state.digest(),
+                settings_reply(&a.state),
+            )
         };
         let members = self
             .node
             .members()
             .into_iter()
-            .map(|mi| pb::Member { id: mi.id, addr: mi.addr, role: if mi.voter { "voter" } else { "learner" }.into() })
+            .map(|mi| pb::Member {
+                id: mi.id,
+                addr: mi.addr,
+                role: if mi.voter { "voter" } else { "learner" }.into(),
+            })
             .collect();
         Ok(Response::new(pb::ClusterStatusReply {
             node_id: self.node.id,
@@ -345,17 +472,25 @@ impl Blixard for Api {
         }))
     }
 
-    async fn join(&self, r: GrpcRequest<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+    async fn join(
+        &self,
+        r: GrpcRequest<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinReply>, Status> {
         let fwd = is_forwarded(&r);
         match security::caller(&r) {
             Some(blixard_pki::Identity::Node(id)) if *id == r.get_ref().node_id || fwd => {}
             _ => return Err(Status::permission_denied("only the joining node itself may ask to join (with the certificate its join token got it)")),
         }
         let req = r.into_inner();
-        Ok(Response::new(self.node.join_member(req.node_id, req.addr, fwd).await?))
+        Ok(Response::new(
+            self.node.join_member(req.node_id, req.addr, fwd).await?,
+        ))
     }
 
-    async fn remove_member(&self, r: GrpcRequest<pb::RemoveMemberRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn remove_member(
+        &self,
+        r: GrpcRequest<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let fwd = is_forwarded(&r);
         self.node.remove_member(r.into_inner().node_id, fwd).await?;
         Ok(Response::new(pb::Empty {}))
@@ -369,24 +504,47 @@ impl Blixard for Api {
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn list_nodes(&self, r: GrpcRequest<pb::ReadOptions>) -> Result<Response<pb::NodeList>, Status> {
+    async fn list_nodes(
+        &self,
+        r: GrpcRequest<pb::ReadOptions>,
+    ) -> Result<Response<pb::NodeList>, Status> {
         self.read(r.get_ref().stale).await?;
         let a = self.node.state.read();
-        let nodes = a.state.workers.values().map(|w| node_info(&a.state, w)).collect();
+        let nodes = a
+            .state
+            .workers
+            .values()
+            .map(|w| node_info(&a.state, w))
+            .collect();
         Ok(Response::new(pb::NodeList { nodes }))
     }
 
-    async fn set_node_state(&self, r: GrpcRequest<pb::SetNodeStateRequest>) -> Result<Response<pb::NodeInfo>, Status> {
+    async fn set_node_state(
+        &self,
+        r: GrpcRequest<pb::SetNodeStateRequest>,
+    ) -> Result<Response<pb::NodeInfo>, Status> {
         let req = r.into_inner();
         let state = blixard_api::parse_node_state(&req.state).map_err(Status::invalid_argument)?;
-        let reply = self.node.propose(Command::SetWorkerState { id: req.node_id, state }, request_id(&req.request_id)?).await?;
+        let reply = self
+            .node
+            .propose(
+                Command::SetWorkerState {
+                    id: req.node_id,
+                    state,
+                },
+                request_id(&req.request_id)?,
+            )
+            .await?;
         match reply {
             Reply::Worker(w) => Ok(Response::new(node_info(&self.node.state.read().state, &w))),
             other => Err(Status::internal(format!("unexpected reply {other:?}"))),
         }
     }
 
-    async fn explain_placement(&self, r: GrpcRequest<pb::CreateVmRequest>) -> Result<Response<pb::PlacementExplanation>, Status> {
+    async fn explain_placement(
+        &self,
+        r: GrpcRequest<pb::CreateVmRequest>,
+    ) -> Result<Response<pb::PlacementExplanation>, Status> {
         let spec = parse_spec(r.into_inner().spec)?;
         self.node.read_barrier().await?;
         let a = self.node.state.read();
@@ -394,15 +552,29 @@ impl Blixard for Api {
         Ok(Response::new(pb::PlacementExplanation::from(&p)))
     }
 
-    async fn set_scheduler_settings(&self, r: GrpcRequest<pb::SchedulerSettings>) -> Result<Response<pb::SchedulerSettings>, Status> {
+    async fn set_scheduler_settings(
+        &self,
+        r: GrpcRequest<pb::SchedulerSettings>,
+    ) -> Result<Response<pb::SchedulerSettings>, Status> {
         let req = r.into_inner();
         let rid = request_id(&req.request_id)?;
         if !req.strategy.is_empty() || req.vcpu_overcommit_pct != 0 {
             self.node.read_barrier().await?;
             let current = self.node.state.read().state.settings.clone();
-            let strategy = if req.strategy.is_empty() { current.strategy } else { req.strategy.parse().map_err(Status::invalid_argument)? };
-            let pct = if req.vcpu_overcommit_pct == 0 { current.vcpu_overcommit_pct } else { req.vcpu_overcommit_pct };
-            let cmd = Command::SetSchedulerSettings { strategy, vcpu_overcommit_pct: pct };
+            let strategy = if req.strategy.is_empty() {
+                current.strategy
+            } else {
+                req.strategy.parse().map_err(Status::invalid_argument)?
+            };
+            let pct = if req.vcpu_overcommit_pct == 0 {
+                current.vcpu_overcommit_pct
+            } else {
+                req.vcpu_overcommit_pct
+            };
+            let cmd = Command::SetSchedulerSettings {
+                strategy,
+                vcpu_overcommit_pct: pct,
+            };
             self.node.propose(cmd, rid.clone()).await?;
         }
         if req.lease_ms != 0 || req.grace_ms != 0 || req.heartbeat_ms != 0 {
@@ -412,38 +584,65 @@ impl Blixard for Api {
                 grace_ms: some(req.grace_ms),
                 heartbeat_ms: some(req.heartbeat_ms),
             };
-            self.node.propose(cmd, rid.map(|id| format!("{id}/lease"))).await?;
+            self.node
+                .propose(cmd, rid.map(|id| format!("{id}/lease")))
+                .await?;
         }
         self.node.read_barrier().await?;
         let a = self.node.state.read();
         Ok(Response::new(settings_reply(&a.state)))
     }
 
-    async fn create_vm(&self, r: GrpcRequest<pb::CreateVmRequest>) -> Result<Response<pb::VmInfo>, Status> {
+    async fn create_vm(
+        &self,
+        r: GrpcRequest<pb::CreateVmRequest>,
+    ) -> Result<Response<pb::VmInfo>, Status> {
         let req = r.into_inner();
         let spec = parse_spec(req.spec)?;
 
-        let reply = self.node.propose(Command::CreateVm { spec }, request_id(&req.request_id)?).await?;
+        let reply = self
+            .node
+            .propose(Command::CreateVm { spec }, request_id(&req.request_id)?)
+            .await?;
         Ok(Response::new(Self::vm_reply(reply)?))
     }
 
     async fn delete_vm(&self, r: GrpcRequest<pb::VmRef>) -> Result<Response<pb::Empty>, Status> {
         let req = r.into_inner();
         blixard_core::spec::validate_name(&req.name).map_err(NodeError::Rejected)?;
-        self.node.propose(Command::DeleteVm { name: req.name }, request_id(&req.request_id)?).await?;
+        self.node
+            .propose(
+                Command::DeleteVm { name: req.name },
+                request_id(&req.request_id)?,
+            )
+            .await?;
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn set_vm_desired(&self, r: GrpcRequest<pb::SetVmDesiredRequest>) -> Result<Response<pb::VmInfo>, Status> {
+    async fn set_vm_desired(
+        &self,
+        r: GrpcRequest<pb::SetVmDesiredRequest>,
+    ) -> Result<Response<pb::VmInfo>, Status> {
         let req = r.into_inner();
         blixard_core::spec::validate_name(&req.name).map_err(NodeError::Rejected)?;
         let desired = blixard_api::parse_desired(&req.desired).map_err(Status::invalid_argument)?;
-        let reply =
-            self.node.propose(Command::SetVmDesired { name: req.name, desired }, request_id(&req.request_id)?).await?;
+        let reply = self
+            .node
+            .propose(
+                Command::SetVmDesired {
+                    name: req.name,
+                    desired,
+                },
+                request_id(&req.request_id)?,
+            )
+            .await?;
         Ok(Response::new(Self::vm_reply(reply)?))
     }
 
-    async fn get_vm(&self, r: GrpcRequest<pb::GetVmRequest>) -> Result<Response<pb::VmInfo>, Status> {
+    async fn get_vm(
+        &self,
+        r: GrpcRequest<pb::GetVmRequest>,
+    ) -> Result<Response<pb::VmInfo>, Status> {
         let req = r.into_inner();
         blixard_core::spec::validate_name(&req.name).map_err(NodeError::Rejected)?;
         self.read(req.stale).await?;
@@ -454,35 +653,61 @@ impl Blixard for Api {
         }
     }
 
-    async fn list_vms(&self, r: GrpcRequest<pb::ReadOptions>) -> Result<Response<pb::VmList>, Status> {
+    async fn list_vms(
+        &self,
+        r: GrpcRequest<pb::ReadOptions>,
+    ) -> Result<Response<pb::VmList>, Status> {
         self.read(r.get_ref().stale).await?;
         let a = self.node.state.read();
-        Ok(Response::new(pb::VmList { vms: a.state.vms.values().map(pb::VmInfo::from).collect(), next: String::new() }))
+        Ok(Response::new(pb::VmList {
+            vms: a.state.vms.values().map(pb::VmInfo::from).collect(),
+            next: String::new(),
+        }))
     }
 
-    async fn list_vms_page(&self, r: GrpcRequest<pb::PageRequest>) -> Result<Response<pb::VmList>, Status> {
+    async fn list_vms_page(
+        &self,
+        r: GrpcRequest<pb::PageRequest>,
+    ) -> Result<Response<pb::VmList>, Status> {
         let req = r.into_inner();
         if req.after.len() > blixard_core::spec::MAX_NAME_LEN {
             return Err(Status::invalid_argument("bad page token"));
         }
         self.read(req.stale).await?;
         let a = self.node.state.read();
-        let from = (std::ops::Bound::Excluded(req.after.clone()), std::ops::Bound::Unbounded);
-        let vms: Box<dyn Iterator<Item = &blixard_core::VmRecord>> =
-            if req.after.is_empty() { Box::new(a.state.vms.values()) } else { Box::new(a.state.vms.range(from).map(|(_, v)| v)) };
+        let from = (
+            std::ops::Bound::Excluded(req.after.clone()),
+            std::ops::Bound::Unbounded,
+        );
+        let vms: Box<dyn Iterator<Item = &blixard_core::VmRecord>> = if req.after.is_empty() {
+            Box::new(a.state.vms.values())
+        } else {
+            Box::new(a.state.vms.range(from).map(|(_, v)| v))
+        };
         let (vms, next) = page(vms, req.limit, pb::VmInfo::from, |v| v.spec.name.clone());
         Ok(Response::new(pb::VmList { vms, next }))
     }
 
-    async fn create_join_token(&self, r: GrpcRequest<pb::CreateJoinTokenRequest>) -> Result<Response<pb::JoinTokenInfo>, Status> {
-        Ok(Response::new(security::create_token(&self.node, r.into_inner().ttl_secs).await?))
+    async fn create_join_token(
+        &self,
+        r: GrpcRequest<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenInfo>, Status> {
+        Ok(Response::new(
+            security::create_token(&self.node, r.into_inner().ttl_secs).await?,
+        ))
     }
 
-    async fn list_join_tokens(&self, _r: GrpcRequest<pb::Empty>) -> Result<Response<pb::JoinTokenList>, Status> {
+    async fn list_join_tokens(
+        &self,
+        _r: GrpcRequest<pb::Empty>,
+    ) -> Result<Response<pb::JoinTokenList>, Status> {
         Ok(Response::new(security::list_tokens(&self.node).await?))
     }
 
-    async fn revoke_join_token(&self, r: GrpcRequest<pb::JoinTokenRef>) -> Result<Response<pb::Empty>, Status> {
+    async fn revoke_join_token(
+        &self,
+        r: GrpcRequest<pb::JoinTokenRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
         security::revoke_token(&self.node, r.into_inner().id).await?;
         Ok(Response::new(pb::Empty {}))
     }
@@ -490,32 +715,52 @@ impl Blixard for Api {
 
 #[tonic::async_trait]
 impl RaftPeer for Api {
-    async fn append_entries(&self, r: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        r: GrpcRequest<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let cert = self.check_peer(&r)?;
         let req = decode(r.get_ref())?;
         security::check_append(cert, &req)?;
         encode(&self.node.raft.append_entries(req).await)
     }
 
-    async fn vote(&self, r: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn vote(
+        &self,
+        r: GrpcRequest<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let cert = self.check_peer(&r)?;
         let req = decode(r.get_ref())?;
         security::check_vote_request(cert, &req)?;
         encode(&self.node.raft.vote(req).await)
     }
 
-    async fn install_snapshot(&self, r: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        r: GrpcRequest<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let cert = self.check_peer(&r)?;
         type Meta = openraft::alias::SnapshotMetaOf<TypeConfig>;
         type Vote = openraft::alias::VoteOf<TypeConfig>;
         let (vote, meta, data): (Vote, Meta, Vec<u8>) = decode(r.get_ref())?;
         security::check_snapshot(cert, &vote, &meta)?;
-        let snapshot = Snapshot { meta, snapshot: Cursor::new(data) };
-        let res = self.node.raft.install_full_snapshot(vote, snapshot).await.map_err(openraft::error::RaftError::<TypeConfig>::Fatal);
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Cursor::new(data),
+        };
+        let res = self
+            .node
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(openraft::error::RaftError::<TypeConfig>::Fatal);
         encode(&res)
     }
 
-    async fn propose(&self, r: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn propose(
+        &self,
+        r: GrpcRequest<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let cert = self.check_peer(&r)?;
         let req: Request = decode(r.get_ref())?;
         security::check_proposal(cert, &req)?;
@@ -523,19 +768,27 @@ impl RaftPeer for Api {
         encode(&outcome)
     }
 
-    async fn read_index(&self, r: GrpcRequest<pb::Empty>) -> Result<Response<pb::ReadIndexReply>, Status> {
+    async fn read_index(
+        &self,
+        r: GrpcRequest<pb::Empty>,
+    ) -> Result<Response<pb::ReadIndexReply>, Status> {
         self.check_peer(&r)?;
         let index = self.node.leader_read_index().await?;
         Ok(Response::new(pb::ReadIndexReply { index, lease_ms: 0 }))
     }
 
-    async fn heartbeat(&self, r: GrpcRequest<pb::HeartbeatRequest>) -> Result<Response<pb::ReadIndexReply>, Status> {
+    async fn heartbeat(
+        &self,
+        r: GrpcRequest<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::ReadIndexReply>, Status> {
         let cert = self.check_peer(&r)?;
         // A removed node must not renew its lease: its VMs are about to run elsewhere.
         let id = r.get_ref().node_id;
         security::check_heartbeat(cert, id)?;
         if self.node.members().iter().all(|m| m.id != id) {
-            return Err(Status::permission_denied(format!("node {id} is not a member of this cluster")));
+            return Err(Status::permission_denied(format!(
+                "node {id} is not a member of this cluster"
+            )));
         }
         // Confirm leadership with a quorum first: a deposed leader must not renew leases.
         let index = self.node.leader_read_index().await?;
@@ -546,13 +799,23 @@ impl RaftPeer for Api {
         Ok(Response::new(pb::ReadIndexReply { index, lease_ms }))
     }
 
-    async fn evicted(&self, r: GrpcRequest<pb::EvictedNotice>) -> Result<Response<pb::Empty>, Status> {
+    async fn evicted(
+        &self,
+        r: GrpcRequest<pb::EvictedNotice>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let cert = self.check_peer(&r)?;
         security::check_evicted(&self.node, cert)?;
         if r.get_ref().node_id != self.node.id {
-            return Err(Status::invalid_argument(format!("this is node {}, not node {}", self.node.id, r.get_ref().node_id)));
+            return Err(Status::invalid_argument(format!(
+                "this is node {}, not node {}",
+                self.node.id,
+                r.get_ref().node_id
+            )));
         }
-        tracing::warn!(node = self.node.id, "the leader removed this node from the cluster; stopping its VMs and shutting down");
+        tracing::warn!(
+            node = self.node.id,
+            "the leader removed this node from the cluster; stopping its VMs and shutting down"
+        );
         if !self.node.stop_all_vms().await {
             return Err(Status::internal("could not stop every VM"));
         }
@@ -583,25 +846,51 @@ fn network_reply(reply: Reply) -> Result<pb::NetworkInfo, Status> {
 
 #[tonic::async_trait]
 impl blixard_api::pb::networks_server::Networks for Api {
-    async fn create_network(&self, r: GrpcRequest<pb::CreateNetworkRequest>) -> Result<Response<pb::NetworkInfo>, Status> {
+    async fn create_network(
+        &self,
+        r: GrpcRequest<pb::CreateNetworkRequest>,
+    ) -> Result<Response<pb::NetworkInfo>, Status> {
         let req = r.into_inner();
         blixard_core::network::validate_network_name(&req.name).map_err(NodeError::Rejected)?;
-        req.cidr.parse::<blixard_core::Cidr>().map_err(Status::invalid_argument)?;
-        let cmd = Command::CreateNetwork { name: req.name, cidr: req.cidr };
+        req.cidr
+            .parse::<blixard_core::Cidr>()
+            .map_err(Status::invalid_argument)?;
+        let cmd = Command::CreateNetwork {
+            name: req.name,
+            cidr: req.cidr,
+        };
         let reply = self.node.propose(cmd, request_id(&req.request_id)?).await?;
         Ok(Response::new(network_reply(reply)?))
     }
 
-    async fn list_networks(&self, r: GrpcRequest<pb::ReadOptions>) -> Result<Response<pb::NetworkList>, Status> {
+    async fn list_networks(
+        &self,
+        r: GrpcRequest<pb::ReadOptions>,
+    ) -> Result<Response<pb::NetworkList>, Status> {
         self.read(r.get_ref().stale).await?;
         let a = self.node.state.read();
-        Ok(Response::new(pb::NetworkList { networks: a.state.networks.values().map(pb::NetworkInfo::from).collect() }))
+        Ok(Response::new(pb::NetworkList {
+            networks: a
+                .state
+                .networks
+                .values()
+                .map(pb::NetworkInfo::from)
+                .collect(),
+        }))
     }
 
-    async fn delete_network(&self, r: GrpcRequest<pb::NetworkRef>) -> Result<Response<pb::Empty>, Status> {
+    async fn delete_network(
+        &self,
+        r: GrpcRequest<pb::NetworkRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let req = r.into_inner();
         blixard_core::network::validate_network_name(&req.name).map_err(NodeError::Rejected)?;
-        self.node.propose(Command::DeleteNetwork { name: req.name }, request_id(&req.request_id)?).await?;
+        self.node
+            .propose(
+                Command::DeleteNetwork { name: req.name },
+                request_id(&req.request_id)?,
+            )
+            .await?;
         Ok(Response::new(pb::Empty {}))
     }
 }
@@ -619,7 +908,11 @@ fn page<'a, T: 'a, M: prost::Message>(
     to_msg: impl Fn(&'a T) -> M,
     token: impl Fn(&'a T) -> String,
 ) -> (Vec<M>, String) {
-    let limit = if limit == 0 { PAGE_ITEMS } else { (limit as usize).min(PAGE_ITEMS) };
+    let limit = if limit == 0 {
+        PAGE_ITEMS
+    } else {
+        (limit as usize).min(PAGE_ITEMS)
+    };
     let mut out = Vec::new();
     let mut bytes = 0;
     let mut last = None;
@@ -660,18 +953,32 @@ mod paging_tests {
     #[test]
     fn pages_are_bounded_and_chain_by_token() {
         let items: Vec<u64> = (0..10).collect();
-        let msg = |v: &u64| pb::Member { id: *v, addr: "x".repeat(600_000), role: String::new() };
+        let msg = |v: &u64| pb::Member {
+            id: *v,
+            addr: "x".repeat(600_000),
+            role: String::new(),
+        };
         // Bytes: two 600 kB items pass 1 MiB, so the page ends after the second.
         let (got, next) = page(items.iter(), 0, msg, |v| v.to_string());
         assert_eq!((got.len(), next.as_str()), (2, "1"));
         // Count: a small limit.
-        let small = |v: &u64| pb::Member { id: *v, addr: String::new(), role: String::new() };
+        let small = |v: &u64| pb::Member {
+            id: *v,
+            addr: String::new(),
+            role: String::new(),
+        };
         let (got, next) = page(items.iter(), 4, small, |v| v.to_string());
-        assert_eq!((got.iter().map(|m| m.id).collect::<Vec<_>>(), next.as_str()), (vec![0, 1, 2, 3], "3"));
+        assert_eq!(
+            (got.iter().map(|m| m.id).collect::<Vec<_>>(), next.as_str()),
+            (vec![0, 1, 2, 3], "3")
+        );
         // The last page has no token.
         let (got, next) = page(items[8..].iter(), 4, small, |v| v.to_string());
         assert_eq!((got.len(), next.as_str()), (2, ""));
-        assert_eq!(parse_task_token("12:t-1").unwrap(), Some((12, "t-1".to_string())));
+        assert_eq!(
+            parse_task_token("12:t-1").unwrap(),
+            Some((12, "t-1".to_string()))
+        );
         assert!(parse_task_token("nonsense").is_err());
     }
 }

@@ -88,7 +88,9 @@ fn run_dir(dir: &Path) -> PathBuf {
 /// alive. Never a bare pid: a recycled one is not the task.
 fn recorded_alive(m: &Marker) -> bool {
     match (m.pid, m.starttime) {
-        (Some(pid), Some(st)) => m.boot_id.is_some() && m.boot_id == rundir::boot_id() && rundir::is_alive(pid, Some(st)),
+        (Some(pid), Some(st)) => {
+            m.boot_id.is_some() && m.boot_id == rundir::boot_id() && rundir::is_alive(pid, Some(st))
+        }
         _ => false,
     }
 }
@@ -137,26 +139,54 @@ async fn stop_attempt(dir: &Path, m: &Marker) {
 /// is there). `cancelled`: this daemon asked for the stop because of a cancellation.
 fn ending_from_files(dir: &Path, cancelled: bool, node_id: u64) -> Ending {
     let run = run_dir(dir);
-    let read = |f: &str| std::fs::read_to_string(run.join(f)).ok().map(|s| s.trim().to_string());
+    let read = |f: &str| {
+        std::fs::read_to_string(run.join(f))
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
     let code: Option<i32> = read(rundir::EXIT_CODE).and_then(|s| s.parse().ok());
-    let failed = |reason: String| Ending { state: TaskState::Failed, exit_code: None, reason: Some(reason) };
+    let failed = |reason: String| Ending {
+        state: TaskState::Failed,
+        exit_code: None,
+        reason: Some(reason),
+    };
     if let Some(why) = read(supervisor::EXEC_FAILED) {
         return failed(why);
     }
     if let Some(why) = read(supervisor::TIMED_OUT) {
-        return Ending { state: TaskState::TimedOut, exit_code: None, reason: Some(why) };
+        return Ending {
+            state: TaskState::TimedOut,
+            exit_code: None,
+            reason: Some(why),
+        };
     }
     if let Some(why) = read(rundir::FENCED) {
-        return failed(format!("node {node_id} could not prove its lease valid, so the task was stopped: {why}"));
+        return failed(format!(
+            "node {node_id} could not prove its lease valid, so the task was stopped: {why}"
+        ));
     }
     if cancelled {
-        return Ending { state: TaskState::Cancelled, exit_code: None, reason: Some("cancelled by request; its process group was killed".into()) };
+        return Ending {
+            state: TaskState::Cancelled,
+            exit_code: None,
+            reason: Some("cancelled by request; its process group was killed".into()),
+        };
     }
     match code {
-        Some(0) => Ending { state: TaskState::Succeeded, exit_code: Some(0), reason: None },
-        Some(c) if (1..=128).contains(&c) => Ending { state: TaskState::Failed, exit_code: Some(c), reason: Some(format!("exited with code {c}")) },
+        Some(0) => Ending {
+            state: TaskState::Succeeded,
+            exit_code: Some(0),
+            reason: None,
+        },
+        Some(c) if (1..=128).contains(&c) => Ending {
+            state: TaskState::Failed,
+            exit_code: Some(c),
+            reason: Some(format!("exited with code {c}")),
+        },
         Some(c) if c > 128 => failed(format!("killed by signal {}", c - 128)),
-        _ => failed("the process is gone without a recorded exit status (its supervisor was killed)".into()),
+        _ => failed(
+            "the process is gone without a recorded exit status (its supervisor was killed)".into(),
+        ),
     }
 }
 
@@ -170,7 +200,11 @@ struct Ending {
 impl TaskRunner {
     pub fn new(node: Arc<Node>) -> Arc<Self> {
         let dir = node.config.data_dir.join("tasks");
-        Arc::new(Self { node, dir, running: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            node,
+            dir,
+            running: Mutex::new(HashMap::new()),
+        })
     }
 
     pub async fn run(self: Arc<Self>) {
@@ -206,7 +240,12 @@ impl TaskRunner {
         let current: HashMap<&str, u64> = mine.iter().map(|t| (t.id.as_str(), t.epoch)).collect();
 
         // Attempts running here that are no longer this node's (reassigned, forgotten): stop them.
-        for (id, (epoch, tx)) in self.running.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (id, (epoch, tx)) in self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             if current.get(id.as_str()) != Some(epoch) {
                 let _ = tx.send(true);
             }
@@ -217,11 +256,18 @@ impl TaskRunner {
             for e in rd.flatten() {
                 let id = e.file_name().to_string_lossy().to_string();
                 let dir = e.path();
-                if self.running.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&id) {
+                if self
+                    .running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&id)
+                {
                     continue;
                 }
                 let marker = read_marker(&dir);
-                let is_current = marker.as_ref().is_some_and(|m| current.get(id.as_str()) == Some(&m.epoch));
+                let is_current = marker
+                    .as_ref()
+                    .is_some_and(|m| current.get(id.as_str()) == Some(&m.epoch));
                 if is_current {
                     continue;
                 }
@@ -231,7 +277,13 @@ impl TaskRunner {
                             tracing::warn!(task = %id, epoch = m.epoch, pid = ?m.pid, "stopping a leftover attempt that is no longer this node's");
                             request_stop(&dir);
                         }
-                        let _ = write_marker(&dir, &Marker { done: true, ..m.clone() });
+                        let _ = write_marker(
+                            &dir,
+                            &Marker {
+                                done: true,
+                                ..m.clone()
+                            },
+                        );
                     }
                 }
                 if !known.contains(&id) {
@@ -242,7 +294,12 @@ impl TaskRunner {
         }
 
         for t in mine {
-            let handle = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(&t.id).map(|(e, tx)| (*e, tx.clone()));
+            let handle = self
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&t.id)
+                .map(|(e, tx)| (*e, tx.clone()));
             if let Some((epoch, tx)) = handle {
                 if epoch == t.epoch && t.cancel_requested {
                     let _ = tx.send(true);
@@ -261,8 +318,19 @@ impl TaskRunner {
                 _ => {}
             }
             if t.cancel_requested {
-                let m = Marker { epoch: t.epoch, attempt: t.attempt, pid: None, starttime: None, boot_id: None, done: false };
-                let ending = Ending { state: TaskState::Cancelled, exit_code: None, reason: Some("cancelled before it started".into()) };
+                let m = Marker {
+                    epoch: t.epoch,
+                    attempt: t.attempt,
+                    pid: None,
+                    starttime: None,
+                    boot_id: None,
+                    done: false,
+                };
+                let ending = Ending {
+                    state: TaskState::Cancelled,
+                    exit_code: None,
+                    reason: Some("cancelled before it started".into()),
+                };
                 self.spawn_report(t.clone(), m, Some(ending));
                 continue;
             }
@@ -270,14 +338,20 @@ impl TaskRunner {
                 continue;
             }
             let (tx, rx) = watch::channel(false);
-            self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(t.id.clone(), (t.epoch, tx));
+            self.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(t.id.clone(), (t.epoch, tx));
             let this = self.clone();
             tokio::spawn(async move {
                 let id = t.id.clone();
                 if let Err(e) = this.run_attempt(t, rx).await {
                     tracing::warn!(task = %id, error = %e, "task attempt");
                 }
-                this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                this.running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
             });
         }
     }
@@ -302,7 +376,8 @@ impl TaskRunner {
                 Some(e) => e,
                 None => {
                     let run = run_dir(&dir);
-                    let ended_by_itself = run.join(rundir::EXIT_CODE).exists() && !run.join(rundir::STOP_REQUESTED).exists();
+                    let ended_by_itself = run.join(rundir::EXIT_CODE).exists()
+                        && !run.join(rundir::STOP_REQUESTED).exists();
                     stop_attempt(&dir, &m).await;
                     if ended_by_itself {
                         ending_from_files(&dir, false, this.node.id)
@@ -312,19 +387,31 @@ impl TaskRunner {
                             this.node.id, t.attempt
                         );
                         tracing::warn!(task = %t.id, epoch = t.epoch, "{reason}");
-                        Ending { state: TaskState::Failed, exit_code: None, reason: Some(reason) }
+                        Ending {
+                            state: TaskState::Failed,
+                            exit_code: None,
+                            reason: Some(reason),
+                        }
                     }
                 }
             };
             let _ = this.report_result(&t, ending, None).await;
             let _ = write_marker(&dir, &Marker { done: true, ..m });
-            this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
+            this.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&t.id);
         });
     }
 
-    async fn run_attempt(&self, t: TaskRecord, mut cancel: watch::Receiver<bool>) -> Result<(), NodeError> {
+    async fn run_attempt(
+        &self,
+        t: TaskRecord,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Result<(), NodeError> {
         let dir = task_dir(&self.node.config.data_dir, &t.id);
-        std::fs::create_dir_all(&dir).map_err(|e| NodeError::Io(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| NodeError::Io(format!("creating {}: {e}", dir.display())))?;
         // An earlier attempt of this task on this node must be over before this one starts.
         if let Some(old) = read_marker(&dir) {
             stop_attempt(&dir, &old).await;
@@ -333,9 +420,18 @@ impl TaskRunner {
         let out_path = dir.join("output");
         let _ = std::fs::remove_file(&out_path);
         let _ = std::fs::remove_dir_all(&run);
-        std::fs::create_dir_all(&run).map_err(|e| NodeError::Io(format!("creating {}: {e}", run.display())))?;
-        let mut marker = Marker { epoch: t.epoch, attempt: t.attempt, pid: None, starttime: None, boot_id: None, done: false };
-        write_marker(&dir, &marker).map_err(|e| NodeError::Io(format!("writing the attempt marker: {e}")))?;
+        std::fs::create_dir_all(&run)
+            .map_err(|e| NodeError::Io(format!("creating {}: {e}", run.display())))?;
+        let mut marker = Marker {
+            epoch: t.epoch,
+            attempt: t.attempt,
+            pid: None,
+            starttime: None,
+            boot_id: None,
+            done: false,
+        };
+        write_marker(&dir, &marker)
+            .map_err(|e| NodeError::Io(format!("writing the attempt marker: {e}")))?;
         tracing::info!(task = %t.id, epoch = t.epoch, attempt = t.attempt, "starting task");
 
         let started = Instant::now();
@@ -350,24 +446,45 @@ impl TaskRunner {
             stop_kills: true,
             argv: t.spec.command.clone(),
         };
-        let mut envs: Vec<(String, String)> = t.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut envs: Vec<(String, String)> = t
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         envs.push(("BLIXARD_TASK_ID".into(), t.id.clone()));
         envs.push(("BLIXARD_TASK_ATTEMPT".into(), t.attempt.to_string()));
-        envs.push((blixard_vmm::LEASE_FILE_ENV.into(), crate::liveness::lease_file(&self.node).display().to_string()));
+        envs.push((
+            blixard_vmm::LEASE_FILE_ENV.into(),
+            crate::liveness::lease_file(&self.node)
+                .display()
+                .to_string(),
+        ));
         if let Err(e) = supervisor::launch(&supervisor::default_command(), &spec, &envs).await {
             let ending = Ending {
                 state: TaskState::Failed,
                 exit_code: None,
                 reason: Some(format!("cannot start '{}': {e}", t.spec.command[0])),
             };
-            let r = self.report_result(&t, ending, Some(started.elapsed())).await;
-            let _ = write_marker(&dir, &Marker { done: true, ..marker });
+            let r = self
+                .report_result(&t, ending, Some(started.elapsed()))
+                .await;
+            let _ = write_marker(
+                &dir,
+                &Marker {
+                    done: true,
+                    ..marker
+                },
+            );
             return r;
         }
         // The supervisor records the pid right after spawning (or the exit, if it never ran).
         let pid_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(pid) = std::fs::read_to_string(run.join(rundir::PID)).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+            if let Some(pid) = std::fs::read_to_string(run.join(rundir::PID))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            {
                 marker.pid = Some(pid);
                 marker.starttime = rundir::process_starttime(pid);
                 marker.boot_id = rundir::boot_id();
@@ -385,13 +502,30 @@ impl TaskRunner {
         }
 
         // Started: tell the cluster (best effort; the result is what counts).
-        match self.node.propose(Command::ReportTaskStarted { id: t.id.clone(), node_id: self.node.id, epoch: t.epoch }, None).await {
+        match self
+            .node
+            .propose(
+                Command::ReportTaskStarted {
+                    id: t.id.clone(),
+                    node_id: self.node.id,
+                    epoch: t.epoch,
+                },
+                None,
+            )
+            .await
+        {
             Ok(_) => {}
             Err(NodeError::Rejected(e)) => {
                 // No longer this node's attempt (reassigned, cancelled or forgotten): stop.
                 tracing::info!(task = %t.id, epoch = t.epoch, "start refused, stopping: {e}");
                 stop_attempt(&dir, &marker).await;
-                let _ = write_marker(&dir, &Marker { done: true, ..marker });
+                let _ = write_marker(
+                    &dir,
+                    &Marker {
+                        done: true,
+                        ..marker
+                    },
+                );
                 return Ok(());
             }
             Err(e) => tracing::info!(task = %t.id, error = %e, "reporting the start"),
@@ -418,13 +552,24 @@ impl TaskRunner {
         let elapsed = started.elapsed();
         tracing::info!(task = %t.id, epoch = t.epoch, state = ending.state.as_str(), "task ended");
         let r = self.report_result(&t, ending, Some(elapsed)).await;
-        let _ = write_marker(&dir, &Marker { done: true, ..marker });
+        let _ = write_marker(
+            &dir,
+            &Marker {
+                done: true,
+                ..marker
+            },
+        );
         r
     }
 
     /// Proposes the result, retrying while there is no leader; a refusal (the attempt is no
     /// longer current) ends it.
-    async fn report_result(&self, t: &TaskRecord, ending: Ending, elapsed: Option<Duration>) -> Result<(), NodeError> {
+    async fn report_result(
+        &self,
+        t: &TaskRecord,
+        ending: Ending,
+        elapsed: Option<Duration>,
+    ) -> Result<(), NodeError> {
         let cmd = Command::ReportTaskResult {
             id: t.id.clone(),
             node_id: self.node.id,
@@ -437,7 +582,9 @@ impl TaskRunner {
         loop {
             match self.node.propose(cmd.clone(), None).await {
                 Ok(_) => return Ok(()),
-                Err(NodeError::Rejected(e @ (ApplyError::StaleAttempt { .. } | ApplyError::NotFound { .. }))) => {
+                Err(NodeError::Rejected(
+                    e @ (ApplyError::StaleAttempt { .. } | ApplyError::NotFound { .. }),
+                )) => {
                     tracing::info!(task = %t.id, epoch = t.epoch, "result refused: {e}");
                     return Ok(());
                 }

@@ -37,7 +37,12 @@ fn encode_entry(e: &EntryOf<C>) -> Result<Vec<u8>, std::io::Error> {
 }
 
 fn decode_entry(b: &[u8]) -> Result<EntryOf<C>, std::io::Error> {
-    bincode::deserialize(b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt log entry: {e}")))
+    bincode::deserialize(b).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("corrupt log entry: {e}"),
+        )
+    })
 }
 
 /// Runs a blocking step (an fsync) without stalling the runtime's worker: on a multi-threaded
@@ -132,12 +137,13 @@ impl RaftLogStorage<C> for LogStore {
             let last = t.last().map_err(io_err)?.map(|(_, v)| v.value().to_vec());
             match last {
                 None => None,
-                Some(v) => {
-                    Some(decode_entry(&v)?.log_id())
-                }
+                Some(v) => Some(decode_entry(&v)?.log_id()),
             }
         };
-        Ok(LogState { last_log_id: last.or_else(|| last_purged.clone()), last_purged_log_id: last_purged })
+        Ok(LogState {
+            last_log_id: last.or_else(|| last_purged.clone()),
+            last_purged_log_id: last_purged,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -148,7 +154,10 @@ impl RaftLogStorage<C> for LogStore {
         self.put_meta(VOTE_KEY, vote)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), std::io::Error> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogIdOf<C>>,
+    ) -> Result<(), std::io::Error> {
         // A hint for faster recovery only (openraft learns the commit index from the leader
         // anyway): no fsync of its own; the next append's commit persists it.
         let bytes = serde_json::to_vec(&committed).map_err(io_err)?;
@@ -162,7 +171,9 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, std::io::Error> {
-        Ok(self.get_meta::<Option<LogIdOf<C>>>(COMMITTED_KEY)?.flatten())
+        Ok(self
+            .get_meta::<Option<LogIdOf<C>>>(COMMITTED_KEY)?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), std::io::Error>
@@ -178,12 +189,18 @@ impl RaftLogStorage<C> for LogStore {
             }
         }
         let res = blocking(|| tx.commit().map_err(io_err));
-        let reported = res.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+        let reported = res
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()));
         callback.io_completed(reported);
         res
     }
 
-    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), std::io::Error> {
+    async fn truncate_after(
+        &mut self,
+        last_log_id: Option<LogIdOf<C>>,
+    ) -> Result<(), std::io::Error> {
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
         let tx = self.db.begin_write().map_err(io_err)?;
         {
@@ -200,7 +217,8 @@ impl RaftLogStorage<C> for LogStore {
             let mut m = tx.open_table(META).map_err(io_err)?;
             m.insert(PURGED_KEY, bytes.as_slice()).map_err(io_err)?;
             let mut t = tx.open_table(LOG).map_err(io_err)?;
-            t.retain_in(..=log_id.index(), |_, _| false).map_err(io_err)?;
+            t.retain_in(..=log_id.index(), |_, _| false)
+                .map_err(io_err)?;
         }
         tx.commit().map_err(io_err)
     }

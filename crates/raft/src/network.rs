@@ -12,12 +12,14 @@ use std::time::Duration;
 use blixard_api::pb::RaftMessage;
 use blixard_api::{RaftPeerClient, CLUSTER_HEADER, MAX_PEER_MESSAGE};
 use openraft::alias::{SnapshotOf, VoteOf};
-use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::errors::{
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, BasicNode, OptionalSend};
 use serde::de::DeserializeOwned;
@@ -41,7 +43,10 @@ pub struct PeerNetwork {
 
 impl PeerNetwork {
     pub fn new(cluster_id: impl Into<Arc<str>>, tls: TlsConfig) -> Self {
-        Self { cluster_id: cluster_id.into(), tls }
+        Self {
+            cluster_id: cluster_id.into(),
+            tls,
+        }
     }
 }
 
@@ -49,7 +54,13 @@ impl RaftNetworkFactory<C> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerClient { target, addr: node.addr.clone(), cluster_id: self.cluster_id.clone(), tls: self.tls.clone(), client: None }
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            cluster_id: self.cluster_id.clone(),
+            tls: self.tls.clone(),
+            client: None,
+        }
     }
 }
 
@@ -68,7 +79,10 @@ pub fn channel(addr: &str, tls: &TlsConfig) -> Result<Channel, tonic::transport:
 }
 
 /// A peer client with the large message limits snapshots need.
-pub fn peer_client(addr: &str, tls: &TlsConfig) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
+pub fn peer_client(
+    addr: &str,
+    tls: &TlsConfig,
+) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
     Ok(RaftPeerClient::new(channel(addr, tls)?)
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE))
@@ -99,19 +113,29 @@ enum CallError {
 impl PeerClient {
     fn client(&mut self) -> Result<RaftPeerClient<Channel>, CallError> {
         if self.client.is_none() {
-            let c = peer_client(&self.addr, &self.tls).map_err(|e| CallError::Unreachable(format!("bad peer address {}: {e}", self.addr)))?;
+            let c = peer_client(&self.addr, &self.tls).map_err(|e| {
+                CallError::Unreachable(format!("bad peer address {}: {e}", self.addr))
+            })?;
             self.client = Some(c);
         }
-        self.client.clone().ok_or_else(|| CallError::Unreachable("no client".into()))
+        self.client
+            .clone()
+            .ok_or_else(|| CallError::Unreachable("no client".into()))
     }
 
-    async fn call<Req, Resp>(&mut self, rpc: &'static str, req: &Req, timeout: Duration) -> Result<Resp, CallError>
+    async fn call<Req, Resp>(
+        &mut self,
+        rpc: &'static str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
     {
         let mut client = self.client()?;
-        let request = peer_request(&self.cluster_id, req, Some(timeout)).map_err(|e| CallError::Network(e.to_string()))?;
+        let request = peer_request(&self.cluster_id, req, Some(timeout))
+            .map_err(|e| CallError::Network(e.to_string()))?;
         let res = match rpc {
             "append" => client.append_entries(request).await,
             "vote" => client.vote(request).await,
@@ -119,16 +143,21 @@ impl PeerClient {
             _ => return Err(CallError::Network(format!("unknown rpc {rpc}"))),
         };
         let reply = res.map_err(|s| {
-            let msg = format!("{rpc} to node {} at {}: {}", self.target, self.addr, s.message());
+            let msg = format!(
+                "{rpc} to node {} at {}: {}",
+                self.target,
+                self.addr,
+                s.message()
+            );
             match s.code() {
-                tonic::Code::Unavailable | tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition => {
-                    CallError::Unreachable(msg)
-                }
+                tonic::Code::Unavailable
+                | tonic::Code::PermissionDenied
+                | tonic::Code::FailedPrecondition => CallError::Unreachable(msg),
                 _ => CallError::Network(msg),
             }
         })?;
-        let decoded: Result<Resp, RaftError<C>> =
-            serde_json::from_slice(&reply.into_inner().data).map_err(|e| CallError::Network(format!("bad reply to {rpc}: {e}")))?;
+        let decoded: Result<Resp, RaftError<C>> = serde_json::from_slice(&reply.into_inner().data)
+            .map_err(|e| CallError::Network(format!("bad reply to {rpc}: {e}")))?;
         decoded.map_err(|e| CallError::Unreachable(format!("node {} failed: {e}", self.target)))
     }
 }
@@ -148,11 +177,19 @@ impl RaftNetworkV2<C> for PeerClient {
         req: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.call("append", &req, option.hard_ttl()).await.map_err(rpc_err)
+        self.call("append", &req, option.hard_ttl())
+            .await
+            .map_err(rpc_err)
     }
 
-    async fn vote(&mut self, req: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.call("vote", &req, option.hard_ttl()).await.map_err(rpc_err)
+    async fn vote(
+        &mut self,
+        req: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call("vote", &req, option.hard_ttl())
+            .await
+            .map_err(rpc_err)
     }
 
     async fn full_snapshot(
@@ -180,7 +217,9 @@ impl RaftNetworkV2<C> for PeerClient {
         _req: TransferLeaderRequest<C>,
         _option: RPCOption,
     ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
-        Err(RPCError::Unreachable(Unreachable::new(&AnyError::error("leader transfer is not supported"))))
+        Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(
+            "leader transfer is not supported",
+        ))))
     }
 
     fn backoff(&self) -> Option<Backoff> {

@@ -82,9 +82,18 @@ impl StateMachineStore {
         tx.open_table(SNAPSHOT).map_err(io_err)?;
         tx.commit().map_err(io_err)?;
         let applied = Self::load(&db)?;
-        let floor = applied.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+        let floor = applied
+            .last_applied
+            .as_ref()
+            .map(|l| l.index())
+            .unwrap_or(0);
         let events = EventLog::new(&applied.state, floor);
-        Ok(Self { db: Arc::new(db), shared: SharedState(Arc::new(RwLock::new(applied))), events, metrics: Default::default() })
+        Ok(Self {
+            db: Arc::new(db),
+            shared: SharedState(Arc::new(RwLock::new(applied))),
+            events,
+            metrics: Default::default(),
+        })
     }
 
     fn load(db: &Database) -> Result<Applied, std::io::Error> {
@@ -95,7 +104,8 @@ impl StateMachineStore {
             let (k, v) = item.map_err(io_err)?;
             raw.push((k.value().to_string(), v.value().to_vec()));
         }
-        let state = ClusterState::from_rows(raw.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).map_err(io_err)?;
+        let state = ClusterState::from_rows(raw.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .map_err(io_err)?;
         let meta = tx.open_table(META).map_err(io_err)?;
         let get = |key: &str| -> Result<Option<Vec<u8>>, std::io::Error> {
             Ok(meta.get(key).map_err(io_err)?.map(|v| v.value().to_vec()))
@@ -108,7 +118,11 @@ impl StateMachineStore {
             Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
             None => StoredMembershipOf::<C>::default(),
         };
-        Ok(Applied { state, last_applied, membership })
+        Ok(Applied {
+            state,
+            last_applied,
+            membership,
+        })
     }
 
     /// Apply latency and snapshot counters (shared with clones of this store).
@@ -127,7 +141,11 @@ impl StateMachineStore {
     }
 
     /// Writes a whole state (from a snapshot) in one transaction, replacing what was there.
-    fn write_all(&self, applied: &Applied, snapshot: Option<&StoredSnapshot>) -> Result<(), std::io::Error> {
+    fn write_all(
+        &self,
+        applied: &Applied,
+        snapshot: Option<&StoredSnapshot>,
+    ) -> Result<(), std::io::Error> {
         let tx = self.db.begin_write().map_err(io_err)?;
         {
             let mut rows = tx.open_table(ROWS).map_err(io_err)?;
@@ -173,11 +191,17 @@ impl RaftSnapshotBuilder<C> for StateMachineStore {
             };
             (meta, data)
         };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         self.save_snapshot(&stored)?;
         self.metrics.snapshots_built.inc();
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = stored.data.len(), "built snapshot");
-        Ok(SnapshotOf::<C, SnapshotData> { meta, snapshot: Cursor::new(stored.data) })
+        Ok(SnapshotOf::<C, SnapshotData> {
+            meta,
+            snapshot: Cursor::new(stored.data),
+        })
     }
 }
 
@@ -185,7 +209,9 @@ impl RaftStateMachine<C> for StateMachineStore {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), std::io::Error> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), std::io::Error> {
         let a = self.shared.read();
         Ok((a.last_applied.clone(), a.membership.clone()))
     }
@@ -206,9 +232,13 @@ impl RaftStateMachine<C> for StateMachineStore {
                     let mut a = self.shared.write();
                     let outcome = match &entry.payload {
                         EntryPayload::Blank => Ok(blixard_core::Reply::Done),
-                        EntryPayload::Normal(req) => a.state.apply_at(log_id.committed_leader_id().term, log_id.index(), req),
+                        EntryPayload::Normal(req) => {
+                            a.state
+                                .apply_at(log_id.committed_leader_id().term, log_id.index(), req)
+                        }
                         EntryPayload::Membership(m) => {
-                            a.membership = StoredMembershipOf::<C>::new(Some(log_id.clone()), m.clone());
+                            a.membership =
+                                StoredMembershipOf::<C>::new(Some(log_id.clone()), m.clone());
                             a.state.note_membership(m.nodes().map(|(id, _)| *id));
                             membership = Some(a.membership.clone());
                             Ok(blixard_core::Reply::Done)
@@ -221,7 +251,9 @@ impl RaftStateMachine<C> for StateMachineStore {
                         EntryPayload::Normal(req) => req.time_ms,
                         _ => 0,
                     };
-                    self.events.lock().observe(log_id.index(), time_ms, &a.state, &entry_touched);
+                    self.events
+                        .lock()
+                        .observe(log_id.index(), time_ms, &a.state, &entry_touched);
                     touched.extend(entry_touched);
                     outcome
                 };
@@ -233,13 +265,18 @@ impl RaftStateMachine<C> for StateMachineStore {
             }
             (touched, last_applied, membership)
         };
-        let Some(last_applied) = last_applied else { return Ok(()) };
+        let Some(last_applied) = last_applied else {
+            return Ok(());
+        };
         let last_applied_index = last_applied.index();
 
         // One transaction: the rows this batch changed and the applied log id.
         let rows: Vec<(String, Option<Vec<u8>>)> = {
             let a = self.shared.read();
-            touched.iter().map(|k: &RowKey| (k.encode(), a.state.row(k))).collect()
+            touched
+                .iter()
+                .map(|k: &RowKey| (k.encode(), a.state.row(k)))
+                .collect()
         };
         let mut tx = self.db.begin_write().map_err(io_err)?;
         // No fsync here: the Raft log is the durable record (one fsync per batch, in the log
@@ -268,7 +305,9 @@ impl RaftStateMachine<C> for StateMachineStore {
         tx.commit().map_err(io_err)?;
 
         self.events.applied_up_to(last_applied_index);
-        self.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .apply_seconds
+            .observe(started.elapsed().as_secs_f64());
         for (r, outcome) in responses {
             r.send(outcome);
         }
@@ -285,13 +324,28 @@ impl RaftStateMachine<C> for StateMachineStore {
         snapshot: Self::SnapshotData,
     ) -> Result<(), std::io::Error> {
         let data = snapshot.into_inner();
-        let mut state: ClusterState = serde_json::from_slice(&data)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt snapshot: {e}")))?;
+        let mut state: ClusterState = serde_json::from_slice(&data).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("corrupt snapshot: {e}"),
+            )
+        })?;
         state.rebuild_derived();
-        let applied = Applied { state, last_applied: meta.last_log_id.clone(), membership: meta.last_membership.clone() };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let applied = Applied {
+            state,
+            last_applied: meta.last_log_id.clone(),
+            membership: meta.last_membership.clone(),
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         self.write_all(&applied, Some(&stored))?;
-        let floor = applied.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+        let floor = applied
+            .last_applied
+            .as_ref()
+            .map(|l| l.index())
+            .unwrap_or(0);
         self.events.lock().reset(&applied.state, floor);
         *self.shared.write() = applied;
         self.events.applied_up_to(floor);
@@ -300,11 +354,18 @@ impl RaftStateMachine<C> for StateMachineStore {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, std::io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, std::io::Error> {
         let tx = self.db.begin_read().map_err(io_err)?;
         let t = tx.open_table(SNAPSHOT).map_err(io_err)?;
-        let Some(v) = t.get(SNAPSHOT_KEY).map_err(io_err)? else { return Ok(None) };
+        let Some(v) = t.get(SNAPSHOT_KEY).map_err(io_err)? else {
+            return Ok(None);
+        };
         let s: StoredSnapshot = serde_json::from_slice(v.value()).map_err(io_err)?;
-        Ok(Some(SnapshotOf::<C, SnapshotData> { meta: s.meta, snapshot: Cursor::new(s.data) }))
+        Ok(Some(SnapshotOf::<C, SnapshotData> {
+            meta: s.meta,
+            snapshot: Cursor::new(s.data),
+        }))
     }
 }

@@ -90,8 +90,8 @@ while :; do sleep 3600; done
 "#;
 
 const APPLETS: &[&str] = &[
-    "sh", "mount", "umount", "sleep", "echo", "cat", "ls", "mkdir", "poweroff", "reboot",
-    "insmod", "ip", "ifconfig", "route", "hostname", "httpd", "wget", "ping", "ps", "grep",
+    "sh", "mount", "umount", "sleep", "echo", "cat", "ls", "mkdir", "poweroff", "reboot", "insmod",
+    "ip", "ifconfig", "route", "hostname", "httpd", "wget", "ping", "ps", "grep",
 ];
 
 /// `BLIXARD_GUEST_DIR` or [`DEFAULT_GUEST_DIR`].
@@ -109,19 +109,26 @@ pub fn build_initramfs(busybox: &Path, out: &Path) -> Result<(), DriverError> {
 /// The modules listed in `<dir>/order`, as (name, bytes), in that order.
 fn read_modules(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, DriverError> {
     let order_path = dir.join(MODULES_ORDER);
-    let order = fs::read_to_string(&order_path).map_err(|e| DriverError::io("reading", &order_path, e))?;
+    let order =
+        fs::read_to_string(&order_path).map_err(|e| DriverError::io("reading", &order_path, e))?;
     order
         .split_whitespace()
         .map(|name| {
             let path = dir.join(format!("{name}.ko"));
-            fs::read(&path).map(|b| (name.to_string(), b)).map_err(|e| DriverError::io("reading module", &path, e))
+            fs::read(&path)
+                .map(|b| (name.to_string(), b))
+                .map_err(|e| DriverError::io("reading module", &path, e))
         })
         .collect()
 }
 
 /// Write the initramfs to `out` (atomically: a temporary file renamed into place), with the
 /// kernel modules listed in `<modules>/order` when given.
-pub fn build_initramfs_with_modules(busybox: &Path, modules: Option<&Path>, out: &Path) -> Result<(), DriverError> {
+pub fn build_initramfs_with_modules(
+    busybox: &Path,
+    modules: Option<&Path>,
+    out: &Path,
+) -> Result<(), DriverError> {
     let modules = match modules {
         Some(dir) => read_modules(dir)?,
         None => Vec::new(),
@@ -182,9 +189,17 @@ pub fn build_initramfs_with_modules(busybox: &Path, modules: Option<&Path>, out:
         entries.push(dir("lib"));
         entries.push(dir("lib/modules"));
         let order: Vec<&str> = modules.iter().map(|(n, _)| n.as_str()).collect();
-        entries.push(file("lib/modules/order", 0o644, format!("{}\n", order.join(" ")).into_bytes()));
+        entries.push(file(
+            "lib/modules/order",
+            0o644,
+            format!("{}\n", order.join(" ")).into_bytes(),
+        ));
         for (name, bytes) in &modules {
-            entries.push(file(&format!("lib/modules/{name}.ko"), 0o644, bytes.clone()));
+            entries.push(file(
+                &format!("lib/modules/{name}.ko"),
+                0o644,
+                bytes.clone(),
+            ));
         }
     }
 
@@ -222,7 +237,9 @@ pub fn default_guest(guest_dir: &Path) -> Result<(PathBuf, PathBuf), DriverError
     }
     let modules = guest_dir.join(MODULES_DIR);
     if !modules.join(MODULES_ORDER).is_file() {
-        return Err(DriverError::GuestKernelMissing { path: modules.join(MODULES_ORDER) });
+        return Err(DriverError::GuestKernelMissing {
+            path: modules.join(MODULES_ORDER),
+        });
     }
     let initrd = guest_dir.join(INITRAMFS_FILE);
     if !initrd.is_file() {

@@ -86,7 +86,10 @@ impl VmDriver for ProcessDriver {
         envs.extend([
             ("BLIXARD_VM_NAME".to_string(), cfg.name.clone()),
             ("BLIXARD_VM_EPOCH".to_string(), epoch.to_string()),
-            ("BLIXARD_VM_CMDLINE".to_string(), cfg.cmdline.clone().unwrap_or_default()),
+            (
+                "BLIXARD_VM_CMDLINE".to_string(),
+                cfg.cmdline.clone().unwrap_or_default(),
+            ),
             ("BLIXARD_VM_VCPUS".to_string(), cfg.vcpus.to_string()),
             (
                 "BLIXARD_VM_MEMORY_MB".to_string(),
@@ -192,9 +195,15 @@ pub async fn idle_workload() -> std::io::Result<()> {
         stdout.flush()?;
     }
     let cmdline = std::env::var("BLIXARD_VM_CMDLINE").unwrap_or_default();
-    let param = |key: &str| cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok());
+    let param = |key: &str| {
+        cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok())
+    };
     let run_for = param("blixard.run-ms").map(Duration::from_millis);
-    let code = param("blixard.exit").and_then(|c| i32::try_from(c).ok()).unwrap_or(0);
+    let code = param("blixard.exit")
+        .and_then(|c| i32::try_from(c).ok())
+        .unwrap_or(0);
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: workload exiting"),
         _ = int.recv() => tracing::info!("SIGINT: workload exiting"),

@@ -401,10 +401,7 @@ impl VmDriver for QemuDriver {
                     || args.windows(2).any(|w| w[0] == b"-accel" && w[1] == b"tcg")
             });
         let grace = if tcg {
-            tracing::debug!(
-                vm = name,
-                "TCG guest: stopping with QMP quit directly"
-            );
+            tracing::debug!(vm = name, "TCG guest: stopping with QMP quit directly");
             Duration::ZERO
         } else {
             grace
@@ -629,7 +626,10 @@ mod tests {
             ])
         );
         let driver = QemuDriver::new("/r").with_accel(Accel::Tcg);
-        cfg.net = Some(crate::NetAttachment { tap: "x".repeat(16), mac: "02:b1:0a:58:00:05".into() });
+        cfg.net = Some(crate::NetAttachment {
+            tap: "x".repeat(16),
+            mac: "02:b1:0a:58:00:05".into(),
+        });
         let err = driver.validate(&cfg).expect_err("long tap name");
         assert!(err.to_string().contains("bad network attachment"), "{err}");
     }

@@ -88,7 +88,9 @@ async fn guest_answers_http_on_its_address_and_sees_its_disk() {
     });
     cfg.cmdline = Some(format!("ip={vm_ip}::{host}:255.255.255.0:web1:eth0:off"));
     cfg.disk_image = Some(disk);
-    let driver = QemuDriver::new(root.path()).with_supervisor(common::supervisor()).with_accel(host_accel());
+    let driver = QemuDriver::new(root.path())
+        .with_supervisor(common::supervisor())
+        .with_accel(host_accel());
     driver.start(&cfg, 1).await.expect("start");
     wait_state(&driver, "web1", BOOT, "Running", |s| {
         *s == RunState::Running

@@ -47,17 +47,25 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option
 }
 
 /// Credentials by node address (addresses are unique while their node runs).
-static CREDENTIALS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
-    std::sync::OnceLock::new();
+static CREDENTIALS: std::sync::OnceLock<
+    std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
+> = std::sync::OnceLock::new();
 
 pub fn register_credentials(addr: &str, path: &Path) {
     let m = CREDENTIALS.get_or_init(Default::default);
-    m.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), path.to_path_buf());
+    m.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(addr.to_string(), path.to_path_buf());
 }
 
 /// The credential file of the cluster that node `addr` belongs to.
 pub fn credentials_for(addr: &str) -> Option<PathBuf> {
-    CREDENTIALS.get()?.lock().unwrap_or_else(|p| p.into_inner()).get(addr).cloned()
+    CREDENTIALS
+        .get()?
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(addr)
+        .cloned()
 }
 
 /// Runs the CLI against `addr` with that cluster's admin credential (when known).
@@ -67,7 +75,11 @@ pub fn run_cli(addr: &str, args: &[&str]) -> Output {
     if let Some(c) = credentials_for(addr) {
         cmd.arg("--credentials").arg(c);
     }
-    cmd.args(args).env_remove("BLIXARD_ADDR").env_remove("BLIXARD_CREDENTIALS").output().expect("run blixard cli")
+    cmd.args(args)
+        .env_remove("BLIXARD_ADDR")
+        .env_remove("BLIXARD_CREDENTIALS")
+        .output()
+        .expect("run blixard cli")
 }
 
 /// Runs the CLI against `addr` with the given credentials file (or none).
@@ -77,13 +89,19 @@ pub fn run_cli_with(addr: &str, credentials: Option<&Path>, args: &[&str]) -> Ou
     if let Some(c) = credentials {
         cmd.arg("--credentials").arg(c);
     }
-    cmd.args(args).env_remove("BLIXARD_ADDR").env_remove("BLIXARD_CREDENTIALS").output().expect("run blixard cli")
+    cmd.args(args)
+        .env_remove("BLIXARD_ADDR")
+        .env_remove("BLIXARD_CREDENTIALS")
+        .output()
+        .expect("run blixard cli")
 }
 
 /// A fresh join token from the member at `seed` (retried while the cluster elects a leader).
 pub fn join_token(seed: &str) -> String {
     wait_for("a join token", DEADLINE, || {
-        try_json(seed, &["cluster", "token", "create", "--ttl", "600"])?["token"].as_str().map(String::from)
+        try_json(seed, &["cluster", "token", "create", "--ttl", "600"])?["token"]
+            .as_str()
+            .map(String::from)
     })
 }
 
@@ -97,8 +115,12 @@ pub fn json(addr: &str, args: &[&str]) -> Value {
         "blixard {args:?} via {addr} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout of {args:?} is not one JSON document ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout of {args:?} is not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// Like [`json`] but returns `None` on failure (for polling).
@@ -149,12 +171,34 @@ impl Cluster {
         });
     }
 
-    fn spawn(&self, id: u64, dir: &Path, bootstrap: &[String], extra: &[String], listen: &str) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log")).expect("log file");
+    fn spawn(
+        &self,
+        id: u64,
+        dir: &Path,
+        bootstrap: &[String],
+        extra: &[String],
+        listen: &str,
+    ) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))
+            .expect("log file");
         Command::new(BIN)
-            .args(["node", "--id", &id.to_string(), "--listen", listen, "--data-dir"])
+            .args([
+                "node",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                listen,
+                "--data-dir",
+            ])
             .arg(dir)
-            .args(if self.flags.iter().any(|f| f == "--driver") { &[][..] } else { &["--driver", "process"][..] })
+            .args(if self.flags.iter().any(|f| f == "--driver") {
+                &[][..]
+            } else {
+                &["--driver", "process"][..]
+            })
             .args(bootstrap)
             .args(&self.flags)
             .args(extra)
@@ -174,7 +218,13 @@ impl Cluster {
     }
 
     /// Like [`Cluster::add_node`], joining with the given token.
-    pub fn add_node_with_token(&mut self, id: u64, seed: Option<&str>, token: Option<String>, extra: &[&str]) -> usize {
+    pub fn add_node_with_token(
+        &mut self,
+        id: u64,
+        seed: Option<&str>,
+        token: Option<String>,
+        extra: &[&str],
+    ) -> usize {
         let dir = self.tmp.path().join(format!("n{id}"));
         let bootstrap: Vec<String> = match (seed, token) {
             (Some(s), Some(t)) => vec!["--join".into(), s.into(), "--token".into(), t],
@@ -190,7 +240,13 @@ impl Cluster {
         if let Some(c) = &self.credentials {
             register_credentials(&addr, c);
         }
-        self.nodes.push(TestNode { id, dir, addr, child: Some(child), extra });
+        self.nodes.push(TestNode {
+            id,
+            dir,
+            addr,
+            child: Some(child),
+            extra,
+        });
         self.nodes.len() - 1
     }
 
@@ -199,7 +255,10 @@ impl Cluster {
     }
 
     fn node_mut(&mut self, id: u64) -> &mut TestNode {
-        self.nodes.iter_mut().find(|n| n.id == id).expect("known node")
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("known node")
     }
 
     pub fn addr(&self, id: u64) -> String {
@@ -208,7 +267,11 @@ impl Cluster {
 
     /// Ids of nodes whose process is running.
     pub fn live(&self) -> Vec<u64> {
-        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
     }
 
     /// `kill -9` a node.
@@ -240,13 +303,18 @@ impl Cluster {
     /// keep running and are adopted again on restart.
     pub fn stop(&mut self, id: u64) {
         self.signal(id, "-TERM");
-        assert!(self.wait_exit(id, DEADLINE), "node {id} did not stop on SIGTERM");
+        assert!(
+            self.wait_exit(id, DEADLINE),
+            "node {id} did not stop on SIGTERM"
+        );
     }
 
     /// Waits for a node process to exit by itself; returns whether it did.
     pub fn wait_exit(&mut self, id: u64, deadline: Duration) -> bool {
         let n = self.node_mut(id);
-        let Some(child) = n.child.as_mut() else { return true };
+        let Some(child) = n.child.as_mut() else {
+            return true;
+        };
         let end = Instant::now() + deadline;
         while Instant::now() < end {
             if let Ok(Some(_)) = child.try_wait() {
@@ -268,7 +336,12 @@ impl Cluster {
         let mut m: Vec<(u64, String)> = s["members"]
             .as_array()?
             .iter()
-            .map(|m| (m["id"].as_u64().unwrap_or(0), m["role"].as_str().unwrap_or("").to_string()))
+            .map(|m| {
+                (
+                    m["id"].as_u64().unwrap_or(0),
+                    m["role"].as_str().unwrap_or("").to_string(),
+                )
+            })
             .collect();
         m.sort();
         Some(m)
@@ -276,56 +349,75 @@ impl Cluster {
 
     /// Waits until every live node reports `n` voters and the same leader; returns the leader.
     pub fn wait_members(&self, n: usize) -> u64 {
-        wait_for(&format!("{n} voters agreed by every live node"), DEADLINE, || {
-            let mut leader = None;
-            let mut members = None;
-            for id in self.live() {
-                let s = self.status(id)?;
-                let l = s["leader_id"].as_u64()?;
-                let m = self.members_of(id)?;
-                if m.iter().filter(|(_, r)| r == "voter").count() != n {
-                    return None;
+        wait_for(
+            &format!("{n} voters agreed by every live node"),
+            DEADLINE,
+            || {
+                let mut leader = None;
+                let mut members = None;
+                for id in self.live() {
+                    let s = self.status(id)?;
+                    let l = s["leader_id"].as_u64()?;
+                    let m = self.members_of(id)?;
+                    if m.iter().filter(|(_, r)| r == "voter").count() != n {
+                        return None;
+                    }
+                    // A departed leader can linger in a follower's view until the next election.
+                    if !m.iter().any(|(mid, r)| *mid == l && r == "voter") {
+                        return None;
+                    }
+                    if leader.is_some_and(|x| x != l) || members.as_ref().is_some_and(|x| x != &m) {
+                        return None;
+                    }
+                    leader = Some(l);
+                    members = Some(m);
                 }
-                // A departed leader can linger in a follower's view until the next election.
-                if !m.iter().any(|(mid, r)| *mid == l && r == "voter") {
-                    return None;
-                }
-                if leader.is_some_and(|x| x != l) || members.as_ref().is_some_and(|x| x != &m) {
-                    return None;
-                }
-                leader = Some(l);
-                members = Some(m);
-            }
-            leader
-        })
+                leader
+            },
+        )
     }
 
     pub fn leader(&self) -> u64 {
         wait_for("a leader", DEADLINE, || {
-            self.live().into_iter().find_map(|id| self.status(id).and_then(|s| s["leader_id"].as_u64()))
+            self.live()
+                .into_iter()
+                .find_map(|id| self.status(id).and_then(|s| s["leader_id"].as_u64()))
         })
     }
 
     /// Waits until every live node has applied the same index, then returns the digests.
     pub fn wait_converged(&self) -> (u64, String) {
-        wait_for("every live node to apply the same index with the same digest", DEADLINE, || {
-            let mut seen: Option<(u64, String)> = None;
-            for id in self.live() {
-                let s = self.status(id)?;
-                let cur = (s["applied_index"].as_u64()?, s["state_digest"].as_str()?.to_string());
-                match &seen {
-                    None => seen = Some(cur),
-                    Some(prev) if prev.0 != cur.0 => return None,
-                    Some(prev) => assert_eq!(prev.1, cur.1, "digests differ at applied index {}", cur.0),
+        wait_for(
+            "every live node to apply the same index with the same digest",
+            DEADLINE,
+            || {
+                let mut seen: Option<(u64, String)> = None;
+                for id in self.live() {
+                    let s = self.status(id)?;
+                    let cur = (
+                        s["applied_index"].as_u64()?,
+                        s["state_digest"].as_str()?.to_string(),
+                    );
+                    match &seen {
+                        None => seen = Some(cur),
+                        Some(prev) if prev.0 != cur.0 => return None,
+                        Some(prev) => {
+                            assert_eq!(prev.1, cur.1, "digests differ at applied index {}", cur.0)
+                        }
+                    }
                 }
-            }
-            seen
-        })
+                seen
+            },
+        )
     }
 
     /// The pid of VM `name`'s process on node `id`, from its run directory.
     pub fn vm_pid(&self, id: u64, name: &str) -> Option<u32> {
-        std::fs::read_to_string(self.node(id).dir.join("vms").join(name).join("pid")).ok()?.trim().parse().ok()
+        std::fs::read_to_string(self.node(id).dir.join("vms").join(name).join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Names of the VM run directories on node `id`.
@@ -343,7 +435,14 @@ impl Cluster {
     }
 
     /// Waits until `vm status NAME` via node `via` satisfies `pred`; returns the VM object.
-    pub fn wait_vm(&self, via: u64, name: &str, what: &str, deadline: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_vm(
+        &self,
+        via: u64,
+        name: &str,
+        what: &str,
+        deadline: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         wait_for(&format!("VM {name}: {what}"), deadline, || {
             let v = try_json(&self.addr(via), &["vm", "status", name])?;
             pred(&v).then_some(v)
@@ -366,7 +465,9 @@ impl Cluster {
 /// True while a process with this pid exists.
 pub fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
 }
 
 impl Drop for Cluster {
@@ -401,8 +502,12 @@ impl Drop for Cluster {
 impl Cluster {
     /// The host network devices (bridges, VXLAN devices, taps) of node `id`.
     pub fn net_devices(&self, id: u64) -> Vec<String> {
-        let Ok(prefix) = std::fs::read_to_string(self.node(id).dir.join("netdev-prefix")) else { return Vec::new() };
-        let Ok(out) = Command::new("ip").args(["-j", "link", "show"]).output() else { return Vec::new() };
+        let Ok(prefix) = std::fs::read_to_string(self.node(id).dir.join("netdev-prefix")) else {
+            return Vec::new();
+        };
+        let Ok(out) = Command::new("ip").args(["-j", "link", "show"]).output() else {
+            return Vec::new();
+        };
         let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
         links
             .iter()
@@ -414,8 +519,16 @@ impl Cluster {
 }
 
 /// Fast failure detection for tests: lease 2 s, grace 1 s, heartbeats every 250 ms.
-pub const FAST_LIVENESS: &[&str] =
-    &["--lease-ms", "2000", "--grace-ms", "1000", "--liveness-heartbeat-ms", "250", "--replace-voter-after", "2"];
+pub const FAST_LIVENESS: &[&str] = &[
+    "--lease-ms",
+    "2000",
+    "--grace-ms",
+    "1000",
+    "--liveness-heartbeat-ms",
+    "250",
+    "--replace-voter-after",
+    "2",
+];
 
 impl Cluster {
     pub fn events_path(&self) -> PathBuf {
@@ -427,14 +540,20 @@ impl Cluster {
     pub fn assert_never_ran_twice(&self) -> usize {
         let text = std::fs::read_to_string(self.events_path()).unwrap_or_default();
         // name -> list of (start, stop or open, epoch)
-        let mut runs: std::collections::BTreeMap<String, Vec<(u64, Option<u64>, u64)>> = Default::default();
+        let mut runs: std::collections::BTreeMap<String, Vec<(u64, Option<u64>, u64)>> =
+            Default::default();
         let mut open: std::collections::BTreeMap<(String, u64), Vec<usize>> = Default::default();
         for line in text.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() != 4 {
                 continue;
             }
-            let (kind, t, name, epoch) = (f[0], f[1].parse::<u64>().unwrap_or(0), f[2].to_string(), f[3].parse::<u64>().unwrap_or(0));
+            let (kind, t, name, epoch) = (
+                f[0],
+                f[1].parse::<u64>().unwrap_or(0),
+                f[2].to_string(),
+                f[3].parse::<u64>().unwrap_or(0),
+            );
             let list = runs.entry(name.clone()).or_default();
             match kind {
                 "start" => {
@@ -442,7 +561,13 @@ impl Cluster {
                     open.entry((name, epoch)).or_default().push(list.len() - 1);
                 }
                 "stop" => {
-                    if let Some(i) = open.get_mut(&(name, epoch)).and_then(|v| if v.is_empty() { None } else { Some(v.remove(0)) }) {
+                    if let Some(i) = open.get_mut(&(name, epoch)).and_then(|v| {
+                        if v.is_empty() {
+                            None
+                        } else {
+                            Some(v.remove(0))
+                        }
+                    }) {
                         list[i].1 = Some(t);
                     }
                 }
@@ -459,7 +584,12 @@ impl Cluster {
                     assert!(
                         a_end <= b.0 || b_end <= a.0,
                         "VM {name} ran twice at once: epoch {} [{}, {:?}] and epoch {} [{}, {:?}]",
-                        a.2, a.0, a.1, b.2, b.0, b.1
+                        a.2,
+                        a.0,
+                        a.1,
+                        b.2,
+                        b.0,
+                        b.1
                     );
                 }
             }
@@ -470,7 +600,11 @@ impl Cluster {
     /// Sends a signal to a node's daemon.
     pub fn signal(&self, id: u64, sig: &str) {
         let pid = self.node(id).child.as_ref().expect("running node").id();
-        assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
     }
 }
 
@@ -480,19 +614,30 @@ pub fn make_credentials(dir: &Path, name: &str, role: &str) -> PathBuf {
     let ca = blixard_pki::Ca::generate("elsewhere").expect("CA");
     let own = ca.issue_client(name, role).expect("client certificate");
     let path = dir.join(format!("{name}.credentials"));
-    blixard_pki::Credentials::new(name, role, &ca.0.cert_pem, own).store(&path).expect("write credentials");
+    blixard_pki::Credentials::new(name, role, &ca.0.cert_pem, own)
+        .store(&path)
+        .expect("write credentials");
     path
 }
 
 /// Node `dir`'s key material (what a member holds in DATA_DIR/tls).
 pub fn node_material(dir: &Path) -> blixard_pki::TlsMaterial {
-    let read = |f: &str| std::fs::read_to_string(dir.join("tls").join(f)).expect("node key material");
-    blixard_pki::TlsMaterial { ca_pem: read("ca.pem"), own: blixard_pki::CertKey { cert_pem: read("node.pem"), key_pem: read("node.key") } }
+    let read =
+        |f: &str| std::fs::read_to_string(dir.join("tls").join(f)).expect("node key material");
+    blixard_pki::TlsMaterial {
+        ca_pem: read("ca.pem"),
+        own: blixard_pki::CertKey {
+            cert_pem: read("node.pem"),
+            key_pem: read("node.key"),
+        },
+    }
 }
 
 /// The key material of a credentials file.
 pub fn credentials_material(path: &Path) -> blixard_pki::TlsMaterial {
-    blixard_pki::Credentials::load(path).expect("credentials").material()
+    blixard_pki::Credentials::load(path)
+        .expect("credentials")
+        .material()
 }
 
 /// A gRPC channel to `addr` over TLS with `m` (lazy: connects on first use).
@@ -501,18 +646,28 @@ pub fn tls_channel(addr: &str, m: &blixard_pki::TlsMaterial) -> tonic::transport
 }
 
 /// A peer client speaking as whoever `m` is.
-pub fn peer_client(addr: &str, m: &blixard_pki::TlsMaterial) -> blixard_api::RaftPeerClient<tonic::transport::Channel> {
+pub fn peer_client(
+    addr: &str,
+    m: &blixard_pki::TlsMaterial,
+) -> blixard_api::RaftPeerClient<tonic::transport::Channel> {
     blixard_api::RaftPeerClient::new(tls_channel(addr, m))
 }
 
 /// A client-API client speaking as whoever `m` is.
-pub fn api_client(addr: &str, m: &blixard_pki::TlsMaterial) -> blixard_api::BlixardClient<tonic::transport::Channel> {
+pub fn api_client(
+    addr: &str,
+    m: &blixard_pki::TlsMaterial,
+) -> blixard_api::BlixardClient<tonic::transport::Channel> {
     blixard_api::BlixardClient::new(tls_channel(addr, m))
 }
 
 impl Cluster {
     /// The admin credential's key material.
     pub fn admin(&self) -> blixard_pki::TlsMaterial {
-        credentials_material(self.credentials.as_deref().expect("cluster started with --init"))
+        credentials_material(
+            self.credentials
+                .as_deref()
+                .expect("cluster started with --init"),
+        )
     }
 }
