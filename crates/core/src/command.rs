@@ -6,9 +6,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::{Desired, NodeState, VmRecord, VmState, Worker};
 use crate::network::Network;
 use crate::spec::{NodeId, Resources, Strategy, VmSpec};
-use crate::state::{Desired, NodeState, VmRecord, VmState, Worker};
 use crate::task::{TaskRecord, TaskSpec, TaskState};
 
 /// One entry of the replicated log: a command, stamped by the proposer.

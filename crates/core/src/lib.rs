@@ -12,6 +12,7 @@ pub mod budget;
 pub mod command;
 pub mod events;
 pub mod liveness;
+pub mod model;
 pub mod network;
 pub mod planner;
 pub mod scheduler;

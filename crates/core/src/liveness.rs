@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::command::ApplyError;
+use crate::model::NodeState;
 use crate::spec::NodeId;
-use crate::state::NodeState;
 
 /// Bounds on the settings, so a typo cannot disable failure detection.
 pub const MIN_HEARTBEAT_MS: u64 = 50;

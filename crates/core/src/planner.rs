@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::{Desired, VmRecord, VmState};
 use crate::spec::{NodeId, RestartPolicy, VmSpec};
-use crate::state::{Desired, VmRecord, VmState};
 
 /// What the driver sees of one VM on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,92 @@
+//! The derived indexes of the state (VMs by node, anti-affinity groups, pending VMs):
+//! maintained by `apply`, never stored, rebuilt on load.
+
+use super::ClusterState;
+use crate::model::{VmRecord, VmState};
+use crate::spec::NodeId;
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+/// Order in which pending VMs are tried: highest priority first, then oldest, then by name.
+pub(super) type PendingKey = (Reverse<u8>, u64, String);
+
+pub(super) fn pending_key(vm: &VmRecord) -> PendingKey {
+    (
+        Reverse(vm.spec.priority),
+        vm.created_ms,
+        vm.spec.name.clone(),
+    )
+}
+
+impl ClusterState {
+    /// Adds VM `name` to the derived indexes: its node and group when placed, else pending.
+    pub(super) fn index_add(&mut self, name: &str) {
+        let Some(vm) = self.vms.get(name) else { return };
+        match vm.node_id {
+            Some(n) => {
+                self.by_node
+                    .entry(n)
+                    .or_default()
+                    .insert((vm.spec.priority, name.to_string()));
+                // A VM leaving its node no longer holds its group's place there.
+                if let (Some(g), false) = (&vm.spec.anti_affinity, vm.evacuating) {
+                    self.groups
+                        .entry(g.clone())
+                        .or_default()
+                        .insert(n, name.to_string());
+                }
+            }
+            None if vm.state == VmState::Lost => {}
+            None => {
+                self.pending.insert(pending_key(vm));
+            }
+        }
+    }
+
+    /// Removes VM `name` from the derived indexes (the inverse of `index_add`).
+    pub(super) fn index_remove(&mut self, name: &str) {
+        let Some(vm) = self.vms.get(name) else { return };
+        match vm.node_id {
+            Some(n) => {
+                if let Some(set) = self.by_node.get_mut(&n) {
+                    set.remove(&(vm.spec.priority, name.to_string()));
+                    if set.is_empty() {
+                        self.by_node.remove(&n);
+                    }
+                }
+                if let Some(g) = &vm.spec.anti_affinity {
+                    if let Some(nodes) = self.groups.get_mut(g) {
+                        if nodes.get(&n).is_some_and(|v| v == name) {
+                            nodes.remove(&n);
+                        }
+                        if nodes.is_empty() {
+                            self.groups.remove(g);
+                        }
+                    }
+                }
+            }
+            None => {
+                self.pending.remove(&pending_key(vm));
+            }
+        }
+    }
+
+    /// Anti-affinity group `group`: node -> the group's VM placed there.
+    pub fn anti_affinity_nodes(&self, group: &str) -> Option<&BTreeMap<NodeId, String>> {
+        self.groups.get(group)
+    }
+
+    /// The VMs placed on `node`, as (priority, name), lowest priority first.
+    pub fn vms_on_node(&self, node: NodeId) -> impl Iterator<Item = (u8, &str)> {
+        self.by_node
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .map(|(p, n)| (*p, n.as_str()))
+    }
+
+    /// The unplaced VMs, in the order they are retried.
+    pub fn pending_vms(&self) -> impl Iterator<Item = &str> {
+        self.pending.iter().map(|k| k.2.as_str())
+    }
+}
