@@ -1,0 +1,113 @@
+//! Client commands: each builds one request, sends it to `--addr` and prints the answer.
+//! Followers forward writes to the leader, so any member may be addressed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use blixard_api::BlixardClient;
+use tonic::transport::Channel;
+
+use crate::output;
+
+mod cluster;
+mod events;
+mod task;
+mod vm;
+
+pub use task::SubmitArgs;
+pub use vm::CreateArgs;
+
+fn parse_pairs(raw: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    raw.iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("{what} '{l}' must be KEY=VALUE"))
+        })
+        .collect()
+}
+
+pub struct Client {
+    pub(crate) addr: String,
+    pub(crate) json: bool,
+}
+
+/// The credentials file (`--credentials` / `$BLIXARD_CREDENTIALS`), set once by `main`.
+static CREDENTIALS: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+pub fn set_credentials(path: Option<std::path::PathBuf>) {
+    let _ = CREDENTIALS.set(path);
+}
+
+/// The TLS client configuration from the credentials file; one clear line when there is none.
+pub fn tls() -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    let path = CREDENTIALS.get().cloned().flatten().ok_or_else(|| {
+        anyhow!(
+            "no credentials: pass --credentials FILE or set BLIXARD_CREDENTIALS (the admin credential is DATA_DIR/admin.credentials on the node started with --init)"
+        )
+    })?;
+    let creds = blixard_pki::Credentials::load(&path)?;
+    Ok(creds.client_config()?)
+}
+
+/// Connects to `addr` over mutual TLS with the credentials.
+pub async fn channel(addr: &str, request_timeout: Option<Duration>) -> anyhow::Result<Channel> {
+    let tls = tls()?;
+    let mut ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("invalid address '{addr}'"))?
+        .connect_timeout(Duration::from_secs(3));
+    if let Some(t) = request_timeout {
+        ep = ep.timeout(t);
+    }
+    ep.connect_with_connector(blixard_pki::Connector::new(tls))
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot reach blixard at {addr}: {}",
+                blixard_pki::error_chain(&e)
+            )
+        })
+}
+
+pub(crate) fn request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Turns a gRPC status into one clear line.
+pub(crate) fn status_err(addr: &str, s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unavailable
+            if s.message().contains("transport error") || s.message().contains("connect") =>
+        {
+            anyhow!(
+                "cannot reach blixard at {addr}: is the node running? ({})",
+                s.message()
+            )
+        }
+        _ => anyhow!("{}", s.message()),
+    }
+}
+
+impl Client {
+    pub fn new(addr: String, json: bool) -> Self {
+        Self { addr, json }
+    }
+
+    async fn connect(&self) -> anyhow::Result<BlixardClient<Channel>> {
+        Ok(BlixardClient::new(self.channel().await?))
+    }
+
+    /// A connection to `--addr` over mutual TLS (shared by the services' clients).
+    pub(crate) async fn channel(&self) -> anyhow::Result<Channel> {
+        channel(&self.addr, Some(Duration::from_secs(70))).await
+    }
+
+    pub(crate) fn done(&self, msg: &str) {
+        if self.json {
+            output::print_json(&serde_json::json!({"ok": true, "message": msg}));
+        } else {
+            println!("{msg}");
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! VM commands.
+
+use std::time::{Duration, Instant};
+
+use blixard_api::{pb, BlixardClient};
+use clap::Args;
+use tonic::transport::Channel;
+
+use super::{parse_pairs, request_id, status_err, Client};
+use crate::output::{self, opt, table};
+
+#[derive(Args)]
+pub struct CreateArgs {
+    name: String,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u64,
+    /// Disk in GiB.
+    #[arg(long, default_value_t = 0)]
+    disk: u64,
+    #[arg(long)]
+    kernel: Option<String>,
+    #[arg(long)]
+    initrd: Option<String>,
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Root disk image (raw, or qcow2 by its .qcow2 extension).
+    #[arg(long)]
+    disk_image: Option<String>,
+    /// Label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    #[arg(long)]
+    anti_affinity: Option<String>,
+    /// Pin to this node.
+    #[arg(long)]
+    node: Option<u64>,
+    #[arg(long, default_value = "on-failure", value_parser = ["always", "on-failure", "never"])]
+    restart: String,
+    /// Record the VM without starting it.
+    #[arg(long)]
+    no_start: bool,
+    /// Placement strategy for this VM: binpack or spread (default: the cluster's).
+    #[arg(long, value_parser = ["binpack", "spread"])]
+    strategy: Option<String>,
+    /// Only nodes with this label, KEY=VALUE (repeatable).
+    #[arg(long = "constraint", value_name = "K=V")]
+    constraints: Vec<String>,
+    /// Only nodes with this feature, e.g. kvm (repeatable).
+    #[arg(long = "feature")]
+    features: Vec<String>,
+    /// Priority 0-100 (default 50).
+    #[arg(long)]
+    priority: Option<u32>,
+    /// Allow evicting lower-priority VMs when nothing fits.
+    #[arg(long)]
+    preempt: bool,
+    /// Show where the VM would go and why, changing nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Network to take the VM's address from (default: the network "default").
+    #[arg(long)]
+    network: Option<String>,
+    /// A specific address on that network, A.B.C.D.
+    #[arg(long)]
+    ip: Option<std::net::Ipv4Addr>,
+}
+
+impl Client {
+    pub async fn vm_create(&self, a: CreateArgs) -> anyhow::Result<()> {
+        let labels = parse_pairs(&a.labels, "label")?;
+        let spec = pb::VmSpec {
+            name: a.name,
+            vcpus: a.vcpus,
+            memory_mb: a.memory,
+            disk_gb: a.disk,
+            kernel: a.kernel,
+            initrd: a.initrd,
+            cmdline: a.cmdline,
+            labels: labels.into_iter().collect(),
+            anti_affinity: a.anti_affinity,
+            node: a.node,
+            restart: a.restart,
+            start: !a.no_start,
+            strategy: a.strategy.unwrap_or_default(),
+            constraints: parse_pairs(&a.constraints, "constraint")?
+                .into_iter()
+                .collect(),
+            features: a.features,
+            priority: a.priority,
+            preempt: a.preempt,
+            disk_image: a.disk_image,
+            network: a.network,
+            ip: a.ip.map(|ip| ip.to_string()),
+        };
+        if a.dry_run {
+            let r = self
+                .connect()
+                .await?
+                .explain_placement(pb::CreateVmRequest {
+                    spec: Some(spec),
+                    request_id: String::new(),
+                })
+                .await
+                .map_err(|e| status_err(&self.addr, e))?;
+            let p = r.into_inner();
+            if self.json {
+                output::print_json(&output::explain_json(&p));
+            } else {
+                match p.node {
+                    Some(n) => println!("would place on node {n}: {}", p.summary),
+                    None => println!("would stay pending: {}", p.summary),
+                }
+                if !p.preempted.is_empty() {
+                    println!("would evict: {}", p.preempted.join(", "));
+                }
+                let rows = p
+                    .verdicts
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.node.to_string(),
+                            if v.eligible { "yes" } else { "no" }.into(),
+                            v.reason.clone(),
+                        ]
+                    })
+                    .collect();
+                println!("{}", table(&["node", "eligible", "verdict"], rows));
+            }
+            return Ok(());
+        }
+        let r = self
+            .connect()
+            .await?
+            .create_vm(pb::CreateVmRequest {
+                spec: Some(spec),
+                request_id: request_id(),
+            })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
+        let vm = r.into_inner();
+        if self.json {
+            output::print_json(&output::vm_json(&vm));
+        } else {
+            match vm.node_id {
+                Some(n) => println!("VM {} placed on node {} (epoch {})", vm.name, n, vm.epoch),
+                None => println!("VM {} is pending: {}", vm.name, opt(vm.reason)),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn vm_set_desired(&self, name: &str, desired: &str) -> anyhow::Result<()> {
+        let r = self
+            .connect()
+            .await?
+            .set_vm_desired(pb::SetVmDesiredRequest {
+                name: name.into(),
+                desired: desired.into(),
+                request_id: request_id(),
+            })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
+        let vm = r.into_inner();
+        if self.json {
+            output::print_json(&output::vm_json(&vm));
+        } else {
+            println!("VM {} desired {}", vm.name, vm.desired);
+        }
+        Ok(())
+    }
+
+    pub async fn vm_delete(&self, name: &str) -> anyhow::Result<()> {
+        self.connect()
+            .await?
+            .delete_vm(pb::VmRef {
+                name: name.into(),
+                request_id: request_id(),
+            })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
+        self.done(&format!("VM {name} deleted"));
+        Ok(())
+    }
+
+    pub(super) async fn get_vm(
+        &self,
+        c: &mut BlixardClient<Channel>,
+        name: &str,
+        stale: bool,
+    ) -> anyhow::Result<pb::VmInfo> {
+        let r = c
+            .get_vm(pb::GetVmRequest {
+                name: name.into(),
+                stale,
+            })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
+        Ok(r.into_inner())
+    }
+
+    pub async fn vm_status(&self, name: &str, stale: bool) -> anyhow::Result<()> {
+        let mut c = self.connect().await?;
+        let vm = self.get_vm(&mut c, name, stale).await?;
+        if self.json {
+            output::print_json(&output::vm_json(&vm));
+        } else {
+            println!("{}", vm_table(std::slice::from_ref(&vm)));
+            if let Some(p) = &vm.placement {
+                println!("placement: {p}");
+            }
+            if vm.restarts > 0 {
+                println!("restarts: {}", vm.restarts);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn vm_list(&self, stale: bool) -> anyhow::Result<()> {
+        // Page by page: any number of VMs can be listed.
+        let mut c = self.connect().await?;
+        let mut vms = Vec::new();
+        let mut after = String::new();
+        loop {
+            let r = c
+                .list_vms_page(pb::PageRequest {
+                    stale,
+                    limit: 0,
+                    after: after.clone(),
+                })
+                .await
+                .map_err(|e| status_err(&self.addr, e))?
+                .into_inner();
+            vms.extend(r.vms);
+            if r.next.is_empty() {
+                break;
+            }
+            after = r.next;
+        }
+        if self.json {
+            output::print_json(&serde_json::Value::Array(
+                vms.iter().map(output::vm_json).collect(),
+            ));
+        } else {
+            println!("{}", vm_table(&vms));
+        }
+        Ok(())
+    }
+
+    pub async fn vm_restart(&self, name: &str, timeout: u64) -> anyhow::Result<()> {
+        let quiet = Client {
+            addr: self.addr.clone(),
+            json: false,
+        };
+        quiet.set_desired_quiet(name, "stopped").await?;
+        quiet
+            .wait_state(name, &["stopped", "failed"], timeout)
+            .await?;
+        self.vm_set_desired(name, "running").await
+    }
+
+    pub(super) async fn set_desired_quiet(&self, name: &str, desired: &str) -> anyhow::Result<()> {
+        self.connect()
+            .await?
+            .set_vm_desired(pb::SetVmDesiredRequest {
+                name: name.into(),
+                desired: desired.into(),
+                request_id: request_id(),
+            })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?;
+        Ok(())
+    }
+
+    pub(super) async fn wait_state(
+        &self,
+        name: &str,
+        states: &[&str],
+        timeout: u64,
+    ) -> anyhow::Result<pb::VmInfo> {
+        let deadline = Instant::now() + Duration::from_secs(timeout);
+        let mut c = self.connect().await?;
+        loop {
+            let vm = self.get_vm(&mut c, name, false).await?;
+            if states.contains(&vm.state.as_str()) {
+                return Ok(vm);
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "timed out after {timeout}s waiting for VM {name} to be {} (it is {})",
+                    states.join(" or "),
+                    vm.state
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn vm_logs(&self, name: &str, follow: bool, previous: bool) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut stream = self
+            .connect()
+            .await?
+            .vm_logs(pb::VmLogsRequest {
+                name: name.into(),
+                follow,
+                previous,
+            })
+            .await
+            .map_err(|e| status_err(&self.addr, e))?
+            .into_inner();
+        if self.json && !follow {
+            // One JSON document: the console as text (invalid UTF-8 replaced). With --follow,
+            // the console is streamed as it comes.
+            let mut data = Vec::new();
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|e| status_err(&self.addr, e))?
+            {
+                data.extend_from_slice(&chunk.data);
+            }
+            output::print_json(
+                &serde_json::json!({"name": name, "console": String::from_utf8_lossy(&data)}),
+            );
+            return Ok(());
+        }
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|e| status_err(&self.addr, e))?
+        {
+            out.write_all(&chunk.data)?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    pub async fn vm_wait(&self, name: &str, state: &str, timeout: u64) -> anyhow::Result<()> {
+        if blixard_core::VmState::parse(state).is_none() {
+            anyhow::bail!("unknown state '{state}': use pending, starting, running, stopping, stopped or failed");
+        }
+        let vm = self.wait_state(name, &[state], timeout).await?;
+        if self.json {
+            output::print_json(&output::vm_json(&vm));
+        } else {
+            println!("VM {name} is {state}");
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn vm_table(vms: &[pb::VmInfo]) -> String {
+    let rows = vms
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                opt(v.node_id),
+                v.desired.clone(),
+                v.state.clone(),
+                v.vcpus.to_string(),
+                v.memory_mb.to_string(),
+                v.epoch.to_string(),
+                opt(v.ip.clone()),
+                v.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "name",
+            "node",
+            "desired",
+            "state",
+            "vcpus",
+            "memory mib",
+            "epoch",
+            "ip",
+            "reason",
+        ],
+        rows,
+    )
+}
