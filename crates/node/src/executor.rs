@@ -36,6 +36,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 struct Local {
     /// VMs with actions being carried out.
     inflight: HashSet<String>,
+    /// Counts finished action runs; `finished[name]` is the count when the VM's last run ended.
+    /// A pass that began observing before a VM's actions ended has a stale picture of it (a
+    /// start that finished since is not in it) and leaves the VM to the next pass.
+    actions_done: u64,
+    finished: HashMap<String, u64>,
     /// Consecutive restarts and when the next one may happen.
     backoff: HashMap<String, (u32, Instant)>,
     /// The host network last made to match (networks, taps) and when.
@@ -46,6 +51,13 @@ struct Local {
     )>,
     /// The last host-networking error logged.
     net_error: Option<String>,
+}
+
+impl Local {
+    /// `name` has actions in flight, or had some end after the count read as `at`.
+    fn changed_since(&self, name: &str, at: u64) -> bool {
+        self.inflight.contains(name) || self.finished.get(name).is_some_and(|&d| d > at)
+    }
 }
 
 pub struct Executor {
@@ -149,6 +161,12 @@ impl Executor {
 
     /// One pass: observe, plan, and start the actions of every VM not already busy.
     pub async fn reconcile_once(self: &Arc<Self>) -> Result<(), NodeError> {
+        // Read before observing: any VM whose actions end after this point is judged stale.
+        let observed_at = self
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .actions_done;
         let observed: Vec<Observed> = self
             .driver
             .list()
@@ -186,7 +204,7 @@ impl Executor {
                 }
             }
         }
-        self.confirm_released(&observed).await;
+        self.confirm_released(&observed, observed_at).await;
         if let Some(h) = &self.hostnet {
             let (nets, taps) = self.wanted_network(h, &mine, &observed);
             // Each sync costs a few `ip` processes: skip it while nothing changed, but look
@@ -237,7 +255,7 @@ impl Executor {
         for (name, actions) in per_vm {
             {
                 let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());
-                if !l.inflight.insert(name.clone()) {
+                if l.changed_since(&name, observed_at) || !l.inflight.insert(name.clone()) {
                     continue;
                 }
             }
@@ -250,13 +268,19 @@ impl Executor {
                         break;
                     }
                 }
-                this.local
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .inflight
-                    .remove(&name);
+                let mut l = this.local.lock().unwrap_or_else(|p| p.into_inner());
+                l.inflight.remove(&name);
+                l.actions_done += 1;
+                let done = l.actions_done;
+                l.finished.insert(name, done);
             });
         }
+        // Later passes observe after `observed_at`: older completions no longer matter to them.
+        self.local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .finished
+            .retain(|_, d| *d > observed_at);
         Ok(())
     }
 
@@ -347,7 +371,7 @@ impl Executor {
     /// Addresses of deleted VMs stay quarantined until their node confirms the placement no
     /// longer runs (see `blixard_core::network`): confirm those of this node whose VM (that
     /// epoch) is not alive here and has no action in flight.
-    async fn confirm_released(&self, observed: &[Observed]) {
+    async fn confirm_released(&self, observed: &[Observed], observed_at: u64) {
         let waiting: Vec<(String, u64)> = {
             let a = self.node.state.read();
             a.state
@@ -367,12 +391,15 @@ impl Executor {
         if waiting.is_empty() {
             return;
         }
-        let busy: HashSet<String> = self
-            .local
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .inflight
-            .clone();
+        // In flight, or finished after `observed` was taken: what we saw of it may be stale.
+        let busy: HashSet<String> = {
+            let l = self.local.lock().unwrap_or_else(|p| p.into_inner());
+            waiting
+                .iter()
+                .filter(|(n, _)| l.changed_since(n, observed_at))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
         let alive = |name: &str, epoch: u64| {
             observed.iter().any(|o| {
                 o.name == name

@@ -248,14 +248,21 @@ impl RunDir {
                 let supervisor_alive = self
                     .read_number::<u32>(SUPERVISOR_PID)
                     .is_some_and(|p| is_alive(p, None));
-                let code = if supervisor_alive {
-                    self.wait_exit_code(Duration::from_millis(500)).await
-                } else {
-                    self.exit_code()
-                };
-                Liveness::Exited {
-                    pid: Some(pid),
-                    code,
+                if !supervisor_alive {
+                    return Liveness::Exited {
+                        pid: Some(pid),
+                        code: self.exit_code(),
+                    };
+                }
+                match self.wait_exit_code(Duration::from_millis(500)).await {
+                    Some(code) => Liveness::Exited {
+                        pid: Some(pid),
+                        code: Some(code),
+                    },
+                    // The supervisor is still ending the workload (killing what is left of its
+                    // process group, writing its stop record): not stopped yet. Reporting it
+                    // stopped now would let it start elsewhere while part of it still runs.
+                    None => Liveness::Alive { pid },
                 }
             }
             None if unix_ms().saturating_sub(meta.started_at_unix_ms)

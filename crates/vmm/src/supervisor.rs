@@ -452,6 +452,11 @@ fn flush_tail(tail: &Mutex<Tail>, path: &Path) {
 fn supervise(spec: &Spec) -> i32 {
     // Already a session leader under `setsid -f`; on its own, leave the caller's session.
     let _ = nix::unistd::setsid();
+    // The workload's orphaned descendants become our children, so that we can reap them and
+    // know when its whole process group is gone (see `end_group`).
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        note(&format!("cannot become the workload's subreaper: {e}"));
+    }
     let dir = &spec.dir;
     let lease_file = std::env::var_os(LEASE_FILE_ENV).map(PathBuf::from);
     write_file(
@@ -560,8 +565,14 @@ fn supervise(spec: &Spec) -> i32 {
         }
         std::thread::sleep(POLL);
     };
-    // Whatever the workload left in its group goes with it.
-    kill_group(pid);
+    // Whatever the workload left in its group goes with it, and only once all of it is gone
+    // does the workload count as stopped.
+    if !end_group(pid, GROUP_GONE_WITHIN) {
+        note(&format!(
+            "process group {pid} still has members {}s after SIGKILL",
+            GROUP_GONE_WITHIN.as_secs()
+        ));
+    }
     if let Output::Bounded { tail, done } = &mut output {
         let _ = done.recv_timeout(Duration::from_secs(2));
         flush_tail(tail, &out_path);
@@ -573,11 +584,48 @@ fn supervise(spec: &Spec) -> i32 {
             .unwrap_or(-1),
         None => -1,
     };
+    // The stop record first, then `exit_code`: whoever sees `exit_code` (the node, which then
+    // reports the workload stopped and lets it run elsewhere) sees a complete record.
+    append_event("stop", &spec.name, spec.epoch);
     if dir.is_dir() {
         write_file(&dir.join(EXIT_CODE), &code.to_string());
     }
-    append_event("stop", &spec.name, spec.epoch);
     0
+}
+
+/// How long [`end_group`] waits for a killed process group to disappear.
+const GROUP_GONE_WITHIN: Duration = Duration::from_secs(5);
+
+/// SIGKILL the process group `pgid` until no member is left (zombies included: the
+/// supervisor is the group's subreaper and reaps them), at most `within`. True if it is gone.
+fn end_group(pgid: u32, within: Duration) -> bool {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return true;
+    };
+    if raw <= 1 {
+        return true;
+    }
+    let deadline = Instant::now() + within;
+    loop {
+        let _ = killpg(Pid::from_raw(raw), Signal::SIGKILL);
+        reap_orphans();
+        match killpg(Pid::from_raw(raw), None) {
+            Err(nix::errno::Errno::ESRCH) => return true,
+            _ if Instant::now() >= deadline => return false,
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Reap exited children adopted as subreaper (the workload's orphaned descendants).
+fn reap_orphans() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 fn open_output(spec: &Spec, out_path: &Path) -> Result<(Stdio, Stdio, Output), String> {

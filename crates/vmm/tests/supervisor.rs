@@ -393,3 +393,37 @@ async fn a_program_that_cannot_run_is_reported() {
     let why = std::fs::read_to_string(spec.dir.join(EXEC_FAILED)).expect("exec_failed");
     assert!(why.contains("cannot start '/no/such/program'"), "{why}");
 }
+
+#[tokio::test]
+async fn a_workload_counts_as_stopped_only_once_its_whole_group_is_gone() {
+    let f = Fixture::new();
+    let dir = f.run("vm");
+    // The workload leaves a daemonised descendant in its process group (double fork, so it
+    // is nobody's child but the supervisor's once orphaned), then exits on its own.
+    let argv: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        "(sh -c 'echo $$ > orphan; trap \"\" TERM; exec sleep 1000' &); sleep 0.3; exit 3".into(),
+    ];
+    let spec = Spec::vm(&dir, "vm", 9, "console.log", &argv);
+    let pid = f.launch(&spec, false).await;
+    let orphan_file = spec.dir.join("orphan");
+    let code = wait_exit(&dir).await;
+    assert_eq!(code, 3);
+    assert!(!pid_alive(pid));
+    // Whoever sees `exit_code` (the node, which then lets the VM run elsewhere) must find no
+    // member of the workload left, and its stop record already written.
+    let orphan = read_pid(&orphan_file)
+        .or_else(|| read_pid(&dir.join("orphan")))
+        .expect("the workload recorded its descendant");
+    assert!(!pid_alive(orphan), "descendant {orphan} outlived the recorded exit");
+    let evs = read_events(&f.events()).expect("events");
+    assert_eq!(
+        evs.iter()
+            .filter(|e| e.name == "vm")
+            .map(|e| e.kind)
+            .collect::<Vec<_>>(),
+        [EventKind::Start, EventKind::Stop],
+        "{evs:?}"
+    );
+}
