@@ -249,6 +249,9 @@ impl RunDir {
                     .read_number::<u32>(SUPERVISOR_PID)
                     .is_some_and(|p| is_alive(p, None));
                 if !supervisor_alive {
+                    // The supervisor was killed (its workload died with it, by PDEATHSIG):
+                    // what the workload forked may still run in its process group.
+                    end_orphaned_group(pid);
                     return Liveness::Exited {
                         pid: Some(pid),
                         code: self.exit_code(),
@@ -394,6 +397,29 @@ pub fn is_alive(pid: u32, starttime: Option<u64>) -> bool {
         (Some(_), None) => true,
         (None, _) => false,
     }
+}
+
+/// SIGKILL what is left of the process group of a dead workload whose supervisor is gone too
+/// (killed with `kill -9`: the workload died with it, its descendants did not). The group id
+/// is the workload's pid. Linux does not hand out a number still in use as a group id, so a
+/// group `pgid` without a process `pgid` is the workload's leftovers; a process numbered `pgid`
+/// means the number was reused, and nothing is sent. True if leftovers were signalled.
+pub fn end_orphaned_group(pgid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return false;
+    };
+    if raw <= 1 || process_starttime(pgid).is_some() {
+        return false;
+    }
+    let group = nix::unistd::Pid::from_raw(raw);
+    if nix::sys::signal::killpg(group, None).is_err() {
+        return false;
+    }
+    tracing::warn!(
+        pgid,
+        "the workload's supervisor is gone and its process group still has members: killing them"
+    );
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_ok()
 }
 
 /// Send `signal` to `pid` if it is still the recorded process; false if it is gone.

@@ -321,3 +321,52 @@ async fn invalid_configs_are_rejected() {
         Err(DriverError::InvalidName { .. })
     ));
 }
+
+#[tokio::test]
+async fn what_a_workload_forked_dies_when_its_supervisor_is_killed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _guard = KillGuard::new(root.path());
+    // A background child stays in the workload's process group; the workload itself is
+    // tied to its supervisor (PDEATHSIG), the child is not.
+    let driver = ProcessDriver::new(
+        root.path(),
+        sh("sleep 1000 & echo $! > forked; exec sleep 1000"),
+    )
+    .with_supervisor(common::supervisor());
+    let mut cfg = VmConfig::new("forks");
+    cfg.ready_line = None;
+    driver.start(&cfg, 1).await.expect("start");
+    let running = wait_state(&driver, "forks", T, "Running", |s| *s == RunState::Running).await;
+    let pid = running.pid.expect("pid");
+    let dir = root.path().join("forks");
+    let forked_file = dir.join("forked");
+    let forked: u32 = common::wait_for(T, "the forked child's pid", || {
+        let p = std::fs::read_to_string(&forked_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        async move { p }
+    })
+    .await;
+    let sup: u32 = std::fs::read_to_string(dir.join(blixard_vmm::rundir::SUPERVISOR_PID))
+        .expect("supervisor pid")
+        .trim()
+        .parse()
+        .expect("number");
+    kill9(sup);
+    common::wait_for(T, "the workload to die with its supervisor", || {
+        let gone = !pid_alive(pid);
+        async move { gone.then_some(()) }
+    })
+    .await;
+    // The node's next look at it ends what the workload left behind.
+    let seen = wait_state(&driver, "forks", T, "exited", |s| {
+        !matches!(s, RunState::Running | RunState::Starting)
+    })
+    .await;
+    assert_eq!(seen.pid, Some(pid));
+    common::wait_for(T, "the forked child to be killed", || {
+        let gone = !pid_alive(forked);
+        async move { gone.then_some(()) }
+    })
+    .await;
+}
