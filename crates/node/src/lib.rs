@@ -301,11 +301,11 @@ async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
                 );
                 return Ok(());
             }
-            Err(s)
-                if s.code() == tonic::Code::Unavailable
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tracing::debug!(error = %s.message(), "join: retrying");
+            // The cluster's answers are final; anything else (unreachable, a connection reset
+            // or "transport error" while the leader changes, a timeout) is retried until the
+            // deadline, as enrollment does.
+            Err(s) if !is_final_answer(s.code()) && tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %s.message(), code = ?s.code(), "join: retrying");
             }
             Err(s) => {
                 node.request_shutdown();
@@ -317,6 +317,20 @@ async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// A refusal by the cluster itself, as opposed to a failure to reach it.
+pub(crate) fn is_final_answer(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::PermissionDenied
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::OutOfRange
+            | Code::Unauthenticated
+    )
 }
 
 /// Binds the HTTP listener and records its address in `DATA_DIR/http.addr` (port 0 picks one).

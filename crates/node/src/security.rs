@@ -489,16 +489,7 @@ pub async fn enroll(
                     }
                     // The cluster's answers are final; anything else (unreachable, reset, timed
                     // out) is retried until the deadline.
-                    use tonic::Code;
-                    if matches!(
-                        s.code(),
-                        Code::PermissionDenied
-                            | Code::InvalidArgument
-                            | Code::FailedPrecondition
-                            | Code::AlreadyExists
-                            | Code::OutOfRange
-                            | Code::Unauthenticated
-                    ) {
+                    if crate::is_final_answer(s.code()) {
                         return Err(NodeError::Config(format!(
                             "joining through {target}: {}",
                             s.message()
