@@ -416,7 +416,10 @@ async fn a_workload_counts_as_stopped_only_once_its_whole_group_is_gone() {
     let orphan = read_pid(&orphan_file)
         .or_else(|| read_pid(&dir.join("orphan")))
         .expect("the workload recorded its descendant");
-    assert!(!pid_alive(orphan), "descendant {orphan} outlived the recorded exit");
+    assert!(
+        !pid_alive(orphan),
+        "descendant {orphan} outlived the recorded exit"
+    );
     let evs = read_events(&f.events()).expect("events");
     assert_eq!(
         evs.iter()
