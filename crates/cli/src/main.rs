@@ -274,6 +274,7 @@ enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 enum VmCmd {
     /// Create a VM and place it on a node.
     Create(client::CreateArgs),
@@ -380,9 +381,6 @@ async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
     use blixard_node::config::{Bootstrap, CapacityOverrides, RaftTuning};
     let id =
         a.id.ok_or_else(|| anyhow::anyhow!("--id is required to run a node"))?;
-    if id == 0 {
-        anyhow::bail!("--id must be a positive integer");
-    }
     let data_dir = a
         .data_dir
         .ok_or_else(|| anyhow::anyhow!("--data-dir is required to run a node"))?;
@@ -413,12 +411,8 @@ async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
         disk_gb: a.disk_gb,
     };
     config.labels = parse_labels(&a.labels)?;
-    a.network_cidr
-        .parse::<blixard_core::Cidr>()
-        .map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;
     config.default_network_cidr = a.network_cidr;
     config.host_network = !a.no_host_network;
-    blixard_core::spec::validate_labels(&config.labels)?;
     config.raft = RaftTuning {
         heartbeat: Duration::from_millis(a.heartbeat_ms.max(10)),
         election_min: Duration::from_millis(a.election_ms.max(a.heartbeat_ms * 3)),

@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use blixard_core::Command;
+
+use crate::error::NodeError;
+
 /// How the node enters a cluster on its first start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bootstrap {
@@ -134,5 +138,97 @@ impl NodeConfig {
             host_network: true,
             http: None,
         }
+    }
+
+    /// Checks the configuration before anything is started or written. Every entry point
+    /// goes through it: [`crate::start`] calls it first, so in-process nodes (tests, the
+    /// harness) are held to the same rules as `blixard node`.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let bad = |m: String| Err(NodeError::Config(m));
+        if self.id == 0 {
+            return bad("the node id (--id) must be a positive integer".into());
+        }
+        if self.target_voters == 0 {
+            return bad("the target number of voters (--target-voters) must be at least 1".into());
+        }
+        blixard_core::spec::validate_labels(&self.labels)
+            .map_err(|e| NodeError::Config(format!("labels (--label): {e}")))?;
+        self.default_network_cidr
+            .parse::<blixard_core::Cidr>()
+            .map_err(|e| NodeError::Config(format!("--network-cidr: {e}")))?;
+        let r = &self.raft;
+        if r.heartbeat.is_zero() || r.election_min <= r.heartbeat || r.election_max < r.election_min
+        {
+            return bad(format!(
+                "Raft timing: need 0 < heartbeat ({:?}) < election_min ({:?}) <= election_max ({:?})",
+                r.heartbeat, r.election_min, r.election_max
+            ));
+        }
+        if r.snapshot_every == 0 {
+            return bad("--snapshot-every must be at least 1".into());
+        }
+        if self.liveness.drain_parallelism == 0 {
+            return bad("--drain-parallelism must be at least 1".into());
+        }
+        self.initial_liveness()?;
+        Ok(())
+    }
+
+    /// The lease settings a new cluster starts with, when the configuration overrides any;
+    /// refused when they are invalid.
+    pub(crate) fn initial_liveness(&self) -> Result<Option<Command>, NodeError> {
+        let t = &self.liveness;
+        let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let (lease_ms, grace_ms, heartbeat_ms) = (ms(t.lease), ms(t.grace), ms(t.heartbeat));
+        if lease_ms.is_none() && grace_ms.is_none() && heartbeat_ms.is_none() {
+            return Ok(None);
+        }
+        blixard_core::LivenessSettings::default()
+            .merged(lease_ms, grace_ms, heartbeat_ms, 0, true)
+            .validate()
+            .map_err(|e| NodeError::Config(format!("lease settings: {e}")))?;
+        Ok(Some(Command::SetLivenessSettings {
+            lease_ms,
+            grace_ms,
+            heartbeat_ms,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        NodeConfig::new(
+            1,
+            "127.0.0.1:0".parse().unwrap(),
+            "/nonexistent",
+            Bootstrap::Init,
+        )
+    }
+
+    #[test]
+    fn validate_refuses_what_the_daemon_refuses() {
+        assert!(config().validate().is_ok());
+        let refused = |f: &dyn Fn(&mut NodeConfig)| {
+            let mut c = config();
+            f(&mut c);
+            matches!(c.validate(), Err(NodeError::Config(_)))
+        };
+        assert!(refused(&|c| c.id = 0));
+        assert!(refused(&|c| c.target_voters = 0));
+        assert!(refused(&|c| c.default_network_cidr = "10.0.0.0/33".into()));
+        assert!(refused(&|c| {
+            c.labels.insert("Bad Key".into(), "v".into());
+        }));
+        assert!(refused(&|c| c.raft.election_min = c.raft.heartbeat));
+        assert!(refused(&|c| c.raft.snapshot_every = 0));
+        assert!(refused(&|c| c.liveness.drain_parallelism = 0));
+        // A lease shorter than two heartbeats.
+        assert!(refused(&|c| {
+            c.liveness.lease = Some(Duration::from_millis(100));
+            c.liveness.heartbeat = Some(Duration::from_millis(100));
+        }));
     }
 }

@@ -15,6 +15,7 @@ pub mod events;
 pub mod executor;
 pub mod hostnet;
 pub mod http;
+mod leader_retry;
 pub mod liveness;
 pub mod meta;
 pub mod metrics;
@@ -74,7 +75,8 @@ impl NodeHandle {
 
 /// Starts a node and returns once it serves requests and has entered its cluster.
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
-    let initial_lease = initial_liveness(&config)?;
+    config.validate()?;
+    let initial_lease = config.initial_liveness()?;
     let existing = meta::load(&config.data_dir)?;
     let dir = config.data_dir.display().to_string();
     match (&existing, &config.bootstrap) {
@@ -158,9 +160,9 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let store_metrics = sm.metrics();
     let raft_config = openraft::Config {
         cluster_name: cluster_id.clone(),
-        heartbeat_interval: config.raft.heartbeat.as_millis() as u64,
-        election_timeout_min: config.raft.election_min.as_millis() as u64,
-        election_timeout_max: config.raft.election_max.as_millis() as u64,
+        heartbeat_interval: millis(config.raft.heartbeat),
+        election_timeout_min: millis(config.raft.election_min),
+        election_timeout_max: millis(config.raft.election_max),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every),
         max_in_snapshot_log_to_keep: config.raft.keep_logs,
         install_snapshot_timeout: 10_000,
@@ -409,24 +411,9 @@ fn forget_identity(data_dir: &std::path::Path) {
     let _ = std::fs::remove_file(meta::path(data_dir));
 }
 
-/// The lease settings a new cluster starts with, when the configuration overrides any;
-/// refused when they are invalid (before anything is written).
-fn initial_liveness(config: &NodeConfig) -> Result<Option<Command>, NodeError> {
-    let t = &config.liveness;
-    let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let (lease_ms, grace_ms, heartbeat_ms) = (ms(t.lease), ms(t.grace), ms(t.heartbeat));
-    if lease_ms.is_none() && grace_ms.is_none() && heartbeat_ms.is_none() {
-        return Ok(None);
-    }
-    blixard_core::LivenessSettings::default()
-        .merged(lease_ms, grace_ms, heartbeat_ms, 0, true)
-        .validate()
-        .map_err(|e| NodeError::Config(format!("lease settings: {e}")))?;
-    Ok(Some(Command::SetLivenessSettings {
-        lease_ms,
-        grace_ms,
-        heartbeat_ms,
-    }))
+/// A duration in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Proposes `cmd` until it is applied (or refused), retrying while there is no leader.

@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use blixard_core::liveness::{regrant, verdicts, Seen};
 use blixard_core::{Command, NodeState};
@@ -76,12 +76,6 @@ impl Default for Liveness {
 /// A detector tick later than this after the previous one means this process was not running
 /// (stopped, frozen, starved) for a while: the silence it measured is its own.
 const PAUSE: Duration = Duration::from_secs(2);
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 impl Liveness {
     /// Whether this node may start VMs now: a valid lease, and caught up with the leader.
@@ -260,13 +254,7 @@ async fn detect_failures(node: &Arc<Node>) {
                 v.down_since.remove(id);
             }
         }
-        verdicts(
-            &settings,
-            unix_ms(SystemTime::now()),
-            &workers,
-            &mut v.seen,
-            now,
-        )
+        verdicts(&settings, crate::node::now_ms(), &workers, &mut v.seen, now)
     };
     for (id, state) in proposals {
         match state {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use blixard_api::{pb, BlixardClient, FORWARDED_HEADER};
 use blixard_core::{Command, Outcome, Reply, Request};
@@ -17,11 +17,12 @@ use tokio::sync::watch;
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::leader_retry::{Attempt, Leader};
 
 /// How long a proposal or read keeps retrying while there is no leader.
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// Pause between retries while the leader is unknown or changing.
-const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A member as the applied membership records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,12 +61,15 @@ pub struct Node {
     pub tls: Arc<crate::security::NodeTls>,
 }
 
+/// Wall-clock milliseconds since the Unix epoch: the one clock of the node (proposers stamp
+/// it into requests; `core` never reads a clock). The same function the workload supervisor
+/// stamps its records with.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    blixard_vmm::rundir::unix_ms()
 }
+
+// One VM name limit: the cluster's (`core`) must fit the driver's (`vmm`).
+const _: () = assert!(blixard_core::spec::MAX_NAME_LEN == blixard_vmm::MAX_NAME_LEN);
 
 impl Node {
     /// A (cached) connection to the peer at `addr`.
@@ -135,7 +139,7 @@ impl Node {
             .collect()
     }
 
-    fn in_cluster(&self) -> bool {
+    pub(crate) fn in_cluster(&self) -> bool {
         self.raft
             .metrics()
             .borrow_watched()
@@ -146,7 +150,7 @@ impl Node {
             .is_some()
     }
 
-    fn not_in_cluster(&self) -> NodeError {
+    pub(crate) fn not_in_cluster(&self) -> NodeError {
         NodeError::NotInCluster(format!(
             "node {} is not part of a cluster yet (still joining?): retry shortly or address another member",
             self.id
@@ -176,42 +180,39 @@ impl Node {
         outcome?.map_err(NodeError::Rejected)
     }
 
-    pub(crate) async fn propose_request(&self, mut req: Request) -> Result<Outcome, NodeError> {
-        let deadline = Instant::now() + LEADER_WAIT;
-        let mut last_err = String::from("no leader elected yet");
-        loop {
-            match self.leader() {
-                Some((id, _)) if id == self.id => {
+    pub(crate) async fn propose_request(&self, req: Request) -> Result<Outcome, NodeError> {
+        let req = &req;
+        self.with_leader(|leader| async move {
+            match leader {
+                Leader::Me => {
                     // The leader stamps the time.
+                    let mut req = req.clone();
                     req.time_ms = now_ms();
-                    match self.raft.client_write(req.clone()).await {
-                        Ok(resp) => return Ok(resp.data),
-                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                            last_err = format!("leadership moved to {:?}", f.leader_id);
+                    let retry_is_safe = req.request_id.is_some();
+                    match self.raft.client_write(req).await {
+                        Ok(resp) => Ok(resp.data),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(
+                            Attempt::Retry(format!("leadership moved to {:?}", f.leader_id)),
+                        ),
+                        // The entry may or may not commit; a retry is safe only with a
+                        // request id, which apply de-duplicates.
+                        Err(RaftError::APIError(e)) if retry_is_safe => {
+                            Err(Attempt::Retry(e.to_string()))
                         }
                         Err(RaftError::APIError(e)) => {
-                            // The entry may or may not commit; a retry is safe only with a
-                            // request id, which apply de-duplicates.
-                            if req.request_id.is_none() {
-                                return Err(NodeError::Raft(e.to_string()));
-                            }
-                            last_err = e.to_string();
+                            Err(Attempt::Fail(NodeError::Raft(e.to_string())))
                         }
-                        Err(RaftError::Fatal(f)) => return Err(NodeError::Raft(f.to_string())),
+                        Err(RaftError::Fatal(f)) => {
+                            Err(Attempt::Fail(NodeError::Raft(f.to_string())))
+                        }
                     }
                 }
-                Some((id, addr)) => match self.forward_proposal(&addr, &req).await {
-                    Ok(outcome) => return Ok(outcome),
-                    Err(e) => last_err = format!("forwarding to leader {id} at {addr}: {e}"),
-                },
-                None if !self.in_cluster() => return Err(self.not_in_cluster()),
-                None => {}
+                Leader::Other(id, addr) => self.forward_proposal(&addr, req).await.map_err(|e| {
+                    Attempt::Retry(format!("forwarding to leader {id} at {addr}: {e}"))
+                }),
             }
-            if Instant::now() >= deadline {
-                return Err(NodeError::NoLeader(last_err));
-            }
-            tokio::time::sleep(RETRY_BACKOFF).await;
-        }
+        })
+        .await
     }
 
     async fn forward_proposal(&self, addr: &str, req: &Request) -> Result<Outcome, String> {
@@ -274,37 +275,31 @@ impl Node {
     /// Waits until this node's applied state reflects every write acknowledged before the call
     /// (ReadIndex through the leader). Reads made after it returns are linearizable.
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
-        let deadline = Instant::now() + LEADER_WAIT;
-        let mut last_err = String::from("no leader elected yet");
-        loop {
-            match self.leader() {
-                Some((id, _)) if id == self.id => {
-                    match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                        Ok(_) => return Ok(()),
-                        Err(e) => last_err = e.to_string(),
-                    }
+        self.with_leader(|leader| async move {
+            match leader {
+                Leader::Me => self
+                    .raft
+                    .ensure_linearizable(ReadPolicy::ReadIndex)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Attempt::Retry(e.to_string())),
+                Leader::Other(id, addr) => {
+                    let index = self.remote_read_index(&addr).await.map_err(|e| {
+                        Attempt::Retry(format!("read index from leader {id} at {addr}: {e}"))
+                    })?;
+                    let wait = self.raft.wait(Some(LEADER_WAIT));
+                    wait.applied_index_at_least(Some(index), "read barrier")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| {
+                            Attempt::Fail(NodeError::Timeout(format!(
+                                "catching up to index {index}: {e}"
+                            )))
+                        })
                 }
-                Some((id, addr)) => match self.remote_read_index(&addr).await {
-                    Ok(index) => {
-                        let wait = self.raft.wait(Some(LEADER_WAIT));
-                        return wait
-                            .applied_index_at_least(Some(index), "read barrier")
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| {
-                                NodeError::Timeout(format!("catching up to index {index}: {e}"))
-                            });
-                    }
-                    Err(e) => last_err = format!("read index from leader {id} at {addr}: {e}"),
-                },
-                None if !self.in_cluster() => return Err(self.not_in_cluster()),
-                None => {}
             }
-            if Instant::now() >= deadline {
-                return Err(NodeError::NoLeader(last_err));
-            }
-            tokio::time::sleep(RETRY_BACKOFF).await;
-        }
+        })
+        .await
     }
 
     async fn remote_read_index(&self, addr: &str) -> Result<u64, String> {
@@ -369,34 +364,26 @@ impl Node {
         F: Fn(BlixardClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let deadline = Instant::now() + LEADER_WAIT;
-        let mut last_err = String::from("no leader elected yet");
-        loop {
-            match self.leader() {
-                Some((id, addr)) if id != self.id => {
+        let f = &f;
+        self.with_leader(|leader| async move {
+            match leader {
+                Leader::Other(_, addr) => {
                     let channel = blixard_raft::network::channel(&addr, &self.tls.client)
-                        .map_err(|e| NodeError::Unreachable(e.to_string()))?;
+                        .map_err(|e| Attempt::Fail(NodeError::Unreachable(e.to_string())))?;
                     match f(BlixardClient::new(channel)).await {
-                        Ok(t) => return Ok(t),
+                        Ok(t) => Ok(t),
                         Err(s) if s.code() == tonic::Code::Unavailable => {
-                            last_err = s.message().to_string()
+                            Err(Attempt::Retry(s.message().to_string()))
                         }
-                        Err(s) => return Err(status_to_error(s)),
+                        Err(s) => Err(Attempt::Fail(status_to_error(s))),
                     }
                 }
-                Some(_) => {
-                    return Err(NodeError::NoLeader(format!(
-                        "{what}: this node became the leader; retry"
-                    )))
-                }
-                None if !self.in_cluster() => return Err(self.not_in_cluster()),
-                None => {}
+                Leader::Me => Err(Attempt::Fail(NodeError::NoLeader(format!(
+                    "{what}: this node became the leader; retry"
+                )))),
             }
-            if Instant::now() >= deadline {
-                return Err(NodeError::NoLeader(last_err));
-            }
-            tokio::time::sleep(RETRY_BACKOFF).await;
-        }
+        })
+        .await
     }
 
     /// Adds `id` at `addr` as a learner, then promotes it while voters are below the target.

@@ -46,8 +46,10 @@ pub use rundir::{read_events, Event, EventKind, EVENTS_FILE_ENV, LEASE_FILE_ENV}
 /// The line a guest prints on its console once it is up.
 pub const READY_LINE: &str = "BLIXARD-READY";
 
-/// Longest accepted VM name (it is a directory name and part of the QMP socket path).
-pub const MAX_NAME_LEN: usize = 64;
+/// Longest accepted VM name (it is a directory name and part of the QMP socket path). The
+/// same limit as the cluster's (`blixard_core::spec::MAX_NAME_LEN`, a DNS label); the node
+/// checks at compile time that they agree.
+pub const MAX_NAME_LEN: usize = 63;
 
 /// What to boot. Serialized into `meta.json` so a restarted daemon knows what it watches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,7 +245,7 @@ pub fn validate_name(name: &str) -> Result<(), DriverError> {
         return bad("empty");
     }
     if name.len() > MAX_NAME_LEN {
-        return bad("longer than 64 bytes");
+        return bad("longer than 63 bytes");
     }
     if name.starts_with('.') || name.starts_with('-') {
         return bad("must not start with '.' or '-'");
@@ -287,7 +289,16 @@ mod tests {
     #[test]
     fn names() {
         assert!(validate_name("web-1.a_b").is_ok());
-        for bad in ["", ".x", "-x", "a/b", "a b", "..", &"x".repeat(65)] {
+        assert!(validate_name(&"x".repeat(MAX_NAME_LEN)).is_ok());
+        for bad in [
+            "",
+            ".x",
+            "-x",
+            "a/b",
+            "a b",
+            "..",
+            &"x".repeat(MAX_NAME_LEN + 1),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
     }

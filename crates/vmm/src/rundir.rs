@@ -269,7 +269,7 @@ impl RunDir {
                 }
             }
             None if unix_ms().saturating_sub(meta.started_at_unix_ms)
-                < PID_GRACE.as_millis() as u64 =>
+                < u64::try_from(PID_GRACE.as_millis()).unwrap_or(u64::MAX) =>
             {
                 Liveness::Launching
             }
@@ -526,11 +526,11 @@ pub fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// Wall-clock milliseconds since the Unix epoch (0 before it); the node's `now_ms` too.
 pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// First half of `start`, shared by the drivers. `Ok(None)`: a VM with this name and epoch is
