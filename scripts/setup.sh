@@ -18,6 +18,17 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+# The test script runs `cargo fmt --check` and `cargo clippy` before the tests.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+        log "installing the rustfmt and clippy components"
+        rustup component add rustfmt clippy >/dev/null 2>&1
+    else
+        log "cargo fmt or cargo clippy missing (and no rustup to add them): install them"
+        exit 1
+    fi
+fi
+
 if [ "$(id -u)" -eq 0 ]; then
     missing=""
     command -v ip >/dev/null 2>&1 || missing="$missing iproute2"

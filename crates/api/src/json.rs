@@ -5,7 +5,7 @@ use crate::pb;
 use serde_json::{json, Value};
 
 pub fn resources(r: &Option<pb::Resources>) -> Value {
-    let r = r.clone().unwrap_or_default();
+    let r = (*r).unwrap_or_default();
     json!({"vcpus": r.vcpus, "memory_mb": r.memory_mb, "disk_gb": r.disk_gb})
 }
 

@@ -186,7 +186,7 @@ impl From<&core::Network> for pb::NetworkInfo {
         pb::NetworkInfo {
             name: n.name.clone(),
             cidr: n.cidr.to_string(),
-            vms: n.vm_count() as u32,
+            vms: u32::try_from(n.vm_count()).unwrap_or(u32::MAX),
             vni: n.vni,
             nodes: n
                 .node_addresses()

@@ -231,7 +231,7 @@ impl Drop for Netns {
                 }
             }
         }
-        for i in 1..=self.nodes.len() as u32 {
+        for i in 1..=u32::try_from(self.nodes.len()).expect("a few nodes") {
             self.kill9(i);
         }
         for n in &self.nodes {
@@ -284,8 +284,8 @@ fn vms_on_different_nodes_reach_each_other_over_vxlan_and_keep_their_address_whe
     };
     let (a, b) = (running("a"), running("b"));
     let (na, nb) = (
-        a["node_id"].as_u64().unwrap() as u32,
-        b["node_id"].as_u64().unwrap() as u32,
+        u32::try_from(a["node_id"].as_u64().unwrap()).unwrap(),
+        u32::try_from(b["node_id"].as_u64().unwrap()).unwrap(),
     );
     assert_ne!(na, nb);
     let (ip_a, ip_b) = (
@@ -307,7 +307,7 @@ fn vms_on_different_nodes_reach_each_other_over_vxlan_and_keep_their_address_whe
             .filter(|v| v["state"] == "running" && v["node_id"].as_u64() != Some(nb.into()))
     });
     assert_eq!(moved["ip"].as_str(), Some(ip_b.as_str()));
-    let nc = moved["node_id"].as_u64().unwrap() as u32;
+    let nc = u32::try_from(moved["node_id"].as_u64().unwrap()).unwrap();
     assert_ne!(nc, na, "anti-affinity keeps a and b apart");
     let got = wait_for("b's page from a's node after the move", BOOT, || {
         net.fetch(na, &ip_b)

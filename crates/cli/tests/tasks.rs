@@ -293,7 +293,7 @@ fn node_death_retries_on_another_node_and_the_old_attempt_never_reports() {
     assert_eq!(marker["epoch"].as_u64(), Some(first_epoch));
     if let Some(pid) = marker["pid"].as_u64() {
         wait_for("the old attempt's process to be gone", DEADLINE, || {
-            (!common::pid_alive(pid as u32)).then_some(())
+            (!common::pid_alive(u32::try_from(pid).expect("a pid"))).then_some(())
         });
     }
 
@@ -409,8 +409,8 @@ fn a_lost_node_s_task_stops_before_its_retry_starts(loss: Loss) {
         .join("attempt.json");
     let pid = wait_for("the first attempt's pid", DEADLINE, || {
         let m: Value = serde_json::from_slice(&std::fs::read(&marker).ok()?).ok()?;
-        m["pid"].as_u64()
-    }) as u32;
+        m["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+    });
     match loss {
         Loss::Kill => c.kill9(victim),
         Loss::Freeze => c.signal(victim, "-STOP"),

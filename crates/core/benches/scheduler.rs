@@ -31,10 +31,10 @@ fn register(id: u64, capacity: Resources) -> Command {
 
 fn vm(i: usize) -> VmSpec {
     let mut s = VmSpec::new(format!("vm-{i}"));
-    s.vcpus = 1 + (i % 4) as u32;
+    s.vcpus = 1 + u32::try_from(i % 4).expect("below 4");
     s.memory_mb = 256 * (1 + (i % 8) as u64);
     s.disk_gb = (i % 5) as u64 * 2;
-    s.priority = (i % 101) as u8;
+    s.priority = u8::try_from(i % 101).expect("below 101");
     if i % 5 == 0 {
         // 2,000 VMs in 400 groups of 5.
         s.anti_affinity = Some(format!("group-{}", i % 400));

@@ -260,8 +260,8 @@ impl EventSource {
             .iter()
             .map(|(id, t)| (id.clone(), task_shadow(t)))
             .collect();
-        self.settings = serde_json::to_value(&state.settings).ok();
-        self.liveness = serde_json::to_value(&state.liveness).ok();
+        self.settings = serde_json::to_value(state.settings).ok();
+        self.liveness = serde_json::to_value(state.liveness).ok();
         self.members = state.node_ids.members.clone();
         self.ring.clear();
         self.floor = floor;
@@ -293,7 +293,7 @@ impl EventSource {
                 RowKey::Worker(id) => self.diff_node(*id, state, &mut out),
                 RowKey::Task(id) => self.diff_task(id, state, &mut out),
                 RowKey::Settings => {
-                    let v = serde_json::to_value(&state.settings).ok();
+                    let v = serde_json::to_value(state.settings).ok();
                     if v != self.settings {
                         if let Some(value) = v.clone() {
                             out.push(EventKind::Settings {
@@ -305,7 +305,7 @@ impl EventSource {
                     }
                 }
                 RowKey::Liveness => {
-                    let v = serde_json::to_value(&state.liveness).ok();
+                    let v = serde_json::to_value(state.liveness).ok();
                     if v != self.liveness {
                         if let Some(value) = v.clone() {
                             out.push(EventKind::Settings {

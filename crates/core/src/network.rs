@@ -104,7 +104,7 @@ impl Cidr {
 
     /// Offset of the last usable host address (the one before broadcast).
     pub fn last_host(&self) -> u32 {
-        (self.size() - 2) as u32
+        u32::try_from(self.size() - 2).unwrap_or(u32::MAX)
     }
 }
 

@@ -408,7 +408,7 @@ proptest! {
             let before = h.s.clone();
             let cmd = match &op {
                 Op::Create { vm, vcpus, priority, preempt } => {
-                    let mut spec = VmSpec::new(&format!("vm-{vm}"));
+                    let mut spec = VmSpec::new(format!("vm-{vm}"));
                     spec.vcpus = *vcpus;
                     spec.priority = *priority;
                     spec.preempt = *preempt;

@@ -135,7 +135,7 @@ pub struct Workload {
 
 impl Workload {
     pub fn us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     /// Client `idx` issues operations until `until`. Its choices come from its own RNG seeded

@@ -168,7 +168,7 @@ impl Net {
         let start = (std::process::id() % 200) as u8;
         let mut chosen = None;
         for k in 0..250u16 {
-            let r = ((start as u16 + k) % 250 + 1) as u8;
+            let r = u8::try_from((u16::from(start) + k) % 250 + 1).expect("at most 250");
             let m = marker(r);
             if m.exists() || PathBuf::from(format!("/var/run/netns/{}", ns_name(r, 1))).exists() {
                 continue;

@@ -115,10 +115,15 @@ struct NemesisLog {
     action: String,
 }
 
+/// A duration in whole milliseconds, saturating.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Applies one fault; returns a description, or `None` when skipped.
@@ -318,7 +323,7 @@ pub async fn run(cfg: &Config) -> Result<Report> {
     let schedule = Schedule::generate_with(
         cfg.seed,
         cfg.nodes,
-        cfg.duration.as_millis() as u64,
+        u64::try_from(cfg.duration.as_millis()).unwrap_or(u64::MAX),
         cfg.replace,
     );
     std::fs::write(
@@ -446,7 +451,7 @@ async fn run_in(
             if s.at_ms + s.dur_ms > duration_ms {
                 skipped += 1;
                 log.push(NemesisLog {
-                    at_ms: epoch.elapsed().as_millis() as u64,
+                    at_ms: ms(epoch.elapsed()),
                     step: k,
                     action: format!(
                         "skipped {:?}: the schedule ran {shift} ms late, no time left",
@@ -456,7 +461,7 @@ async fn run_in(
                 continue;
             }
             tokio::time::sleep_until(epoch + Duration::from_millis(s.at_ms)).await;
-            let at = epoch.elapsed().as_millis() as u64;
+            let at = ms(epoch.elapsed());
             match inject(&nem_cluster, &s.fault).await {
                 Ok(Some(what)) => {
                     injected += 1;
@@ -487,17 +492,14 @@ async fn run_in(
             tokio::time::sleep_until(epoch + Duration::from_millis(s.at_ms + s.dur_ms)).await;
             if let Some(what) = settle_freeze(&nem_cluster, Duration::from_secs(10)).await {
                 log.push(NemesisLog {
-                    at_ms: epoch.elapsed().as_millis() as u64,
+                    at_ms: ms(epoch.elapsed()),
                     step: k,
                     action: what,
                 });
             }
-            let at = epoch.elapsed().as_millis() as u64;
+            let at = ms(epoch.elapsed());
             let healed = heal_all(&nem_cluster).await;
-            shift += epoch
-                .elapsed()
-                .as_millis()
-                .saturating_sub(u128::from(s.at_ms + s.dur_ms)) as u64;
+            shift += ms(epoch.elapsed()).saturating_sub(s.at_ms + s.dur_ms);
             log.push(NemesisLog {
                 at_ms: at,
                 step: k,

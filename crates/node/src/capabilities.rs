@@ -16,17 +16,14 @@ pub struct Capabilities {
 
 pub fn detect(data_dir: &Path, overrides: &CapacityOverrides) -> Capabilities {
     let vcpus = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
         .unwrap_or(1);
     let memory_mb = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| parse_meminfo_total_mb(&s))
         .unwrap_or(0);
     let disk_gb = nix::sys::statvfs::statvfs(data_dir)
-        .map(|s| {
-            (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64)
-                / (1024 * 1024 * 1024)
-        })
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()) / (1024 * 1024 * 1024))
         .unwrap_or(0);
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let kvm_opens = std::fs::OpenOptions::new()

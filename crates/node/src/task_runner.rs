@@ -576,7 +576,7 @@ impl TaskRunner {
             epoch: t.epoch,
             state: ending.state,
             exit_code: ending.exit_code,
-            duration_ms: elapsed.map(|d| d.as_millis() as u64),
+            duration_ms: elapsed.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             reason: ending.reason,
         };
         loop {

@@ -186,7 +186,7 @@ impl RaftSnapshotBuilder<C> for StateMachineStore {
             let applied = self.shared.read();
             let data = serde_json::to_vec(&applied.state).map_err(io_err)?;
             let meta = SnapshotMetaOf::<C> {
-                last_log_id: applied.last_applied.clone(),
+                last_log_id: applied.last_applied,
                 last_membership: applied.membership.clone(),
             };
             (meta, data)
@@ -213,7 +213,7 @@ impl RaftStateMachine<C> for StateMachineStore {
         &mut self,
     ) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), std::io::Error> {
         let a = self.shared.read();
-        Ok((a.last_applied.clone(), a.membership.clone()))
+        Ok((a.last_applied, a.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), std::io::Error>
@@ -237,14 +237,13 @@ impl RaftStateMachine<C> for StateMachineStore {
                                 .apply_at(log_id.committed_leader_id().term, log_id.index(), req)
                         }
                         EntryPayload::Membership(m) => {
-                            a.membership =
-                                StoredMembershipOf::<C>::new(Some(log_id.clone()), m.clone());
+                            a.membership = StoredMembershipOf::<C>::new(Some(log_id), m.clone());
                             a.state.note_membership(m.nodes().map(|(id, _)| *id));
                             membership = Some(a.membership.clone());
                             Ok(blixard_core::Reply::Done)
                         }
                     };
-                    a.last_applied = Some(log_id.clone());
+                    a.last_applied = Some(log_id);
                     // Events per entry: the rows this entry touched, against their old values.
                     let entry_touched = a.state.take_touched();
                     let time_ms = match &entry.payload {
@@ -333,7 +332,7 @@ impl RaftStateMachine<C> for StateMachineStore {
         state.rebuild_derived();
         let applied = Applied {
             state,
-            last_applied: meta.last_log_id.clone(),
+            last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
         let stored = StoredSnapshot {

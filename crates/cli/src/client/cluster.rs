@@ -138,8 +138,8 @@ impl Client {
         let rows = nodes
             .iter()
             .map(|n| {
-                let c = n.capacity.clone().unwrap_or_default();
-                let a = n.allocated.clone().unwrap_or_default();
+                let c = n.capacity.unwrap_or_default();
+                let a = n.allocated.unwrap_or_default();
                 vec![
                     n.id.to_string(),
                     n.addr.clone(),
@@ -256,7 +256,7 @@ impl Client {
         vcpu_overcommit: Option<u32>,
         lease: [Option<u64>; 3],
     ) -> anyhow::Result<()> {
-        if lease.iter().any(|v| *v == Some(0)) {
+        if lease.contains(&Some(0)) {
             anyhow::bail!("lease, grace and heartbeat must be positive numbers of milliseconds");
         }
         let s =

@@ -159,7 +159,7 @@ impl Cluster {
             c.add_node(id, Some(&seed), &[]);
         }
         c.wait_members(n.min(3) as usize);
-        c.wait_workers(n as usize);
+        c.wait_workers(usize::try_from(n).expect("a small node count"));
         c
     }
 

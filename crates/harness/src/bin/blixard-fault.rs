@@ -61,7 +61,9 @@ fn main() {
         seeds.push(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007),
+                .map_or(1, |d| {
+                    u64::try_from(d.as_nanos() % 1_000_000_007).unwrap_or(1)
+                }),
         );
     }
     if cfg.nodes < 3 {
@@ -72,7 +74,7 @@ fn main() {
             let sch = blixard_harness::schedule::Schedule::generate_with(
                 *s,
                 cfg.nodes,
-                cfg.duration.as_millis() as u64,
+                u64::try_from(cfg.duration.as_millis()).unwrap_or(u64::MAX),
                 cfg.replace,
             );
             println!("{}", serde_json::to_string(&sch).expect("json"));

@@ -264,7 +264,7 @@ impl Blixard for Api {
         let rid = request_id(&req.request_id)?;
         if !req.strategy.is_empty() || req.vcpu_overcommit_pct != 0 {
             self.node.read_barrier().await?;
-            let current = self.node.state.read().state.settings.clone();
+            let current = self.node.state.read().state.settings;
             let strategy = if req.strategy.is_empty() {
                 current.strategy
             } else {

@@ -24,7 +24,7 @@ pub(super) fn page<'a, T: 'a, M: prost::Message>(
     let mut bytes = 0;
     let mut last = None;
     let mut items = items.peekable();
-    while let Some(item) = items.next() {
+    for item in items.by_ref() {
         let m = to_msg(item);
         bytes += m.encoded_len();
         out.push(m);
