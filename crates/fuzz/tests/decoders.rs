@@ -1,7 +1,8 @@
 //! Decoders never panic. For every target of `blixard_fuzz`:
 //! - the corpus in `fuzz/corpus/<target>/` is replayed: files named `ok-*` must decode, files
 //!   named `bad-*` must be refused, every file must be handled without a panic;
-//! - the seeds (valid encodings, made fresh) must decode, and match the corpus;
+//! - the seeds (valid encodings, made fresh) must decode, the refused cases (attacks and
+//!   corruptions, made fresh) must be refused with a message, and both must be in the corpus;
 //! - a bounded run of random bytes and of mutated seeds (a fixed number of cases per target,
 //!   `PROPTEST_CASES` to change it) must not panic.
 //!
@@ -10,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use blixard_fuzz::{seeds, Target, TARGETS};
+use blixard_fuzz::{refused, seeds, Target, TARGETS};
 use proptest::prelude::*;
 
 fn corpus_dir() -> PathBuf {
@@ -42,20 +43,10 @@ fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-#[test]
-fn seeds_decode_and_are_in_the_corpus() {
+/// Writes `(target, name, bytes)` into the corpus, or checks that the file is there.
+fn in_corpus(cases: &[(&str, String, Vec<u8>)]) {
     let write = std::env::var_os("BLIXARD_FUZZ_WRITE_CORPUS").is_some();
-    let seeds = seeds();
-    for (name, _) in TARGETS {
-        assert!(
-            seeds.iter().any(|(t, _, _)| t == name),
-            "target {name} has no seed"
-        );
-    }
-    for (t, name, bytes) in &seeds {
-        if let Err(e) = target(t)(bytes) {
-            panic!("seed {t}/{name} does not decode: {e}");
-        }
+    for (t, name, bytes) in cases {
         let path = corpus_dir().join(t).join(name);
         if write {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -68,6 +59,35 @@ fn seeds_decode_and_are_in_the_corpus() {
             );
         }
     }
+}
+
+#[test]
+fn seeds_decode_and_are_in_the_corpus() {
+    let seeds = seeds();
+    for (name, _) in TARGETS {
+        assert!(
+            seeds.iter().any(|(t, _, _)| t == name),
+            "target {name} has no seed"
+        );
+    }
+    for (t, name, bytes) in &seeds {
+        if let Err(e) = target(t)(bytes) {
+            panic!("seed {t}/{name} does not decode: {e}");
+        }
+    }
+    in_corpus(&seeds);
+}
+
+#[test]
+fn attacks_and_corruptions_are_refused_with_a_message() {
+    let cases = refused();
+    for (t, name, bytes) in &cases {
+        match target(t)(bytes) {
+            Ok(()) => panic!("{t}/{name} was accepted"),
+            Err(e) => assert!(!e.trim().is_empty(), "{t}/{name}: an empty error"),
+        }
+    }
+    in_corpus(&cases);
 }
 
 #[test]
