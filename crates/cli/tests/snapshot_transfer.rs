@@ -1,6 +1,8 @@
-//! Snapshots travel in bounded chunks: a lagging node catches up through the chunked
-//! `InstallSnapshot` stream (counted in `/metrics` on both ends), and a stream from a member
-//! that is not the leader it claims, or from a client, is refused while the node keeps serving.
+//! Peer transport limits: snapshots travel in bounded chunks (a lagging node catches up
+//! through the chunked `InstallSnapshot` stream, counted in `/metrics` on both ends); a stream
+//! from a member that is not the leader it claims, or from a client, is refused; a peer message
+//! above the peer limit and a proposal above the entry limit are refused; the node keeps
+//! serving throughout.
 
 mod common;
 
@@ -140,6 +142,60 @@ fn a_snapshot_stream_must_come_from_the_leader_it_names() {
     );
     // Nothing changed and the cluster still serves writes.
     assert_eq!(json(&c.addr(1), &["vm", "list"]), vms);
+    json(
+        &c.addr(other),
+        &["vm", "create", "still-fine", "--no-start"],
+    );
+}
+
+#[test]
+fn peer_messages_and_entries_above_their_limits_are_refused() {
+    let c = Cluster::start(2, &[]);
+    let leader = c.leader();
+    let other = if leader == 1 { 2 } else { 1 };
+    let cid = json(&c.addr(1), &["cluster", "status"])["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let member = node_material(&c.node(other).dir);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tagged = |data: Vec<u8>| {
+        let mut r = tonic::Request::new(pb::RaftMessage { data });
+        r.metadata_mut()
+            .insert(CLUSTER_HEADER, cid.parse().unwrap());
+        r
+    };
+    rt.block_on(async {
+        // Even from a member: a message above the peer limit is refused as it is read.
+        let e = peer_client(&c.addr(leader), &member)
+            .max_encoding_message_size(usize::MAX)
+            .append_entries(tagged(vec![b' '; blixard_api::MAX_PEER_MESSAGE + 1]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+        // A proposal under the message limit whose entry would exceed the entry limit is
+        // refused before it reaches the log.
+        let mut spec = blixard_core::VmSpec::new("too-big");
+        spec.cmdline = Some("x".repeat(blixard_api::MAX_ENTRY_BYTES));
+        let req = blixard_core::Request::new(blixard_core::Command::CreateVm { spec }, 0);
+        let e = peer_client(&c.addr(leader), &member)
+            .max_encoding_message_size(usize::MAX)
+            .propose(tagged(serde_json::to_vec(&req).unwrap()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("log entry"), "{e:?}");
+    });
+    let names: Vec<String> = json(&c.addr(1), &["vm", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!names.contains(&"too-big".to_string()), "{names:?}");
     json(
         &c.addr(other),
         &["vm", "create", "still-fine", "--no-start"],

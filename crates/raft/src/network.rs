@@ -188,7 +188,7 @@ pub fn fit_append(
     }
     let mut entries = entries;
     entries.truncate(keep);
-    let last = entries.last().map(|e| e.log_id.clone());
+    let last = entries.last().map(|e| e.log_id);
     req.entries = entries;
     let data = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
     if data.len() > budget {
@@ -385,5 +385,113 @@ impl RaftNetworkV2<C> for PeerClient {
 
     fn backoff(&self) -> Option<Backoff> {
         Some(Backoff::new(std::iter::repeat(Duration::from_millis(200))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blixard_core::spec::{MAX_CMDLINE_LEN, MAX_LABELS, MAX_LABEL_LEN, MAX_PATH_LEN};
+    use blixard_core::task::{MAX_TASK_COMMAND_BYTES, MAX_TASK_ENV, MAX_TASK_ENV_BYTES};
+    use blixard_core::{Command, Request, TaskSpec, VmSpec};
+
+    /// A string of `n` bytes that JSON escapes most expensively (`\u0001`: 6 bytes each).
+    fn worst(n: usize) -> String {
+        "\u{1}".repeat(n)
+    }
+
+    fn labels(tag: char) -> std::collections::BTreeMap<String, String> {
+        (0..MAX_LABELS)
+            .map(|i| {
+                let k = format!("{tag}{i:02}{}", "k".repeat(MAX_LABEL_LEN - 3));
+                (k, "v".repeat(MAX_LABEL_LEN))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_largest_valid_requests_fit_in_a_log_entry() {
+        let mut vm = VmSpec::new(&"a".repeat(63));
+        vm.kernel = Some(worst(MAX_PATH_LEN));
+        vm.initrd = Some(worst(MAX_PATH_LEN));
+        vm.disk_image = Some(worst(MAX_PATH_LEN));
+        vm.cmdline = Some(worst(MAX_CMDLINE_LEN));
+        vm.labels = labels('l');
+        vm.constraints = labels('c');
+        vm.anti_affinity = Some("g".repeat(MAX_LABEL_LEN));
+        vm.validate().expect("a valid spec");
+        let mut task = TaskSpec::new(vec![worst(MAX_TASK_COMMAND_BYTES)]);
+        let per = MAX_TASK_ENV_BYTES / MAX_TASK_ENV;
+        task.env = (0..MAX_TASK_ENV)
+            .map(|i| (format!("K{i:02}"), worst(per - 3)))
+            .collect();
+        task.validate().expect("a valid task");
+        for (what, cmd) in [
+            ("vm", Command::CreateVm { spec: vm }),
+            (
+                "task",
+                Command::SubmitTask {
+                    id: "t".repeat(64),
+                    spec: task,
+                },
+            ),
+        ] {
+            let mut req = Request::new(cmd, u64::MAX);
+            req.request_id = Some("r".repeat(128));
+            let n = encoded_len(&req).unwrap();
+            println!("largest valid {what} request: {n} bytes encoded");
+            assert!(n <= MAX_ENTRY_BYTES / 4, "{what}: {n} bytes");
+            check_entry_size(&req).unwrap();
+        }
+        // Above the limit: refused with the sizes.
+        let mut vm = VmSpec::new("big");
+        vm.cmdline = Some("x".repeat(MAX_ENTRY_BYTES));
+        let e = check_entry_size(&Request::new(Command::CreateVm { spec: vm }, 0)).unwrap_err();
+        assert!(e.contains("a log entry may have"), "{e}");
+    }
+
+    fn append(entries: usize, bytes: usize) -> AppendEntriesRequest<C> {
+        let lid = |t: u64, i: u64| serde_json::json!({"leader_id": {"term": t, "node_id": 1}, "index": i});
+        let entries: Vec<_> = (0..entries)
+            .map(|i| {
+                let mut spec = VmSpec::new(&format!("vm-{i}"));
+                spec.cmdline = Some("x".repeat(bytes));
+                let req = Request::new(Command::CreateVm { spec }, 0);
+                serde_json::json!({"log_id": lid(2, 11 + i as u64), "payload": {"Normal": req}})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "vote": {"leader_id": {"term": 2, "node_id": 1}, "committed": true},
+            "prev_log_id": lid(1, 10),
+            "entries": entries,
+            "leader_commit": lid(2, 12),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn append_batches_are_cut_to_the_peer_limit() {
+        // Small batches go as they are.
+        let (data, cut) = fit_append(append(20, 100), APPEND_BUDGET).unwrap();
+        assert!(cut.is_none());
+        let back: AppendEntriesRequest<C> = serde_json::from_slice(&data).unwrap();
+        assert_eq!(back.entries.len(), 20);
+        // 300 entries of 100 KiB: cut to the prefix that fits, ending at its last log id.
+        let (data, cut) = fit_append(append(300, 100 << 10), APPEND_BUDGET).unwrap();
+        assert!(data.len() <= APPEND_BUDGET, "{} bytes", data.len());
+        let back: AppendEntriesRequest<C> = serde_json::from_slice(&data).unwrap();
+        let n = back.entries.len();
+        assert!(n > 1 && n < 300, "{n} entries");
+        assert_eq!(cut, Some(back.entries[n - 1].log_id));
+        assert_eq!(back.entries[0].log_id.index, 11);
+        // One more entry would not have fitted.
+        let (more, _) = fit_append(append(n + 1, 100 << 10), usize::MAX).unwrap();
+        assert!(more.len() > APPEND_BUDGET);
+        // A single entry at the entry limit always fits.
+        let (data, cut) = fit_append(append(2, MAX_ENTRY_BYTES - 300), APPEND_BUDGET).unwrap();
+        assert!(data.len() <= APPEND_BUDGET);
+        assert!(cut.is_some());
+        // One entry above the budget cannot be sent: an error, not a panic.
+        assert!(fit_append(append(1, 4096), 1024).is_err());
     }
 }
