@@ -79,6 +79,35 @@ fn a_lagging_node_catches_up_through_the_chunked_snapshot() {
         metric(&c, 3, "blixard_raft_snapshots_refused_total"),
         Some(0.0)
     );
+    // The node's log names the snapshot's size and chunks: 1 KiB each, none larger.
+    let log = std::fs::read_to_string(c.node(3).dir.with_extension("log")).unwrap();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("received snapshot"))
+        .expect("node 3 logged the snapshot it received");
+    // Without the terminal colours.
+    let mut plain = String::new();
+    let mut esc = false;
+    for ch in line.chars() {
+        match (esc, ch) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    let line = plain.as_str();
+    let field = |k: &str| -> u64 {
+        let rest = &line[line.find(&format!("{k}=")).expect(line) + k.len() + 1..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (bytes, chunks) = (field("bytes"), field("chunks"));
+    eprintln!("node 3 received a snapshot of {bytes} bytes in {chunks} chunks");
+    assert_eq!(chunks, bytes.div_ceil(1024), "{line}");
     let sent = metric(&c, leader, "blixard_raft_snapshot_chunks_sent_total").unwrap();
     assert!(
         sent >= received,
