@@ -658,7 +658,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         }
         .encode_to_vec(),
         pb::TaskList {
-            tasks: st.tasks.values().map(|t| pb::TaskInfo::from(t)).collect(),
+            tasks: st.tasks.values().map(pb::TaskInfo::from).collect(),
             next: String::new(),
         }
         .encode_to_vec(),

@@ -411,7 +411,7 @@ mod tests {
 
     #[test]
     fn the_largest_valid_requests_fit_in_a_log_entry() {
-        let mut vm = VmSpec::new(&"a".repeat(63));
+        let mut vm = VmSpec::new("a".repeat(63));
         vm.kernel = Some(worst(MAX_PATH_LEN));
         vm.initrd = Some(worst(MAX_PATH_LEN));
         vm.disk_image = Some(worst(MAX_PATH_LEN));
@@ -454,7 +454,7 @@ mod tests {
         let lid = |t: u64, i: u64| serde_json::json!({"leader_id": {"term": t, "node_id": 1}, "index": i});
         let entries: Vec<_> = (0..entries)
             .map(|i| {
-                let mut spec = VmSpec::new(&format!("vm-{i}"));
+                let mut spec = VmSpec::new(format!("vm-{i}"));
                 spec.cmdline = Some("x".repeat(bytes));
                 let req = Request::new(Command::CreateVm { spec }, 0);
                 serde_json::json!({"log_id": lid(2, 11 + i as u64), "payload": {"Normal": req}})
