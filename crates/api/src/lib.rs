@@ -22,8 +22,30 @@ pub use pb::raft_peer_client::RaftPeerClient;
 pub const CLUSTER_HEADER: &str = "x-blixard-cluster";
 /// Metadata header set on a request forwarded to the leader, so it is never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-blixard-forwarded";
-/// Largest message a peer may send (snapshots travel in one message).
-pub const MAX_PEER_MESSAGE: usize = 256 * 1024 * 1024;
+/// Largest encoded log entry (a request as it travels between peers). Proposals above it are
+/// refused before they reach the log, so that one entry always fits in a peer message.
+/// Everything a client can ask for is far below it: a VM spec's strings total about 25 KiB and
+/// a task's 32 KiB (see `core::spec` and `core::task`), at most 6 times that when every byte
+/// needs a JSON escape.
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// Snapshot data bytes per `InstallSnapshot` chunk.
+pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// Largest snapshot a follower reassembles. The state's byte budgets (`core::budget`: VM specs,
+/// task specs and the de-duplication table) total 112 MiB; records, workers, networks, tokens
+/// and the JSON encoding come on top; this is more than twice the budgets, and the size one
+/// snapshot message could have before snapshots were chunked. A snapshot declared or streamed
+/// above it is refused; a node receives one snapshot at a time.
+pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
+/// Largest message a peer may send or a node accepts on the peer service. The largest
+/// legitimate ones are an `AppendEntries` carrying a single entry of `MAX_ENTRY_BYTES` with
+/// its framing (a few hundred bytes: vote, previous and committed log ids), a snapshot chunk
+/// (`SNAPSHOT_CHUNK` and its offset) and a snapshot header (the membership: about 300 bytes per
+/// member). The sender packs entries into `AppendEntries` batches that stay below this (see
+/// `blixard_raft::network`), so twice the largest entry leaves room for all three.
+pub const MAX_PEER_MESSAGE: usize = 2 * MAX_ENTRY_BYTES;
+/// Largest reply the client service sends (unchanged from before the peer limit was lowered;
+/// the client limits are their own setting).
+pub const MAX_CLIENT_REPLY: usize = 256 * 1024 * 1024;
 /// Largest message a client may send.
 pub const MAX_CLIENT_MESSAGE: usize = 1024 * 1024;
 

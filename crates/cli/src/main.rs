@@ -147,6 +147,9 @@ struct DaemonArgs {
     /// Log entries kept behind the latest snapshot.
     #[arg(long, default_value_t = 1_000)]
     keep_logs: u64,
+    /// Snapshot bytes per chunk sent to a lagging follower (at most 1 MiB; for tests).
+    #[arg(long, default_value_t = blixard_api::SNAPSHOT_CHUNK, hide = true)]
+    snapshot_chunk_bytes: usize,
     /// With --init: how often nodes heartbeat the leader, in milliseconds (default 1000).
     /// A cluster setting afterwards (`cluster settings --heartbeat-ms`).
     #[arg(long)]
@@ -419,6 +422,7 @@ async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
         election_max: Duration::from_millis(a.election_ms.max(a.heartbeat_ms * 3) * 2),
         snapshot_every: a.snapshot_every.max(1),
         keep_logs: a.keep_logs,
+        snapshot_chunk: a.snapshot_chunk_bytes.clamp(1, blixard_api::SNAPSHOT_CHUNK),
     };
     config.liveness = blixard_node::config::LivenessTuning {
         heartbeat: a.liveness_heartbeat_ms.map(Duration::from_millis),

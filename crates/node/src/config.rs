@@ -30,6 +30,9 @@ pub struct RaftTuning {
     pub snapshot_every: u64,
     /// Entries kept in the log behind the latest snapshot (for followers that lag a little).
     pub keep_logs: u64,
+    /// Snapshot data bytes per chunk sent to a lagging follower (at most
+    /// `blixard_api::SNAPSHOT_CHUNK`; smaller only to exercise the chunked path in tests).
+    pub snapshot_chunk: usize,
 }
 
 impl Default for RaftTuning {
@@ -40,6 +43,7 @@ impl Default for RaftTuning {
             election_max: Duration::from_millis(1000),
             snapshot_every: 10_000,
             keep_logs: 1_000,
+            snapshot_chunk: blixard_api::SNAPSHOT_CHUNK,
         }
     }
 }

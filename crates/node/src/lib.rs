@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod node;
 pub mod security;
 pub mod service;
+pub mod snapshot;
 pub mod task_runner;
 
 use std::net::SocketAddr;
@@ -32,7 +33,7 @@ use blixard_api::pb::blixard_server::BlixardServer;
 use blixard_api::pb::enroll_server::EnrollServer;
 use blixard_api::pb::networks_server::NetworksServer;
 use blixard_api::pb::raft_peer_server::RaftPeerServer;
-use blixard_api::{pb, BlixardClient, MAX_CLIENT_MESSAGE, MAX_PEER_MESSAGE};
+use blixard_api::{pb, BlixardClient, MAX_CLIENT_MESSAGE, MAX_CLIENT_REPLY, MAX_PEER_MESSAGE};
 use blixard_core::Command;
 use blixard_raft::{PeerNetwork, Raft};
 use openraft::BasicNode;
@@ -166,11 +167,16 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every),
         max_in_snapshot_log_to_keep: config.raft.keep_logs,
         install_snapshot_timeout: 10_000,
+        snapshot_max_chunk_size: config.raft.snapshot_chunk as u64,
         ..Default::default()
     }
     .validate()
     .map_err(|e| NodeError::Config(e.to_string()))?;
-    let network = PeerNetwork::new(cluster_id.as_str(), tls.client.clone());
+    let network = PeerNetwork::new(
+        cluster_id.as_str(),
+        tls.client.clone(),
+        store_metrics.clone(),
+    );
     let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -191,6 +197,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         config: config.clone(),
         shutdown,
         membership_lock: tokio::sync::Mutex::new(()),
+        receiving_snapshot: tokio::sync::Mutex::new(()),
         driver: driver.clone(),
         liveness: liveness::Liveness::default(),
         peers: Default::default(),
@@ -368,7 +375,7 @@ async fn serve(node: Arc<Node>, listener: TcpListener) {
         .add_service(InterceptedService::new(
             BlixardServer::new(api.clone())
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE)
-                .max_encoding_message_size(MAX_PEER_MESSAGE),
+                .max_encoding_message_size(MAX_CLIENT_REPLY),
             client_auth,
         ))
         .add_service(InterceptedService::new(

@@ -140,6 +140,26 @@ impl Metrics {
             "Snapshots installed from the leader",
             st.snapshots_installed.clone(),
         );
+        reg.register(
+            "raft_snapshot_chunks_sent",
+            "Snapshot chunks sent to lagging followers",
+            st.snapshot_chunks_sent.clone(),
+        );
+        reg.register(
+            "raft_snapshot_chunks_received",
+            "Snapshot chunks received and accepted from the leader",
+            st.snapshot_chunks_received.clone(),
+        );
+        reg.register(
+            "raft_snapshots_refused",
+            "Snapshot streams refused (header, cap, order, size)",
+            st.snapshots_refused.clone(),
+        );
+        reg.register(
+            "raft_appends_split",
+            "AppendEntries batches cut short to stay under the peer message limit",
+            st.appends_split.clone(),
+        );
 
         let gauge = |reg: &mut Registry, name: &str, help: &str, v: i64| {
             let g: Gauge = Gauge::default();

@@ -49,6 +49,8 @@ pub struct Node {
     /// Serializes membership changes on this node: openraft refuses a change while another
     /// is in flight.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    /// Held while a snapshot streams in: one at a time (see `crate::snapshot`).
+    pub(crate) receiving_snapshot: tokio::sync::Mutex<()>,
     /// The hypervisor driver (local runtime handle; used by the executor and for consoles).
     pub driver: std::sync::Arc<dyn blixard_vmm::VmDriver>,
     /// Lease and, on the leader, heartbeat bookkeeping (local state).
@@ -181,6 +183,7 @@ impl Node {
     }
 
     pub(crate) async fn propose_request(&self, req: Request) -> Result<Outcome, NodeError> {
+        blixard_raft::network::check_entry_size(&req).map_err(NodeError::Invalid)?;
         let req = &req;
         self.with_leader(|leader| async move {
             match leader {
@@ -247,11 +250,9 @@ impl Node {
                 self.id
             )));
         }
-        match self
-            .raft
-            .client_write(Request::new(command, now_ms()))
-            .await
-        {
+        let req = Request::new(command, now_ms());
+        blixard_raft::network::check_entry_size(&req).map_err(NodeError::Invalid)?;
+        match self.raft.client_write(req).await {
             Ok(resp) => resp.data.map_err(NodeError::Rejected),
             Err(e) => Err(NodeError::NoLeader(e.to_string())),
         }
@@ -265,6 +266,7 @@ impl Node {
                 self.id
             )));
         }
+        blixard_raft::network::check_entry_size(&req).map_err(NodeError::Invalid)?;
         req.time_ms = now_ms();
         match self.raft.client_write(req).await {
             Ok(resp) => Ok(resp.data),

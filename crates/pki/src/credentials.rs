@@ -61,15 +61,17 @@ impl Credentials {
         let bytes = std::fs::read(path).map_err(|e| {
             PkiError::Io(format!("cannot read credentials {}: {e}", path.display()))
         })?;
-        let c: Credentials = serde_json::from_slice(&bytes).map_err(|e| {
-            PkiError::Invalid(format!(
-                "{} is not a blixard credentials file: {e}",
-                path.display()
-            ))
+        Self::parse(&bytes, &path.display().to_string())
+    }
+
+    /// Parses and checks the contents of a credentials file (`what` names it in errors).
+    pub fn parse(bytes: &[u8], what: &str) -> Result<Credentials, PkiError> {
+        let c: Credentials = serde_json::from_slice(bytes).map_err(|e| {
+            PkiError::Invalid(format!("{what} is not a blixard credentials file: {e}"))
         })?;
         c.material()
             .identity()
-            .map_err(|e| PkiError::Invalid(format!("{}: {e}", path.display())))?;
+            .map_err(|e| PkiError::Invalid(format!("{what}: {e}")))?;
         Ok(c)
     }
 

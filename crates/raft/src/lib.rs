@@ -5,11 +5,13 @@
 //! - [`sm_store`]: the replicated state in `state.redb`. Its tables are written only by
 //!   `apply` and snapshot installation, each in one transaction that also records the applied
 //!   log id (invariant 1).
-//! - [`network`]: sends Raft RPCs to peers over gRPC, tagged with the cluster id.
+//! - [`network`]: sends Raft RPCs to peers over gRPC, tagged with the cluster id, in messages
+//!   under the peer limit (`AppendEntries` batches cut to size, snapshots in [`chunks`]).
 //!
 //! The server half of the peer service lives in `blixard-node`, next to the code that handles
 //! forwarded proposals and read-index requests.
 
+pub mod chunks;
 pub mod events;
 pub mod log_store;
 pub mod metrics;

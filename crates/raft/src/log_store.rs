@@ -32,11 +32,12 @@ type C = TypeConfig;
 
 /// Log entries are stored with bincode: compact and several times faster than JSON for the
 /// hot path (every proposal is encoded once here and decoded by every replication read).
-fn encode_entry(e: &EntryOf<C>) -> Result<Vec<u8>, std::io::Error> {
+pub fn encode_entry(e: &EntryOf<C>) -> Result<Vec<u8>, std::io::Error> {
     bincode::serialize(e).map_err(io_err)
 }
 
-fn decode_entry(b: &[u8]) -> Result<EntryOf<C>, std::io::Error> {
+/// Decodes a stored entry; anything malformed is an `InvalidData` error (fuzzed: never a panic).
+pub fn decode_entry(b: &[u8]) -> Result<EntryOf<C>, std::io::Error> {
     bincode::deserialize(b).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -13,6 +13,14 @@ pub struct StoreMetrics {
     pub applied_entries: Counter,
     pub snapshots_built: Counter,
     pub snapshots_installed: Counter,
+    /// Snapshot chunks this node sent to lagging followers (as leader).
+    pub snapshot_chunks_sent: Counter,
+    /// Snapshot chunks this node received and accepted (as follower).
+    pub snapshot_chunks_received: Counter,
+    /// Snapshot streams refused (bad header, over the cap, out of order, truncated).
+    pub snapshots_refused: Counter,
+    /// `AppendEntries` batches cut short to stay under the peer message limit.
+    pub appends_split: Counter,
 }
 
 impl Default for StoreMetrics {
@@ -22,6 +30,10 @@ impl Default for StoreMetrics {
             applied_entries: Counter::default(),
             snapshots_built: Counter::default(),
             snapshots_installed: Counter::default(),
+            snapshot_chunks_sent: Counter::default(),
+            snapshot_chunks_received: Counter::default(),
+            snapshots_refused: Counter::default(),
+            appends_split: Counter::default(),
         }
     }
 }

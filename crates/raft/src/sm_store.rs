@@ -57,6 +57,19 @@ impl SharedState {
     }
 }
 
+/// The state a snapshot's data holds, with its derived fields rebuilt; anything malformed is an
+/// `InvalidData` error (fuzzed: never a panic).
+pub fn decode_snapshot_data(data: &[u8]) -> Result<ClusterState, std::io::Error> {
+    let mut state: ClusterState = serde_json::from_slice(data).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("corrupt snapshot: {e}"),
+        )
+    })?;
+    state.rebuild_derived();
+    Ok(state)
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMetaOf<C>,
@@ -323,13 +336,7 @@ impl RaftStateMachine<C> for StateMachineStore {
         snapshot: Self::SnapshotData,
     ) -> Result<(), std::io::Error> {
         let data = snapshot.into_inner();
-        let mut state: ClusterState = serde_json::from_slice(&data).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("corrupt snapshot: {e}"),
-            )
-        })?;
-        state.rebuild_derived();
+        let state = decode_snapshot_data(&data)?;
         let applied = Applied {
             state,
             last_applied: meta.last_log_id,

@@ -1,12 +1,8 @@
 //! The peer service (`RaftPeer`): Raft messages, proposals and heartbeats between members.
 
-use std::io::Cursor;
-
 use blixard_api::pb;
 use blixard_api::pb::raft_peer_server::RaftPeer;
 use blixard_core::Request;
-use blixard_raft::TypeConfig;
-use openraft::Snapshot;
 use serde::Serialize;
 use tonic::{Request as GrpcRequest, Response, Status};
 
@@ -49,24 +45,10 @@ impl RaftPeer for Api {
 
     async fn install_snapshot(
         &self,
-        r: GrpcRequest<pb::RaftMessage>,
+        r: GrpcRequest<tonic::Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let cert = self.check_peer(&r)?;
-        type Meta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-        type Vote = openraft::alias::VoteOf<TypeConfig>;
-        let (vote, meta, data): (Vote, Meta, Vec<u8>) = decode(r.get_ref())?;
-        security::check_snapshot(cert, &vote, &meta)?;
-        let snapshot = Snapshot {
-            meta,
-            snapshot: Cursor::new(data),
-        };
-        let res = self
-            .node
-            .raft
-            .install_full_snapshot(vote, snapshot)
-            .await
-            .map_err(openraft::error::RaftError::<TypeConfig>::Fatal);
-        encode(&res)
+        crate::snapshot::receive(&self.node, cert, r.into_inner()).await
     }
 
     async fn propose(
