@@ -1,4 +1,5 @@
 //! Workloads that cannot reach what they must not, bounded client messages, CLI timeouts.
+//! (Peer and enrollment messages without a member certificate: `security.rs`.)
 //!
 //! The task-user tests need root and the `blixard-task` user (scripts/setup.sh creates it):
 //! without them they FAIL with a message saying so (they never pass silently).
@@ -309,16 +310,17 @@ fn an_oversized_client_message_is_refused_before_it_is_decoded() {
             ),
             "{s:?}"
         );
-        // The peer service, with a client's (not a node's) certificate: refused before its
-        // body is read.
-        let mut peer = common::peer_client(&a, &admin).max_encoding_message_size(usize::MAX);
-        let s = peer
-            .append_entries(blixard_api::pb::RaftMessage {
-                data: big.clone().into_bytes(),
+        // The networks service, the other client service.
+        let mut nets = blixard_api::NetworksClient::new(common::tls_channel(&a, &admin))
+            .max_encoding_message_size(usize::MAX);
+        let s = nets
+            .create_network(blixard_api::pb::CreateNetworkRequest {
+                name: big.clone(),
+                ..Default::default()
             })
             .await
-            .expect_err("a client's 200 MiB peer message was accepted");
-        assert_ne!(s.code(), tonic::Code::Ok);
+            .expect_err("a 200 MiB network request was accepted");
+        assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
     });
     drop(big);
     let after = rss_kib(pid);
