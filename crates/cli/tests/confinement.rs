@@ -123,7 +123,18 @@ fn refusal(what: &str, name: &str) -> String {
 
 #[test]
 fn host_files_outside_the_image_directories_are_refused_with_one_message() {
-    let c = Cluster::start(1, &["--driver", "process"]);
+    // Room for every VM at once (failed VMs keep their allocation).
+    let c = Cluster::start(
+        1,
+        &[
+            "--driver",
+            "process",
+            "--vcpus",
+            "16",
+            "--memory-mb",
+            "16384",
+        ],
+    );
     let a = c.addr(1);
     let images = c.node(1).dir.join("images");
     std::fs::create_dir_all(&images).unwrap();

@@ -133,9 +133,16 @@ async fn run(readonly: bool) {
             .arg(&flat)
             .output()
             .expect("qemu-img convert");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let data = std::fs::read(&flat).expect("flattened overlay");
-        assert!(data.starts_with(MARK.as_bytes()), "the guest's write is in the overlay");
+        assert!(
+            data.starts_with(MARK.as_bytes()),
+            "the guest's write is in the overlay"
+        );
     }
     // ... and never in the base image.
     assert_eq!(sha256(&base), before, "the base image was written");
