@@ -165,8 +165,11 @@ mod tests {
             refused("/etc/shadow"),
             refused("/etc/no-such-file"),
             refused("sub"),
-            refused(""),
         ];
+        assert_eq!(
+            resolve("kernel", "", &dirs).expect_err("empty").to_string(),
+            blixard_core::spec::image_refusal("kernel", "")
+        );
         for m in &msgs {
             assert_eq!(m, &msgs[0]);
         }
