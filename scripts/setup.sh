@@ -5,7 +5,8 @@
 #  - build: a Rust toolchain must already be present (cargo); protoc is vendored by a crate.
 #  - tests and demo: iproute2 and iptables (the fault harness's network namespaces and
 #    partitions), procps (kill), util-linux (setsid), curl (the demo fetches a VM's page),
-#    cargo-nextest (optional: the test script falls back to cargo test), the default guest
+#    cargo-nextest (optional: the test script falls back to cargo test), qemu-utils (qemu-img:
+#    VM disk overlays), the unprivileged user tasks run as (blixard-task), the default guest
 #    (QEMU, busybox, the Debian cloud kernel and its virtio modules) through
 #    scripts/setup-guest.sh, and chromium (headless) for the dashboard's browser test.
 set -eu
@@ -37,11 +38,19 @@ if [ "$(id -u)" -eq 0 ]; then
     command -v setsid >/dev/null 2>&1 || missing="$missing util-linux"
     command -v curl >/dev/null 2>&1 || missing="$missing curl"
     command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    # qemu-img: each VM's disk is a copy-on-write overlay of its base image.
+    command -v qemu-img >/dev/null 2>&1 || missing="$missing qemu-utils"
     if [ -n "$missing" ]; then
         log "installing:$missing"
         apt-get update -qq
         # shellcheck disable=SC2086
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    fi
+    # Tasks run as this unprivileged user (blixard node --task-user; no login, no home).
+    if ! getent passwd blixard-task >/dev/null 2>&1; then
+        log "creating the task user blixard-task"
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin blixard-task
     fi
     "$here/setup-guest.sh"
 else

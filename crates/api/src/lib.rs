@@ -134,6 +134,7 @@ impl From<&core::VmSpec> for pb::VmSpec {
             priority: Some(u32::from(s.priority)),
             preempt: s.preempt,
             disk_image: s.disk_image.clone(),
+            disk_readonly: s.disk_readonly,
             network: s.network.clone(),
             ip: s.ip.map(|ip| ip.to_string()),
         }
@@ -171,6 +172,7 @@ impl TryFrom<pb::VmSpec> for core::VmSpec {
         }
         spec.preempt = s.preempt;
         spec.disk_image = s.disk_image;
+        spec.disk_readonly = s.disk_readonly;
         spec.network = s.network.filter(|n| !n.is_empty());
         if let Some(ip) = s.ip.filter(|ip| !ip.is_empty()) {
             spec.ip = Some(

@@ -7,6 +7,7 @@ mod bench;
 mod client;
 mod network;
 mod output;
+mod transport;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +35,17 @@ struct Cli {
     /// node started with --init).
     #[arg(long, global = true, env = "BLIXARD_CREDENTIALS", value_name = "FILE")]
     credentials: Option<PathBuf>,
+    /// Connect and request timeout of client commands (e.g. 500ms, 10s, 2m), given before the
+    /// subcommand (`blixard --timeout 5s vm list`: the subcommands' own `--timeout` are other
+    /// things). `vm wait`, `task wait` and `--follow` keep their own waits.
+    #[arg(
+        long,
+        env = "BLIXARD_TIMEOUT",
+        value_name = "DUR",
+        default_value = transport::DEFAULT_TIMEOUT,
+        value_parser = transport::parse_duration
+    )]
+    timeout: Duration,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -180,6 +192,14 @@ struct DaemonArgs {
     /// in the cluster state but get no network interface.
     #[arg(long)]
     no_host_network: bool,
+    /// A directory whose files VMs may name as --kernel, --initrd or --disk-image
+    /// (repeatable; default DATA_DIR/images and the default guest directory). Anything
+    /// outside them is refused.
+    #[arg(long = "image-dir", value_name = "DIR")]
+    image_dirs: Vec<PathBuf>,
+    /// The user tasks run as when the node runs as root (created by scripts/setup.sh).
+    #[arg(long, value_name = "NAME", default_value = blixard_node::config::DEFAULT_TASK_USER)]
+    task_user: String,
 }
 
 #[derive(Subcommand)]
@@ -432,6 +452,11 @@ async fn run_daemon(a: DaemonArgs) -> anyhow::Result<()> {
         drain_parallelism: a.drain_parallelism.max(1),
     };
     config.http = a.http;
+    config.image_dirs = a.image_dirs;
+    if a.task_user.is_empty() {
+        anyhow::bail!("--task-user must name a user");
+    }
+    config.task_user = a.task_user;
     blixard_node::run(config, shutdown_signal()).await?;
     Ok(())
 }
@@ -489,6 +514,7 @@ fn main() -> ExitCode {
         }
     };
     client::set_credentials(cli.credentials.clone());
+    transport::set_timeout(cli.timeout);
     let res = rt.block_on(async move {
         let c = client::Client::new(cli.addr.clone(), cli.json);
         match cli.command {

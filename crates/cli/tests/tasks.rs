@@ -92,11 +92,18 @@ fn tasks_on_one_node() {
     let t = wait_end(&a, &slow, DEADLINE);
     assert_eq!(t["state"], "timed_out");
     assert!(t["exit_code"].is_null());
-    let pid: u32 = std::fs::read_to_string(c.node(1).dir.join("tasks").join(&slow).join("pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: u32 = std::fs::read_to_string(
+        c.node(1)
+            .dir
+            .join("tasks")
+            .join(&slow)
+            .join("work")
+            .join("pid"),
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
     wait_for(
         "the timed-out process to be gone",
         Duration::from_secs(10),
@@ -117,11 +124,18 @@ fn tasks_on_one_node() {
     );
     let t = wait_end(&a, &long, DEADLINE);
     assert_eq!(t["state"], "cancelled");
-    let pid: u32 = std::fs::read_to_string(c.node(1).dir.join("tasks").join(&long).join("pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: u32 = std::fs::read_to_string(
+        c.node(1)
+            .dir
+            .join("tasks")
+            .join(&long)
+            .join("work")
+            .join("pid"),
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
     wait_for(
         "the cancelled process to be gone",
         Duration::from_secs(10),
@@ -335,7 +349,7 @@ fn a_daemon_restart_mid_task_reports_the_attempt_failed_and_never_reruns_it() {
         let t = try_json(&a, &["task", "status", &id])?;
         (t["state"] == "running").then_some(())
     });
-    let dir = c.node(1).dir.join("tasks").join(&id);
+    let dir = c.node(1).dir.join("tasks").join(&id).join("work");
     let pid: u32 = wait_for("the pid file", DEADLINE, || {
         std::fs::read_to_string(dir.join("pid"))
             .ok()?

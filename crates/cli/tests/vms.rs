@@ -264,37 +264,23 @@ fn builtin_workload_signals_ready_and_stops_cleanly_on_sigterm() {
 }
 
 #[test]
-fn qemu_vm_boots_with_a_raw_disk_image_and_missing_paths_are_refused() {
+fn qemu_vm_boots_with_a_raw_disk_image_through_an_overlay_and_bad_paths_are_refused() {
     let c = Cluster::start(1, &["--driver", "qemu"]);
-    let missing = run_cli(
+    let refused = run_cli(
         &c.addr(1),
-        &[
-            "vm",
-            "create",
-            "nodisk",
-            "--disk-image",
-            "/nonexistent/disk.qcow2",
-        ],
+        &["vm", "create", "nokernel", "--kernel", "../../vmlinuz"],
     );
-    assert!(!missing.status.success());
+    assert!(!refused.status.success());
     assert!(
-        String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/disk.qcow2"),
-        "the error names the path"
+        String::from_utf8_lossy(&refused.stderr).contains("image directories"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
     );
-    let kernel = run_cli(
-        &c.addr(1),
-        &[
-            "vm",
-            "create",
-            "nokernel",
-            "--kernel",
-            "/nonexistent/vmlinuz",
-        ],
-    );
-    assert!(String::from_utf8_lossy(&kernel.stderr).contains("/nonexistent/vmlinuz"));
 
-    // A raw image is just a (sparse) file.
-    let img = c.tmp.path().join("disk.img");
+    // A raw image is just a (sparse) file, in the node's image directory (DATA_DIR/images).
+    let images = c.node(1).dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let img = images.join("disk.img");
     std::fs::File::create(&img)
         .unwrap()
         .set_len(16 << 20)
@@ -308,17 +294,30 @@ fn qemu_vm_boots_with_a_raw_disk_image_and_missing_paths_are_refused() {
             "--memory",
             "256",
             "--disk-image",
-            img.to_str().unwrap(),
+            "disk.img",
         ],
     );
     c.wait_vm(1, "withdisk", "running", BOOT, |v| v["state"] == "running");
     let pid = c.vm_pid(1, "withdisk").unwrap();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let overlay = c.node(1).dir.join("vms/withdisk/disk.qcow2");
     assert!(
-        cmdline.contains(img.to_str().unwrap()) && cmdline.contains("format=raw"),
-        "QEMU got the disk: {cmdline}"
+        cmdline.contains(overlay.to_str().unwrap()) && cmdline.contains("format=qcow2"),
+        "QEMU got the overlay, not the image: {cmdline}"
     );
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output", "json", "-U"])
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        info["backing-filename"].as_str(),
+        Some(img.canonicalize().unwrap().to_str().unwrap()),
+        "{info}"
+    );
+    assert_eq!(info["backing-filename-format"], "raw", "{info}");
 }
 
 #[test]

@@ -202,6 +202,9 @@ pub struct VmSpec {
     /// Root disk image (raw, or qcow2 by its `.qcow2` extension), attached as virtio-blk.
     #[serde(default)]
     pub disk_image: Option<String>,
+    /// Attach the disk image read-only instead of through a copy-on-write overlay.
+    #[serde(default)]
+    pub disk_readonly: bool,
     /// The network to take an address from; `None`: `default` when the cluster has it.
     #[serde(default)]
     pub network: Option<String>,
@@ -232,6 +235,7 @@ impl VmSpec {
             priority: DEFAULT_PRIORITY,
             preempt: false,
             disk_image: None,
+            disk_readonly: false,
             network: None,
             ip: None,
         }
@@ -272,6 +276,9 @@ impl VmSpec {
                     return Err(ApplyError::invalid(format!(
                         "{what} path must be 1 to {MAX_PATH_LEN} bytes"
                     )));
+                }
+                if obviously_outside_images(p) {
+                    return Err(ApplyError::invalid(image_refusal(what, p)));
                 }
             }
         }
@@ -317,6 +324,26 @@ impl VmSpec {
 }
 
 /// Names follow `[a-z0-9][a-z0-9-]{0,62}`.
+/// The one refusal of a kernel, initrd or disk image a node will not open: outside its image
+/// directories, or not there (a client never learns which host files exist). Given by the
+/// spec check for obviously bad paths and by the node that would open the file.
+pub fn image_refusal(what: &str, path: &str) -> String {
+    format!(
+        "{what} {:?} is not a file in the node's image directories: name a file inside them (blixard node --image-dir; default DATA_DIR/images and the default guest directory)",
+        truncate_for_message(path)
+    )
+}
+
+/// Paths no image directory can hold: a `..` component, or under /proc, /sys or /dev.
+fn obviously_outside_images(p: &str) -> bool {
+    let path = std::path::Path::new(p);
+    path.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+        || ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|root| path.starts_with(root))
+}
+
 pub fn validate_name(name: &str) -> Result<(), ApplyError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
@@ -392,6 +419,26 @@ mod tests {
         for bad in ["", "-a", "A", "a_b", "a.b", &"a".repeat(64), "é"] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn obviously_bad_image_paths_get_the_one_refusal() {
+        for bad in [
+            "../../../../etc/passwd",
+            "a/../b",
+            "/proc/self/environ",
+            "/dev/sda",
+            "/sys/x",
+        ] {
+            let mut s = VmSpec::new("v");
+            s.kernel = Some(bad.into());
+            let e = s.validate().expect_err(bad).to_string();
+            assert!(e.contains(&image_refusal("kernel", bad)), "{e}");
+        }
+        let mut s = VmSpec::new("v");
+        s.disk_image = Some("base.img".into());
+        s.kernel = Some("/var/lib/blixard/guest/vmlinuz".into());
+        assert!(s.validate().is_ok());
     }
 
     #[test]

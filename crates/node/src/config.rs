@@ -84,7 +84,17 @@ pub struct NodeConfig {
     /// Serve HTTP (health, metrics, JSON API, events, dashboard) here; port 0 picks a free
     /// port (the bound address is written to `http.addr` in the data directory).
     pub http: Option<SocketAddr>,
+    /// Directories whose files VMs may be given as kernel, initrd or disk image
+    /// (`--image-dir`, repeatable). Empty: `DATA_DIR/images` and the default guest directory.
+    pub image_dirs: Vec<PathBuf>,
+    /// The user tasks run as when the daemon runs as root (`--task-user`, default
+    /// [`DEFAULT_TASK_USER`], created by scripts/setup.sh). A daemon that is not root runs
+    /// tasks as its own user.
+    pub task_user: String,
 }
+
+/// The user tasks run as by default.
+pub const DEFAULT_TASK_USER: &str = "blixard-task";
 
 /// Failure detection and fencing. The lease, its grace and the heartbeat interval are cluster
 /// settings in the replicated state (`blixard cluster settings`), so that every node fences on
@@ -141,6 +151,8 @@ impl NodeConfig {
             default_network_cidr: blixard_core::network::DEFAULT_CIDR.into(),
             host_network: true,
             http: None,
+            image_dirs: Vec::new(),
+            task_user: DEFAULT_TASK_USER.into(),
         }
     }
 

@@ -437,6 +437,18 @@ impl Executor {
                     return Ok(());
                 }
                 let mut cfg = self.vm_config(spec)?;
+                if let Err(e) = self.resolve_host_files(spec, &mut cfg) {
+                    // Refused (outside the image directories, or missing): final.
+                    tracing::warn!(vm = %spec.name, error = %e, "refusing a host file");
+                    return self
+                        .report(
+                            &spec.name,
+                            *epoch,
+                            blixard_core::VmState::Failed,
+                            Some(e.to_string()),
+                        )
+                        .await;
+                }
                 self.attach_network(&mut cfg).await?;
                 tracing::info!(vm = %spec.name, epoch, restart, "starting VM");
                 match self.driver.start(&cfg, *epoch).await {
@@ -569,6 +581,29 @@ impl Executor {
             }
         }
         Ok(cfg)
+    }
+
+    /// The kernel, initrd and disk image the spec names, resolved inside this node's image
+    /// directories (see `blixard_vmm::images`); the default guest is the node's own choice.
+    fn resolve_host_files(&self, spec: &VmSpec, cfg: &mut VmConfig) -> Result<(), DriverError> {
+        let dirs = blixard_vmm::images::image_dirs(
+            &self.node.config.data_dir,
+            &self.node.config.image_dirs,
+        );
+        let resolve = |what: &str, p: &Option<String>| {
+            p.as_deref()
+                .map(|p| blixard_vmm::images::resolve(what, p, &dirs))
+                .transpose()
+        };
+        if let Some(k) = resolve("kernel", &spec.kernel)? {
+            cfg.kernel = Some(k);
+        }
+        if let Some(i) = resolve("initrd", &spec.initrd)? {
+            cfg.initrd = Some(i);
+        }
+        cfg.disk_image = resolve("disk image", &spec.disk_image)?;
+        cfg.disk_readonly = spec.disk_readonly;
+        Ok(())
     }
 
     fn default_guest(&self) -> Result<(PathBuf, PathBuf), NodeError> {

@@ -111,6 +111,8 @@ struct CreateVmBody {
     cmdline: Option<String>,
     disk_image: Option<String>,
     #[serde(default)]
+    disk_readonly: bool,
+    #[serde(default)]
     network: Option<String>,
     #[serde(default)]
     ip: Option<String>,
@@ -411,6 +413,7 @@ async fn create_vm(
         priority: b.priority,
         preempt: b.preempt,
         disk_image: b.disk_image,
+        disk_readonly: b.disk_readonly,
         network: b.network,
         ip: b.ip,
     };

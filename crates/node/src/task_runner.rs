@@ -3,10 +3,20 @@
 //!
 //! Stateless like the executor: what to run comes from the applied state; the only local
 //! things are runtime handles (a cancel channel per running attempt) and, on disk under
-//! `<data_dir>/tasks/<id>/` (the task's working directory), the captured output (`output`, the
-//! last 64 KiB), a marker (`attempt.json`) recording that an attempt was started, so a
-//! restarted daemon never starts the same attempt twice, and the supervisor's run directory
-//! `run/`.
+//! `<data_dir>/tasks/<id>/`, the captured output (`output`, the last 64 KiB), a marker
+//! (`attempt.json`) recording that an attempt was started, so a restarted daemon never starts
+//! the same attempt twice, the supervisor's run directory `run/`, and the task's working
+//! directory `work/` (fresh for each attempt).
+//!
+//! # Unprivileged
+//!
+//! A daemon running as root runs tasks as the node's task user (`--task-user`, default
+//! `blixard-task`, created by scripts/setup.sh), with resource limits
+//! ([`blixard_vmm::supervisor::Limits`]); the task cannot start when that user does not exist.
+//! Only `work/` belongs to the task user: the task reaches it as its working directory (entered
+//! before the drop), while `<data_dir>` and `tasks/<id>/` stay root's and closed, so it cannot
+//! read the node's keys, state or other tasks, nor forge its own ending in `run/`. A daemon
+//! that is not root runs tasks as its own user (it has nothing to drop).
 //!
 //! Each attempt runs under its own workload supervisor (`blixard_vmm::supervisor`), exactly
 //! like a VM: detached from the daemon, it holds the process as its child, kills it at the
@@ -188,6 +198,45 @@ fn ending_from_files(dir: &Path, cancelled: bool, node_id: u64) -> Ending {
             "the process is gone without a recorded exit status (its supervisor was killed)".into(),
         ),
     }
+}
+
+/// The user a task runs as: `name` when this daemon is root (an error when it does not
+/// exist), `None` (the daemon's own user) otherwise.
+fn task_user(name: &str) -> Result<Option<supervisor::RunAs>, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(Some(supervisor::RunAs {
+            name: u.name,
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        })),
+        Ok(None) => Err(format!(
+            "the task user '{name}' does not exist on this host: run scripts/setup.sh (as root) to create it, or start the node with --task-user NAME"
+        )),
+        Err(e) => Err(format!("cannot look up the task user '{name}': {e}")),
+    }
+}
+
+/// The task's working directory `dir/work`, fresh and owned by the task's user (`dir` itself
+/// closed to everyone else).
+fn prepare_work_dir(dir: &Path, run_as: Option<&supervisor::RunAs>) -> Result<PathBuf, NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let work = dir.join("work");
+    let io =
+        |what: &str, e: std::io::Error| NodeError::Io(format!("{what} {}: {e}", work.display()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| NodeError::Io(format!("closing {}: {e}", dir.display())))?;
+    std::fs::create_dir(&work).map_err(|e| io("creating", e))?;
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io("setting the mode of", e))?;
+    if let Some(r) = run_as {
+        std::os::unix::fs::chown(&work, Some(r.uid), Some(r.gid))
+            .map_err(|e| io("handing over", e))?;
+    }
+    Ok(work)
 }
 
 /// How an attempt ended.
@@ -422,6 +471,37 @@ impl TaskRunner {
         let _ = std::fs::remove_dir_all(&run);
         std::fs::create_dir_all(&run)
             .map_err(|e| NodeError::Io(format!("creating {}: {e}", run.display())))?;
+        let run_as = match task_user(&self.node.config.task_user) {
+            Ok(r) => r,
+            Err(why) => {
+                tracing::warn!(task = %t.id, "{why}");
+                let marker = Marker {
+                    epoch: t.epoch,
+                    attempt: t.attempt,
+                    pid: None,
+                    starttime: None,
+                    boot_id: None,
+                    done: false,
+                };
+                write_marker(&dir, &marker)
+                    .map_err(|e| NodeError::Io(format!("writing the attempt marker: {e}")))?;
+                let ending = Ending {
+                    state: TaskState::Failed,
+                    exit_code: None,
+                    reason: Some(format!("node {}: {why}", self.node.id)),
+                };
+                let r = self.report_result(&t, ending, None).await;
+                let _ = write_marker(
+                    &dir,
+                    &Marker {
+                        done: true,
+                        ..marker
+                    },
+                );
+                return r;
+            }
+        };
+        let work = prepare_work_dir(&dir, run_as.as_ref())?;
         let mut marker = Marker {
             epoch: t.epoch,
             attempt: t.attempt,
@@ -440,10 +520,12 @@ impl TaskRunner {
             name: t.id.clone(),
             epoch: t.epoch,
             out: out_path.clone(),
-            cwd: Some(dir.clone()),
+            cwd: Some(work),
             timeout: Some(Duration::from_secs(t.spec.timeout_secs)),
             output_limit: Some(OUTPUT_LIMIT),
             stop_kills: true,
+            limits: run_as.as_ref().map(|_| supervisor::Limits::default()),
+            run_as,
             argv: t.spec.command.clone(),
         };
         let mut envs: Vec<(String, String)> = t

@@ -33,6 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod guest;
+pub mod images;
 pub mod process;
 pub mod qemu;
 pub mod rundir;
@@ -66,7 +67,11 @@ pub struct VmConfig {
     /// Extra kernel command line, appended after `console=ttyS0 ...`.
     pub cmdline: Option<String>,
     /// Root disk image, attached as a virtio-blk device (raw, or qcow2 by `.qcow2` extension).
+    /// Never written: qemu gives the VM a copy-on-write overlay of it (see [`images`]).
     pub disk_image: Option<PathBuf>,
+    /// Attach the disk image read-only instead of through an overlay.
+    #[serde(default)]
+    pub disk_readonly: bool,
     /// The console line that marks the VM ready. `None`: no readiness line (custom images
     /// without blixard's init); qemu then uses QMP `query-status == running`, the process
     /// driver "process alive".
@@ -102,6 +107,7 @@ impl VmConfig {
             initrd: None,
             cmdline: None,
             disk_image: None,
+            disk_readonly: false,
             ready_line: default_ready_line(),
             net: None,
         }
@@ -148,6 +154,10 @@ pub enum DriverError {
     InvalidConfig { name: String, why: String },
     #[error("{what} not found at {}: check the path (for the default guest run scripts/setup-guest.sh)", path.display())]
     MissingFile { what: &'static str, path: PathBuf },
+    /// A host file the VM may not be given (outside the image directories, or missing: one
+    /// message for both).
+    #[error("{why}")]
+    Refused { why: String },
     #[error("VM {name:?} is already running with epoch {running_epoch} (asked for epoch {requested_epoch}): stop it first")]
     AlreadyRunning {
         name: String,

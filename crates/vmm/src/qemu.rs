@@ -139,10 +139,15 @@ pub fn build_argv(cfg: &VmConfig, paths: &QemuPaths, accel: Accel) -> Vec<String
         push(&["-append", &append]);
     }
     if let Some(disk) = &cfg.disk_image {
+        let readonly = if cfg.disk_readonly {
+            ",readonly=on"
+        } else {
+            ""
+        };
         push(&[
             "-drive",
             &format!(
-                "id=disk0,if=none,format={},file={}",
+                "id=disk0,if=none,format={},file={}{readonly}",
                 disk_format(disk),
                 opt_path(disk)
             ),
@@ -182,6 +187,8 @@ fn opt_path(path: &Path) -> String {
 pub struct QemuDriver {
     run_root: PathBuf,
     qemu: OsString,
+    /// `qemu-img` (qemu-utils), which creates the disk overlays.
+    qemu_img: String,
     accel: Accel,
     envs: Vec<(String, String)>,
     /// The command that runs a supervisor ([`crate::supervisor::default_command`]).
@@ -194,6 +201,7 @@ impl QemuDriver {
         Self {
             run_root: run_root.into(),
             qemu: DEFAULT_QEMU.into(),
+            qemu_img: "qemu-img".into(),
             accel: host_accel(),
             envs: Vec::new(),
             supervisor: crate::supervisor::default_command(),
@@ -345,8 +353,22 @@ impl VmDriver for QemuDriver {
             return Ok(());
         };
         let paths = QemuPaths::in_dir(rd.dir());
+        // The base image is never written: the VM gets a copy-on-write overlay of it in its
+        // run directory (fresh for each run), unless it asked for a read-only attachment.
+        let mut run_cfg = cfg.clone();
+        if let (Some(base), false) = (&cfg.disk_image, cfg.disk_readonly) {
+            let overlay = rd.path(crate::images::OVERLAY);
+            crate::images::create_overlay(
+                &self.qemu_img,
+                base,
+                crate::images::probe_format(base),
+                &overlay,
+            )
+            .await?;
+            run_cfg.disk_image = Some(overlay);
+        }
         let mut argv = vec![self.qemu.to_string_lossy().into_owned()];
-        argv.extend(build_argv(cfg, &paths, self.accel));
+        argv.extend(build_argv(&run_cfg, &paths, self.accel));
         tracing::debug!(vm = %cfg.name, ?argv, "launching qemu");
         rd.launch(
             &self.supervisor,
@@ -588,6 +610,16 @@ mod tests {
                 "virtio-blk-device,drive=disk0",
             ])
         );
+    }
+
+    #[test]
+    fn argv_readonly_disk() {
+        let mut cfg = VmConfig::new("ro");
+        cfg.disk_image = Some("/img/base.img".into());
+        cfg.disk_readonly = true;
+        let argv = build_argv(&cfg, &QemuPaths::in_dir(Path::new("/r/ro")), Accel::Tcg);
+        assert!(argv
+            .contains(&"id=disk0,if=none,format=raw,file=/img/base.img,readonly=on".to_string()));
     }
 
     #[test]

@@ -38,6 +38,15 @@
 //! died before the request), then `exec`s the workload. The death signal survives `exec`, so a
 //! supervisor killed with `kill -9` takes its workload with it. (Descendants the workload forked
 //! itself are killed by the supervisor's group kill, but not by the death signal.)
+//!
+//! # Unprivileged workloads
+//!
+//! With [`Spec::run_as`] the trampoline drops to that user before `exec` (supplementary groups
+//! replaced by the user's primary group, then `setgid`, then `setuid`; checked), and with
+//! [`Spec::limits`] it sets hard and soft resource limits first ([`Limits`]: processes of the
+//! user, open files, address space, file size, no core dumps). The death signal is requested
+//! after the drop (the kernel clears it when credentials change). The supervisor and its run
+//! directory stay root's: the workload cannot forge its own ending.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -89,8 +98,113 @@ pub struct Spec {
     /// Kill the workload when `stop_requested` appears in `dir` (tasks: cancellation). VMs
     /// get a graceful stop from the driver instead.
     pub stop_kills: bool,
+    /// Run the workload as this user (tasks; needs a root supervisor).
+    pub run_as: Option<RunAs>,
+    /// Resource limits of the workload (tasks).
+    pub limits: Option<Limits>,
     /// The workload's argv (program first).
     pub argv: Vec<String>,
+}
+
+/// The user a workload runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Resource limits (soft = hard) set on a workload before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// RLIMIT_NPROC: processes (and threads) of the workload's user, all its workloads together.
+    pub nproc: u64,
+    /// RLIMIT_NOFILE: open file descriptors per process.
+    pub nofile: u64,
+    /// RLIMIT_AS: address space per process, bytes.
+    pub address_space: u64,
+    /// RLIMIT_FSIZE: largest file a process may write, bytes.
+    pub file_size: u64,
+}
+
+impl Default for Limits {
+    /// The task defaults: 512 processes, 4096 files, 8 GiB of address space, 4 GiB files.
+    fn default() -> Self {
+        Self {
+            nproc: 512,
+            nofile: 4096,
+            address_space: 8 << 30,
+            file_size: 4 << 30,
+        }
+    }
+}
+
+impl Limits {
+    fn render(&self) -> String {
+        format!(
+            "{},{},{},{}",
+            self.nproc, self.nofile, self.address_space, self.file_size
+        )
+    }
+
+    fn parse(s: &str) -> Result<Self, String> {
+        let v: Vec<u64> = s
+            .split(',')
+            .map(|x| x.parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("--limits {s:?}: {e}"))?;
+        match v.as_slice() {
+            [nproc, nofile, address_space, file_size] => Ok(Self {
+                nproc: *nproc,
+                nofile: *nofile,
+                address_space: *address_space,
+                file_size: *file_size,
+            }),
+            _ => Err(format!("--limits {s:?}: expected NPROC,NOFILE,AS,FSIZE")),
+        }
+    }
+
+    /// Sets them on this process (inherited by what it `exec`s).
+    fn apply(&self) -> Result<(), String> {
+        use nix::sys::resource::{setrlimit, Resource};
+        for (what, r, v) in [
+            ("RLIMIT_NPROC", Resource::RLIMIT_NPROC, self.nproc),
+            ("RLIMIT_NOFILE", Resource::RLIMIT_NOFILE, self.nofile),
+            ("RLIMIT_AS", Resource::RLIMIT_AS, self.address_space),
+            ("RLIMIT_FSIZE", Resource::RLIMIT_FSIZE, self.file_size),
+            ("RLIMIT_CORE", Resource::RLIMIT_CORE, 0),
+        ] {
+            setrlimit(r, v, v).map_err(|e| format!("cannot set {what} to {v}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The trampoline's part of a [`Spec`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Confine {
+    run_as: Option<RunAs>,
+    limits: Option<Limits>,
+}
+
+impl Confine {
+    fn to_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        if let Some(r) = &self.run_as {
+            a.extend([
+                "--user".into(),
+                r.name.clone().into(),
+                "--uid".into(),
+                r.uid.to_string().into(),
+                "--gid".into(),
+                r.gid.to_string().into(),
+            ]);
+        }
+        if let Some(l) = &self.limits {
+            a.extend(["--limits".into(), l.render().into()]);
+        }
+        a
+    }
 }
 
 impl Spec {
@@ -105,7 +219,16 @@ impl Spec {
             timeout: None,
             output_limit: None,
             stop_kills: false,
+            run_as: None,
+            limits: None,
             argv: argv.to_vec(),
+        }
+    }
+
+    fn confine(&self) -> Confine {
+        Confine {
+            run_as: self.run_as.clone(),
+            limits: self.limits,
         }
     }
 
@@ -133,6 +256,7 @@ impl Spec {
         if self.stop_kills {
             a.push("--stop-kills".into());
         }
+        a.extend(self.confine().to_args());
         a.push("--".into());
         a.extend(self.argv.iter().map(OsString::from));
         a
@@ -150,6 +274,7 @@ enum Mode {
     Exec {
         parent: i32,
         dir: PathBuf,
+        confine: Confine,
         argv: Vec<String>,
     },
 }
@@ -172,9 +297,22 @@ fn parse(args: Vec<OsString>) -> Result<Mode, String> {
             .parse()
             .map_err(|e| format!("parent pid: {e}"))?;
         let dir = PathBuf::from(next("run directory")?);
-        if next("--")? != "--" {
-            return Err("expected -- before the program".into());
+        let mut confine = Confine::default();
+        let (mut user, mut uid, mut gid) = (None, None, None);
+        loop {
+            match next("-- before the program")?.as_str() {
+                "--" => break,
+                other => parse_confine(
+                    other,
+                    &mut next,
+                    &mut user,
+                    &mut uid,
+                    &mut gid,
+                    &mut confine,
+                )?,
+            }
         }
+        confine.run_as = run_as(user, uid, gid)?;
         let mut argv = Vec::new();
         while let Ok(a) = next("argv") {
             argv.push(a);
@@ -182,13 +320,20 @@ fn parse(args: Vec<OsString>) -> Result<Mode, String> {
         if argv.is_empty() {
             return Err("missing program".into());
         }
-        return Ok(Mode::Exec { parent, dir, argv });
+        return Ok(Mode::Exec {
+            parent,
+            dir,
+            confine,
+            argv,
+        });
     }
     let mut dir = None;
     let mut name = None;
     let mut epoch = None;
     let mut out = None;
     let mut spec = Spec::vm(Path::new(""), "", 0, "", &[]);
+    let mut confine = Confine::default();
+    let (mut user, mut uid, mut gid) = (None, None, None);
     let mut flag = first;
     loop {
         match flag.as_str() {
@@ -220,10 +365,19 @@ fn parse(args: Vec<OsString>) -> Result<Mode, String> {
             }
             "--stop-kills" => spec.stop_kills = true,
             "--" => break,
-            other => return Err(format!("unknown argument {other:?}")),
+            other => parse_confine(
+                other,
+                &mut next,
+                &mut user,
+                &mut uid,
+                &mut gid,
+                &mut confine,
+            )?,
         }
         flag = next("-- and the program")?;
     }
+    spec.run_as = run_as(user, uid, gid)?;
+    spec.limits = confine.limits;
     while let Ok(a) = next("argv") {
         spec.argv.push(a);
     }
@@ -237,12 +391,48 @@ fn parse(args: Vec<OsString>) -> Result<Mode, String> {
     Ok(Mode::Supervise(spec))
 }
 
+/// One of the confinement flags (`--user`, `--uid`, `--gid`, `--limits`), or an error.
+fn parse_confine(
+    flag: &str,
+    next: &mut impl FnMut(&str) -> Result<String, String>,
+    user: &mut Option<String>,
+    uid: &mut Option<u32>,
+    gid: &mut Option<u32>,
+    confine: &mut Confine,
+) -> Result<(), String> {
+    match flag {
+        "--user" => *user = Some(next("--user")?),
+        "--uid" => *uid = Some(next("--uid")?.parse().map_err(|e| format!("--uid: {e}"))?),
+        "--gid" => *gid = Some(next("--gid")?.parse().map_err(|e| format!("--gid: {e}"))?),
+        "--limits" => confine.limits = Some(Limits::parse(&next("--limits")?)?),
+        other => return Err(format!("unknown argument {other:?}")),
+    }
+    Ok(())
+}
+
+fn run_as(
+    user: Option<String>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<Option<RunAs>, String> {
+    match (user, uid, gid) {
+        (None, None, None) => Ok(None),
+        (Some(name), Some(uid), Some(gid)) => Ok(Some(RunAs { name, uid, gid })),
+        _ => Err("--user, --uid and --gid go together".into()),
+    }
+}
+
 /// Entry point of `blixard supervise ARGS` (`args` may start with `supervise`). Returns the
 /// process exit status.
 pub fn main(args: Vec<OsString>) -> i32 {
     match parse(args) {
         Ok(Mode::Supervise(spec)) => supervise(&spec),
-        Ok(Mode::Exec { parent, dir, argv }) => exec(parent, &dir, &argv),
+        Ok(Mode::Exec {
+            parent,
+            dir,
+            confine,
+            argv,
+        }) => exec(parent, &dir, &confine, &argv),
         Err(e) => {
             eprintln!("blixard supervise: {e} (this command is started by the blixard daemon, not by hand)");
             2
@@ -250,23 +440,74 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
 }
 
-/// The trampoline: die with the parent, check it is still there, become the workload.
-fn exec(parent: i32, dir: &Path, argv: &[String]) -> i32 {
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-        let why =
-            format!("cannot tie the workload to its supervisor (prctl PR_SET_PDEATHSIG): {e}");
+/// Written (empty) by the trampoline before it drops its privileges; holds the reason when the
+/// workload then cannot be executed (the supervisor renames it to [`EXEC_FAILED`]).
+const EXEC_FAILED_PENDING: &str = "exec_failed.pending";
+
+/// Applies the limits and drops to the user (in this order: limits may need root).
+fn drop_privileges(confine: &Confine) -> Result<(), String> {
+    if let Some(l) = &confine.limits {
+        l.apply()?;
+    }
+    if let Some(r) = &confine.run_as {
+        use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+        let gid = Gid::from_raw(r.gid);
+        let uid = Uid::from_raw(r.uid);
+        setgroups(&[gid]).map_err(|e| format!("cannot set the groups of {}: {e}", r.name))?;
+        setgid(gid).map_err(|e| format!("cannot switch to group {}: {e}", r.gid))?;
+        setuid(uid).map_err(|e| format!("cannot switch to user {} ({}): {e}", r.name, r.uid))?;
+        // Never run with privileges left over.
+        if nix::unistd::getuid() != uid
+            || nix::unistd::geteuid() != uid
+            || nix::unistd::getegid() != gid
+            || (r.uid != 0 && setuid(Uid::from_raw(0)).is_ok())
+        {
+            return Err(format!("switching to user {} did not take", r.name));
+        }
+    }
+    Ok(())
+}
+
+/// The trampoline: drop privileges, die with the parent, check it is still there, become the
+/// workload.
+fn exec(parent: i32, dir: &Path, confine: &Confine, argv: &[String]) -> i32 {
+    // Opened while the run directory is still writable (close-on-exec: it closes when the
+    // workload starts).
+    let mut pending = fs::File::create(dir.join(EXEC_FAILED_PENDING)).ok();
+    if let Err(why) = drop_privileges(confine) {
+        let why = format!("cannot start '{}': {why}", argv[0]);
         let _ = rundir::write_atomic(&dir.join(EXEC_FAILED), why.as_bytes());
         eprintln!("{why}");
+        return 126;
+    }
+    let mut fail = |why: &str| {
+        if let Some(f) = pending.as_mut() {
+            let _ = f.write_all(why.as_bytes());
+        } else {
+            let _ = rundir::write_atomic(&dir.join(EXEC_FAILED), why.as_bytes());
+        }
+        eprintln!("{why}");
+    };
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        fail(&format!(
+            "cannot tie the workload to its supervisor (prctl PR_SET_PDEATHSIG): {e}"
+        ));
         return 126;
     }
     // The supervisor may have died between the fork and the prctl: then nobody would kill us.
     if nix::unistd::getppid().as_raw() != parent {
         return 125;
     }
-    let err = Command::new(&argv[0]).args(&argv[1..]).exec();
-    let why = format!("cannot start '{}': {err}", argv[0]);
-    let _ = rundir::write_atomic(&dir.join(EXEC_FAILED), why.as_bytes());
-    eprintln!("{why}");
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    if let Some(r) = &confine.run_as {
+        cmd.env("USER", &r.name).env("LOGNAME", &r.name);
+        if let Ok(cwd) = std::env::current_dir() {
+            cmd.env("HOME", cwd);
+        }
+    }
+    let err = cmd.exec();
+    fail(&format!("cannot start '{}': {err}", argv[0]));
     if err.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
@@ -491,6 +732,7 @@ fn supervise(spec: &Spec) -> i32 {
         .arg("--exec")
         .arg(std::process::id().to_string())
         .arg(dir)
+        .args(spec.confine().to_args())
         .arg("--")
         .args(&spec.argv)
         .current_dir(spec.cwd.as_deref().unwrap_or(dir))
@@ -577,6 +819,15 @@ fn supervise(spec: &Spec) -> i32 {
         let _ = done.recv_timeout(Duration::from_secs(2));
         flush_tail(tail, &out_path);
     }
+    // The trampoline's report of a failed exec, written after it dropped its privileges.
+    let pending = dir.join(EXEC_FAILED_PENDING);
+    match fs::read_to_string(&pending) {
+        Ok(why) if !why.is_empty() && !dir.join(EXEC_FAILED).exists() => {
+            write_file(&dir.join(EXEC_FAILED), &why)
+        }
+        _ => {}
+    }
+    let _ = fs::remove_file(&pending);
     let code = match status {
         Some(s) => s
             .code()
@@ -738,6 +989,12 @@ mod tests {
         spec.timeout = Some(Duration::from_millis(1500));
         spec.output_limit = Some(65536);
         spec.stop_kills = true;
+        spec.run_as = Some(RunAs {
+            name: "blixard-task".into(),
+            uid: 990,
+            gid: 989,
+        });
+        spec.limits = Some(Limits::default());
         let mut args: Vec<OsString> = vec!["supervise".into()];
         args.extend(spec.to_args());
         assert_eq!(parse(args), Ok(Mode::Supervise(spec)));
@@ -752,9 +1009,42 @@ mod tests {
             Ok(Mode::Exec {
                 parent: 12,
                 dir: "/d".into(),
+                confine: Confine::default(),
                 argv: vec!["true".into()]
             })
         );
+        let confine = Confine {
+            run_as: Some(RunAs {
+                name: "u".into(),
+                uid: 5,
+                gid: 6,
+            }),
+            limits: Some(Limits::default()),
+        };
+        let mut args: Vec<OsString> = ["--exec", "12", "/d"].map(OsString::from).to_vec();
+        args.extend(confine.to_args());
+        args.extend(["--", "true"].map(OsString::from));
+        assert_eq!(
+            parse(args),
+            Ok(Mode::Exec {
+                parent: 12,
+                dir: "/d".into(),
+                confine,
+                argv: vec!["true".into()]
+            })
+        );
+        assert!(parse(
+            ["--exec", "1", "/d", "--uid", "5", "--", "true"]
+                .map(OsString::from)
+                .to_vec()
+        )
+        .is_err());
+        assert!(parse(
+            ["--exec", "1", "/d", "--limits", "1,2", "--", "true"]
+                .map(OsString::from)
+                .to_vec()
+        )
+        .is_err());
     }
 
     #[test]

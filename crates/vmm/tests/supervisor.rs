@@ -326,6 +326,8 @@ fn task_spec(dir: &Path, name: &str, argv: &[&str], timeout: Duration) -> Spec {
         timeout: Some(timeout),
         output_limit: Some(1024),
         stop_kills: true,
+        run_as: None,
+        limits: None,
         argv: argv.iter().map(|s| s.to_string()).collect(),
     }
 }

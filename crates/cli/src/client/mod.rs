@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use blixard_api::BlixardClient;
 use tonic::transport::Channel;
 
@@ -51,23 +51,10 @@ pub fn tls() -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
     Ok(creds.client_config()?)
 }
 
-/// Connects to `addr` over mutual TLS with the credentials.
+/// Connects to `addr` over mutual TLS with the credentials, within `--timeout`.
 pub async fn channel(addr: &str, request_timeout: Option<Duration>) -> anyhow::Result<Channel> {
     let tls = tls()?;
-    let mut ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("invalid address '{addr}'"))?
-        .connect_timeout(Duration::from_secs(3));
-    if let Some(t) = request_timeout {
-        ep = ep.timeout(t);
-    }
-    ep.connect_with_connector(blixard_pki::Connector::new(tls))
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "cannot reach blixard at {addr}: {}",
-                blixard_pki::error_chain(&e)
-            )
-        })
+    crate::transport::connect(addr, tls, crate::transport::timeout(), request_timeout).await
 }
 
 pub(crate) fn request_id() -> String {
@@ -76,17 +63,7 @@ pub(crate) fn request_id() -> String {
 
 /// Turns a gRPC status into one clear line.
 pub(crate) fn status_err(addr: &str, s: tonic::Status) -> anyhow::Error {
-    match s.code() {
-        tonic::Code::Unavailable
-            if s.message().contains("transport error") || s.message().contains("connect") =>
-        {
-            anyhow!(
-                "cannot reach blixard at {addr}: is the node running? ({})",
-                s.message()
-            )
-        }
-        _ => anyhow!("{}", s.message()),
-    }
+    crate::transport::status_error(addr, &s)
 }
 
 impl Client {
@@ -100,7 +77,7 @@ impl Client {
 
     /// A connection to `--addr` over mutual TLS (shared by the services' clients).
     pub(crate) async fn channel(&self) -> anyhow::Result<Channel> {
-        channel(&self.addr, Some(Duration::from_secs(70))).await
+        channel(&self.addr, Some(crate::transport::timeout())).await
     }
 
     pub(crate) fn done(&self, msg: &str) {

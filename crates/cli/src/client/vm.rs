@@ -26,9 +26,13 @@ pub struct CreateArgs {
     initrd: Option<String>,
     #[arg(long)]
     cmdline: Option<String>,
-    /// Root disk image (raw, or qcow2 by its .qcow2 extension).
+    /// Root disk image: a file in the node's image directories (raw, or qcow2 by its .qcow2
+    /// extension). Never written: the VM gets a copy-on-write overlay of it.
     #[arg(long)]
     disk_image: Option<String>,
+    /// Attach the disk image read-only instead of through an overlay.
+    #[arg(long, requires = "disk_image")]
+    disk_readonly: bool,
     /// Label KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
@@ -92,6 +96,7 @@ impl Client {
             priority: a.priority,
             preempt: a.preempt,
             disk_image: a.disk_image,
+            disk_readonly: a.disk_readonly,
             network: a.network,
             ip: a.ip.map(|ip| ip.to_string()),
         };

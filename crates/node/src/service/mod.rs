@@ -83,20 +83,9 @@ impl Api {
 fn parse_spec(spec: Option<pb::VmSpec>) -> Result<VmSpec, Status> {
     let spec = spec.ok_or_else(|| Status::invalid_argument("missing VM spec"))?;
     let spec = VmSpec::try_from(spec).map_err(Status::invalid_argument)?;
+    // Host files are resolved by the node that runs the VM, inside its image directories
+    // (blixard_vmm::images); the spec check refuses the obviously bad ones.
     spec.validate().map_err(NodeError::Rejected)?;
-    for (what, p) in [
-        ("kernel", &spec.kernel),
-        ("initrd", &spec.initrd),
-        ("disk image", &spec.disk_image),
-    ] {
-        if let Some(p) = p {
-            if !std::path::Path::new(p).is_file() {
-                return Err(Status::invalid_argument(format!(
-                    "{what} not found: {p} (paths must exist on the nodes)"
-                )));
-            }
-        }
-    }
     Ok(spec)
 }
 
