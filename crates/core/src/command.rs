@@ -21,6 +21,11 @@ pub struct Request {
     /// `apply` never reads a clock: it uses this.
     pub time_ms: u64,
     pub command: Command,
+    /// Who asked (the authenticated client's name, see [`crate::auth`]), stamped by the node
+    /// that received the request and carried when it is forwarded; `None` for the cluster's
+    /// own proposals. Recorded as `created_by` and in the events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 impl Request {
@@ -29,7 +34,13 @@ impl Request {
             request_id: None,
             time_ms,
             command,
+            caller: None,
         }
+    }
+
+    pub fn by(mut self, caller: Option<String>) -> Self {
+        self.caller = caller;
+        self
     }
 
     pub fn with_id(mut self, id: impl Into<String>) -> Self {

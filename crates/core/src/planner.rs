@@ -241,6 +241,7 @@ mod tests {
             preempted_by: None,
             network: None,
             ip: None,
+            created_by: None,
         }
     }
 
