@@ -8,6 +8,7 @@
 //! Everything distributed goes through Raft: this crate keeps only local state (the identity
 //! file, connections, the Raft handle).
 
+pub mod authz;
 pub mod capabilities;
 pub mod config;
 pub mod error;
@@ -249,6 +250,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         None => {}
     }
     tasks.push(tokio::spawn(register_worker(node.clone())));
+    tasks.push(tokio::spawn(authz::record_bootstrap_admin(node.clone())));
     tasks.push(tokio::spawn(housekeeping(node.clone())));
     tasks.push(tokio::spawn(
         executor::Executor::new(node.clone(), driver).run(),
@@ -363,6 +365,14 @@ async fn serve(node: Arc<Node>, listener: TcpListener) {
     let networks_auth = move |r| security::authenticate_client(&n3, r);
     let peer_auth = move |r| security::authenticate_peer(&n2, r);
     let res = tonic::transport::Server::builder()
+        // Every request is authorised here first (role table: `blixard_core::auth`).
+        .layer(authz::AuthzLayer { node: node.clone() })
+        .add_service(
+            blixard_api::pb::auth_server::AuthServer::new(authz::AuthService {
+                node: node.clone(),
+            })
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        )
         .add_service(InterceptedService::new(
             BlixardServer::new(api.clone())
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE)
@@ -430,7 +440,7 @@ fn initial_liveness(config: &NodeConfig) -> Result<Option<Command>, NodeError> {
 }
 
 /// Proposes `cmd` until it is applied (or refused), retrying while there is no leader.
-async fn propose_until_done(node: Arc<Node>, cmd: Command, what: &'static str) {
+pub(crate) async fn propose_until_done(node: Arc<Node>, cmd: Command, what: &'static str) {
     loop {
         tokio::select! {
             res = node.propose(cmd.clone(), None) => match res {
