@@ -223,23 +223,18 @@ fn unauthenticated_revoked_and_expired_credentials_are_refused() {
     {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let m = c.admin();
+        let fp = blixard_pki::Ca(blixard_pki::CertKey {
+            cert_pem: m.ca_pem.clone(),
+            key_pem: String::new(),
+        })
+        .fingerprint()
+        .unwrap();
         let code = rt.block_on(async {
-            let cfg = rustls::ClientConfig::builder_with_provider(blixard_pki::provider())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_root_certificates({
-                    let mut r = rustls::RootCertStore::empty();
-                    r.add(
-                        rustls::pki_types::CertificateDer::from_pem_slice(m.ca_pem.as_bytes())
-                            .unwrap(),
-                    )
-                    .unwrap();
-                    r
-                })
-                .with_no_client_auth();
-            let mut cfg = cfg;
-            cfg.alpn_protocols = vec![b"h2".to_vec()];
-            let ch = blixard_pki::channel(&c.addr(1), std::sync::Arc::new(cfg)).unwrap();
+            let ch = blixard_pki::channel(
+                &c.addr(1),
+                blixard_pki::pinned_client_config(&fp).unwrap(),
+            )
+            .unwrap();
             blixard_api::BlixardClient::new(ch)
                 .list_vms(blixard_api::pb::ReadOptions { stale: true })
                 .await

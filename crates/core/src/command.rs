@@ -23,8 +23,9 @@ pub struct Request {
     pub command: Command,
     /// Who asked (the authenticated client's name, see [`crate::auth`]), stamped by the node
     /// that received the request and carried when it is forwarded; `None` for the cluster's
-    /// own proposals. Recorded as `created_by` and in the events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// own proposals. Recorded as `created_by` and in the events. Always written (the log is
+    /// bincode, which cannot skip a field).
+    #[serde(default)]
     pub caller: Option<String>,
 }
 

@@ -137,7 +137,7 @@ pub struct VmRecord {
     #[serde(default)]
     pub ip: Option<std::net::Ipv4Addr>,
     /// Who created it (the client's name; see [`crate::auth`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub created_by: Option<String>,
 }
 

@@ -249,7 +249,7 @@ pub struct TaskRecord {
     pub finished_index: Option<u64>,
     pub updated_ms: u64,
     /// Who submitted it (the client's name; see [`crate::auth`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub created_by: Option<String>,
 }
 
