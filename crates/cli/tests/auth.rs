@@ -230,11 +230,9 @@ fn unauthenticated_revoked_and_expired_credentials_are_refused() {
         .fingerprint()
         .unwrap();
         let code = rt.block_on(async {
-            let ch = blixard_pki::channel(
-                &c.addr(1),
-                blixard_pki::pinned_client_config(&fp).unwrap(),
-            )
-            .unwrap();
+            let ch =
+                blixard_pki::channel(&c.addr(1), blixard_pki::pinned_client_config(&fp).unwrap())
+                    .unwrap();
             blixard_api::BlixardClient::new(ch)
                 .list_vms(blixard_api::pb::ReadOptions { stale: true })
                 .await
@@ -351,7 +349,7 @@ fn http_bearer_tokens_carry_roles() {
 
     // Operator: the write goes through and records the token's name.
     let (code, text) = http("POST", &format!("{base}/v1/vms"), Some(&op), Some(body));
-    assert_eq!(code, 200, "{text}");
+    assert_eq!(code, 201, "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["created_by"], "deploy");
     assert_eq!(

@@ -650,7 +650,10 @@ mod tests {
         assert_eq!(s, AuthState::default());
         // Already past its end when applied: recorded, and refused.
         s.apply(&record("0e", "late", Some(500)), 1000).unwrap();
-        assert!(s.credential_refusal("0e", 1000).unwrap().contains("expired"));
+        assert!(s
+            .credential_refusal("0e", 1000)
+            .unwrap()
+            .contains("expired"));
         s.apply(&record("0a", "ci", None), 1000).unwrap();
         // A retried identical record is fine; another one under the same serial is not.
         s.apply(&record("0a", "ci", None), 2000).unwrap();
