@@ -249,8 +249,15 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         ),
         None => {}
     }
-    tasks.push(tokio::spawn(register_worker(node.clone())));
-    tasks.push(tokio::spawn(authz::record_bootstrap_admin(node.clone())));
+    tasks.push(tokio::spawn({
+        let node = node.clone();
+        async move {
+            // The admin credential's record first (only the node holding admin.credentials has
+            // one to make): once this node is registered as a worker, it is in the state.
+            authz::record_bootstrap_admin(node.clone()).await;
+            register_worker(node).await;
+        }
+    }));
     tasks.push(tokio::spawn(housekeeping(node.clone())));
     tasks.push(tokio::spawn(
         executor::Executor::new(node.clone(), driver).run(),
