@@ -41,6 +41,7 @@ pub fn vm_json(v: &pb::VmInfo) -> Value {
         "anti_affinity": v.anti_affinity,
         "network": v.network,
         "ip": v.ip,
+        "created_by": v.created_by,
     })
 }
 
@@ -75,6 +76,7 @@ pub fn task_json(t: &pb::TaskInfo) -> Value {
         "submitted_ms": t.submitted_ms,
         "started_ms": t.started_ms,
         "finished_ms": t.finished_ms,
+        "created_by": t.created_by,
     })
 }
 
@@ -109,4 +111,18 @@ pub fn status_json(s: &pb::ClusterStatusReply) -> Value {
 pub fn settings_json(x: &pb::SchedulerSettings) -> Value {
     json!({"strategy": x.strategy, "vcpu_overcommit_pct": x.vcpu_overcommit_pct,
            "lease_ms": x.lease_ms, "grace_ms": x.grace_ms, "heartbeat_ms": x.heartbeat_ms})
+}
+
+/// One credential or bearer token record (`auth list --json`).
+pub fn auth_entry_json(e: &pb::AuthEntry) -> Value {
+    json!({
+        "kind": e.kind,
+        "id": e.id,
+        "name": e.name,
+        "role": e.role,
+        "created_ms": e.created_ms,
+        "expires_at_ms": e.expires_at_ms,
+        "created_by": e.created_by,
+        "status": e.status,
+    })
 }

@@ -13,6 +13,7 @@ pub mod pb {
     tonic::include_proto!("blixard.v1");
 }
 
+pub use pb::auth_client::AuthClient;
 pub use pb::blixard_client::BlixardClient;
 pub use pb::enroll_client::EnrollClient;
 pub use pb::networks_client::NetworksClient;
@@ -100,6 +101,7 @@ impl From<&core::VmRecord> for pb::VmInfo {
             labels: v.spec.labels.clone().into_iter().collect(),
             anti_affinity: v.spec.anti_affinity.clone(),
             created_ms: v.created_ms,
+            created_by: v.created_by.clone(),
             updated_ms: v.updated_ms,
             restarts: v.restarts,
             placement: v.placement.clone(),
@@ -268,6 +270,7 @@ impl From<&core::TaskRecord> for pb::TaskInfo {
             // Write-only: names, never values.
             env: Default::default(),
             env_names: t.spec.env.keys().cloned().collect(),
+            created_by: t.created_by.clone(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! This file only parses arguments and dispatches; the daemon lives in `blixard-node`, the
 //! client commands in [`client`], and printing in [`output`].
 
+mod auth;
 mod bench;
 mod client;
 mod network;
@@ -69,6 +70,11 @@ enum Cmd {
     Vm {
         #[command(subcommand)]
         sub: VmCmd,
+    },
+    /// Client credentials and bearer tokens, with roles (viewer, operator, admin).
+    Auth {
+        #[command(subcommand)]
+        sub: auth::AuthCmd,
     },
     /// Networks VMs take their addresses from.
     Network {
@@ -586,6 +592,7 @@ fn main() -> ExitCode {
                 } => c.token_revoke(&id).await,
             },
             Cmd::Network { sub } => network::run(&c, sub).await,
+            Cmd::Auth { sub } => auth::run(&c, sub).await,
             Cmd::Task { sub } => match sub {
                 TaskCmd::Submit(args) => c.task_submit(args).await,
                 TaskCmd::Status { id, stale } => c.task_status(&id, stale).await,

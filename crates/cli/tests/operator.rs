@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{json, run_cli, wait_for, Cluster, DEADLINE};
+use common::{json, run_cli, try_json, wait_for, Cluster, DEADLINE};
 use serde_json::Value;
 
 fn events(addr: &str, since: Option<u64>) -> Vec<Value> {
@@ -96,9 +96,16 @@ fn every_node_emits_the_same_events_and_resume_gives_each_once() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("vm ev1"));
 }
 
-/// `(status, body)` of an HTTP request to a node's `--http` address.
+/// The bearer token HTTP requests carry (one test per process: set by [`http_base`]).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `(status, body)` of an HTTP request to a node's `--http` address, with the test's bearer
+/// token.
 fn http(method: &str, url: &str, body: Option<Value>) -> (u16, String) {
-    let r = ureq::request(method, url).timeout(std::time::Duration::from_secs(30));
+    let mut r = ureq::request(method, url).timeout(std::time::Duration::from_secs(30));
+    if let Some(t) = TOKEN.get() {
+        r = r.set("Authorization", &format!("Bearer {t}"));
+    }
     let res = match body {
         Some(b) => r.send_json(b),
         None => r.call(),
@@ -117,7 +124,19 @@ fn http_json(method: &str, url: &str, body: Option<Value>, want: u16) -> Value {
         .unwrap_or_else(|e| panic!("{method} {url} is not JSON ({e}): {text}"))
 }
 
+/// The base URL of node `id`'s HTTP server; the first call also creates the admin bearer
+/// token the test's requests carry.
 fn http_base(c: &Cluster, id: u64) -> String {
+    TOKEN.get_or_init(|| {
+        wait_for("a bearer token", DEADLINE, || {
+            try_json(
+                &c.addr(1),
+                &["auth", "token", "--name", "http-test", "--role", "admin"],
+            )?["token"]
+                .as_str()
+                .map(String::from)
+        })
+    });
     let f = c.node(id).dir.join("http.addr");
     let addr = wait_for("the HTTP address file", DEADLINE, || {
         std::fs::read_to_string(&f).ok()
@@ -307,7 +326,11 @@ fn http_api_answers_like_the_cli_and_serves_metrics_events_and_dashboard() {
     assert_eq!(code, 200);
     assert!(js.contains("EventSource"));
     assert_eq!(http("GET", &format!("{b1}/ui/nope.js"), None).0, 404);
-    assert_eq!(json(&a1, &["dashboard"])["url"], format!("{b1}/ui/"));
+    let url = json(&a1, &["dashboard"])["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(url.starts_with(&format!("{b1}/ui/#token=bxt_")), "{url}");
 }
 
 /// The DOM of `url` after headless Chromium ran its scripts for `ms` (Debian's `chromium`,

@@ -21,6 +21,12 @@ pub struct Request {
     /// `apply` never reads a clock: it uses this.
     pub time_ms: u64,
     pub command: Command,
+    /// Who asked (the authenticated client's name, see [`crate::auth`]), stamped by the node
+    /// that received the request and carried when it is forwarded; `None` for the cluster's
+    /// own proposals. Recorded as `created_by` and in the events. Always written (the log is
+    /// bincode, which cannot skip a field).
+    #[serde(default)]
+    pub caller: Option<String>,
 }
 
 impl Request {
@@ -29,7 +35,13 @@ impl Request {
             request_id: None,
             time_ms,
             command,
+            caller: None,
         }
+    }
+
+    pub fn by(mut self, caller: Option<String>) -> Self {
+        self.caller = caller;
+        self
     }
 
     pub fn with_id(mut self, id: impl Into<String>) -> Self {

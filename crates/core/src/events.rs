@@ -35,6 +35,10 @@ pub struct Event {
     pub index: u64,
     /// The proposer's time of the entry (ms since the Unix epoch); 0 for membership entries.
     pub time_ms: u64,
+    /// Who asked for the change (the authenticated client's name) when a client did; absent
+    /// for the cluster's own decisions (placements, reports, liveness).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -286,6 +290,18 @@ impl EventSource {
         state: &ClusterState,
         touched: &BTreeSet<RowKey>,
     ) -> usize {
+        self.observe_by(index, time_ms, None, state, touched)
+    }
+
+    /// [`Self::observe`] for an entry a client asked for: its events carry `caller`.
+    pub fn observe_by(
+        &mut self,
+        index: u64,
+        time_ms: u64,
+        caller: Option<&str>,
+        state: &ClusterState,
+        touched: &BTreeSet<RowKey>,
+    ) -> usize {
         let mut out = Vec::new();
         for key in touched {
             match key {
@@ -336,6 +352,7 @@ impl EventSource {
             self.ring.push_back(Event {
                 index,
                 time_ms,
+                caller: caller.map(str::to_string),
                 kind,
             });
         }
@@ -361,6 +378,7 @@ impl EventSource {
             out.push(Event {
                 index: self.floor,
                 time_ms: 0,
+                caller: None,
                 kind: EventKind::Resync {
                     since,
                     message: format!(
@@ -530,11 +548,7 @@ mod tests {
     use crate::spec::{Resources, VmSpec};
 
     fn req(time_ms: u64, command: Command) -> Request {
-        Request {
-            request_id: None,
-            time_ms,
-            command,
-        }
+        Request::new(command, time_ms)
     }
 
     fn run(st: &mut ClusterState, src: &mut EventSource, index: u64, cmd: Command) {

@@ -8,6 +8,7 @@
 //! every [`command::Request`] by the proposer, and the log index that made a placement is passed
 //! into `apply`, so that every node applying the same log reaches the same state bit for bit.
 
+pub mod auth;
 pub mod budget;
 pub mod command;
 pub mod events;

@@ -136,6 +136,9 @@ pub struct VmRecord {
     pub network: Option<String>,
     #[serde(default)]
     pub ip: Option<std::net::Ipv4Addr>,
+    /// Who created it (the client's name; see [`crate::auth`]).
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 impl VmRecord {

@@ -245,6 +245,7 @@ mod tests {
             preempted_by: None,
             network: None,
             ip: None,
+            created_by: None,
         }
     }
 

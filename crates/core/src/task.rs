@@ -248,6 +248,9 @@ pub struct TaskRecord {
     /// Log index that finished it (retention order).
     pub finished_index: Option<u64>,
     pub updated_ms: u64,
+    /// Who submitted it (the client's name; see [`crate::auth`]).
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 /// Clips a reason to [`MAX_REASON_LEN`] bytes on a character boundary.

@@ -44,6 +44,8 @@ pub enum SecurityCommand {
     },
     /// Node `id` was removed: its certificates are no longer accepted.
     RevokeNode { id: NodeId },
+    /// Client credentials and bearer tokens (`crate::auth`).
+    Auth(crate::auth::AuthCommand),
 }
 
 impl SecurityCommand {
@@ -53,6 +55,7 @@ impl SecurityCommand {
             SecurityCommand::RevokeJoinToken { .. } => "revoke_join_token",
             SecurityCommand::ConsumeJoinToken { .. } => "consume_join_token",
             SecurityCommand::RevokeNode { .. } => "revoke_node",
+            SecurityCommand::Auth(c) => c.kind(),
         }
     }
 }
@@ -90,6 +93,9 @@ pub struct SecurityState {
     pub revoked_nodes: BTreeSet<NodeId>,
     /// Node ids a join token admitted (and so were issued a certificate).
     pub admitted_nodes: BTreeSet<NodeId>,
+    /// Client credentials and bearer tokens (`crate::auth`).
+    #[serde(default)]
+    pub auth: crate::auth::AuthState,
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
@@ -239,6 +245,7 @@ impl SecurityState {
                 self.revoked_nodes.insert(*id);
                 Ok(Reply::Done)
             }
+            SecurityCommand::Auth(c) => self.auth.apply(c, now),
         }
     }
 }

@@ -91,6 +91,10 @@ struct TaskQuery {
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
     since: Option<u64>,
+    /// The bearer token, for browsers' `EventSource` (which cannot send headers); checked by
+    /// [`authorize`].
+    #[serde(default, rename = "token")]
+    _token: Option<String>,
     /// `false`: the events kept now, then the stream ends. Default: keep streaming.
     follow: Option<bool>,
 }
@@ -267,10 +271,43 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     }
 }
 
-/// Every request passes here first. The cluster has no credentials yet, so every caller is
-/// allowed; the bearer-token check (`Authorization: Bearer TOKEN` and its role) belongs here.
-async fn authorize(State(_s): State<Http>, r: Request, next: Next) -> Response {
-    next.run(r).await
+/// Every request passes here first: `Authorization: Bearer TOKEN` checked against the
+/// replicated records and the route's role (`blixard_core::auth::http_access`); 401 without a
+/// valid token, 403 naming the role needed. An authorised request runs on behalf of the token's
+/// name (recorded as `created_by` and in the events).
+async fn authorize(State(s): State<Http>, r: Request, next: Next) -> Response {
+    let route = r
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| r.uri().path().to_string());
+    let mut bearer = r
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if bearer.is_none() && route == "/v1/events" {
+        // `EventSource` cannot send headers: the dashboard passes its token in the query.
+        bearer = r.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(|t| format!("Bearer {t}"))
+        });
+    }
+    match crate::authz::check_http(&s.node, bearer.as_deref(), r.method().as_str(), &route) {
+        Ok(caller) => crate::authz::scope(caller, next.run(r)).await,
+        Err(crate::authz::Refusal::Unauthenticated(m)) => {
+            let mut resp = ApiError(StatusCode::UNAUTHORIZED, m).into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            resp
+        }
+        Err(crate::authz::Refusal::Forbidden(m)) => {
+            ApiError(StatusCode::FORBIDDEN, m).into_response()
+        }
+    }
 }
 
 /// Counts requests by route template, method and code, and times them.

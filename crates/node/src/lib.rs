@@ -8,6 +8,7 @@
 //! Everything distributed goes through Raft: this crate keeps only local state (the identity
 //! file, connections, the Raft handle).
 
+pub mod authz;
 pub mod capabilities;
 pub mod config;
 pub mod error;
@@ -257,7 +258,15 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         ),
         None => {}
     }
-    tasks.push(tokio::spawn(register_worker(node.clone())));
+    tasks.push(tokio::spawn({
+        let node = node.clone();
+        async move {
+            // The admin credential's record first (only the node holding admin.credentials has
+            // one to make): once this node is registered as a worker, it is in the state.
+            authz::record_bootstrap_admin(node.clone()).await;
+            register_worker(node).await;
+        }
+    }));
     tasks.push(tokio::spawn(housekeeping(node.clone())));
     tasks.push(tokio::spawn(
         executor::Executor::new(node.clone(), driver).run(),
@@ -372,6 +381,14 @@ async fn serve(node: Arc<Node>, listener: TcpListener) {
     let networks_auth = move |r| security::authenticate_client(&n3, r);
     let peer_auth = move |r| security::authenticate_peer(&n2, r);
     let res = tonic::transport::Server::builder()
+        // Every request is authorised here first (role table: `blixard_core::auth`).
+        .layer(authz::AuthzLayer { node: node.clone() })
+        .add_service(
+            blixard_api::pb::auth_server::AuthServer::new(authz::AuthService {
+                node: node.clone(),
+            })
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        )
         .add_service(InterceptedService::new(
             BlixardServer::new(api.clone())
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE)
@@ -424,7 +441,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Proposes `cmd` until it is applied (or refused), retrying while there is no leader.
-async fn propose_until_done(node: Arc<Node>, cmd: Command, what: &'static str) {
+pub(crate) async fn propose_until_done(node: Arc<Node>, cmd: Command, what: &'static str) {
     loop {
         tokio::select! {
             res = node.propose(cmd.clone(), None) => match res {

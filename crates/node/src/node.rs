@@ -170,6 +170,8 @@ impl Node {
             request_id,
             time_ms: now_ms(),
             command,
+            // The client this request runs for, when it is one (see `authz`).
+            caller: crate::authz::current_caller(),
         };
         let started = std::time::Instant::now();
         let outcome = self.propose_request(req).await;

@@ -58,15 +58,20 @@ pub enum PkiError {
 pub enum Identity {
     /// A cluster member (or a node that was issued a certificate to become one).
     Node(u64),
-    /// A client holding a credential.
-    Client { name: String, role: String },
+    /// A client holding a credential: its name, role and certificate serial (lower-case hex,
+    /// what revocation records name).
+    Client {
+        name: String,
+        role: String,
+        serial: String,
+    },
 }
 
 impl std::fmt::Display for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Identity::Node(id) => write!(f, "node {id}"),
-            Identity::Client { name, role } => write!(f, "client '{name}' ({role})"),
+            Identity::Client { name, role, .. } => write!(f, "client '{name}' ({role})"),
         }
     }
 }
@@ -93,7 +98,11 @@ impl Identity {
         match (node, client, role) {
             (Some(id), None, _) => Some(Identity::Node(id)),
             (None, Some(name), Some(role)) if ROLES.contains(&role.as_str()) => {
-                Some(Identity::Client { name, role })
+                Some(Identity::Client {
+                    name,
+                    role,
+                    serial: hex::encode(cert.raw_serial()),
+                })
             }
             _ => None,
         }
@@ -220,8 +229,21 @@ impl Ca {
         self.sign(leaf_params(sans, &format!("blixard node {id}"), true))
     }
 
-    /// A client certificate for `name` with `role` (client use only).
+    /// A client certificate for `name` with `role` (client use only), valid for the CA's
+    /// lifetime.
     pub fn issue_client(&self, name: &str, role: &str) -> Result<CertKey, PkiError> {
+        Ok(self.issue_client_until(name, role, None)?.0)
+    }
+
+    /// A client certificate for `name` with `role`, valid until `not_after` (seconds since
+    /// the Unix epoch; `None`: the CA's default), with a fresh random serial. Returns the
+    /// certificate and its serial (lower-case hex, as [`Identity::Client`] reads it back).
+    pub fn issue_client_until(
+        &self,
+        name: &str,
+        role: &str,
+        not_after: Option<u64>,
+    ) -> Result<(CertKey, String), PkiError> {
         if name.is_empty()
             || name.len() > 64
             || !name
@@ -241,8 +263,31 @@ impl Ca {
             uri(format!("{CLIENT_URI}{name}"))?,
             uri(format!("{ROLE_URI}{role}"))?,
         ];
-        self.sign(leaf_params(sans, &format!("blixard client {name}"), false))
+        let mut p = leaf_params(sans, &format!("blixard client {name}"), false);
+        // 16 random bytes, positive (DER integers are signed) and without a leading zero byte,
+        // so the hex read back from the certificate is exactly this.
+        let mut serial = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut serial);
+        serial[0] = (serial[0] & 0x7f) | 0x10;
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        if let Some(secs) = not_after {
+            let secs =
+                i64::try_from(secs).map_err(|_| PkiError::Invalid("expiry out of range".into()))?;
+            p.not_after = time::OffsetDateTime::from_unix_timestamp(secs)
+                .map_err(|e| PkiError::Invalid(format!("expiry out of range: {e}")))?;
+            // Valid from a minute ago: a little clock skew between members must not refuse it.
+            p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+        }
+        Ok((self.sign(p)?, hex::encode(serial)))
     }
+}
+
+/// When a PEM certificate stops being valid (seconds since the Unix epoch).
+pub fn not_after_secs(cert_pem: &str) -> Result<i64, PkiError> {
+    let der = pem_to_der(cert_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| PkiError::Invalid(format!("bad certificate: {e}")))?;
+    Ok(cert.validity().not_after.timestamp())
 }
 
 /// Everything one party needs to speak TLS with the cluster: the CA certificate, its own
@@ -418,12 +463,45 @@ mod tests {
             m.identity().unwrap(),
             Identity::Client {
                 name: "admin".into(),
-                role: "admin".into()
+                role: "admin".into(),
+                serial: match m.identity().unwrap() {
+                    Identity::Client { serial, .. } => serial,
+                    _ => unreachable!(),
+                }
             }
         );
         assert!(ca.issue_client("x y", "admin").is_err());
         assert!(ca.issue_client("x", "root").is_err());
         assert_eq!(ca.fingerprint().unwrap().len(), 64);
         assert!(Identity::from_der(b"garbage").is_none());
+    }
+}
+
+#[cfg(test)]
+mod client_cert_tests {
+    use super::*;
+
+    #[test]
+    fn client_certificates_carry_their_serial_and_expiry() {
+        let ca = Ca::generate("c1").unwrap();
+        let (c, serial) = ca
+            .issue_client_until("ci", "viewer", Some(4_000_000_000))
+            .unwrap();
+        assert_eq!(serial.len(), 32);
+        let m = TlsMaterial {
+            ca_pem: ca.0.cert_pem.clone(),
+            own: c.clone(),
+        };
+        assert_eq!(
+            m.identity().unwrap(),
+            Identity::Client {
+                name: "ci".into(),
+                role: "viewer".into(),
+                serial: serial.clone()
+            }
+        );
+        assert_eq!(not_after_secs(&c.cert_pem).unwrap(), 4_000_000_000);
+        let (_, other) = ca.issue_client_until("ci", "viewer", None).unwrap();
+        assert_ne!(serial, other);
     }
 }

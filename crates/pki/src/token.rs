@@ -34,7 +34,8 @@ impl std::fmt::Debug for JoinTokenString {
     }
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes from the OS, lower-case hex.
+pub fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::rngs::OsRng.fill_bytes(&mut b);
     hex::encode(b)

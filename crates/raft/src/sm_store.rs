@@ -259,13 +259,17 @@ impl RaftStateMachine<C> for StateMachineStore {
                     a.last_applied = Some(log_id);
                     // Events per entry: the rows this entry touched, against their old values.
                     let entry_touched = a.state.take_touched();
-                    let time_ms = match &entry.payload {
-                        EntryPayload::Normal(req) => req.time_ms,
-                        _ => 0,
+                    let (time_ms, caller) = match &entry.payload {
+                        EntryPayload::Normal(req) => (req.time_ms, req.caller.as_deref()),
+                        _ => (0, None),
                     };
-                    self.events
-                        .lock()
-                        .observe(log_id.index(), time_ms, &a.state, &entry_touched);
+                    self.events.lock().observe_by(
+                        log_id.index(),
+                        time_ms,
+                        caller,
+                        &a.state,
+                        &entry_touched,
+                    );
                     touched.extend(entry_touched);
                     outcome
                 };

@@ -37,7 +37,10 @@ impl Client {
                 http.set_ip(ip);
             }
         }
-        let url = format!("http://{http}/ui/");
+        let url = match crate::auth::dashboard_token(self).await? {
+            Some(t) => format!("http://{http}/ui/#token={t}"),
+            None => format!("http://{http}/ui/"),
+        };
         if self.json {
             output::print_json(&serde_json::json!({"url": url}));
         } else {

@@ -48,6 +48,21 @@ pub fn tls() -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
         )
     })?;
     let creds = blixard_pki::Credentials::load(&path)?;
+    // Every member refuses an expired certificate during the handshake, which a client sees
+    // only as a TLS failure: say it plainly first.
+    if let Ok(until) = blixard_pki::not_after_secs(&creds.cert) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if until <= now {
+            anyhow::bail!(
+                "the credential in {} ('{}', {}) has expired: ask an admin for a new one (blixard auth issue)",
+                path.display(),
+                creds.name,
+                creds.role
+            );
+        }
+    }
     Ok(creds.client_config()?)
 }
 

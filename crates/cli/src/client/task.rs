@@ -97,6 +97,9 @@ impl Client {
             if let Some(r) = &t.reason {
                 println!("reason: {r}");
             }
+            if let Some(by) = &t.created_by {
+                println!("created by: {}", output::clean(by));
+            }
         }
         Ok(())
     }

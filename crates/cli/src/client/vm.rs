@@ -219,6 +219,9 @@ impl Client {
             if vm.restarts > 0 {
                 println!("restarts: {}", vm.restarts);
             }
+            if let Some(by) = &vm.created_by {
+                println!("created by: {}", output::clean(by));
+            }
         }
         Ok(())
     }

@@ -221,6 +221,7 @@ impl ClusterState {
                     placement: None,
                     network: address.as_ref().map(|a| a.0.clone()),
                     ip: address.map(|a| a.1),
+                    created_by: None,
                 };
                 self.vms.insert(spec.name.clone(), vm);
                 self.bytes.vms += weight;

@@ -127,7 +127,10 @@ impl ClusterState {
                 return seen.outcome.clone();
             }
         }
-        let outcome = self.apply_command(term, index, req.time_ms, &req.command);
+        let mut outcome = self.apply_command(term, index, req.time_ms, &req.command);
+        if let Ok(reply) = &mut outcome {
+            self.stamp_creator(req, reply);
+        }
         #[cfg(debug_assertions)]
         if let Err(e) = self.check_invariants() {
             panic!(

@@ -64,6 +64,7 @@ impl ClusterState {
             finished_ms: None,
             finished_index: None,
             updated_ms: now,
+            created_by: None,
         };
         self.pending_tasks.insert((now, id.to_string()));
         self.bytes.tasks += weight;
