@@ -10,6 +10,7 @@
 
 pub mod capabilities;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod executor;

@@ -445,6 +445,8 @@ impl TaskRunner {
             output_limit: Some(OUTPUT_LIMIT),
             stop_kills: true,
             argv: t.spec.command.clone(),
+            stdin_fifo: None,
+            stdout: None,
         };
         let mut envs: Vec<(String, String)> = t
             .spec
