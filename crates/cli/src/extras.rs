@@ -342,3 +342,36 @@ pub fn vm_progress_line(vm: &pb::VmInfo) -> String {
     }
     line
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_lines_keeps_the_last_lines() {
+        assert_eq!(tail_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(tail_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(tail_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(tail_lines(b"a\nb\n", 0), b"");
+        assert_eq!(tail_lines(b"", 3), b"");
+        assert_eq!(tail_lines(b"\n\n", 1), b"\n");
+    }
+
+    #[test]
+    fn quorum_risk_counts_voters_left_and_learners() {
+        let three = (vec![1, 2, 3], 0);
+        assert!(quorum_risk(&three, 2).is_some(), "3 -> 2 voters");
+        assert!(quorum_risk(&three, 9).is_none(), "not a voter");
+        assert!(quorum_risk(&(vec![1, 2, 3], 1), 2).is_none(), "a learner can step in");
+        assert!(quorum_risk(&(vec![1, 2, 3, 4], 0), 2).is_none(), "4 -> 3 voters");
+        assert!(quorum_risk(&(vec![1], 0), 1).is_some(), "the last voter");
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(61), "1m 1s");
+        assert_eq!(human_duration(3600), "1h 0m 0s");
+        assert_eq!(human_duration(93784), "1d 2h 3m 4s");
+    }
+}
