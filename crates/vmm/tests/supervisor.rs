@@ -327,6 +327,8 @@ fn task_spec(dir: &Path, name: &str, argv: &[&str], timeout: Duration) -> Spec {
         output_limit: Some(1024),
         stop_kills: true,
         argv: argv.iter().map(|s| s.to_string()).collect(),
+        stdin_fifo: None,
+        stdout: None,
     }
 }
 
