@@ -32,11 +32,11 @@ pub struct ConsoleArgs {
     #[arg(long, value_name = "TEXT")]
     pub expect: Option<String>,
     /// With --expect: give up (exit 1) when TEXT has not appeared after this long.
-    #[arg(long, default_value = "60s", value_parser = crate::duration::parse_secs)]
+    #[arg(long, default_value = "60s", allow_hyphen_values = true, value_parser = crate::duration::parse_secs)]
     pub timeout: Duration,
     /// Not a terminal, without --expect: once stdin has ended, exit after the console has
     /// been quiet this long.
-    #[arg(long, default_value = "1s", value_parser = crate::duration::parse_secs)]
+    #[arg(long, default_value = "1s", allow_hyphen_values = true, value_parser = crate::duration::parse_secs)]
     pub linger: Duration,
 }
 
@@ -55,7 +55,8 @@ impl RawMode {
     fn enter() -> anyhow::Result<Self> {
         use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
         let stdin = std::io::stdin();
-        let saved = tcgetattr(&stdin).map_err(|e| anyhow!("cannot read the terminal's settings: {e}"))?;
+        let saved =
+            tcgetattr(&stdin).map_err(|e| anyhow!("cannot read the terminal's settings: {e}"))?;
         let mut raw = saved.clone();
         cfmakeraw(&mut raw);
         tcsetattr(&stdin, SetArg::TCSANOW, &raw)

@@ -22,7 +22,9 @@ fn parse(s: &str, bare_unit_ms: u64) -> Result<Duration, String> {
     let mut total: u64 = 0;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!(
                 "{s:?} is not a duration: use e.g. 500ms, 10s, 2m, 1h or 1m30s"
@@ -32,7 +34,9 @@ fn parse(s: &str, bare_unit_ms: u64) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("{s:?}: too long"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit_ms = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1000,
@@ -43,11 +47,7 @@ fn parse(s: &str, bare_unit_ms: u64) -> Result<Duration, String> {
                     "{s:?}: a unit is missing after {n} (ms, s, m or h)"
                 ))
             }
-            u => {
-                return Err(format!(
-                    "{s:?}: unknown unit {u:?} (use ms, s, m or h)"
-                ))
-            }
+            u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m or h)")),
         };
         rest = &rest[unit_len..];
         total = n
@@ -82,7 +82,17 @@ mod tests {
         assert_eq!(parse_secs("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_secs("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_secs(" 3s "), Ok(Duration::from_secs(3)));
-        for bad in ["", "s", "10x", "-5", "-5s", "1.5s", "10 s", "ms10", "99999999999999999999"] {
+        for bad in [
+            "",
+            "s",
+            "10x",
+            "-5",
+            "-5s",
+            "1.5s",
+            "10 s",
+            "ms10",
+            "99999999999999999999",
+        ] {
             assert!(parse_secs(bad).is_err(), "{bad:?} accepted");
         }
     }

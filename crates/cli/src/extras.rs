@@ -120,7 +120,12 @@ pub async fn resolve_task_id(c: &Client, id: &str) -> anyhow::Result<String> {
             .await
             .map_err(|e| status_err(&c.addr, e))?
             .into_inner();
-        matching.extend(r.tasks.into_iter().map(|t| t.id).filter(|t| t.starts_with(id)));
+        matching.extend(
+            r.tasks
+                .into_iter()
+                .map(|t| t.id)
+                .filter(|t| t.starts_with(id)),
+        );
         if r.next.is_empty() {
             break;
         }
@@ -183,12 +188,7 @@ pub fn vm_details(vm: &pb::VmInfo, now_ms: u64) -> Vec<String> {
 
 /// `93784` -> `1d 2h 3m 4s` (leading zero units left out).
 pub fn human_duration(secs: u64) -> String {
-    let (d, h, m, s) = (
-        secs / 86_400,
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60,
-    );
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     let mut out = Vec::new();
     if d > 0 {
         out.push(format!("{d}d"));
@@ -362,8 +362,14 @@ mod tests {
         let three = (vec![1, 2, 3], 0);
         assert!(quorum_risk(&three, 2).is_some(), "3 -> 2 voters");
         assert!(quorum_risk(&three, 9).is_none(), "not a voter");
-        assert!(quorum_risk(&(vec![1, 2, 3], 1), 2).is_none(), "a learner can step in");
-        assert!(quorum_risk(&(vec![1, 2, 3, 4], 0), 2).is_none(), "4 -> 3 voters");
+        assert!(
+            quorum_risk(&(vec![1, 2, 3], 1), 2).is_none(),
+            "a learner can step in"
+        );
+        assert!(
+            quorum_risk(&(vec![1, 2, 3, 4], 0), 2).is_none(),
+            "4 -> 3 voters"
+        );
         assert!(quorum_risk(&(vec![1], 0), 1).is_some(), "the last voter");
     }
 

@@ -150,10 +150,10 @@ struct DaemonArgs {
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
     /// Raft heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 100, value_parser = duration::ms_arg)]
+    #[arg(long, default_value_t = 100, allow_hyphen_values = true, value_parser = duration::ms_arg)]
     heartbeat_ms: u64,
     /// Raft election timeout (minimum) in milliseconds; the maximum is twice it.
-    #[arg(long, default_value_t = 500, value_parser = duration::ms_arg)]
+    #[arg(long, default_value_t = 500, allow_hyphen_values = true, value_parser = duration::ms_arg)]
     election_ms: u64,
     /// Build a snapshot every this many log entries.
     #[arg(long, default_value_t = 10_000)]
@@ -163,15 +163,15 @@ struct DaemonArgs {
     keep_logs: u64,
     /// With --init: how often nodes heartbeat the leader, in milliseconds (default 1000).
     /// A cluster setting afterwards (`cluster settings --heartbeat-ms`).
-    #[arg(long, value_parser = duration::ms_arg)]
+    #[arg(long, allow_hyphen_values = true, value_parser = duration::ms_arg)]
     liveness_heartbeat_ms: Option<u64>,
     /// With --init: lease in milliseconds (default 10000): a node that cannot renew it for
     /// this long stops its workloads. A cluster setting afterwards (`cluster settings`).
-    #[arg(long, value_parser = duration::ms_arg)]
+    #[arg(long, allow_hyphen_values = true, value_parser = duration::ms_arg)]
     lease_ms: Option<u64>,
     /// With --init: extra wait after the lease before the leader declares a silent node down
     /// (default 5000). A cluster setting afterwards (`cluster settings`).
-    #[arg(long, value_parser = duration::ms_arg)]
+    #[arg(long, allow_hyphen_values = true, value_parser = duration::ms_arg)]
     grace_ms: Option<u64>,
     /// Seconds a voter may stay down before a healthy learner replaces it.
     #[arg(long, default_value_t = 30)]
@@ -227,7 +227,7 @@ enum NodeCmd {
     Drain {
         id: u64,
         /// Give up waiting after this many seconds (the drain goes on).
-        #[arg(long, default_value_t = 300, value_parser = duration::secs_arg)]
+        #[arg(long, default_value_t = 300, allow_hyphen_values = true, value_parser = duration::secs_arg)]
         timeout: u64,
         /// Return at once instead of showing progress.
         #[arg(long)]
@@ -271,13 +271,13 @@ enum ClusterCmd {
         #[arg(long)]
         vcpu_overcommit: Option<u32>,
         /// Lease in milliseconds: a node that cannot renew it for this long stops its workloads.
-        #[arg(long, value_parser = duration::ms_arg)]
+        #[arg(long, allow_hyphen_values = true, value_parser = duration::ms_arg)]
         lease_ms: Option<u64>,
         /// Extra silence past the lease before the leader declares a node down (> 0).
-        #[arg(long, value_parser = duration::ms_arg)]
+        #[arg(long, allow_hyphen_values = true, value_parser = duration::ms_arg)]
         grace_ms: Option<u64>,
         /// How often nodes heartbeat the leader (the lease must span at least two).
-        #[arg(long, value_parser = duration::ms_arg)]
+        #[arg(long, allow_hyphen_values = true, value_parser = duration::ms_arg)]
         heartbeat_ms: Option<u64>,
     },
 }
@@ -287,7 +287,7 @@ enum TokenCmd {
     /// Create a single-use join token (printed once; `--json`: {"token","id","expires_at_ms"}).
     Create {
         /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600, value_parser = duration::secs_arg)]
+        #[arg(long, default_value_t = 3600, allow_hyphen_values = true, value_parser = duration::secs_arg)]
         ttl: u64,
     },
     /// List join tokens and what became of them.
@@ -307,7 +307,7 @@ enum VmCmd {
     /// Stop a VM, wait until it is stopped, then start it again.
     Restart {
         name: String,
-        #[arg(long, default_value_t = 60, value_parser = duration::secs_arg)]
+        #[arg(long, default_value_t = 60, allow_hyphen_values = true, value_parser = duration::secs_arg)]
         timeout: u64,
     },
     /// Forget a VM.
@@ -350,7 +350,7 @@ enum VmCmd {
         name: String,
         #[arg(long)]
         state: String,
-        #[arg(long, default_value_t = 60, value_parser = duration::secs_arg)]
+        #[arg(long, default_value_t = 60, allow_hyphen_values = true, value_parser = duration::secs_arg)]
         timeout: u64,
     },
 }
@@ -379,7 +379,7 @@ enum TaskCmd {
     /// Wait until a task ends: exit 0 when it succeeded.
     Wait {
         id: String,
-        #[arg(long, default_value_t = 300, value_parser = duration::secs_arg)]
+        #[arg(long, default_value_t = 300, allow_hyphen_values = true, value_parser = duration::secs_arg)]
         timeout: u64,
     },
     /// Print a task's captured output (stdout and stderr, the last 64 KiB).

@@ -40,7 +40,8 @@ fn version_and_completions_need_no_cluster() {
         serde_json::from_str(&ok(&local(&["--json", "version"]))).expect("one JSON document");
     let commit = v["commit"].as_str().expect("commit");
     assert!(
-        commit == "unknown" || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
         "{commit}"
     );
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
@@ -48,36 +49,91 @@ fn version_and_completions_need_no_cluster() {
     assert!(ok(&local(&["--version"])).contains(commit));
 
     let bash = ok(&local(&["completions", "bash"]));
-    assert!(bash.contains("_blixard") && bash.contains("console"), "{bash}");
+    assert!(
+        bash.contains("_blixard") && bash.contains("console"),
+        "{bash}"
+    );
     assert!(ok(&local(&["completions", "zsh"])).contains("#compdef blixard"));
     let err = fails(&local(&["completions", "cmd.exe"]));
     assert!(err.contains("invalid value"), "{err}");
 
     // Durations: humane forms, and a clear error for a bad one (before any connection).
-    let err = fails(&local(&["vm", "wait", "x", "--state", "running", "--timeout", "10x"]));
+    let err = fails(&local(&[
+        "vm",
+        "wait",
+        "x",
+        "--state",
+        "running",
+        "--timeout",
+        "10x",
+    ]));
     assert!(err.contains("unknown unit"), "{err}");
-    let err = fails(&local(&["vm", "wait", "x", "--state", "running", "--timeout", "-5"]));
+    let err = fails(&local(&[
+        "vm",
+        "wait",
+        "x",
+        "--state",
+        "running",
+        "--timeout",
+        "-5",
+    ]));
     assert!(err.contains("cannot be negative"), "{err}");
 }
 
 #[test]
 fn rough_edges_on_one_node() {
-    let c = Cluster::start(1, &["--label", "zone=a", "--vcpus", "4", "--memory-mb", "4096"]);
+    let c = Cluster::start(
+        1,
+        &["--label", "zone=a", "--vcpus", "4", "--memory-mb", "4096"],
+    );
     let a = c.addr(1);
 
     // Two VMs with labels; one that cannot be placed.
-    json(&a, &["vm", "create", "web", "--label", "tier=front", "--memory", "64"]);
-    json(&a, &["vm", "create", "db", "--label", "tier=back", "--memory", "64"]);
+    json(
+        &a,
+        &[
+            "vm",
+            "create",
+            "web",
+            "--label",
+            "tier=front",
+            "--memory",
+            "64",
+        ],
+    );
+    json(
+        &a,
+        &[
+            "vm",
+            "create",
+            "db",
+            "--label",
+            "tier=back",
+            "--memory",
+            "64",
+        ],
+    );
     for name in ["web", "db"] {
         // Durations: `2m` where seconds were required.
-        ok(&run_cli(&a, &["vm", "wait", name, "--state", "running", "--timeout", "2m"]));
+        ok(&run_cli(
+            &a,
+            &["vm", "wait", name, "--state", "running", "--timeout", "2m"],
+        ));
     }
     json(&a, &["vm", "create", "huge", "--memory", "1000000"]);
 
     // vm wait: the timeout says why the VM is not there.
     let err = fails(&run_cli(
         &a,
-        &["vm", "wait", "huge", "--state", "running", "--timeout", "500ms"],
+        &[
+            "vm",
+            "wait",
+            "huge",
+            "--state",
+            "running",
+            "--timeout",
+            "500ms",
+        ],
     ));
     assert!(err.contains("(it is pending: "), "{err}");
 
@@ -129,16 +185,28 @@ fn rough_edges_on_one_node() {
     // Deleting a running VM needs --force; a pending one does not.
     let err = fails(&run_cli(&a, &["vm", "delete", "web"]));
     assert!(err.contains("--force"), "{err}");
-    assert!(json(&a, &["vm", "status", "web"])["name"] == "web", "nothing changed");
+    assert!(
+        json(&a, &["vm", "status", "web"])["name"] == "web",
+        "nothing changed"
+    );
     ok(&run_cli(&a, &["vm", "delete", "web", "--force"]));
     ok(&run_cli(&a, &["vm", "delete", "huge"]));
 
     // Removing the leader, or leaving below three voters, needs --force.
     let err = fails(&run_cli(&a, &["cluster", "remove", "1"]));
-    assert!(err.contains("is the leader") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains("is the leader") && err.contains("--force"),
+        "{err}"
+    );
     let err = fails(&run_cli(&a, &["cluster", "leave"]));
     assert!(err.contains("voter") && err.contains("--force"), "{err}");
-    assert_eq!(json(&a, &["cluster", "status"])["members"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        json(&a, &["cluster", "status"])["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Tasks: ids by prefix, --tail, --json logs.
     let id = json(&a, &["task", "submit", "--", "sh", "-c", "seq 1 10"])["id"]
@@ -147,7 +215,10 @@ fn rough_edges_on_one_node() {
         .to_string();
     let prefix = &id[..8];
     ok(&run_cli(&a, &["task", "wait", prefix, "--timeout", "1m"]));
-    assert_eq!(ok(&run_cli(&a, &["task", "logs", prefix, "--tail", "3"])), "8\n9\n10\n");
+    assert_eq!(
+        ok(&run_cli(&a, &["task", "logs", prefix, "--tail", "3"])),
+        "8\n9\n10\n"
+    );
     let v = json(&a, &["task", "logs", prefix, "--tail", "2"]);
     assert_eq!(v["output"], "9\n10\n");
     assert_eq!(v["id"], id.as_str());
@@ -160,7 +231,12 @@ fn rough_edges_on_one_node() {
     json(&a, &["task", "submit", "--", "true"]);
     json(&a, &["task", "submit", "--", "true"]);
     let tasks = json(&a, &["task", "list"]);
-    let ids: Vec<&str> = tasks.as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
     if let Some(p) = (0..16)
         .map(|d| format!("{d:x}"))
         .find(|p| ids.iter().filter(|i| i.starts_with(p.as_str())).count() > 1)

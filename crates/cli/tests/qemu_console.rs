@@ -79,13 +79,18 @@ fn qemu_console_round_trip_from_two_nodes_at_once() {
     let two = format!("two-{}", n + 2);
 
     // Viewer B on node 2 (the VM's node) types the first line and stays attached.
-    let mut b = console(&a2, &["--expect", &two, "--timeout", "3m"]);
+    let mut b = console(&a2, &["con", "--expect", &two, "--timeout", "3m"]);
     let b_out = collect(&mut b);
     let mut b_in = b.stdin.take().expect("stdin");
     // The guest's shell may still be starting: type until it answers.
     wait_for("the guest's shell to answer viewer B", BOOT, || {
         if has_line(&text(&b_out), &one) {
             return Some(());
+        }
+        if let Ok(Some(status)) = b.try_wait() {
+            let mut err = String::new();
+            b.stderr.take().unwrap().read_to_string(&mut err).ok();
+            panic!("viewer B ended ({status}): {err}\n{}", text(&b_out));
         }
         b_in.write_all(format!("echo one-$(({n} + 1))\n").as_bytes())
             .ok()?;
@@ -94,7 +99,7 @@ fn qemu_console_round_trip_from_two_nodes_at_once() {
     });
 
     // Viewer A through node 1 (forwarded to node 2), input from a pipe that then ends.
-    let mut a = console(&a1, &["--expect", &two, "--timeout", "2m"]);
+    let mut a = console(&a1, &["con", "--expect", &two, "--timeout", "2m"]);
     let a_out = collect(&mut a);
     {
         let mut a_in = a.stdin.take().expect("stdin");
@@ -116,7 +121,11 @@ fn qemu_console_round_trip_from_two_nodes_at_once() {
     let status = b.wait().expect("viewer B");
     let mut err = String::new();
     b.stderr.take().unwrap().read_to_string(&mut err).ok();
-    assert!(status.success(), "viewer B sees A's answer: {err}\n{}", text(&b_out));
+    assert!(
+        status.success(),
+        "viewer B sees A's answer: {err}\n{}",
+        text(&b_out)
+    );
     assert!(has_line(&text(&b_out), &two), "{}", text(&b_out));
 
     // The console is captured as before (vm logs).

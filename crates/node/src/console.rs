@@ -56,10 +56,11 @@ pub async fn serve(
     node.read_barrier().await?;
     let owner = {
         let a = node.state.read();
-        let vm =
-            a.state.vms.get(&first.name).ok_or_else(|| {
-                Status::not_found(format!("VM '{}' not found", first.name))
-            })?;
+        let vm = a
+            .state
+            .vms
+            .get(&first.name)
+            .ok_or_else(|| Status::not_found(format!("VM '{}' not found", first.name)))?;
         let id = vm.node_id.ok_or_else(|| {
             Status::failed_precondition(format!(
                 "VM '{}' is not placed on any node yet: no console (see `blixard vm status {}`)",
