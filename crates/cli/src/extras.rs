@@ -100,10 +100,8 @@ pub async fn resolve_task_id(c: &Client, id: &str) -> anyhow::Result<String> {
         return Ok(id.to_string());
     }
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        bail!(
-            "'{}' is not a task id (or the start of one): task ids look like 3f2a9c1e-...",
-            output::clean(id)
-        );
+        // Not the start of any id: the node says it is not found.
+        return Ok(id.to_string());
     }
     let mut api = blixard_api::BlixardClient::new(c.channel().await?);
     let mut matching = Vec::new();

@@ -226,7 +226,7 @@ fn rough_edges_on_one_node() {
     let err = fails(&run_cli(&a, &["task", "status", "ffffffffff"]));
     assert!(err.contains("no task id starts with"), "{err}");
     let err = fails(&run_cli(&a, &["task", "status", "zz"]));
-    assert!(err.contains("is not a task id"), "{err}");
+    assert!(err.contains("not found"), "{err}");
     // Two more tasks: the empty-ish prefix "" is refused, a 1-character one may be ambiguous.
     json(&a, &["task", "submit", "--", "true"]);
     json(&a, &["task", "submit", "--", "true"]);
