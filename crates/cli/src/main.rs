@@ -6,6 +6,9 @@
 mod auth;
 mod bench;
 mod client;
+mod console;
+mod duration;
+mod extras;
 mod network;
 mod output;
 mod transport;
@@ -16,10 +19,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "blixard", version, about = "Distributed microVM orchestrator")]
+#[command(
+    name = "blixard",
+    version = extras::LONG_VERSION,
+    about = "Distributed microVM orchestrator"
+)]
 struct Cli {
     /// Address of any cluster member.
     #[arg(
@@ -98,6 +105,13 @@ enum Cmd {
     },
     /// Print the URL of the dashboard of the node at --addr (started with --http).
     Dashboard,
+    /// Print this binary's version and the commit it was built from.
+    Version,
+    /// Print a shell completion script: `blixard completions bash > /etc/bash_completion.d/blixard`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Measure the cluster (closed-loop load from this machine).
     Bench {
         #[command(subcommand)]
@@ -154,10 +168,10 @@ struct DaemonArgs {
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
     /// Raft heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_hyphen_values = true, value_parser = duration::ms_arg)]
     heartbeat_ms: u64,
     /// Raft election timeout (minimum) in milliseconds; the maximum is twice it.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, allow_hyphen_values = true, value_parser = duration::ms_arg)]
     election_ms: u64,
     /// Build a snapshot every this many log entries.
     #[arg(long, default_value_t = 10_000)]
@@ -170,15 +184,15 @@ struct DaemonArgs {
     snapshot_chunk_bytes: usize,
     /// With --init: how often nodes heartbeat the leader, in milliseconds (default 1000).
     /// A cluster setting afterwards (`cluster settings --heartbeat-ms`).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = duration::ms_arg)]
     liveness_heartbeat_ms: Option<u64>,
     /// With --init: lease in milliseconds (default 10000): a node that cannot renew it for
     /// this long stops its workloads. A cluster setting afterwards (`cluster settings`).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = duration::ms_arg)]
     lease_ms: Option<u64>,
     /// With --init: extra wait after the lease before the leader declares a silent node down
     /// (default 5000). A cluster setting afterwards (`cluster settings`).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = duration::ms_arg)]
     grace_ms: Option<u64>,
     /// Seconds a voter may stay down before a healthy learner replaces it.
     #[arg(long, default_value_t = 30)]
@@ -242,7 +256,7 @@ enum NodeCmd {
     Drain {
         id: u64,
         /// Give up waiting after this many seconds (the drain goes on).
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, allow_hyphen_values = true, value_parser = duration::secs_arg)]
         timeout: u64,
         /// Return at once instead of showing progress.
         #[arg(long)]
@@ -260,9 +274,18 @@ enum ClusterCmd {
         stale: bool,
     },
     /// Remove a member (voter or learner) through Raft.
-    Remove { id: u64 },
+    Remove {
+        id: u64,
+        /// Remove it even when it is the leader or when fewer than three voters would remain.
+        #[arg(long)]
+        force: bool,
+    },
     /// The node at --addr leaves the cluster gracefully (and stops).
-    Leave,
+    Leave {
+        /// Leave even when fewer than three voters would remain.
+        #[arg(long)]
+        force: bool,
+    },
     /// Join tokens: create, list, revoke.
     Token {
         #[command(subcommand)]
@@ -277,13 +300,13 @@ enum ClusterCmd {
         #[arg(long)]
         vcpu_overcommit: Option<u32>,
         /// Lease in milliseconds: a node that cannot renew it for this long stops its workloads.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true, value_parser = duration::ms_arg)]
         lease_ms: Option<u64>,
         /// Extra silence past the lease before the leader declares a node down (> 0).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true, value_parser = duration::ms_arg)]
         grace_ms: Option<u64>,
         /// How often nodes heartbeat the leader (the lease must span at least two).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true, value_parser = duration::ms_arg)]
         heartbeat_ms: Option<u64>,
     },
 }
@@ -293,7 +316,7 @@ enum TokenCmd {
     /// Create a single-use join token (printed once; `--json`: {"token","id","expires_at_ms"}).
     Create {
         /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
+        #[arg(long, default_value_t = 3600, allow_hyphen_values = true, value_parser = duration::secs_arg)]
         ttl: u64,
     },
     /// List join tokens and what became of them.
@@ -314,14 +337,22 @@ enum VmCmd {
     /// Stop a VM, wait until it is stopped, then start it again.
     Restart {
         name: String,
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, allow_hyphen_values = true, value_parser = duration::secs_arg)]
         timeout: u64,
     },
     /// Forget a VM.
-    Delete { name: String },
+    Delete {
+        name: String,
+        /// Delete it even while it runs (it is stopped at once).
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the guest console.
     Logs {
         name: String,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N", conflicts_with = "follow")]
+        tail: Option<usize>,
         /// Keep printing as the console grows.
         #[arg(long, short)]
         follow: bool,
@@ -339,13 +370,17 @@ enum VmCmd {
     List {
         #[arg(long)]
         stale: bool,
+        #[command(flatten)]
+        filter: extras::VmFilter,
     },
+    /// Attach to a VM's serial console (interactive; detach with Ctrl-]).
+    Console(console::ConsoleArgs),
     /// Wait until a VM reaches a state.
     Wait {
         name: String,
         #[arg(long)]
         state: String,
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, allow_hyphen_values = true, value_parser = duration::secs_arg)]
         timeout: u64,
     },
 }
@@ -374,11 +409,16 @@ enum TaskCmd {
     /// Wait until a task ends: exit 0 when it succeeded.
     Wait {
         id: String,
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, allow_hyphen_values = true, value_parser = duration::secs_arg)]
         timeout: u64,
     },
     /// Print a task's captured output (stdout and stderr, the last 64 KiB).
-    Logs { id: String },
+    Logs {
+        id: String,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
     /// Cancel a task (its process group is killed).
     Cancel { id: String },
 }
@@ -400,8 +440,11 @@ fn init_logging(daemon: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BLIXARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a person at a terminal.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -550,6 +593,14 @@ fn main() -> ExitCode {
                 .await
             }
             Cmd::Dashboard => c.dashboard().await,
+            Cmd::Version => {
+                extras::version(cli.json);
+                Ok(())
+            }
+            Cmd::Completions { shell } => {
+                extras::completions(shell, Cli::command());
+                Ok(())
+            }
             Cmd::Events { since, follow } => c.events(since, follow).await,
             Cmd::Workload => blixard_vmm::idle_workload()
                 .await
@@ -565,8 +616,18 @@ fn main() -> ExitCode {
             },
             Cmd::Cluster { sub } => match sub {
                 ClusterCmd::Status { stale } => c.cluster_status(stale).await,
-                ClusterCmd::Remove { id } => c.cluster_remove(id).await,
-                ClusterCmd::Leave => c.cluster_leave().await,
+                ClusterCmd::Remove { id, force } => {
+                    if !force {
+                        extras::check_remove(&c, id).await?;
+                    }
+                    c.cluster_remove(id).await
+                }
+                ClusterCmd::Leave { force } => {
+                    if !force {
+                        extras::check_leave(&c).await?;
+                    }
+                    c.cluster_leave().await
+                }
                 ClusterCmd::Settings {
                     strategy,
                     vcpu_overcommit,
@@ -595,25 +656,44 @@ fn main() -> ExitCode {
             Cmd::Auth { sub } => auth::run(&c, sub).await,
             Cmd::Task { sub } => match sub {
                 TaskCmd::Submit(args) => c.task_submit(args).await,
-                TaskCmd::Status { id, stale } => c.task_status(&id, stale).await,
+                TaskCmd::Status { id, stale } => {
+                    let id = extras::resolve_task_id(&c, &id).await?;
+                    c.task_status(&id, stale).await
+                }
                 TaskCmd::List { stale, state, node } => c.task_list(stale, state, node).await,
-                TaskCmd::Wait { id, timeout } => c.task_wait(&id, timeout).await,
-                TaskCmd::Logs { id } => c.task_logs(&id).await,
-                TaskCmd::Cancel { id } => c.task_cancel(&id).await,
+                TaskCmd::Wait { id, timeout } => {
+                    let id = extras::resolve_task_id(&c, &id).await?;
+                    c.task_wait(&id, timeout).await
+                }
+                TaskCmd::Logs { id, tail } => {
+                    let id = extras::resolve_task_id(&c, &id).await?;
+                    c.task_logs(&id, tail).await
+                }
+                TaskCmd::Cancel { id } => {
+                    let id = extras::resolve_task_id(&c, &id).await?;
+                    c.task_cancel(&id).await
+                }
             },
             Cmd::Vm { sub } => match sub {
                 VmCmd::Create(args) => c.vm_create(args).await,
                 VmCmd::Start { name } => c.vm_set_desired(&name, "running").await,
                 VmCmd::Stop { name } => c.vm_set_desired(&name, "stopped").await,
                 VmCmd::Restart { name, timeout } => c.vm_restart(&name, timeout).await,
-                VmCmd::Delete { name } => c.vm_delete(&name).await,
+                VmCmd::Delete { name, force } => {
+                    if !force {
+                        extras::check_delete(&c, &name).await?;
+                    }
+                    c.vm_delete(&name).await
+                }
                 VmCmd::Logs {
                     name,
+                    tail,
                     follow,
                     previous,
-                } => c.vm_logs(&name, follow, previous).await,
+                } => c.vm_logs(&name, follow, previous, tail).await,
                 VmCmd::Status { name, stale } => c.vm_status(&name, stale).await,
-                VmCmd::List { stale } => c.vm_list(stale).await,
+                VmCmd::Console(a) => console::run(&c.addr, a).await,
+                VmCmd::List { stale, filter } => c.vm_list(stale, &filter).await,
                 VmCmd::Wait {
                     name,
                     state,
@@ -625,7 +705,17 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Whatever the message echoes (a name typed with terminal escapes...), control
+            // characters are printed escaped.
+            let msg: String = format!("{e:#}")
+                .chars()
+                .flat_map(|c| match c {
+                    '\n' | '\t' => vec![c],
+                    c if c.is_control() => c.escape_default().collect(),
+                    c => vec![c],
+                })
+                .collect();
+            eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
     }

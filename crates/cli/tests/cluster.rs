@@ -46,7 +46,10 @@ fn node_failure_handling() {
     let (victim, via) = (followers[0], followers[1]);
 
     // Remove a non-leader through another non-leader.
-    let out = run_cli(&c.addr(via), &["cluster", "remove", &victim.to_string()]);
+    let out = run_cli(
+        &c.addr(via),
+        &["cluster", "remove", &victim.to_string(), "--force"],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -67,7 +70,10 @@ fn node_failure_handling() {
     }
 
     // Remove the leader itself.
-    let out = run_cli(&c.addr(via), &["cluster", "remove", &leader.to_string()]);
+    let out = run_cli(
+        &c.addr(via),
+        &["cluster", "remove", &leader.to_string(), "--force"],
+    );
     assert!(
         out.status.success(),
         "{}",

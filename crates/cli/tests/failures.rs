@@ -334,7 +334,10 @@ fn removing_a_node_moves_its_vms_without_running_them_twice() {
         .into_iter()
         .find(|n| *n != leader && !c.vm_dirs(*n).is_empty())
         .expect("a follower with VMs");
-    let out = common::run_cli(&c.addr(leader), &["cluster", "remove", &victim.to_string()]);
+    let out = common::run_cli(
+        &c.addr(leader),
+        &["cluster", "remove", &victim.to_string(), "--force"],
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -277,7 +277,7 @@ fn restarts_are_counted_once_each() {
 fn a_used_node_id_is_refused_and_the_refused_joiner_leaves_no_identity() {
     let mut c = Cluster::start(3, FAST_LIVENESS);
     let via = c.addr(1);
-    let out = common::run_cli(&via, &["cluster", "remove", "3"]);
+    let out = common::run_cli(&via, &["cluster", "remove", "3", "--force"]);
     assert!(
         out.status.success(),
         "{}",

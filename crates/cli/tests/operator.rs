@@ -31,7 +31,7 @@ fn every_node_emits_the_same_events_and_resume_gives_each_once() {
     c.wait_vm(1, "ev1", "running", DEADLINE, |v| v["state"] == "running");
     json(&c.addr(1), &["vm", "stop", "ev1"]);
     c.wait_vm(1, "ev1", "stopped", DEADLINE, |v| v["state"] == "stopped");
-    json(&c.addr(3), &["vm", "delete", "ev1"]);
+    json(&c.addr(3), &["vm", "delete", "ev1", "--force"]);
 
     let evs = wait_for("the deletion event", DEADLINE, || {
         let e = events(&c.addr(1), None);

@@ -72,7 +72,7 @@ fn qemu_vms_answer_on_their_addresses_and_devices_follow_them() {
     answers(&web_ip, "web");
 
     // Deleting a VM removes its tap.
-    json(&a, &["vm", "delete", "db"]);
+    json(&a, &["vm", "delete", "db", "--force"]);
     wait_for("db's tap to go", DEADLINE, || {
         (c.net_devices(1).len() == 2).then_some(())
     });

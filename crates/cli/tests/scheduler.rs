@@ -175,7 +175,7 @@ fn high_priority_vm_preempts_lower_priority_ones() {
         ],
     );
     assert_eq!(refused["state"], "pending", "without --preempt it waits");
-    json(&a, &["vm", "delete", "polite"]);
+    json(&a, &["vm", "delete", "polite", "--force"]);
     let high = json(
         &a,
         &[

@@ -299,7 +299,7 @@ fn forged_evictions_and_spoofed_heartbeats_are_refused() {
 fn a_removed_members_certificate_is_refused_also_after_restarts() {
     let mut c = Cluster::start(3, &[]);
     let n3 = node_material(&c.node(3).dir);
-    json(&c.addr(1), &["cluster", "remove", "3"]);
+    json(&c.addr(1), &["cluster", "remove", "3", "--force"]);
     assert!(c.wait_exit(3, DEADLINE), "the removed node stops");
     let cid = cluster_id(&c);
     let check = |c: &Cluster| {

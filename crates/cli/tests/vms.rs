@@ -230,7 +230,10 @@ fn process_driver_runs_many_vms_across_nodes() {
         .sum();
     assert_eq!(total, 30);
     for i in 0..30 {
-        json(&c.addr(1 + (i % 3)), &["vm", "delete", &format!("p{i}")]);
+        json(
+            &c.addr(1 + (i % 3)),
+            &["vm", "delete", &format!("p{i}"), "--force"],
+        );
     }
     wait_for("every node to clean up", DEADLINE, || {
         [1, 2, 3]

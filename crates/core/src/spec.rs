@@ -396,6 +396,23 @@ fn validate_label_part(what: &str, s: &str) -> Result<(), ApplyError> {
 
 /// Keeps error messages short when the input is huge.
 pub(crate) fn truncate_for_message(s: &str) -> String {
+    // Control characters (terminal escapes) are shown escaped, never echoed raw.
+    let escaped: String;
+    let s = if s.chars().any(char::is_control) {
+        escaped = s
+            .chars()
+            .flat_map(|c| {
+                if c.is_control() {
+                    c.escape_default().collect::<Vec<_>>()
+                } else {
+                    vec![c]
+                }
+            })
+            .collect();
+        escaped.as_str()
+    } else {
+        s
+    };
     if s.len() <= 80 {
         s.to_string()
     } else {

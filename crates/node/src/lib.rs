@@ -11,6 +11,7 @@
 pub mod authz;
 pub mod capabilities;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod executor;

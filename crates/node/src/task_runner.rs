@@ -527,6 +527,8 @@ impl TaskRunner {
             limits: run_as.as_ref().map(|_| supervisor::Limits::default()),
             run_as,
             argv: t.spec.command.clone(),
+            stdin_fifo: None,
+            stdout: None,
         };
         let mut envs: Vec<(String, String)> = t
             .spec

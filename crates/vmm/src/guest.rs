@@ -13,7 +13,7 @@
 //!    images included) and starts busybox `httpd` on port 80 serving the hostname (the VM's
 //!    name), so reachability is testable end to end;
 //! 3. mounts `/dev/vda` on `/mnt/vda` when a disk is attached (and says so on the console);
-//! 4. prints [`crate::READY_LINE`] on the console and idles.
+//! 4. prints [`crate::READY_LINE`] on the console and runs a root shell there (`vm console`).
 //!
 //! The guest does not handle ACPI power-down (a bare busybox has no listener for the power
 //! button without the kernel's evdev module), so a graceful stop of this guest ends with QMP
@@ -33,7 +33,7 @@ pub const DEFAULT_GUEST_DIR: &str = "/var/lib/blixard/guest";
 /// busybox-static's binary on Debian.
 pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 /// Bumped whenever the archive's content changes, so cached archives are rebuilt.
-const INITRAMFS_FILE: &str = "initramfs-v2.cpio";
+const INITRAMFS_FILE: &str = "initramfs-v3.cpio";
 /// The modules directory inside the guest dir and inside the initramfs.
 pub const MODULES_DIR: &str = "modules";
 /// The load-order file in [`MODULES_DIR`].
@@ -85,13 +85,15 @@ if [ -b /dev/vda ]; then
     fi
 fi
 echo "BLIXARD-READY"
-# Idle forever: PID 1 must not exit. Stop comes from the host (QMP quit).
-while :; do sleep 3600; done
+# A root shell on the serial console (`blixard vm console`), started again when it exits:
+# PID 1 must not exit. Stop comes from the host (QMP quit).
+while :; do setsid cttyhack sh; sleep 1; done
 "#;
 
 const APPLETS: &[&str] = &[
     "sh", "mount", "umount", "sleep", "echo", "cat", "ls", "mkdir", "poweroff", "reboot", "insmod",
-    "ip", "ifconfig", "route", "hostname", "httpd", "wget", "ping", "ps", "grep",
+    "ip", "ifconfig", "route", "hostname", "httpd", "wget", "ping", "ps", "grep", "setsid",
+    "cttyhack",
 ];
 
 /// `BLIXARD_GUEST_DIR` or [`DEFAULT_GUEST_DIR`].

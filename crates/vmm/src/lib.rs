@@ -241,6 +241,12 @@ pub trait VmDriver: Send + Sync {
 
     /// Where the VM's console (serial output, or workload stdout+stderr) is written.
     fn console_path(&self, name: &str) -> PathBuf;
+
+    /// Where input for the VM's console is written (a FIFO read by the VM's process), when
+    /// the driver has console input (qemu: the guest serial). `None`: output only.
+    fn console_input_path(&self, _name: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Check that `name` is usable as a run directory name.

@@ -23,7 +23,7 @@ use qapi::futures::QmpStreamTokio;
 use qapi::qmp;
 use tokio::time::{timeout, Instant};
 
-use crate::rundir::{self, Liveness, RunDir, CONSOLE, QMP_SOCKET, VMM_LOG};
+use crate::rundir::{self, Liveness, RunDir, CONSOLE, CONSOLE_IN, QMP_SOCKET, VMM_LOG};
 use crate::{DriverError, Observed, RunState, VmConfig, VmDriver};
 
 pub const KIND: &str = "qemu";
@@ -111,13 +111,10 @@ pub fn build_argv(cfg: &VmConfig, paths: &QemuPaths, accel: Accel) -> Vec<String
         "-smp",
         &cfg.vcpus.to_string(),
     ]);
-    push(&[
-        "-chardev",
-        &format!(
-            "file,id=console,path={},append=on",
-            opt_path(&paths.console)
-        ),
-    ]);
+    // The serial console is QEMU's stdio: the supervisor appends stdout to `console.log` (a
+    // regular file: guest output never waits for a reader) and gives it the `console.in` FIFO
+    // as stdin (read-write, so QEMU never sees end of file): `vm console` writes there.
+    push(&["-chardev", "stdio,id=console,signal=off"]);
     push(&["-serial", "chardev:console"]);
     push(&[
         "-qmp",
@@ -370,15 +367,10 @@ impl VmDriver for QemuDriver {
         let mut argv = vec![self.qemu.to_string_lossy().into_owned()];
         argv.extend(build_argv(&run_cfg, &paths, self.accel));
         tracing::debug!(vm = %cfg.name, ?argv, "launching qemu");
-        rd.launch(
-            &self.supervisor,
-            &cfg.name,
-            epoch,
-            VMM_LOG,
-            &argv,
-            &self.envs,
-        )
-        .await?;
+        let mut spec = crate::supervisor::Spec::vm(rd.dir(), &cfg.name, epoch, VMM_LOG, &argv);
+        spec.stdin_fifo = Some(CONSOLE_IN.into());
+        spec.stdout = Some(CONSOLE.into());
+        crate::supervisor::launch(&self.supervisor, &spec, &self.envs).await?;
         let pid = rundir::record_pid(&rd, &mut meta, &[VMM_LOG, CONSOLE]).await?;
 
         // Up means: QMP answers (QEMU binds the socket before machine init, which may still
@@ -469,6 +461,10 @@ impl VmDriver for QemuDriver {
     fn console_path(&self, name: &str) -> PathBuf {
         self.run_root.join(name).join(CONSOLE)
     }
+
+    fn console_input_path(&self, name: &str) -> Option<PathBuf> {
+        Some(self.run_root.join(name).join(CONSOLE_IN))
+    }
 }
 
 fn qmp_error(socket: &Path, message: impl std::fmt::Display) -> DriverError {
@@ -554,7 +550,7 @@ mod tests {
                 "-smp",
                 "2",
                 "-chardev",
-                "file,id=console,path=/run/blixard/vm1/console.log,append=on",
+                "stdio,id=console,signal=off",
                 "-serial",
                 "chardev:console",
                 "-qmp",
@@ -595,7 +591,7 @@ mod tests {
                 "-smp",
                 "1",
                 "-chardev",
-                "file,id=console,path=/r/db/console.log,append=on",
+                "stdio,id=console,signal=off",
                 "-serial",
                 "chardev:console",
                 "-qmp",

@@ -46,6 +46,8 @@ use crate::{DriverError, VmConfig};
 pub const META: &str = "meta.json";
 pub const PID: &str = "pid";
 pub const CONSOLE: &str = "console.log";
+/// The console input of a VM (a FIFO the VM's process reads as its stdin; qemu only).
+pub const CONSOLE_IN: &str = "console.in";
 pub const VMM_LOG: &str = "vmm.log";
 pub const QMP_SOCKET: &str = "qmp.sock";
 pub const EXIT_CODE: &str = "exit_code";

@@ -104,6 +104,13 @@ pub struct Spec {
     pub limits: Option<Limits>,
     /// The workload's argv (program first).
     pub argv: Vec<String>,
+    /// A FIFO (relative: inside `dir`; created when missing) opened read-write as the
+    /// workload's stdin: the console input of a VM. The workload holds a writer itself, so it
+    /// never sees end of file however often writers come and go.
+    pub stdin_fifo: Option<PathBuf>,
+    /// Where stdout goes instead of `out` (relative: inside `dir`; appended to). stderr stays
+    /// in `out`.
+    pub stdout: Option<PathBuf>,
 }
 
 /// The user a workload runs as.
@@ -222,6 +229,8 @@ impl Spec {
             run_as: None,
             limits: None,
             argv: argv.to_vec(),
+            stdin_fifo: None,
+            stdout: None,
         }
     }
 
@@ -257,6 +266,12 @@ impl Spec {
             a.push("--stop-kills".into());
         }
         a.extend(self.confine().to_args());
+        if let Some(p) = &self.stdin_fifo {
+            a.extend(["--stdin-fifo".into(), p.clone().into()]);
+        }
+        if let Some(p) = &self.stdout {
+            a.extend(["--stdout".into(), p.clone().into()]);
+        }
         a.push("--".into());
         a.extend(self.argv.iter().map(OsString::from));
         a
@@ -364,6 +379,8 @@ fn parse(args: Vec<OsString>) -> Result<Mode, String> {
                 spec.output_limit = Some(n);
             }
             "--stop-kills" => spec.stop_kills = true,
+            "--stdin-fifo" => spec.stdin_fifo = Some(PathBuf::from(next("--stdin-fifo")?)),
+            "--stdout" => spec.stdout = Some(PathBuf::from(next("--stdout")?)),
             "--" => break,
             other => parse_confine(
                 other,
@@ -722,6 +739,14 @@ fn supervise(spec: &Spec) -> i32 {
             return 0;
         }
     };
+    let (stdin, stdout) = match open_console(spec) {
+        Ok((stdin, own_stdout)) => (stdin, own_stdout.unwrap_or(stdout)),
+        Err(why) => {
+            write_file(&dir.join(EXEC_FAILED), &why);
+            write_file(&dir.join(EXIT_CODE), "126");
+            return 0;
+        }
+    };
     // This very executable, even if its file was replaced or removed since it started.
     let me = std::env::current_exe()
         .ok()
@@ -736,7 +761,7 @@ fn supervise(spec: &Spec) -> i32 {
         .arg("--")
         .args(&spec.argv)
         .current_dir(spec.cwd.as_deref().unwrap_or(dir))
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
@@ -879,6 +904,40 @@ fn reap_orphans() {
     }
 }
 
+/// The workload's stdin (the console FIFO, or nothing) and its own stdout file, if any.
+fn open_console(spec: &Spec) -> Result<(Stdio, Option<Stdio>), String> {
+    let stdin = match &spec.stdin_fifo {
+        None => Stdio::null(),
+        Some(rel) => {
+            let path = spec.dir.join(rel);
+            match nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(format!("cannot create the FIFO {}: {e}", path.display())),
+            }
+            // Read-write: opening never blocks, and the workload keeps a writer of its own.
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            Stdio::from(f)
+        }
+    };
+    let stdout = match &spec.stdout {
+        None => None,
+        Some(rel) => {
+            let path = spec.dir.join(rel);
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            Some(Stdio::from(f))
+        }
+    };
+    Ok((stdin, stdout))
+}
+
 fn open_output(spec: &Spec, out_path: &Path) -> Result<(Stdio, Stdio, Output), String> {
     match spec.output_limit {
         None => {
@@ -995,6 +1054,8 @@ mod tests {
             gid: 989,
         });
         spec.limits = Some(Limits::default());
+        spec.stdin_fifo = Some("console.in".into());
+        spec.stdout = Some("console.log".into());
         let mut args: Vec<OsString> = vec!["supervise".into()];
         args.extend(spec.to_args());
         assert_eq!(parse(args), Ok(Mode::Supervise(spec)));

@@ -329,6 +329,8 @@ fn task_spec(dir: &Path, name: &str, argv: &[&str], timeout: Duration) -> Spec {
         run_as: None,
         limits: None,
         argv: argv.iter().map(|s| s.to_string()).collect(),
+        stdin_fifo: None,
+        stdout: None,
     }
 }
 

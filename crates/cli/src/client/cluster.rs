@@ -149,6 +149,15 @@ impl Client {
                     format!("{}/{}", a.disk_gb, c.disk_gb),
                     n.vms.to_string(),
                     if n.kvm { "yes" } else { "no" }.into(),
+                    if n.labels.is_empty() {
+                        "-".to_string()
+                    } else {
+                        n.labels
+                            .iter()
+                            .map(|(k, v)| format!("{}={}", output::clean(k), output::clean(v)))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    },
                 ]
             })
             .collect();
@@ -163,7 +172,8 @@ impl Client {
                     "memory mib",
                     "disk gib",
                     "vms",
-                    "kvm"
+                    "kvm",
+                    "labels"
                 ],
                 rows
             )

@@ -177,7 +177,7 @@ impl Client {
         Err(anyhow!(msg))
     }
 
-    pub async fn task_logs(&self, id: &str) -> anyhow::Result<()> {
+    pub async fn task_logs(&self, id: &str, tail: Option<usize>) -> anyhow::Result<()> {
         use std::io::Write;
         let mut stream = self
             .connect()
@@ -189,7 +189,7 @@ impl Client {
             .await
             .map_err(|e| status_err(&self.addr, e))?
             .into_inner();
-        if self.json {
+        if self.json || tail.is_some() {
             // One JSON document: the output as text (invalid UTF-8 replaced).
             let mut data = Vec::new();
             while let Some(chunk) = stream
@@ -199,8 +199,18 @@ impl Client {
             {
                 data.extend_from_slice(&chunk.data);
             }
+            let data = match tail {
+                Some(n) => crate::extras::tail_lines(&data, n),
+                None => &data[..],
+            };
+            if !self.json {
+                let mut out = std::io::stdout().lock();
+                out.write_all(data)?;
+                out.flush()?;
+                return Ok(());
+            }
             output::print_json(
-                &serde_json::json!({"id": id, "output": String::from_utf8_lossy(&data)}),
+                &serde_json::json!({"id": id, "output": String::from_utf8_lossy(data)}),
             );
             return Ok(());
         }

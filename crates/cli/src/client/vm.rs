@@ -214,10 +214,10 @@ impl Client {
         } else {
             println!("{}", vm_table(std::slice::from_ref(&vm)));
             if let Some(p) = &vm.placement {
-                println!("placement: {p}");
+                println!("placement: {}", output::clean(p));
             }
-            if vm.restarts > 0 {
-                println!("restarts: {}", vm.restarts);
+            for line in crate::extras::vm_details(&vm, crate::extras::now_ms()) {
+                println!("{line}");
             }
             if let Some(by) = &vm.created_by {
                 println!("created by: {}", output::clean(by));
@@ -226,7 +226,12 @@ impl Client {
         Ok(())
     }
 
-    pub async fn vm_list(&self, stale: bool) -> anyhow::Result<()> {
+    pub async fn vm_list(
+        &self,
+        stale: bool,
+        filter: &crate::extras::VmFilter,
+    ) -> anyhow::Result<()> {
+        let labels = filter.parsed()?;
         // Page by page: any number of VMs can be listed.
         let mut c = self.connect().await?;
         let mut vms = Vec::new();
@@ -247,6 +252,7 @@ impl Client {
             }
             after = r.next;
         }
+        vms.retain(|v| filter.matches(&labels, v));
         if self.json {
             output::print_json(&serde_json::Value::Array(
                 vms.iter().map(output::vm_json).collect(),
@@ -290,23 +296,38 @@ impl Client {
     ) -> anyhow::Result<pb::VmInfo> {
         let deadline = Instant::now() + Duration::from_secs(timeout);
         let mut c = self.connect().await?;
+        // On a terminal (stderr), one status line kept up to date while waiting.
+        let mut progress = crate::extras::Progress::new(!self.json);
         loop {
             let vm = self.get_vm(&mut c, name, false).await?;
             if states.contains(&vm.state.as_str()) {
+                progress.finish();
                 return Ok(vm);
             }
+            progress.show(&crate::extras::vm_progress_line(&vm));
             if Instant::now() >= deadline {
+                progress.finish();
                 anyhow::bail!(
-                    "timed out after {timeout}s waiting for VM {name} to be {} (it is {})",
+                    "timed out after {timeout}s waiting for VM {name} to be {} (it is {}{})",
                     states.join(" or "),
-                    vm.state
+                    vm.state,
+                    vm.reason
+                        .as_deref()
+                        .map(|r| format!(": {}", output::clean(r)))
+                        .unwrap_or_default()
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    pub async fn vm_logs(&self, name: &str, follow: bool, previous: bool) -> anyhow::Result<()> {
+    pub async fn vm_logs(
+        &self,
+        name: &str,
+        follow: bool,
+        previous: bool,
+        tail: Option<usize>,
+    ) -> anyhow::Result<()> {
         use std::io::Write;
         let mut stream = self
             .connect()
@@ -319,7 +340,7 @@ impl Client {
             .await
             .map_err(|e| status_err(&self.addr, e))?
             .into_inner();
-        if self.json && !follow {
+        if (self.json || tail.is_some()) && !follow {
             // One JSON document: the console as text (invalid UTF-8 replaced). With --follow,
             // the console is streamed as it comes.
             let mut data = Vec::new();
@@ -330,8 +351,18 @@ impl Client {
             {
                 data.extend_from_slice(&chunk.data);
             }
+            let data = match tail {
+                Some(n) => crate::extras::tail_lines(&data, n),
+                None => &data[..],
+            };
+            if !self.json {
+                let mut out = std::io::stdout().lock();
+                out.write_all(data)?;
+                out.flush()?;
+                return Ok(());
+            }
             output::print_json(
-                &serde_json::json!({"name": name, "console": String::from_utf8_lossy(&data)}),
+                &serde_json::json!({"name": name, "console": String::from_utf8_lossy(data)}),
             );
             return Ok(());
         }

@@ -25,6 +25,17 @@ impl Blixard for Api {
 
     type TaskLogsStream = LogStream;
 
+    type ConsoleStream = crate::console::ConsoleStream;
+
+    async fn console(
+        &self,
+        r: GrpcRequest<tonic::Streaming<pb::ConsoleInput>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        let fwd = is_forwarded(&r);
+        let s = crate::console::serve(self.node.clone(), fwd, r.into_inner()).await?;
+        Ok(Response::new(s))
+    }
+
     type EventsStream = EventsStream;
 
     async fn events(

@@ -74,7 +74,7 @@ pub(super) fn stream_file(node: Arc<Node>, path: std::path::PathBuf, follow: boo
 }
 
 /// A client for the node (id, address) that holds a VM's console or a task's output.
-pub(super) fn owner_client(
+pub(crate) fn owner_client(
     node: &Node,
     owner: &(u64, Option<String>),
 ) -> Result<blixard_api::BlixardClient<tonic::transport::Channel>, Status> {

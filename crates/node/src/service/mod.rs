@@ -13,7 +13,7 @@ use crate::node::Node;
 use crate::security;
 
 mod client;
-mod logs;
+pub(crate) mod logs;
 mod paging;
 mod peer;
 
