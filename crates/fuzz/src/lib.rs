@@ -8,6 +8,11 @@
 //! [`seeds`], plus inputs that once mattered) and run a bounded number of random and mutated
 //! inputs on every test run.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "byte-level encoders for fuzz inputs narrow on purpose (lengths capped, 6-bit groups)"
+)]
+
 use std::sync::OnceLock;
 
 use blixard_api::pb;
