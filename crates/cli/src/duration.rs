@@ -68,6 +68,17 @@ pub fn parse_ms(s: &str) -> Result<Duration, String> {
     parse(s, 1)
 }
 
+/// A clap value parser: whole seconds (rounded up), bare numbers being seconds.
+pub fn secs_arg(s: &str) -> Result<u64, String> {
+    let d = parse_secs(s)?;
+    u64::try_from(d.as_millis().div_ceil(1000)).map_err(|_| format!("{s:?} is too long"))
+}
+
+/// A clap value parser: milliseconds, bare numbers being milliseconds.
+pub fn ms_arg(s: &str) -> Result<u64, String> {
+    u64::try_from(parse_ms(s)?.as_millis()).map_err(|_| format!("{s:?} is too long"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,15 +107,4 @@ mod tests {
             assert!(parse_secs(bad).is_err(), "{bad:?} accepted");
         }
     }
-}
-
-/// A clap value parser: whole seconds (rounded up), bare numbers being seconds.
-pub fn secs_arg(s: &str) -> Result<u64, String> {
-    let d = parse_secs(s)?;
-    Ok(d.as_millis().div_ceil(1000) as u64)
-}
-
-/// A clap value parser: milliseconds, bare numbers being milliseconds.
-pub fn ms_arg(s: &str) -> Result<u64, String> {
-    Ok(parse_ms(s)?.as_millis() as u64)
 }

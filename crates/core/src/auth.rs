@@ -488,6 +488,34 @@ impl AuthState {
     }
 }
 
+impl crate::state::ClusterState {
+    /// Records who created a VM or submitted a task (the request's caller) on the new record
+    /// and in the reply. Called by `apply` after the command succeeded; deterministic.
+    pub(crate) fn stamp_creator(&mut self, req: &crate::Request, reply: &mut Reply) {
+        let Some(caller) = &req.caller else {
+            return;
+        };
+        let caller: String = caller.chars().take(MAX_NAME_LEN + 8).collect();
+        match (&req.command, reply) {
+            (crate::Command::CreateVm { spec }, Reply::Vm(r)) => {
+                if let Some(vm) = self.vms.get_mut(&spec.name) {
+                    vm.created_by = Some(caller.clone());
+                    r.created_by = Some(caller);
+                    self.touched.insert(crate::RowKey::Vm(spec.name.clone()));
+                }
+            }
+            (crate::Command::SubmitTask { id, .. }, Reply::Task(r)) => {
+                if let Some(t) = self.tasks.get_mut(id) {
+                    t.created_by = Some(caller.clone());
+                    r.created_by = Some(caller);
+                    self.touched.insert(crate::RowKey::Task(id.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -815,9 +843,8 @@ mod tests {
             let mut revoked = std::collections::BTreeSet::new();
             for (c, now) in cmds {
                 let before = s.clone();
-                match s.apply(&c, now) {
-                    Err(_) => prop_assert_eq!(&s, &before),
-                    Ok(_) => {}
+                if s.apply(&c, now).is_err() {
+                    prop_assert_eq!(&s, &before);
                 }
                 for c in s.credentials.values() {
                     if c.revoked { revoked.insert(format!("c{}", c.serial)); }
@@ -831,34 +858,6 @@ mod tests {
                     prop_assert!(!revoked.contains(&key) || t.revoked);
                 }
             }
-        }
-    }
-}
-
-impl crate::state::ClusterState {
-    /// Records who created a VM or submitted a task (the request's caller) on the new record
-    /// and in the reply. Called by `apply` after the command succeeded; deterministic.
-    pub(crate) fn stamp_creator(&mut self, req: &crate::Request, reply: &mut Reply) {
-        let Some(caller) = &req.caller else {
-            return;
-        };
-        let caller: String = caller.chars().take(MAX_NAME_LEN + 8).collect();
-        match (&req.command, reply) {
-            (crate::Command::CreateVm { spec }, Reply::Vm(r)) => {
-                if let Some(vm) = self.vms.get_mut(&spec.name) {
-                    vm.created_by = Some(caller.clone());
-                    r.created_by = Some(caller);
-                    self.touched.insert(crate::RowKey::Vm(spec.name.clone()));
-                }
-            }
-            (crate::Command::SubmitTask { id, .. }, Reply::Task(r)) => {
-                if let Some(t) = self.tasks.get_mut(id) {
-                    t.created_by = Some(caller.clone());
-                    r.created_by = Some(caller);
-                    self.touched.insert(crate::RowKey::Task(id.clone()));
-                }
-            }
-            _ => {}
         }
     }
 }

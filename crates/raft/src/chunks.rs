@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn out_of_order_missing_repeated_or_headless_chunks_are_refused() {
-        let data: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
+        let data: Vec<u8> = (0..4000u32).map(|i| i.to_le_bytes()[0]).collect();
         let chunks: Vec<_> = split(header(4000), data.clone(), 1000).collect();
         let mut swapped = chunks.clone();
         swapped.swap(1, 2);
