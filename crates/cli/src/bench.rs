@@ -71,7 +71,11 @@ pub async fn writes(mut p: Params) -> anyhow::Result<()> {
         return Err(anyhow!("--clients: every count must be at least 1"));
     }
     let max = p.clients.iter().copied().max().unwrap_or(1);
-    let first = p.addrs.first().ok_or_else(|| anyhow!("no address"))?.clone();
+    let first = p
+        .addrs
+        .first()
+        .ok_or_else(|| anyhow!("no address"))?
+        .clone();
     let (leader, term0) = leader_and_term(&first).await?;
     if p.leader_only {
         p.addrs = vec![leader];
@@ -84,7 +88,9 @@ pub async fn writes(mut p: Params) -> anyhow::Result<()> {
         let r = admin
             .create_vm(pb::CreateVmRequest {
                 spec: Some(spec),
-                request_id: format!("bench-create-{i}"),
+                // Fresh ids: a repeated id would return the remembered outcome of an earlier
+                // run's create (since deleted) instead of creating.
+                request_id: crate::client::request_id(),
             })
             .await;
         if let Err(s) = r {
@@ -133,7 +139,11 @@ pub async fn writes(mut p: Params) -> anyhow::Result<()> {
             crate::output::table(
                 &[
                     "clients",
-                    if p.op == Op::Write { "writes/s" } else { "reads/s" },
+                    if p.op == Op::Write {
+                        "writes/s"
+                    } else {
+                        "reads/s"
+                    },
                     "p50 ms",
                     "p99 ms",
                     "errors"
@@ -180,10 +190,7 @@ async fn run(p: &Params, clients: usize) -> anyhow::Result<RunResult> {
                         .set_vm_desired(pb::SetVmDesiredRequest {
                             name: name.clone(),
                             desired: "stopped".into(),
-                            request_id: format!(
-                                "bench-{clients}-{i}-{seq}-{}",
-                                std::process::id()
-                            ),
+                            request_id: format!("bench-{clients}-{i}-{seq}-{}", std::process::id()),
                         })
                         .await
                         .is_ok(),

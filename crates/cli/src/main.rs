@@ -634,7 +634,14 @@ fn main() -> ExitCode {
             }
             Cmd::Bench {
                 sub: BenchCmd::Failover { trials, node_args },
-            } => bench::suite::failover(trials.max(1), node_args, cli.json).await,
+            } => {
+                bench::suite::interruptible(bench::suite::failover(
+                    trials.max(1),
+                    node_args,
+                    cli.json,
+                ))
+                .await
+            }
             Cmd::Bench {
                 sub:
                     BenchCmd::Memory {
@@ -642,7 +649,15 @@ fn main() -> ExitCode {
                         clients,
                         node_args,
                     },
-            } => bench::suite::memory(records, clients.max(1), node_args, cli.json).await,
+            } => {
+                bench::suite::interruptible(bench::suite::memory(
+                    records,
+                    clients.max(1),
+                    node_args,
+                    cli.json,
+                ))
+                .await
+            }
             Cmd::Bench {
                 sub:
                     BenchCmd::Catchup {
@@ -650,7 +665,15 @@ fn main() -> ExitCode {
                         clients,
                         node_args,
                     },
-            } => bench::suite::catchup(records, clients.max(1), node_args, cli.json).await,
+            } => {
+                bench::suite::interruptible(bench::suite::catchup(
+                    records,
+                    clients.max(1),
+                    node_args,
+                    cli.json,
+                ))
+                .await
+            }
             Cmd::Bench {
                 sub:
                     BenchCmd::Creates {
@@ -658,7 +681,15 @@ fn main() -> ExitCode {
                         clients,
                         node_args,
                     },
-            } => bench::suite::creates(count.max(1), clients.max(1), node_args, cli.json).await,
+            } => {
+                bench::suite::interruptible(bench::suite::creates(
+                    count.max(1),
+                    clients.max(1),
+                    node_args,
+                    cli.json,
+                ))
+                .await
+            }
             Cmd::Dashboard => c.dashboard().await,
             Cmd::Events { since, follow } => c.events(since, follow).await,
             Cmd::Workload => blixard_vmm::idle_workload()

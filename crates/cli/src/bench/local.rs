@@ -85,10 +85,24 @@ impl LocalCluster {
         Ok(c)
     }
 
-    fn spawn(&self, id: u64, addr: &str, data_dir: &Path, boot: &[String]) -> anyhow::Result<Child> {
+    fn spawn(
+        &self,
+        id: u64,
+        addr: &str,
+        data_dir: &Path,
+        boot: &[String],
+    ) -> anyhow::Result<Child> {
         let log = std::fs::File::create(self.dir.join(format!("n{id}.log")))?;
         Command::new(&self.exe)
-            .args(["node", "--id", &id.to_string(), "--listen", addr, "--driver", "process"])
+            .args([
+                "node",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                addr,
+                "--driver",
+                "process",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .args(boot)
@@ -111,19 +125,26 @@ impl LocalCluster {
             vec!["--init".to_string()]
         } else {
             let seed = self.live_addr()?;
-            let out = Command::new(&self.exe)
-                .args(["--addr", &seed, "--credentials"])
-                .arg(&self.creds)
-                .args(["cluster", "token", "create", "--ttl", "300"])
-                .output()
-                .context("creating a join token")?;
-            if !out.status.success() {
-                bail!(
-                    "creating a join token: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            // The first node answers before its bootstrap entry is applied: retry briefly.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let token = loop {
+                let out = Command::new(&self.exe)
+                    .args(["--addr", &seed, "--credentials"])
+                    .arg(&self.creds)
+                    .args(["cluster", "token", "create", "--ttl", "300"])
+                    .output()
+                    .context("creating a join token")?;
+                if out.status.success() {
+                    break String::from_utf8_lossy(&out.stdout).trim().to_string();
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "creating a join token: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
             vec!["--join".into(), seed, "--token".into(), token]
         };
         let child = self.spawn(id, &addr, &data_dir, &boot)?;
@@ -150,9 +171,13 @@ impl LocalCluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.creds.exists() {
-                if let Ok(mut c) = connect_with(addr, &self.creds, Some(Duration::from_secs(2))).await
+                if let Ok(mut c) =
+                    connect_with(addr, &self.creds, Some(Duration::from_secs(2))).await
                 {
-                    if c.cluster_status(pb::ReadOptions { stale: true }).await.is_ok() {
+                    if c.cluster_status(pb::ReadOptions { stale: true })
+                        .await
+                        .is_ok()
+                    {
                         return Ok(());
                     }
                 }
@@ -168,7 +193,12 @@ impl LocalCluster {
     }
 
     pub async fn client(&self, i: usize) -> anyhow::Result<BlixardClient<Channel>> {
-        connect_with(&self.nodes[i].addr, &self.creds, Some(Duration::from_secs(30))).await
+        connect_with(
+            &self.nodes[i].addr,
+            &self.creds,
+            Some(Duration::from_secs(30)),
+        )
+        .await
     }
 
     /// Waits until `n` workers are registered (linearizable read through a live node).
@@ -176,7 +206,8 @@ impl LocalCluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let addr = self.live_addr()?;
-            if let Ok(mut c) = connect_with(&addr, &self.creds, Some(Duration::from_secs(2))).await {
+            if let Ok(mut c) = connect_with(&addr, &self.creds, Some(Duration::from_secs(2))).await
+            {
                 if let Ok(r) = c.list_nodes(pb::ReadOptions { stale: false }).await {
                     if r.into_inner().nodes.len() >= n {
                         return Ok(());
@@ -192,8 +223,12 @@ impl LocalCluster {
 
     /// This node's view of the cluster (stale: no leader round trip).
     pub async fn status(&self, i: usize) -> anyhow::Result<pb::ClusterStatusReply> {
-        let mut c = connect_with(&self.nodes[i].addr, &self.creds, Some(Duration::from_secs(2)))
-            .await?;
+        let mut c = connect_with(
+            &self.nodes[i].addr,
+            &self.creds,
+            Some(Duration::from_secs(2)),
+        )
+        .await?;
         Ok(c.cluster_status(pb::ReadOptions { stale: true })
             .await?
             .into_inner())

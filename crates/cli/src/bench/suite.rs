@@ -15,10 +15,20 @@ use super::local::LocalCluster;
 /// Capacity every bench node offers, so that 100,000 small stopped VMs are all placed (an
 /// unplaced VM would be retried by every later placement round and distort the figures).
 fn capacity_args() -> Vec<String> {
-    ["--vcpus", "65536", "--memory-mb", "4194304", "--disk-gb", "1000000"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "--vcpus",
+        "65536",
+        "--memory-mb",
+        "4194304",
+        "--disk-gb",
+        "1000000",
+        // Room for an address per VM beyond the default /16's 65,534.
+        "--network-cidr",
+        "10.0.0.0/12",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn small_spec(name: String) -> pb::VmSpec {
@@ -26,6 +36,20 @@ fn small_spec(name: String) -> pb::VmSpec {
     spec.memory_mb = 16;
     spec.start = false;
     spec
+}
+
+/// Runs a benchmark until it ends or the process is asked to stop (SIGINT/SIGTERM); either way
+/// the bench cluster is dropped, which kills its nodes and removes its directory.
+pub async fn interruptible(
+    f: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = f => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; the bench nodes were stopped"),
+        _ = term.recv() => bail!("terminated; the bench nodes were stopped"),
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -144,7 +168,10 @@ pub async fn failover(trials: usize, node_args: Vec<String>, json_out: bool) -> 
         let leader = c.wait_stable(Duration::from_secs(60)).await?;
         // Let the restarted node settle in as a follower before the next kill.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let leader = c.wait_stable(Duration::from_secs(60)).await.unwrap_or(leader);
+        let leader = c
+            .wait_stable(Duration::from_secs(60))
+            .await
+            .unwrap_or(leader);
         let term0 = c.status(leader).await?.term;
         let survivors: Vec<usize> = (0..c.nodes.len()).filter(|&i| i != leader).collect();
         let mut conns = Vec::new();
@@ -206,7 +233,10 @@ pub async fn failover(trials: usize, node_args: Vec<String>, json_out: bool) -> 
         for (i, r) in rows.iter().enumerate() {
             println!("trial {}: {:.0} ms, {} election(s)", i + 1, r.0, r.1);
         }
-        println!("failover median {median:.0} ms, max {max:.0} ms over {trials} trials (load {})", loadavg());
+        println!(
+            "failover median {median:.0} ms, max {max:.0} ms over {trials} trials (load {})",
+            loadavg()
+        );
     }
     Ok(())
 }
@@ -225,11 +255,12 @@ pub async fn memory(
     let c = LocalCluster::start(3, args).await?;
     let mut rows = Vec::new();
     let mut have = 0;
-    let base: Vec<(u64, u64)> = (0..3).map(|i| c.rss_kib(i)).collect::<anyhow::Result<_>>()?;
+    let base: Vec<(u64, u64)> = (0..3)
+        .map(|i| c.rss_kib(i))
+        .collect::<anyhow::Result<_>>()?;
     for &target in &steps {
         if target > have {
-            let (_, _, took, _) =
-                create_range(&c, "mem-", have, target, clients, "memory").await?;
+            let (_, _, took, _) = create_range(&c, "mem-", have, target, clients, "memory").await?;
             eprintln!(
                 "memory: {target} records ({} created in {:.1} s)",
                 target - have,
@@ -238,7 +269,9 @@ pub async fn memory(
             have = target;
         }
         c.wait_stable(Duration::from_secs(60)).await?;
-        let rss: Vec<(u64, u64)> = (0..3).map(|i| c.rss_kib(i)).collect::<anyhow::Result<_>>()?;
+        let rss: Vec<(u64, u64)> = (0..3)
+            .map(|i| c.rss_kib(i))
+            .collect::<anyhow::Result<_>>()?;
         let list = c.time_cli(0, &["--json", "vm", "list"])?;
         let list_stale = c.time_cli(0, &["--json", "vm", "list", "--stale"])?;
         rows.push((target, rss, list, list_stale));
@@ -259,8 +292,14 @@ pub async fn memory(
         let mib = |k: u64| format!("{:.0}", k as f64 / 1024.0);
         let mut t = vec![vec![
             "0".into(),
-            base.iter().map(|r| mib(r.0)).collect::<Vec<_>>().join(" / "),
-            base.iter().map(|r| mib(r.1)).collect::<Vec<_>>().join(" / "),
+            base.iter()
+                .map(|r| mib(r.0))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            base.iter()
+                .map(|r| mib(r.1))
+                .collect::<Vec<_>>()
+                .join(" / "),
             "-".into(),
             "-".into(),
         ]];
@@ -276,7 +315,13 @@ pub async fn memory(
         println!(
             "{}",
             crate::output::table(
-                &["records", "RSS MiB (n1/n2/n3)", "peak MiB", "vm list ms", "vm list --stale ms"],
+                &[
+                    "records",
+                    "RSS MiB (n1/n2/n3)",
+                    "peak MiB",
+                    "vm list ms",
+                    "vm list --stale ms"
+                ],
                 t
             )
         );
