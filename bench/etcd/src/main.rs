@@ -47,7 +47,10 @@ async fn find_leader(endpoints: &[String]) -> anyhow::Result<String> {
             }
         }
     }
-    anyhow::bail!("no endpoint reports itself the leader: {}", endpoints.join(","))
+    anyhow::bail!(
+        "no endpoint reports itself the leader: {}",
+        endpoints.join(",")
+    )
 }
 
 struct Row {
