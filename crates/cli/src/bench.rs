@@ -1,9 +1,17 @@
-//! `blixard bench writes`: closed-loop write load against a running cluster, to measure how
-//! throughput grows with concurrent clients (many proposals share one log append and fsync).
+//! `blixard bench writes` / `reads`: closed-loop load against a running cluster, to measure
+//! how throughput grows with concurrent clients (many proposals share one log append and
+//! fsync).
 //!
 //! Each client owns one VM record (`bench-<i>`, created stopped, so no executor acts on it)
-//! and, in a loop, sends `SetVmDesired` with a fresh request id: one replicated write of one
-//! row per request, comparable to a small key-value put.
+//! and, in a loop, sends `SetVmDesired` with a fresh request id (one replicated write of one
+//! row per request, comparable to a small key-value put), or reads it back (`GetVm`,
+//! linearizable or stale).
+//!
+//! The benchmarks that need their own cluster (failover, memory, catchup, creates) are in
+//! `suite`.
+
+mod local;
+pub mod suite;
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +24,15 @@ pub struct Params {
     pub clients: Vec<usize>,
     pub duration: Duration,
     pub json: bool,
+    /// Send every request to the current leader (found through the first address).
+    pub leader_only: bool,
+    pub op: Op,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Write,
+    Read { stale: bool },
 }
 
 struct RunResult {
@@ -33,10 +50,37 @@ async fn connect(addr: &str) -> anyhow::Result<BlixardClient<tonic::transport::C
     ))
 }
 
-pub async fn writes(p: Params) -> anyhow::Result<()> {
+/// The leader's address and the current term, as the node at `addr` sees them.
+async fn leader_and_term(addr: &str) -> anyhow::Result<(String, u64)> {
+    let s = connect(addr)
+        .await?
+        .cluster_status(pb::ReadOptions { stale: false })
+        .await
+        .map_err(|s| anyhow!("cluster status from {addr}: {}", s.message()))?
+        .into_inner();
+    let leader = s
+        .leader_id
+        .and_then(|l| s.members.iter().find(|m| m.id == l))
+        .map(|m| m.addr.clone())
+        .ok_or_else(|| anyhow!("{addr} knows no leader"))?;
+    Ok((leader, s.term))
+}
+
+pub async fn writes(mut p: Params) -> anyhow::Result<()> {
+    if p.clients.contains(&0) {
+        return Err(anyhow!("--clients: every count must be at least 1"));
+    }
     let max = p.clients.iter().copied().max().unwrap_or(1);
-    let first = p.addrs.first().ok_or_else(|| anyhow!("no address"))?;
-    let mut admin = connect(first).await?;
+    let first = p
+        .addrs
+        .first()
+        .ok_or_else(|| anyhow!("no address"))?
+        .clone();
+    let (leader, term0) = leader_and_term(&first).await?;
+    if p.leader_only {
+        p.addrs = vec![leader];
+    }
+    let mut admin = connect(&first).await?;
     for i in 0..max {
         let mut spec = pb::VmSpec::from(&blixard_core::VmSpec::new(format!("bench-{i}")));
         spec.memory_mb = 16;
@@ -44,7 +88,9 @@ pub async fn writes(p: Params) -> anyhow::Result<()> {
         let r = admin
             .create_vm(pb::CreateVmRequest {
                 spec: Some(spec),
-                request_id: format!("bench-create-{i}"),
+                // Fresh ids: a repeated id would return the remembered outcome of an earlier
+                // run's create (since deleted) instead of creating.
+                request_id: crate::client::request_id(),
             })
             .await;
         if let Err(s) = r {
@@ -55,12 +101,24 @@ pub async fn writes(p: Params) -> anyhow::Result<()> {
     }
     let mut results = Vec::new();
     for &n in &p.clients {
-        results.push(run(&p, n).await?);
+        let r = run(&p, n).await?;
+        eprintln!(
+            "bench: {n} clients: {:.0} ops/s, p99 {:.2} ms (load {})",
+            r.writes as f64 / r.secs,
+            r.p99_ms,
+            suite::loadavg()
+        );
+        results.push(r);
     }
+    // Elections during the run: on a healthy cluster, none.
+    let term_changes = leader_and_term(&first)
+        .await
+        .map(|(_, t)| t.saturating_sub(term0))
+        .ok();
     if p.json {
         let rows: Vec<_> = results
             .iter()
-            .map(|r| json!({"clients": r.clients, "writes": r.writes, "errors": r.errors, "writes_per_sec": r.writes as f64 / r.secs, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms}))
+            .map(|r| json!({"clients": r.clients, "writes": r.writes, "errors": r.errors, "writes_per_sec": r.writes as f64 / r.secs, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "term_changes": term_changes, "loadavg": suite::loadavg()}))
             .collect();
         crate::output::print_json(&serde_json::Value::Array(rows));
     } else {
@@ -78,8 +136,24 @@ pub async fn writes(p: Params) -> anyhow::Result<()> {
             .collect();
         println!(
             "{}",
-            crate::output::table(&["clients", "writes/s", "p50 ms", "p99 ms", "errors"], rows)
+            crate::output::table(
+                &[
+                    "clients",
+                    if p.op == Op::Write {
+                        "writes/s"
+                    } else {
+                        "reads/s"
+                    },
+                    "p50 ms",
+                    "p99 ms",
+                    "errors"
+                ],
+                rows
+            )
         );
+        if let Some(t) = term_changes {
+            println!("elections during the run: {t} (load {})", suite::loadavg());
+        }
     }
     for i in 0..max {
         let _ = admin
@@ -93,27 +167,45 @@ pub async fn writes(p: Params) -> anyhow::Result<()> {
 }
 
 async fn run(p: &Params, clients: usize) -> anyhow::Result<RunResult> {
+    // Every client connects before the clock starts.
+    let mut conns = Vec::with_capacity(clients);
+    for i in 0..clients {
+        conns.push(connect(&p.addrs[i % p.addrs.len()]).await?);
+    }
     let start = Instant::now();
     let end = start + p.duration;
+    let op = p.op;
     let mut tasks = Vec::new();
-    for i in 0..clients {
-        let addr = p.addrs[i % p.addrs.len()].clone();
+    for (i, mut c) in conns.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
-            let mut c = connect(&addr).await?;
             let mut lat = Vec::new();
             let mut errors = 0usize;
             let mut seq = 0u64;
+            let name = format!("bench-{i}");
             while Instant::now() < end {
                 seq += 1;
                 let t = Instant::now();
-                let req = pb::SetVmDesiredRequest {
-                    name: format!("bench-{i}"),
-                    desired: "stopped".into(),
-                    request_id: format!("bench-{clients}-{i}-{seq}-{}", std::process::id()),
+                let ok = match op {
+                    Op::Write => c
+                        .set_vm_desired(pb::SetVmDesiredRequest {
+                            name: name.clone(),
+                            desired: "stopped".into(),
+                            request_id: format!("bench-{clients}-{i}-{seq}-{}", std::process::id()),
+                        })
+                        .await
+                        .is_ok(),
+                    Op::Read { stale } => c
+                        .get_vm(pb::GetVmRequest {
+                            name: name.clone(),
+                            stale,
+                        })
+                        .await
+                        .is_ok(),
                 };
-                match c.set_vm_desired(req).await {
-                    Ok(_) => lat.push(t.elapsed()),
-                    Err(_) => errors += 1,
+                if ok {
+                    lat.push(t.elapsed());
+                } else {
+                    errors += 1;
                 }
             }
             anyhow::Ok((lat, errors))

@@ -168,10 +168,12 @@ struct DaemonArgs {
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
     /// Raft heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 100, allow_hyphen_values = true, value_parser = duration::ms_arg)]
+    #[arg(long, default_value_t = 50, allow_hyphen_values = true, value_parser = duration::ms_arg)]
     heartbeat_ms: u64,
-    /// Raft election timeout (minimum) in milliseconds; the maximum is twice it.
-    #[arg(long, default_value_t = 500, allow_hyphen_values = true, value_parser = duration::ms_arg)]
+    /// Raft election timeout (minimum) in milliseconds; the maximum is twice it. A follower
+    /// stands for election after hearing nothing from the leader for the maximum (the leader
+    /// lease) plus a random timeout between the two (ARCHITECTURE.md, "Raft timing").
+    #[arg(long, default_value_t = 250, allow_hyphen_values = true, value_parser = duration::ms_arg)]
     election_ms: u64,
     /// Build a snapshot every this many log entries.
     #[arg(long, default_value_t = 10_000)]
@@ -235,6 +237,59 @@ enum BenchCmd {
         /// Spread clients over these members (default: --addr).
         #[arg(long, value_delimiter = ',')]
         addrs: Vec<String>,
+        /// Send every request to the leader (found through the first address).
+        #[arg(long)]
+        leader: bool,
+    },
+    /// Reads per second (`vm status` of one record per client), linearizable or stale.
+    Reads {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, value_delimiter = ',')]
+        addrs: Vec<String>,
+        #[arg(long)]
+        leader: bool,
+        /// Serve from the node's applied state, without the leader round trip.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Own 3-node cluster: kill -9 the leader, time until a survivor accepts a write.
+    Failover {
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        /// Extra `blixard node` argument for the bench nodes (repeatable), e.g.
+        /// --node-arg=--election-ms=300.
+        #[arg(long = "node-arg", allow_hyphen_values = true)]
+        node_args: Vec<String>,
+    },
+    /// Own 3-node cluster: RSS of each node and `vm list` time as it fills with VM records.
+    Memory {
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        records: Vec<usize>,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long = "node-arg", allow_hyphen_values = true)]
+        node_args: Vec<String>,
+    },
+    /// Own 3-node cluster with RECORDS VM records: time for a new node to catch up.
+    Catchup {
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long = "node-arg", allow_hyphen_values = true)]
+        node_args: Vec<String>,
+    },
+    /// Own 3-node cluster: COUNT `vm create` through Raft, each placed, end to end.
+    Creates {
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long = "node-arg", allow_hyphen_values = true)]
+        node_args: Vec<String>,
     },
     /// Raw QEMU boot vs blixard create -> running, same kernel and initramfs, same run.
     Boot {
@@ -577,6 +632,7 @@ fn main() -> ExitCode {
                         clients,
                         duration,
                         addrs,
+                        leader,
                     },
             } => {
                 let addrs = if addrs.is_empty() {
@@ -589,7 +645,92 @@ fn main() -> ExitCode {
                     clients,
                     duration: Duration::from_secs(duration),
                     json: cli.json,
+                    leader_only: leader,
+                    op: bench::Op::Write,
                 })
+                .await
+            }
+            Cmd::Bench {
+                sub:
+                    BenchCmd::Reads {
+                        clients,
+                        duration,
+                        addrs,
+                        leader,
+                        stale,
+                    },
+            } => {
+                let addrs = if addrs.is_empty() {
+                    vec![cli.addr.clone()]
+                } else {
+                    addrs
+                };
+                bench::writes(bench::Params {
+                    addrs,
+                    clients,
+                    duration: Duration::from_secs(duration),
+                    json: cli.json,
+                    leader_only: leader,
+                    op: bench::Op::Read { stale },
+                })
+                .await
+            }
+            Cmd::Bench {
+                sub: BenchCmd::Failover { trials, node_args },
+            } => {
+                bench::suite::interruptible(bench::suite::failover(
+                    trials.max(1),
+                    node_args,
+                    cli.json,
+                ))
+                .await
+            }
+            Cmd::Bench {
+                sub:
+                    BenchCmd::Memory {
+                        records,
+                        clients,
+                        node_args,
+                    },
+            } => {
+                bench::suite::interruptible(bench::suite::memory(
+                    records,
+                    clients.max(1),
+                    node_args,
+                    cli.json,
+                ))
+                .await
+            }
+            Cmd::Bench {
+                sub:
+                    BenchCmd::Catchup {
+                        records,
+                        clients,
+                        node_args,
+                    },
+            } => {
+                bench::suite::interruptible(bench::suite::catchup(
+                    records,
+                    clients.max(1),
+                    node_args,
+                    cli.json,
+                ))
+                .await
+            }
+            Cmd::Bench {
+                sub:
+                    BenchCmd::Creates {
+                        count,
+                        clients,
+                        node_args,
+                    },
+            } => {
+                bench::suite::interruptible(bench::suite::creates(
+                    count.max(1),
+                    clients.max(1),
+                    node_args,
+                    cli.json,
+                ))
                 .await
             }
             Cmd::Dashboard => c.dashboard().await,

@@ -38,9 +38,9 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(500),
-            election_max: Duration::from_millis(1000),
+            heartbeat: Duration::from_millis(50),
+            election_min: Duration::from_millis(250),
+            election_max: Duration::from_millis(500),
             snapshot_every: 10_000,
             keep_logs: 1_000,
             snapshot_chunk: blixard_api::SNAPSHOT_CHUNK,

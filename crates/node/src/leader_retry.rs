@@ -38,6 +38,7 @@ impl Node {
         let deadline = Instant::now() + LEADER_WAIT;
         let mut last_err = String::from("no leader elected yet");
         loop {
+            let seen = self.leader().map(|(id, _)| id);
             match self.leader() {
                 Some((id, addr)) => {
                     let leader = if id == self.id {
@@ -57,7 +58,16 @@ impl Node {
             if Instant::now() >= deadline {
                 return Err(NodeError::NoLeader(last_err));
             }
-            tokio::time::sleep(RETRY_BACKOFF).await;
+            // Goes on as soon as this node learns of a new leader (an election ended), at the
+            // latest after RETRY_BACKOFF.
+            let _ = self
+                .raft
+                .wait(Some(RETRY_BACKOFF))
+                .metrics(
+                    |m| m.current_leader.is_some() && m.current_leader != seen,
+                    "leader change",
+                )
+                .await;
         }
     }
 }

@@ -243,6 +243,7 @@ impl PeerClient {
         let res = match rpc {
             "append" => client.append_entries(request).await,
             "vote" => client.vote(request).await,
+            "pre_vote" => client.pre_vote(request).await,
             _ => return Err(CallError::Network(format!("unknown rpc {rpc}"))),
         };
         self.reply(rpc, res)
@@ -346,6 +347,16 @@ impl RaftNetworkV2<C> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
         self.call("vote", &req, option.hard_ttl())
+            .await
+            .map_err(rpc_err)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        req: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call("pre_vote", &req, option.hard_ttl())
             .await
             .map_err(rpc_err)
     }

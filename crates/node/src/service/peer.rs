@@ -43,6 +43,16 @@ impl RaftPeer for Api {
         encode(&self.node.raft.vote(req).await)
     }
 
+    async fn pre_vote(
+        &self,
+        r: GrpcRequest<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let cert = self.check_peer(&r)?;
+        let req = decode(r.get_ref())?;
+        security::check_vote_request(cert, &req)?;
+        encode(&self.node.raft.pre_vote(req).await)
+    }
+
     async fn install_snapshot(
         &self,
         r: GrpcRequest<tonic::Streaming<pb::SnapshotChunk>>,
