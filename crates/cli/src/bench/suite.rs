@@ -399,6 +399,8 @@ pub async fn creates(
     let (created, placed, took, mut lat) =
         create_range(&c, "cr-", 0, count, clients, "creates").await?;
     lat.sort();
+    // A rank in 1..=len (q in 0..=1): the float never exceeds len, so nothing is truncated.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let p = |q: f64| ms(lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1]);
     let rate = created as f64 / took.as_secs_f64();
     if json_out {
