@@ -100,7 +100,8 @@ pub fn grpc_access(path: &str) -> Option<Access> {
         ("blixard.v1.Networks", "ListNetworks") => R(Viewer),
         (
             "blixard.v1.Blixard",
-            "CreateVm" | "DeleteVm" | "SetVmDesired" | "SubmitTask" | "CancelTask",
+            // The console is a root shell in the guest: an operator's.
+            "CreateVm" | "DeleteVm" | "SetVmDesired" | "SubmitTask" | "CancelTask" | "Console",
         ) => R(Operator),
         ("blixard.v1.Networks", "CreateNetwork" | "DeleteNetwork") => R(Operator),
         (

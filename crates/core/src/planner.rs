@@ -87,16 +87,23 @@ pub fn plan<'a>(
     let blocked = |name: &str| waiting.contains(name);
     for vm in mine {
         let name = vm.spec.name.clone();
+        let mut stale_alive = false;
         let mine = match obs.remove(name.as_str()) {
             Some(o) if o.epoch == vm.epoch => Some(o),
             Some(stale) => {
                 // A copy from an older placement: never let it run beside the current one.
+                stale_alive = stale.run.alive();
                 clean_up(&mut actions, stale);
                 None
             }
             None => None,
         };
         let report = |actions: &mut Vec<Action>, state: VmState, reason: Option<String>| {
+            // While an older copy still runs here, nothing is reported: a "stopped" now would
+            // let the VM leave (or be placed elsewhere) while that copy runs.
+            if stale_alive {
+                return;
+            }
             if vm.state != state || vm.reason != reason {
                 actions.push(Action::Report {
                     name: name.clone(),
@@ -228,6 +235,42 @@ fn exit_reason(code: Option<i32>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_copy_still_running_holds_back_every_report() {
+        // Placed here again under a newer epoch and now leaving: while the older copy runs,
+        // the planner stops it and reports nothing (no "stopped" that would let it go).
+        let mut v = vm("a", 1, 9, Desired::Running, VmState::Running);
+        v.evacuating = true;
+        let old = Observed {
+            name: "a".into(),
+            epoch: 4,
+            run: RunState::Running,
+        };
+        let a = plan(1, [&v], std::slice::from_ref(&old));
+        assert_eq!(a, vec![Action::Stop { name: "a".into() }]);
+        // Once it has exited, the report follows.
+        let gone = Observed {
+            run: RunState::Exited {
+                code: Some(0),
+                requested: true,
+                reason: None,
+            },
+            ..old
+        };
+        let a = plan(1, [&v], &[gone]);
+        assert!(
+            a.iter().any(|x| matches!(
+                x,
+                Action::Report {
+                    state: VmState::Stopped,
+                    epoch: 9,
+                    ..
+                }
+            )),
+            "{a:?}"
+        );
+    }
 
     fn vm(name: &str, node: u64, epoch: u64, desired: Desired, state: VmState) -> VmRecord {
         VmRecord {

@@ -400,10 +400,13 @@ impl Executor {
                 .map(|(n, _)| n.clone())
                 .collect()
         };
+        // A VM's run directory holds one run at a time and epochs only grow, so a copy of the
+        // name alive here at the quarantined epoch or an older one may be that placement's
+        // workload (or an older one that never stopped): only a newer live copy proves it gone.
         let alive = |name: &str, epoch: u64| {
             observed.iter().any(|o| {
                 o.name == name
-                    && o.epoch == epoch
+                    && o.epoch <= epoch
                     && matches!(o.run, RunState::Starting | RunState::Running)
             })
         };
