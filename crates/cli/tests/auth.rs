@@ -122,7 +122,7 @@ fn roles_decide_what_each_credential_may_do_and_writes_record_who_asked() {
         "operator network",
     );
     for (args, what) in [
-        (vec!["cluster", "remove", "3"], "remove member"),
+        (vec!["cluster", "remove", "3", "--force"], "remove member"),
         (
             vec!["cluster", "settings", "--strategy", "spread"],
             "settings",

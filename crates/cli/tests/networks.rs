@@ -145,7 +145,7 @@ fn networks_and_addresses_through_the_cli() {
 
     // Delete: the address is free again once the node confirms the VM stopped.
     c.wait_vm(1, "v3", "running", DEADLINE, |v| v["state"] == "running");
-    json(&a, &["vm", "delete", "v3"]);
+    json(&a, &["vm", "delete", "v3", "--force"]);
     let again = wait_for("the deleted VM's address to be free", DEADLINE, || {
         try_json(
             &a,
@@ -163,7 +163,7 @@ fn networks_and_addresses_through_the_cli() {
         )
     });
     assert_eq!(again["ip"], "192.168.40.9");
-    json(&a, &["vm", "delete", "v5"]);
+    json(&a, &["vm", "delete", "v5", "--force"]);
     wait_for("blue to be unused", DEADLINE, || {
         let nets = try_json(&a, &["network", "list"])?;
         let blue = nets

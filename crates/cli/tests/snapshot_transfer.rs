@@ -8,13 +8,27 @@ mod common;
 
 use blixard_api::{pb, CLUSTER_HEADER};
 use blixard_raft::chunks::{split, SnapshotHeader};
-use common::{json, node_material, peer_client, wait_for, Cluster, DEADLINE};
+use common::{json, node_material, peer_client, try_json, wait_for, Cluster, DEADLINE};
+
+/// A viewer's bearer token for `/metrics` (one cluster per test process).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The value of an unlabelled sample in a node's `/metrics`.
 fn metric(c: &Cluster, id: u64, name: &str) -> Option<f64> {
+    let token = TOKEN.get_or_init(|| {
+        wait_for("a bearer token", DEADLINE, || {
+            try_json(
+                &c.addr(1),
+                &["auth", "token", "--name", "scraper", "--role", "viewer"],
+            )?["token"]
+                .as_str()
+                .map(String::from)
+        })
+    });
     let f = c.node(id).dir.join("http.addr");
     let addr = std::fs::read_to_string(f).ok()?;
     let text = ureq::get(&format!("http://{}/metrics", addr.trim()))
+        .set("Authorization", &format!("Bearer {token}"))
         .timeout(std::time::Duration::from_secs(10))
         .call()
         .ok()?
