@@ -71,7 +71,8 @@ fn a_task_runs_as_the_task_user_with_limits_and_cannot_read_shadow() {
         if ls .. >/dev/null 2>&1; then echo PARENT-LISTED; else echo parent-closed; fi; \
         if cat ../../../admin.credentials >/dev/null 2>&1; then echo CREDS-READ; else echo creds-refused; fi; \
         echo mine > own-file && echo wrote-cwd; \
-        echo nofile=$(ulimit -n) core=$(ulimit -c)";
+        echo nofile=$(ulimit -n) core=$(ulimit -c); \
+        if env | grep -q '^CARGO_'; then echo DAEMON-ENV; else echo env-own; fi";
     let t = json(&a, &["task", "submit", "--", "sh", "-c", script]);
     let id = t["id"].as_str().unwrap().to_string();
     let t = wait_end(&a, &id);
@@ -86,7 +87,9 @@ fn a_task_runs_as_the_task_user_with_limits_and_cannot_read_shadow() {
             "parent-closed",
             "creds-refused",
             "wrote-cwd",
-            "nofile=4096 core=0"
+            "nofile=4096 core=0",
+            // The node (started by the test harness) has CARGO_* variables; the task not.
+            "env-own"
         ],
         "{out}"
     );

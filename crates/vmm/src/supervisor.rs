@@ -1007,6 +1007,18 @@ pub async fn launch(
         });
     };
     let mut cmd = tokio::process::Command::new("setsid");
+    if spec.run_as.is_some() {
+        // A confined workload (a task) gets only what it was given, not the daemon's
+        // environment (which may name credentials, tokens or paths of the node).
+        cmd.env_clear().env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+        // The node's start/stop records stay on for every workload.
+        if let Some(f) = std::env::var_os(EVENTS_FILE_ENV) {
+            cmd.env(EVENTS_FILE_ENV, f);
+        }
+    }
     cmd.arg("-f")
         .arg(program)
         .args(pre)
