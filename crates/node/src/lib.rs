@@ -342,6 +342,10 @@ async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
     }
 }
 
+/// Streams a client may reset before the server accepted them, per connection, before h2
+/// answers with GOAWAY (see `serve`).
+const PENDING_RESET_STREAMS: usize = 1024;
+
 /// A refusal by the cluster itself, as opposed to a failure to reach it.
 pub(crate) fn is_final_answer(code: tonic::Code) -> bool {
     use tonic::Code;
@@ -386,6 +390,12 @@ async fn serve(node: Arc<Node>, listener: TcpListener) {
     let networks_auth = move |r| security::authenticate_client(&n3, r);
     let peer_auth = move |r| security::authenticate_peer(&n2, r);
     let res = tonic::transport::Server::builder()
+        // Raft cancels RPCs that outlive their timeout (heartbeats every 50 ms, pre-votes and
+        // votes after 500 ms): around a frozen or partitioned node a healthy peer resets many
+        // streams on one connection. h2's rapid-reset guard (20 by default) then sent GOAWAY
+        // between members and left the cluster without a leader (harness seed 14). A larger
+        // bound keeps the guard against floods.
+        .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS))
         // Every request is authorised here first (role table: `blixard_core::auth`).
         .layer(authz::AuthzLayer { node: node.clone() })
         .add_service(
