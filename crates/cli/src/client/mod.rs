@@ -81,6 +81,47 @@ pub(crate) fn status_err(addr: &str, s: tonic::Status) -> anyhow::Error {
     crate::transport::status_error(addr, &s)
 }
 
+/// Prints a log stream (a VM's console, a task's output). Collected into one piece when
+/// `whole` (JSON, `--tail`): `--json` prints `{key_name: key, text_name: text}` (invalid UTF-8
+/// replaced), otherwise the (tailed) bytes. Else streamed as it comes, flushed per chunk.
+pub(crate) async fn print_log_stream(
+    addr: &str,
+    mut stream: tonic::Streaming<blixard_api::pb::LogChunk>,
+    whole: bool,
+    json: Option<(&str, &str, &str)>,
+    tail: Option<usize>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    if whole {
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(|e| status_err(addr, e))? {
+            data.extend_from_slice(&chunk.data);
+        }
+        let data = match tail {
+            Some(n) => crate::extras::tail_lines(&data, n),
+            None => &data[..],
+        };
+        match json {
+            Some((key_name, key, text_name)) => output::print_json(&serde_json::json!({
+                key_name: key,
+                text_name: String::from_utf8_lossy(data),
+            })),
+            None => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(data)?;
+                out.flush()?;
+            }
+        }
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = stream.message().await.map_err(|e| status_err(addr, e))? {
+        out.write_all(&chunk.data)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 impl Client {
     pub fn new(addr: String, json: bool) -> Self {
         Self { addr, json }

@@ -178,8 +178,7 @@ impl Client {
     }
 
     pub async fn task_logs(&self, id: &str, tail: Option<usize>) -> anyhow::Result<()> {
-        use std::io::Write;
-        let mut stream = self
+        let stream = self
             .connect()
             .await?
             .task_logs(pb::TaskRef {
@@ -189,41 +188,9 @@ impl Client {
             .await
             .map_err(|e| status_err(&self.addr, e))?
             .into_inner();
-        if self.json || tail.is_some() {
-            // One JSON document: the output as text (invalid UTF-8 replaced).
-            let mut data = Vec::new();
-            while let Some(chunk) = stream
-                .message()
-                .await
-                .map_err(|e| status_err(&self.addr, e))?
-            {
-                data.extend_from_slice(&chunk.data);
-            }
-            let data = match tail {
-                Some(n) => crate::extras::tail_lines(&data, n),
-                None => &data[..],
-            };
-            if !self.json {
-                let mut out = std::io::stdout().lock();
-                out.write_all(data)?;
-                out.flush()?;
-                return Ok(());
-            }
-            output::print_json(
-                &serde_json::json!({"id": id, "output": String::from_utf8_lossy(data)}),
-            );
-            return Ok(());
-        }
-        let mut out = std::io::stdout().lock();
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|e| status_err(&self.addr, e))?
-        {
-            out.write_all(&chunk.data)?;
-        }
-        out.flush()?;
-        Ok(())
+        // One JSON document: the output as text.
+        let json = self.json.then_some(("id", id, "output"));
+        super::print_log_stream(&self.addr, stream, self.json || tail.is_some(), json, tail).await
     }
 
     pub async fn task_cancel(&self, id: &str) -> anyhow::Result<()> {

@@ -328,8 +328,7 @@ impl Client {
         previous: bool,
         tail: Option<usize>,
     ) -> anyhow::Result<()> {
-        use std::io::Write;
-        let mut stream = self
+        let stream = self
             .connect()
             .await?
             .vm_logs(pb::VmLogsRequest {
@@ -340,42 +339,10 @@ impl Client {
             .await
             .map_err(|e| status_err(&self.addr, e))?
             .into_inner();
-        if (self.json || tail.is_some()) && !follow {
-            // One JSON document: the console as text (invalid UTF-8 replaced). With --follow,
-            // the console is streamed as it comes.
-            let mut data = Vec::new();
-            while let Some(chunk) = stream
-                .message()
-                .await
-                .map_err(|e| status_err(&self.addr, e))?
-            {
-                data.extend_from_slice(&chunk.data);
-            }
-            let data = match tail {
-                Some(n) => crate::extras::tail_lines(&data, n),
-                None => &data[..],
-            };
-            if !self.json {
-                let mut out = std::io::stdout().lock();
-                out.write_all(data)?;
-                out.flush()?;
-                return Ok(());
-            }
-            output::print_json(
-                &serde_json::json!({"name": name, "console": String::from_utf8_lossy(data)}),
-            );
-            return Ok(());
-        }
-        let mut out = std::io::stdout().lock();
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|e| status_err(&self.addr, e))?
-        {
-            out.write_all(&chunk.data)?;
-            out.flush()?;
-        }
-        Ok(())
+        // One JSON document: the console as text. With --follow, it is streamed as it comes.
+        let whole = (self.json || tail.is_some()) && !follow;
+        let json = self.json.then_some(("name", name, "console"));
+        super::print_log_stream(&self.addr, stream, whole, json, tail).await
     }
 
     pub async fn vm_wait(&self, name: &str, state: &str, timeout: u64) -> anyhow::Result<()> {
