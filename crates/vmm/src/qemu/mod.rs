@@ -14,14 +14,21 @@
 //!   node creates and removes taps and bridges; see `blixard_node::hostnet`).
 //! - Readiness: the console contains the config's ready line (and QMP does not report a
 //!   non-running state); with `ready_line: None`, QMP `query-status == running`.
+//!
+//! # Where things are
+//!
+//! - this file: [`QemuDriver`] (the [`VmDriver`] implementation: start, observe, stop, list);
+//! - `argv`: the pure part, accelerator choice and QEMU's command line ([`build_argv`]);
+//! - `qmp_client`: one-shot QMP commands with a timeout ([`query_status`],
+//!   [`system_powerdown`], [`quit`]);
+//! - `tests`: golden argv tests, accelerator choice, and a boot under real QEMU when present.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use qapi::futures::QmpStreamTokio;
 use qapi::qmp;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 use crate::rundir::{self, Liveness, RunDir, CONSOLE, CONSOLE_IN, QMP_SOCKET, VMM_LOG};
 use crate::{DriverError, Observed, RunState, VmConfig, VmDriver};
@@ -42,142 +49,12 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1";
 pub const TCG_CMDLINE: &str = "tsc_early_khz=1000000";
 /// Unix socket paths longer than this cannot be bound.
 const MAX_SOCKET_PATH: usize = 107;
-const QMP_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The accelerator QEMU is told to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
+mod argv;
+mod qmp_client;
 
-/// KVM iff some `flags` line of `cpuinfo` has `vmx` or `svm` and `/dev/kvm` opens read-write.
-pub fn choose_accel(cpuinfo: &str, kvm_opens: bool) -> Accel {
-    let virt_flags = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .filter_map(|l| l.split_once(':'))
-        .any(|(_, flags)| flags.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    if virt_flags && kvm_opens {
-        Accel::Kvm
-    } else {
-        Accel::Tcg
-    }
-}
-
-/// [`choose_accel`] for this host.
-pub fn host_accel() -> Accel {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let kvm_opens = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    let accel = choose_accel(&cpuinfo, kvm_opens);
-    tracing::debug!(?accel, kvm_opens, "accelerator chosen");
-    accel
-}
-
-/// The files QEMU is pointed at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QemuPaths {
-    pub console: PathBuf,
-    pub qmp_socket: PathBuf,
-}
-
-impl QemuPaths {
-    pub fn in_dir(dir: &Path) -> Self {
-        Self {
-            console: dir.join(CONSOLE),
-            qmp_socket: dir.join(QMP_SOCKET),
-        }
-    }
-}
-
-/// QEMU's arguments (without the program name) for `cfg`. Pure.
-pub fn build_argv(cfg: &VmConfig, paths: &QemuPaths, accel: Accel) -> Vec<String> {
-    let mut argv: Vec<String> = Vec::new();
-    let mut push = |args: &[&str]| argv.extend(args.iter().map(|s| s.to_string()));
-    push(&["-name", &cfg.name]);
-    push(&["-M", MACHINE]);
-    match accel {
-        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&["-accel", "tcg"]),
-    }
-    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-    push(&[
-        "-m",
-        &format!("{}M", cfg.memory_mb),
-        "-smp",
-        &cfg.vcpus.to_string(),
-    ]);
-    // The serial console is QEMU's stdio: the supervisor appends stdout to `console.log` (a
-    // regular file: guest output never waits for a reader) and gives it the `console.in` FIFO
-    // as stdin (read-write, so QEMU never sees end of file): `vm console` writes there.
-    push(&["-chardev", "stdio,id=console,signal=off"]);
-    push(&["-serial", "chardev:console"]);
-    push(&[
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", opt_path(&paths.qmp_socket)),
-    ]);
-    if let Some(kernel) = &cfg.kernel {
-        push(&["-kernel", &kernel.to_string_lossy()]);
-        if let Some(initrd) = &cfg.initrd {
-            push(&["-initrd", &initrd.to_string_lossy()]);
-        }
-        let base = match accel {
-            Accel::Kvm => BASE_CMDLINE.to_string(),
-            Accel::Tcg => format!("{BASE_CMDLINE} {TCG_CMDLINE}"),
-        };
-        let append = match cfg.cmdline.as_deref().map(str::trim) {
-            Some(extra) if !extra.is_empty() => format!("{base} {extra}"),
-            _ => base,
-        };
-        push(&["-append", &append]);
-    }
-    if let Some(disk) = &cfg.disk_image {
-        let readonly = if cfg.disk_readonly {
-            ",readonly=on"
-        } else {
-            ""
-        };
-        push(&[
-            "-drive",
-            &format!(
-                "id=disk0,if=none,format={},file={}{readonly}",
-                disk_format(disk),
-                opt_path(disk)
-            ),
-        ]);
-        push(&["-device", "virtio-blk-device,drive=disk0"]);
-    }
-    if let Some(net) = &cfg.net {
-        // The tap exists already (the node creates it, attached to its bridge): QEMU only
-        // opens it; no scripts.
-        push(&[
-            "-netdev",
-            &format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap),
-        ]);
-        push(&[
-            "-device",
-            &format!("virtio-net-device,netdev=net0,mac={}", net.mac),
-        ]);
-    }
-    argv
-}
-
-/// `qcow2` by extension, else `raw`.
-pub fn disk_format(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some(ext) if ext.eq_ignore_ascii_case("qcow2") => "qcow2",
-        _ => "raw",
-    }
-}
-
-/// A path inside a QEMU `key=value,...` option: commas are doubled.
-fn opt_path(path: &Path) -> String {
-    path.to_string_lossy().replace(',', ",,")
-}
+pub use argv::{build_argv, choose_accel, disk_format, host_accel, Accel, QemuPaths};
+pub use qmp_client::{query_status, quit, system_powerdown};
 
 /// Boots VMs with QEMU microvm. Holds configuration only.
 #[derive(Debug, Clone)]
@@ -467,236 +344,5 @@ impl VmDriver for QemuDriver {
     }
 }
 
-fn qmp_error(socket: &Path, message: impl std::fmt::Display) -> DriverError {
-    DriverError::Qmp {
-        socket: socket.to_path_buf(),
-        message: message.to_string(),
-    }
-}
-
-/// Connect, negotiate capabilities, run one command; all within [`QMP_TIMEOUT`].
-macro_rules! qmp_execute {
-    ($socket:expr, $command:expr) => {{
-        let socket: &Path = $socket;
-        let run = async {
-            let stream = QmpStreamTokio::open_uds(socket)
-                .await
-                .map_err(|e| qmp_error(socket, e))?;
-            let mut stream = stream.negotiate().await.map_err(|e| qmp_error(socket, e))?;
-            stream
-                .execute($command)
-                .await
-                .map_err(|e| qmp_error(socket, e))
-        };
-        match timeout(QMP_TIMEOUT, run).await {
-            Ok(result) => result,
-            Err(_) => Err(qmp_error(
-                socket,
-                format!("no answer within {QMP_TIMEOUT:?}"),
-            )),
-        }
-    }};
-}
-
-/// QMP `query-status`.
-pub async fn query_status(socket: &Path) -> Result<qmp::RunState, DriverError> {
-    qmp_execute!(socket, qmp::query_status {}).map(|info| info.status)
-}
-
-/// QMP `system_powerdown` (ACPI power button).
-pub async fn system_powerdown(socket: &Path) -> Result<(), DriverError> {
-    qmp_execute!(socket, qmp::system_powerdown {}).map(|_| ())
-}
-
-/// QMP `quit`.
-pub async fn quit(socket: &Path) -> Result<(), DriverError> {
-    qmp_execute!(socket, qmp::quit {}).map(|_| ())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
-
-    fn paths() -> QemuPaths {
-        QemuPaths::in_dir(Path::new("/run/blixard/vm1"))
-    }
-
-    #[test]
-    fn argv_kernel_initrd_tcg() {
-        let mut cfg = VmConfig::new("vm1");
-        cfg.vcpus = 2;
-        cfg.memory_mb = 256;
-        cfg.kernel = Some("/g/vmlinuz".into());
-        cfg.initrd = Some("/g/initrd.cpio".into());
-        assert_eq!(
-            build_argv(&cfg, &paths(), Accel::Tcg),
-            s(&[
-                "-name",
-                "vm1",
-                "-M",
-                "microvm,x-option-roms=off,isa-serial=on,rtc=on",
-                "-accel",
-                "tcg",
-                "-nodefaults",
-                "-no-user-config",
-                "-nographic",
-                "-no-reboot",
-                "-m",
-                "256M",
-                "-smp",
-                "2",
-                "-chardev",
-                "stdio,id=console,signal=off",
-                "-serial",
-                "chardev:console",
-                "-qmp",
-                "unix:/run/blixard/vm1/qmp.sock,server=on,wait=off",
-                "-kernel",
-                "/g/vmlinuz",
-                "-initrd",
-                "/g/initrd.cpio",
-                "-append",
-                "console=ttyS0 panic=-1 tsc_early_khz=1000000",
-            ])
-        );
-    }
-
-    #[test]
-    fn argv_kvm_disk_cmdline() {
-        let mut cfg = VmConfig::new("db");
-        cfg.kernel = Some("/g/vmlinuz".into());
-        cfg.cmdline = Some(" root=/dev/vda rw ".into());
-        cfg.disk_image = Some("/img/root,1.qcow2".into());
-        assert_eq!(
-            build_argv(&cfg, &QemuPaths::in_dir(Path::new("/r/db")), Accel::Kvm),
-            s(&[
-                "-name",
-                "db",
-                "-M",
-                "microvm,x-option-roms=off,isa-serial=on,rtc=on",
-                "-accel",
-                "kvm",
-                "-cpu",
-                "host",
-                "-nodefaults",
-                "-no-user-config",
-                "-nographic",
-                "-no-reboot",
-                "-m",
-                "128M",
-                "-smp",
-                "1",
-                "-chardev",
-                "stdio,id=console,signal=off",
-                "-serial",
-                "chardev:console",
-                "-qmp",
-                "unix:/r/db/qmp.sock,server=on,wait=off",
-                "-kernel",
-                "/g/vmlinuz",
-                "-append",
-                "console=ttyS0 panic=-1 root=/dev/vda rw",
-                "-drive",
-                "id=disk0,if=none,format=qcow2,file=/img/root,,1.qcow2",
-                "-device",
-                "virtio-blk-device,drive=disk0",
-            ])
-        );
-    }
-
-    #[test]
-    fn argv_readonly_disk() {
-        let mut cfg = VmConfig::new("ro");
-        cfg.disk_image = Some("/img/base.img".into());
-        cfg.disk_readonly = true;
-        let argv = build_argv(&cfg, &QemuPaths::in_dir(Path::new("/r/ro")), Accel::Tcg);
-        assert!(argv
-            .contains(&"id=disk0,if=none,format=raw,file=/img/base.img,readonly=on".to_string()));
-    }
-
-    #[test]
-    fn argv_raw_disk_without_kernel() {
-        let mut cfg = VmConfig::new("raw");
-        cfg.disk_image = Some("/img/disk.img".into());
-        let argv = build_argv(&cfg, &QemuPaths::in_dir(Path::new("/r/raw")), Accel::Tcg);
-        assert!(!argv.iter().any(|a| a == "-kernel" || a == "-append"));
-        assert_eq!(
-            argv[argv.len() - 4..],
-            s(&[
-                "-drive",
-                "id=disk0,if=none,format=raw,file=/img/disk.img",
-                "-device",
-                "virtio-blk-device,drive=disk0"
-            ])
-        );
-    }
-
-    #[test]
-    fn argv_network_interface_on_a_tap() {
-        let mut cfg = VmConfig::new("web");
-        cfg.kernel = Some("/g/vmlinuz".into());
-        cfg.net = Some(crate::NetAttachment {
-            tap: "bx1a2bt0a0b0c0d".into(),
-            mac: "02:b1:0a:58:00:05".into(),
-        });
-        let argv = build_argv(&cfg, &QemuPaths::in_dir(Path::new("/r/web")), Accel::Tcg);
-        assert_eq!(
-            argv[argv.len() - 4..],
-            s(&[
-                "-netdev",
-                "tap,id=net0,ifname=bx1a2bt0a0b0c0d,script=no,downscript=no",
-                "-device",
-                "virtio-net-device,netdev=net0,mac=02:b1:0a:58:00:05"
-            ])
-        );
-        let driver = QemuDriver::new("/r").with_accel(Accel::Tcg);
-        cfg.net = Some(crate::NetAttachment {
-            tap: "x".repeat(16),
-            mac: "02:b1:0a:58:00:05".into(),
-        });
-        let err = driver.validate(&cfg).expect_err("long tap name");
-        assert!(err.to_string().contains("bad network attachment"), "{err}");
-    }
-
-    #[test]
-    fn accel_needs_flags_and_device() {
-        let intel = "processor\t: 0\nflags\t\t: fpu vme vmx sse2\n";
-        let amd = "processor\t: 0\nflags\t\t: fpu svm sse2\n";
-        let none = "processor\t: 0\nflags\t\t: fpu vme sse2 hypervisor\n";
-        let lookalike = "processor\t: 0\nflags\t\t: vmxx svm_lock\nmodel name\t: vmx svm\n";
-        assert_eq!(choose_accel(intel, true), Accel::Kvm);
-        assert_eq!(choose_accel(amd, true), Accel::Kvm);
-        assert_eq!(choose_accel(intel, false), Accel::Tcg);
-        assert_eq!(choose_accel(none, true), Accel::Tcg);
-        assert_eq!(choose_accel(lookalike, true), Accel::Tcg);
-        assert_eq!(choose_accel("", true), Accel::Tcg);
-    }
-
-    #[test]
-    fn validate_names_missing_paths() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let driver = QemuDriver::new(dir.path()).with_accel(Accel::Tcg);
-        let mut cfg = VmConfig::new("v");
-        assert!(matches!(
-            driver.validate(&cfg),
-            Err(DriverError::InvalidConfig { .. })
-        ));
-        cfg.kernel = Some(dir.path().join("no-such-kernel"));
-        let err = driver.validate(&cfg).expect_err("missing kernel");
-        assert!(err.to_string().contains("no-such-kernel"), "{err}");
-        let kernel = dir.path().join("k");
-        std::fs::write(&kernel, b"k").expect("write");
-        cfg.kernel = Some(kernel);
-        cfg.initrd = Some(dir.path().join("no-such-initrd"));
-        let err = driver.validate(&cfg).expect_err("missing initrd");
-        assert!(
-            err.to_string().contains("initrd not found at")
-                && err.to_string().contains("no-such-initrd"),
-            "{err}"
-        );
-    }
-}
+mod tests;
