@@ -42,7 +42,7 @@ pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 /// its framing (a few hundred bytes: vote, previous and committed log ids), a snapshot chunk
 /// (`SNAPSHOT_CHUNK` and its offset) and a snapshot header (the membership: about 300 bytes per
 /// member). The sender packs entries into `AppendEntries` batches that stay below this (see
-/// `blixard_raft::network`), so twice the largest entry leaves room for all three.
+/// `blixard_transport::network`), so twice the largest entry leaves room for all three.
 pub const MAX_PEER_MESSAGE: usize = 2 * MAX_ENTRY_BYTES;
 /// Largest reply the client service sends (unchanged from before the peer limit was lowered;
 /// the client limits are their own setting).

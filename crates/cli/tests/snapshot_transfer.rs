@@ -7,7 +7,7 @@
 mod common;
 
 use blixard_api::{pb, CLUSTER_HEADER};
-use blixard_raft::chunks::{split, SnapshotHeader};
+use blixard_transport::chunks::{split, SnapshotHeader};
 use common::{json, node_material, peer_client, try_json, wait_for, Cluster, DEADLINE};
 
 /// A viewer's bearer token for `/metrics` (one cluster per test process).

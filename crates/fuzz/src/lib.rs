@@ -124,7 +124,7 @@ pub fn peer_json(d: &[u8]) -> Result<(), String> {
     };
     if let Ok(req) = serde_json::from_slice::<AppendEntriesRequest<C>>(d) {
         judge(security::check_append(1, &req).map_err(|e| e.message().to_string()));
-        let _ = blixard_raft::network::fit_append(req, 512);
+        let _ = blixard_transport::network::fit_append(req, 512);
     }
     if let Ok(req) = serde_json::from_slice::<VoteRequest<C>>(d) {
         judge(security::check_vote_request(1, &req).map_err(|e| e.message().to_string()));
@@ -133,7 +133,7 @@ pub fn peer_json(d: &[u8]) -> Result<(), String> {
         judge(
             security::check_proposal(1, &req)
                 .map_err(|e| e.message().to_string())
-                .and_then(|()| blixard_raft::network::check_entry_size(&req)),
+                .and_then(|()| blixard_transport::network::check_entry_size(&req)),
         );
         // A proposal forwarded to the leader is applied by every node: whatever decodes must
         // be applied or refused, keeping the state's invariants.
@@ -160,7 +160,7 @@ pub fn snapshot_stream(b: &[u8]) -> Result<(), String> {
         chunks.push(pb::SnapshotChunk::decode_length_delimited(&mut buf).map_err(s)?);
     }
     let stream = futures::stream::iter(chunks.into_iter().map(Ok::<_, tonic_status::Status>));
-    let got = futures::executor::block_on(blixard_raft::chunks::receive(
+    let got = futures::executor::block_on(blixard_transport::chunks::receive(
         stream,
         blixard_api::MAX_SNAPSHOT_BYTES,
         blixard_api::SNAPSHOT_CHUNK,
@@ -499,7 +499,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let data = serde_json::to_vec(st).unwrap();
     add("snapshot_data", "ok-state", data.clone());
     add("state_rows", "ok-rows", frame_rows(&st.all_rows()));
-    let header = blixard_raft::chunks::SnapshotHeader {
+    let header = blixard_transport::chunks::SnapshotHeader {
         vote: openraft::Vote::new_committed(2, 1),
         meta: serde_json::from_value(j!({
             "last_log_id": {"leader_id": lid(2, 1), "index": 20},
@@ -511,7 +511,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         total: data.len() as u64,
     };
     let mut stream = Vec::new();
-    for c in blixard_raft::chunks::split(header.encode().unwrap(), data, 512) {
+    for c in blixard_transport::chunks::split(header.encode().unwrap(), data, 512) {
         c.encode_length_delimited(&mut stream).unwrap();
     }
     add("snapshot_stream", "ok-stream", stream);
@@ -850,7 +850,7 @@ pub fn refused() -> Vec<(&'static str, String, Vec<u8>)> {
 
     // Snapshot streams: the seed's header with one thing wrong.
     let header = |claimed: u64, total: u64| {
-        blixard_raft::chunks::SnapshotHeader {
+        blixard_transport::chunks::SnapshotHeader {
             vote: openraft::Vote::new_committed(2, claimed),
             meta: serde_json::from_value(j!({
                 "last_log_id": {"leader_id": lid(2, claimed), "index": 20},
@@ -873,7 +873,7 @@ pub fn refused() -> Vec<(&'static str, String, Vec<u8>)> {
     let data = serde_json::to_vec(base_state()).unwrap();
     let n = data.len() as u64;
     let split = |h: Vec<u8>| -> Vec<pb::SnapshotChunk> {
-        blixard_raft::chunks::split(h, data.clone(), 256).collect()
+        blixard_transport::chunks::split(h, data.clone(), 256).collect()
     };
     let mut swapped = split(header(1, n));
     swapped.swap(1, 2);

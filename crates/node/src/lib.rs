@@ -37,7 +37,8 @@ use blixard_api::pb::networks_server::NetworksServer;
 use blixard_api::pb::raft_peer_server::RaftPeerServer;
 use blixard_api::{pb, BlixardClient, MAX_CLIENT_MESSAGE, MAX_CLIENT_REPLY, MAX_PEER_MESSAGE};
 use blixard_core::Command;
-use blixard_raft::{PeerNetwork, Raft};
+use blixard_raft::Raft;
+use blixard_transport::PeerNetwork;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -305,7 +306,7 @@ pub async fn run(
 async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let ch = blixard_raft::network::channel(seed, &node.tls.client)
+        let ch = blixard_transport::network::channel(seed, &node.tls.client)
             .map_err(|e| NodeError::Config(format!("bad address {seed}: {e}")))?;
         let mut c = BlixardClient::new(ch);
         match c

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use blixard_api::{pb, BlixardClient, FORWARDED_HEADER};
 use blixard_core::{Command, Outcome, Reply, Request};
-use blixard_raft::network::{peer_client, peer_request};
+use blixard_transport::network::{peer_client, peer_request};
 use blixard_raft::{Raft, SharedState};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
@@ -185,7 +185,7 @@ impl Node {
     }
 
     pub(crate) async fn propose_request(&self, req: Request) -> Result<Outcome, NodeError> {
-        blixard_raft::network::check_entry_size(&req).map_err(NodeError::Invalid)?;
+        blixard_transport::network::check_entry_size(&req).map_err(NodeError::Invalid)?;
         let req = &req;
         self.with_leader(|leader| async move {
             match leader {
@@ -253,7 +253,7 @@ impl Node {
             )));
         }
         let req = Request::new(command, now_ms());
-        blixard_raft::network::check_entry_size(&req).map_err(NodeError::Invalid)?;
+        blixard_transport::network::check_entry_size(&req).map_err(NodeError::Invalid)?;
         match self.raft.client_write(req).await {
             Ok(resp) => resp.data.map_err(NodeError::Rejected),
             Err(e) => Err(NodeError::NoLeader(e.to_string())),
@@ -268,7 +268,7 @@ impl Node {
                 self.id
             )));
         }
-        blixard_raft::network::check_entry_size(&req).map_err(NodeError::Invalid)?;
+        blixard_transport::network::check_entry_size(&req).map_err(NodeError::Invalid)?;
         req.time_ms = now_ms();
         match self.raft.client_write(req).await {
             Ok(resp) => Ok(resp.data),
@@ -372,7 +372,7 @@ impl Node {
         self.with_leader(|leader| async move {
             match leader {
                 Leader::Other(_, addr) => {
-                    let channel = blixard_raft::network::channel(&addr, &self.tls.client)
+                    let channel = blixard_transport::network::channel(&addr, &self.tls.client)
                         .map_err(|e| Attempt::Fail(NodeError::Unreachable(e.to_string())))?;
                     match f(BlixardClient::new(channel)).await {
                         Ok(t) => Ok(t),

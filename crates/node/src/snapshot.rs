@@ -1,5 +1,5 @@
 //! The receiving half of snapshot transfer: a lagging follower takes a snapshot from the
-//! leader in bounded chunks ([`blixard_raft::chunks`]) and installs it.
+//! leader in bounded chunks ([`blixard_transport::chunks`]) and installs it.
 //!
 //! The first chunk's header names the leader's vote; it must be the sender's certificate
 //! ([`security::check_snapshot`]) before any data is kept. The data is reassembled up to
@@ -10,7 +10,8 @@ use std::io::Cursor;
 use std::time::Duration;
 
 use blixard_api::{pb, MAX_SNAPSHOT_BYTES, SNAPSHOT_CHUNK};
-use blixard_raft::{chunks, TypeConfig};
+use blixard_raft::TypeConfig;
+use blixard_transport::chunks;
 use openraft::Snapshot;
 use tonic::{Response, Status, Streaming};
 

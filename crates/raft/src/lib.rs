@@ -1,21 +1,15 @@
-//! Consensus for blixard: the openraft type configuration, the redb-backed log and
-//! state-machine stores, and the client half of the peer network (tonic).
+//! Consensus for blixard: the openraft type configuration and the redb-backed log and
+//! state-machine stores. It depends on `blixard-core` only; the peer transport (gRPC, TLS)
+//! is `blixard-transport`.
 //!
 //! - [`log_store`]: the Raft log and vote in `raft.redb`.
 //! - [`sm_store`]: the replicated state in `state.redb`. Its tables are written only by
 //!   `apply` and snapshot installation, each in one transaction that also records the applied
 //!   log id (invariant 1).
-//! - [`network`]: sends Raft RPCs to peers over gRPC, tagged with the cluster id, in messages
-//!   under the peer limit (`AppendEntries` batches cut to size, snapshots in [`chunks`]).
-//!
-//! The server half of the peer service lives in `blixard-node`, next to the code that handles
-//! forwarded proposals and read-index requests.
 
-pub mod chunks;
 pub mod events;
 pub mod log_store;
 pub mod metrics;
-pub mod network;
 pub mod sm_store;
 
 use std::io::Cursor;
@@ -23,7 +17,6 @@ use std::io::Cursor;
 pub use events::EventLog;
 pub use log_store::LogStore;
 pub use metrics::StoreMetrics;
-pub use network::PeerNetwork;
 pub use sm_store::{SharedState, StateMachineStore};
 
 openraft::declare_raft_types!(

@@ -82,7 +82,7 @@ pub(crate) fn owner_client(
         .1
         .as_deref()
         .ok_or_else(|| Status::unavailable(format!("node {} has no known address", owner.0)))?;
-    let ch = blixard_raft::network::channel(addr, &node.tls.client)
+    let ch = blixard_transport::network::channel(addr, &node.tls.client)
         .map_err(|e| Status::unavailable(e.to_string()))?;
     Ok(blixard_api::BlixardClient::new(ch))
 }
