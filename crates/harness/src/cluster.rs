@@ -182,9 +182,10 @@ impl Cluster {
             ])
             .args(["--vcpus", &d.vcpus.to_string(), "--memory-mb", "262144"])
             .env("BLIXARD_EVENTS_FILE", &self.events)
+            // The daemon reads its filter from BLIXARD_LOG (not RUST_LOG).
             .env(
-                "RUST_LOG",
-                std::env::var("BLIXARD_FAULT_LOG").unwrap_or_else(|_| "info".into()),
+                "BLIXARD_LOG",
+                std::env::var("BLIXARD_FAULT_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -38,8 +38,14 @@ impl Node {
         let deadline = Instant::now() + LEADER_WAIT;
         let mut last_err = String::from("no leader elected yet");
         loop {
-            let seen = self.leader().map(|(id, _)| id);
-            match self.leader() {
+            // The leader openraft reports, whether or not this node can route to it: waiting
+            // for a change of *that* is what makes the wait below block. (Comparing with the
+            // routable leader instead made it return at once whenever the leader was missing
+            // from this node's membership, a removed leader or a joiner's stale config, and
+            // the loop spun without yielding for `LEADER_WAIT`, starving the runtime: the
+            // node's Raft and gRPC went silent; docs/fault-testing.md, "Findings".)
+            let (seen, routable) = self.leader_view();
+            match routable {
                 Some((id, addr)) => {
                     let leader = if id == self.id {
                         Leader::Me
@@ -63,11 +69,32 @@ impl Node {
             let _ = self
                 .raft
                 .wait(Some(RETRY_BACKOFF))
-                .metrics(
-                    |m| m.current_leader.is_some() && m.current_leader != seen,
-                    "leader change",
-                )
+                .metrics(|m| leader_changed(seen, m.current_leader), "leader change")
                 .await;
         }
+    }
+}
+
+/// Whether the wait for a new leader is over: openraft names a leader other than the one the
+/// last attempt saw (`seen`, as openraft reported it, routable or not).
+pub(crate) fn leader_changed(seen: Option<u64>, now: Option<u64>) -> bool {
+    now.is_some() && now != seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leader_changed;
+
+    #[test]
+    fn the_wait_blocks_until_openraft_names_another_leader() {
+        // The leader last seen, routable or not, is not a change: the wait blocks (this was
+        // the spin: a leader missing from the membership was "seen" as None).
+        assert!(!leader_changed(Some(2), Some(2)));
+        // No leader (an election under way) is not worth a retry either.
+        assert!(!leader_changed(Some(2), None));
+        assert!(!leader_changed(None, None));
+        // A newly elected leader, or the first one learnt, ends the wait.
+        assert!(leader_changed(Some(2), Some(3)));
+        assert!(leader_changed(None, Some(3)));
     }
 }

@@ -171,11 +171,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         max_in_snapshot_log_to_keep: config.raft.keep_logs,
         install_snapshot_timeout: 10_000,
         snapshot_max_chunk_size: config.raft.snapshot_chunk as u64,
-        // Pre-Vote (a starved node asks first whether it could win, so it never deposes a
-        // healthy leader) is off: with it on, the fault harness's seed 14 (a frozen leader,
-        // then a member removed) lost its leader for good in 2 of 4 runs. The RPC stays
-        // served; switch it on again once that is understood (ARCHITECTURE.md, "Raft timing").
-        enable_pre_vote: Some(false),
+        // A node that merely missed heartbeats (a starved process on a loaded machine) asks
+        // first whether it could win; it cannot while the others still hear the leader, so it
+        // never bumps the term and deposes a healthy leader (ARCHITECTURE.md, "Raft timing").
+        enable_pre_vote: Some(true),
         ..Default::default()
     }
     .validate()

@@ -111,16 +111,24 @@ impl Node {
 
     /// The current leader and its address, if known.
     pub fn leader(&self) -> Option<(u64, String)> {
+        self.leader_view().1
+    }
+
+    /// The leader openraft reports (`current_leader`) and, from the same metrics, the leader
+    /// this node can route to: that id with its address in this node's membership config.
+    /// They differ while the leader is missing from that config (a leader that removed
+    /// itself, or a joiner that has not yet caught up to the config naming the leader).
+    pub(crate) fn leader_view(&self) -> (Option<u64>, Option<(u64, String)>) {
         // Borrow, don't clone: this runs on every proposal and read.
         let rx = self.raft.metrics();
         let m = rx.borrow_watched();
-        let id = m.current_leader?;
-        let addr = m
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())?;
-        Some((id, addr))
+        let routable = m.current_leader.and_then(|id| {
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| (id, n.addr.clone()))
+        });
+        (m.current_leader, routable)
     }
 
     pub fn is_leader(&self) -> bool {
