@@ -9,58 +9,25 @@ use blixard_core::{
     ApplyError, ClusterState, Command, Desired, NodeState, Reply, Request, Resources, TaskSpec,
     TaskState, VmSpec, VmState,
 };
+use blixard_testkit::apply::Applier;
 use proptest::prelude::*;
 
-struct H {
-    s: ClusterState,
-    index: u64,
-    term: u64,
+/// The test kit's apply fixture, with this file's shorthands ([`Shorthands`]).
+type H = Applier;
+
+trait Shorthands {
+    fn new(nodes: &[(u64, u32)]) -> Self;
+    fn create(&mut self, name: &str, vcpus: u32, priority: u8, preempt: bool);
+    fn report(&mut self, name: &str, state: VmState) -> Result<Reply, ApplyError>;
+    fn running(&mut self, name: &str);
+    fn node_of(&self, name: &str) -> Option<u64>;
 }
 
-impl H {
+impl Shorthands for Applier {
+    /// Workers `(id, vcpus)` with 8 GiB each.
     fn new(nodes: &[(u64, u32)]) -> Self {
-        let mut h = H {
-            s: ClusterState::default(),
-            index: 0,
-            term: 1,
-        };
-        for (id, vcpus) in nodes {
-            h.register(*id, *vcpus);
-        }
-        h
-    }
-
-    fn register(&mut self, id: u64, vcpus: u32) {
-        self.ok(Command::RegisterWorker {
-            id,
-            addr: format!("127.0.0.1:{id}"),
-            capacity: Resources::new(vcpus, 8192, 100),
-            kvm: false,
-            labels: Default::default(),
-        });
-    }
-
-    fn apply(&mut self, c: Command) -> Result<Reply, ApplyError> {
-        self.index += 1;
-        let before = self.s.clone();
-        let out = self
-            .s
-            .apply_at(self.term, self.index, &Request::new(c, self.index * 100));
-        self.s
-            .check_invariants()
-            .unwrap_or_else(|e| panic!("invariant broken: {e}"));
-        if out.is_err() {
-            assert_eq!(
-                before.digest(),
-                self.s.digest(),
-                "a refused command changed the state"
-            );
-        }
-        out
-    }
-
-    fn ok(&mut self, c: Command) -> Reply {
-        self.apply(c).unwrap_or_else(|e| panic!("refused: {e}"))
+        let nodes: Vec<(u64, u32, u64)> = nodes.iter().map(|&(id, v)| (id, v, 8192)).collect();
+        Applier::with_workers(&nodes)
     }
 
     fn create(&mut self, name: &str, vcpus: u32, priority: u8, preempt: bool) {
@@ -231,7 +198,7 @@ fn re_registration_with_less_capacity_stops_before_moving_and_never_moves_tasks(
     });
     // The node comes back with 1 vCPU: neither fits, but the VM only leaves once stopped and
     // the task is left to finish (a one-shot command cannot move without running twice).
-    h.register(on, 1);
+    h.register(on, 1, 8192);
     assert_eq!(h.node_of("v"), Some(on));
     assert!(h.s.vms["v"].evacuating);
     assert_eq!(
@@ -283,7 +250,7 @@ fn lease_settings_are_replicated_validated_and_judged_by_the_longer_lease() {
 fn node_ids_are_never_reused_and_only_members_register() {
     let mut h = H::new(&[]);
     h.s.note_membership([1, 2]);
-    h.register(1, 4);
+    h.register(1, 4, 8192);
     h.s.note_membership([1]);
     assert!(h.s.id_was_used(2));
     assert!(!h.s.id_was_used(1) && !h.s.id_was_used(3));

@@ -3,52 +3,33 @@
 
 use blixard_core::task::{MAX_FINISHED_TASKS, MAX_TASK_ARGS};
 use blixard_core::{
-    ApplyError, ClusterState, Command, NodeState, Reply, Request, Resources, TaskRecord, TaskSpec,
-    TaskState,
+    ApplyError, ClusterState, Command, NodeState, Reply, Resources, TaskRecord, TaskSpec, TaskState,
 };
+use blixard_testkit::apply::Applier;
 
-struct T {
-    s: ClusterState,
-    index: u64,
+/// The test kit's apply fixture (at term 0: the verdicts below carry term 0), with this
+/// file's shorthands ([`Shorthands`]).
+type T = Applier;
+
+trait Shorthands {
+    fn new(nodes: &[(u64, u32, u64)]) -> Self;
+    fn submit(&mut self, id: &str, cpus: u32, mem: u64) -> TaskRecord;
+    fn task(&self, id: &str) -> &TaskRecord;
+    fn result(
+        &mut self,
+        id: &str,
+        node: u64,
+        epoch: u64,
+        state: TaskState,
+        code: i32,
+    ) -> Result<Reply, ApplyError>;
 }
 
-impl T {
+impl Shorthands for Applier {
     fn new(nodes: &[(u64, u32, u64)]) -> Self {
-        let mut t = T {
-            s: ClusterState::default(),
-            index: 0,
-        };
-        for (id, vcpus, mem) in nodes {
-            t.ok(Command::RegisterWorker {
-                id: *id,
-                addr: format!("127.0.0.1:{id}"),
-                capacity: Resources::new(*vcpus, *mem, 100),
-                kvm: false,
-                labels: Default::default(),
-            });
-        }
-        t
-    }
-
-    fn apply(&mut self, c: Command) -> Result<Reply, ApplyError> {
-        self.index += 1;
-        let before = self.s.clone();
-        let out = self.s.apply(self.index, &Request::new(c, self.index * 100));
-        self.s
-            .check_invariants()
-            .unwrap_or_else(|e| panic!("invariant broken: {e}"));
-        if out.is_err() {
-            assert_eq!(
-                before.digest(),
-                self.s.digest(),
-                "a refused command changed the state"
-            );
-        }
-        out
-    }
-
-    fn ok(&mut self, c: Command) -> Reply {
-        self.apply(c).unwrap_or_else(|e| panic!("refused: {e}"))
+        let mut a = Applier::with_workers(nodes);
+        a.term = 0;
+        a
     }
 
     fn submit(&mut self, id: &str, cpus: u32, mem: u64) -> TaskRecord {

@@ -1,17 +1,18 @@
 //! Real `blixard` daemons, one per network namespace. Dropping the cluster kills them all (and
 //! the namespaces go with the [`Net`] it owns). The cluster runs secure like any other: the
 //! harness speaks mutual TLS with node 1's admin credential and joins nodes with join tokens.
+//! The daemons themselves are the test kit's [`NodeProcess`]es (the process layer the CLI
+//! tests' cluster uses too); this module adds the namespaces, the gRPC view and the nemesis's
+//! operations.
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use blixard_api::pb;
 use blixard_api::BlixardClient;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use blixard_testkit::process::{node_command, NodeProcess};
+use nix::sys::signal::Signal;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::net::Net;
@@ -30,10 +31,16 @@ pub struct Daemon {
     pub node_id: u64,
     pub dir: PathBuf,
     pub log: PathBuf,
-    pub child: Option<Child>,
-    pub paused: bool,
+    pub child: Option<NodeProcess>,
     /// vCPUs the daemon was (or will next be) started with.
     pub vcpus: u32,
+}
+
+impl Daemon {
+    /// Frozen by the nemesis (SIGSTOP)?
+    pub fn paused(&self) -> bool {
+        self.child.as_ref().is_some_and(|c| c.paused())
+    }
 }
 
 pub struct Cluster {
@@ -84,7 +91,6 @@ impl Cluster {
                 log: dir.join("nodes").join(format!("n{i}.log")),
                 dir: d.join("data"),
                 child: None,
-                paused: false,
                 vcpus: VCPUS,
             });
         }
@@ -159,37 +165,28 @@ impl Cluster {
         let ns = self.net.ns(i);
         let listen = format!("{}:{PORT}", self.net.ip(i));
         let d = &mut self.daemons[i - 1];
-        let log = OpenOptions::new().create(true).append(true).open(&d.log)?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns])
-            .arg(&self.bin)
-            .args([
-                "node",
-                "--id",
-                &d.node_id.to_string(),
-                "--listen",
-                &listen,
-                "--data-dir",
-            ])
-            .arg(&d.dir)
-            .args([
-                "--driver",
-                "process",
-                "--heartbeat-ms",
-                "100",
-                "--election-ms",
-                "500",
-            ])
-            .args(["--vcpus", &d.vcpus.to_string(), "--memory-mb", "262144"])
-            .env("BLIXARD_EVENTS_FILE", &self.events)
-            // The daemon reads its filter from BLIXARD_LOG (not RUST_LOG).
-            .env(
-                "BLIXARD_LOG",
-                std::env::var("BLIXARD_FAULT_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        let mut cmd = node_command(
+            &self.bin,
+            Some(&ns),
+            d.node_id,
+            &listen,
+            &d.dir,
+            &self.events,
+        );
+        cmd.args([
+            "--driver",
+            "process",
+            "--heartbeat-ms",
+            "100",
+            "--election-ms",
+            "500",
+        ])
+        .args(["--vcpus", &d.vcpus.to_string(), "--memory-mb", "262144"])
+        // The daemon reads its filter from BLIXARD_LOG (not RUST_LOG).
+        .env(
+            "BLIXARD_LOG",
+            std::env::var("BLIXARD_FAULT_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+        );
         if extra.iter().any(|e| e == "--init") {
             use crate::schedule::{GRACE_MS, HEARTBEAT_MS, LEASE_MS};
             cmd.args(["--lease-ms", &LEASE_MS.to_string()])
@@ -197,48 +194,34 @@ impl Cluster {
                 .args(["--liveness-heartbeat-ms", &HEARTBEAT_MS.to_string()]);
         }
         cmd.args(extra);
-        d.child = Some(cmd.spawn().with_context(|| format!("spawning node {i}"))?);
-        d.paused = false;
+        d.child =
+            Some(NodeProcess::spawn(cmd, &d.log).with_context(|| format!("spawning node {i}"))?);
         Ok(())
     }
 
-    fn pid(&self, i: usize) -> Option<Pid> {
-        self.daemons[i - 1]
-            .child
-            .as_ref()
-            .map(|c| Pid::from_raw(c.id() as i32))
-    }
-
     pub fn kill9(&mut self, i: usize) {
-        let d = &mut self.daemons[i - 1];
-        if let Some(mut c) = d.child.take() {
-            if d.paused {
-                let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.daemons[i - 1].child.take() {
+            c.kill9();
         }
-        d.paused = false;
     }
 
     /// SIGTERM (after SIGCONT if paused), waits up to `deadline` for the daemon to exit, then
     /// `kill -9`s it. Returns whether it exited by itself.
     pub async fn terminate(&mut self, i: usize, deadline: Duration) -> bool {
-        let Some(p) = self.pid(i) else {
+        let Some(p) = self.daemons[i - 1].child.as_mut() else {
             return true;
         };
-        if self.daemons[i - 1].paused {
-            let _ = kill(p, Signal::SIGCONT);
-            self.daemons[i - 1].paused = false;
+        if p.paused() {
+            p.resume();
         }
-        let _ = kill(p, Signal::SIGTERM);
+        p.signal(Signal::SIGTERM);
         let end = Instant::now() + deadline;
         let mut graceful = false;
         while Instant::now() < end {
             let exited = self.daemons[i - 1]
                 .child
                 .as_mut()
-                .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+                .is_none_or(|c| c.exited());
             if exited {
                 graceful = true;
                 break;
@@ -267,8 +250,8 @@ impl Cluster {
 
     /// VMs running per slot, from one node's `--stale` list; `None` when no node answers.
     pub async fn running_per_slot(&self) -> Option<Vec<(usize, Vec<String>)>> {
-        for i in
-            (1..=self.daemons.len()).filter(|&i| self.is_running(i) && !self.daemons[i - 1].paused)
+        for i in (1..=self.daemons.len())
+            .filter(|&i| self.is_running(i) && !self.daemons[i - 1].paused())
         {
             let mut c = self.clients[i - 1].clone();
             let f = c.list_vms(pb::ReadOptions { stale: true });
@@ -297,7 +280,7 @@ impl Cluster {
     pub async fn state_seen_by_others(&self, i: usize) -> Option<String> {
         let id = self.daemons[i - 1].node_id;
         for j in (1..=self.daemons.len())
-            .filter(|&j| j != i && self.is_running(j) && !self.daemons[j - 1].paused)
+            .filter(|&j| j != i && self.is_running(j) && !self.daemons[j - 1].paused())
         {
             let mut c = self.clients[j - 1].clone();
             let f = c.list_nodes(pb::ReadOptions { stale: true });
@@ -316,7 +299,7 @@ impl Cluster {
     pub async fn busiest(&self) -> Option<(usize, Vec<String>)> {
         let per = self.running_per_slot().await?;
         per.into_iter()
-            .filter(|(i, _)| self.is_running(*i) && !self.daemons[*i - 1].paused)
+            .filter(|(i, _)| self.is_running(*i) && !self.daemons[*i - 1].paused())
             .max_by_key(|(i, v)| (v.len(), std::cmp::Reverse(*i)))
     }
 
@@ -328,12 +311,8 @@ impl Cluster {
     pub fn reap(&mut self) -> Vec<usize> {
         let mut out = Vec::new();
         for d in &mut self.daemons {
-            if d.child
-                .as_mut()
-                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
-            {
+            if d.child.as_mut().is_some_and(|c| c.exited()) {
                 d.child = None;
-                d.paused = false;
                 out.push(d.id);
             }
         }
@@ -341,17 +320,15 @@ impl Cluster {
     }
 
     pub fn pause(&mut self, i: usize) {
-        if let Some(p) = self.pid(i) {
-            let _ = kill(p, Signal::SIGSTOP);
-            self.daemons[i - 1].paused = true;
+        if let Some(p) = self.daemons[i - 1].child.as_mut() {
+            p.pause();
         }
     }
 
     pub fn resume(&mut self, i: usize) {
-        if let Some(p) = self.pid(i) {
-            let _ = kill(p, Signal::SIGCONT);
+        if let Some(p) = self.daemons[i - 1].child.as_mut() {
+            p.resume();
         }
-        self.daemons[i - 1].paused = false;
     }
 
     /// `cluster status --stale` of node `i`, or `None` when it does not answer in time.
@@ -426,7 +403,7 @@ impl Cluster {
             let exited = self.daemons[i - 1]
                 .child
                 .as_mut()
-                .is_none_or(|ch| ch.try_wait().ok().flatten().is_some());
+                .is_none_or(|ch| ch.exited());
             if exited {
                 break;
             }

@@ -278,7 +278,7 @@ async fn heal_all(c: &Arc<tokio::sync::Mutex<Cluster>>) -> Result<Vec<usize>> {
     for i in 1..=c.daemons.len() {
         if !c.is_running(i) {
             c.spawn(i, &[])?;
-        } else if c.daemons[i - 1].paused {
+        } else if c.daemons[i - 1].paused() {
             c.resume(i);
         }
     }

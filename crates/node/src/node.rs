@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use blixard_api::{pb, BlixardClient, FORWARDED_HEADER};
 use blixard_core::{Command, Outcome, Reply, Request};
-use blixard_transport::network::{peer_client, peer_request};
 use blixard_raft::{Raft, SharedState};
+use blixard_transport::network::{peer_client, peer_request};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ReadPolicy};
