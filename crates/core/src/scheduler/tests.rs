@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::command::{Command, Outcome, Reply, Request};
-use crate::state::{NodeState, VmRecord, VmState};
+use crate::state::{explain, ClusterState, NodeState, VmRecord, VmState};
 
 struct H {
     s: ClusterState,
