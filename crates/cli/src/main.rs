@@ -348,9 +348,9 @@ enum ClusterCmd {
     },
     /// Show or change the scheduler's cluster-wide settings.
     Settings {
-        /// Default placement strategy: binpack or spread.
-        #[arg(long, value_parser = ["binpack", "spread"])]
-        strategy: Option<String>,
+        /// Default placement strategy.
+        #[arg(long)]
+        strategy: Option<blixard_core::Strategy>,
         /// vCPU overcommit in percent (100 = none, up to 1000).
         #[arg(long)]
         vcpu_overcommit: Option<u32>,
@@ -434,7 +434,7 @@ enum VmCmd {
     Wait {
         name: String,
         #[arg(long)]
-        state: String,
+        state: blixard_core::VmState,
         #[arg(long, default_value_t = 60, allow_hyphen_values = true, value_parser = duration::secs_arg)]
         timeout: u64,
     },
@@ -456,7 +456,7 @@ enum TaskCmd {
         stale: bool,
         /// Only tasks in this state.
         #[arg(long)]
-        state: Option<String>,
+        state: Option<blixard_core::TaskState>,
         /// Only tasks on this node.
         #[arg(long)]
         node: Option<u64>,
@@ -604,7 +604,10 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     quiet_on_broken_pipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return output::usage_error(e),
+    };
     let daemon = matches!(&cli.command, Cmd::Node { sub: None, .. } | Cmd::Workload);
     init_logging(daemon);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -839,7 +842,7 @@ fn main() -> ExitCode {
                     name,
                     state,
                     timeout,
-                } => c.vm_wait(&name, &state, timeout).await,
+                } => c.vm_wait(&name, state, timeout).await,
             },
         }
     });
