@@ -83,11 +83,8 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let c = peer_client(addr, &self.tls.client).map_err(|e| {
-            NodeError::retry(RetryReason::Unreachable(format!(
-                "bad peer address {addr}: {e}"
-            )))
-        })?;
+        let c = peer_client(addr, &self.tls.client)
+            .map_err(|e| NodeError::Config(format!("bad peer address {addr}: {e}")))?;
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }
