@@ -235,9 +235,9 @@ pub(crate) enum ClusterCmd {
     },
     /// Show or change the scheduler's cluster-wide settings.
     Settings {
-        /// Default placement strategy: binpack or spread.
-        #[arg(long, value_parser = ["binpack", "spread"])]
-        strategy: Option<String>,
+        /// Default placement strategy.
+        #[arg(long)]
+        strategy: Option<blixard_core::Strategy>,
         /// vCPU overcommit in percent (100 = none, up to 1000).
         #[arg(long)]
         vcpu_overcommit: Option<u32>,
@@ -321,7 +321,7 @@ pub(crate) enum VmCmd {
     Wait {
         name: String,
         #[arg(long)]
-        state: String,
+        state: blixard_core::VmState,
         #[arg(long, default_value_t = 60, allow_hyphen_values = true, value_parser = duration::secs_arg)]
         timeout: u64,
     },
@@ -343,7 +343,7 @@ pub(crate) enum TaskCmd {
         stale: bool,
         /// Only tasks in this state.
         #[arg(long)]
-        state: Option<String>,
+        state: Option<blixard_core::TaskState>,
         /// Only tasks on this node.
         #[arg(long)]
         node: Option<u64>,

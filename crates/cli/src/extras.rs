@@ -46,19 +46,14 @@ pub struct VmFilter {
     /// Only VMs with this label, KEY=VALUE (repeatable: all must match).
     #[arg(long = "label", value_name = "K=V")]
     pub labels: Vec<String>,
-    /// Only VMs in this state (pending, starting, running, stopping, stopped, failed).
+    /// Only VMs in this state.
     #[arg(long)]
-    pub state: Option<String>,
+    pub state: Option<blixard_core::VmState>,
 }
 
 impl VmFilter {
     /// Checks the filter's values; the parsed labels.
     pub fn parsed(&self) -> anyhow::Result<BTreeMap<String, String>> {
-        if let Some(s) = &self.state {
-            if blixard_core::VmState::parse(s).is_none() {
-                bail!("--state {s:?} is not a VM state (pending, starting, running, stopping, stopped, failed)");
-            }
-        }
         self.labels
             .iter()
             .map(|l| match l.split_once('=') {
@@ -70,7 +65,7 @@ impl VmFilter {
 
     pub fn matches(&self, labels: &BTreeMap<String, String>, v: &pb::VmInfo) -> bool {
         self.node.is_none_or(|n| v.node_id == Some(n))
-            && self.state.as_deref().is_none_or(|s| v.state == s)
+            && self.state.is_none_or(|s| v.state == s.as_str())
             && labels.iter().all(|(k, want)| v.labels.get(k) == Some(want))
     }
 }

@@ -50,7 +50,10 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     quiet_on_broken_pipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return output::usage_error(e),
+    };
     let daemon = matches!(&cli.command, Cmd::Node { sub: None, .. } | Cmd::Workload);
     init_logging(daemon);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -285,7 +288,7 @@ fn main() -> ExitCode {
                     name,
                     state,
                     timeout,
-                } => c.vm_wait(&name, &state, timeout).await,
+                } => c.vm_wait(&name, state, timeout).await,
             },
         }
     });

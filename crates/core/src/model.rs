@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 /// A worker's health and availability for new VMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum NodeState {
     Up,
     Down,
@@ -46,6 +47,7 @@ pub struct Worker {
 /// Whether the user wants a VM running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Desired {
     Running,
     Stopped,
@@ -63,6 +65,7 @@ impl Desired {
 /// What is known of a VM's actual state (as reported by its executor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum VmState {
     Pending,
     Starting,

@@ -30,7 +30,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{ApplyError, Command, Outcome, Reply};
-use crate::spec::{self, NodeId, VmSpec};
+use crate::spec::{self, NodeId};
 use crate::state::{ClusterState, RowKey};
 
 /// The network VMs join when they name none.
@@ -254,25 +254,25 @@ impl Network {
 
     /// Takes the next free address for `lease`; returns its offset.
     fn allocate(&mut self, lease: Lease) -> Result<u32, ApplyError> {
-        let Some(off) = self.next_free() else {
-            return Err(ApplyError::NoCapacity(format!(
-                "network '{}' ({}) has no free address: all {} are in use (delete VMs or create a larger network)",
-                self.name,
-                self.cidr,
-                self.cidr.last_host()
-            )));
-        };
-        self.leases.insert(off, lease);
-        self.cursor = if off >= self.cidr.last_host() {
-            1
-        } else {
-            off + 1
-        };
+        let off = self.free_offset(None)?;
+        self.take(off, lease);
         Ok(off)
     }
 
-    /// Takes `ip` for `lease` if it is a free host address of this network.
-    fn claim(&mut self, ip: Ipv4Addr, lease: Lease) -> Result<u32, ApplyError> {
+    /// The offset a new lease would get: `ip` if it is a free host address of this network,
+    /// else (no `ip`) the next free one. Changes nothing; the one check behind `allocate`, the
+    /// address step of `CreateVm` and its dry run.
+    pub(crate) fn free_offset(&self, ip: Option<Ipv4Addr>) -> Result<u32, ApplyError> {
+        let Some(ip) = ip else {
+            return self.next_free().ok_or_else(|| {
+                ApplyError::NoCapacity(format!(
+                    "network '{}' ({}) has no free address: all {} are in use (delete VMs or create a larger network)",
+                    self.name,
+                    self.cidr,
+                    self.cidr.last_host()
+                ))
+            });
+        };
         let Some(off) = self.cidr.host_offset(ip) else {
             let why = if self.cidr.contains(ip) {
                 "is the network or broadcast address of"
@@ -297,8 +297,17 @@ impl Network {
                 self.name
             )));
         }
-        self.leases.insert(off, lease);
         Ok(off)
+    }
+
+    /// Records `lease` at the free offset `off` and moves the allocation cursor past it.
+    pub(crate) fn take(&mut self, off: u32, lease: Lease) {
+        self.leases.insert(off, lease);
+        self.cursor = if off >= self.cidr.last_host() {
+            1
+        } else {
+            off + 1
+        };
     }
 }
 
@@ -424,37 +433,6 @@ impl ClusterState {
         self.networks.insert(name.to_string(), net.clone());
         self.touched.insert(RowKey::Network(name.to_string()));
         Ok(Reply::Network(Box::new(net)))
-    }
-
-    /// The network and address a new VM gets, taken in its network. Called once every other
-    /// check of `CreateVm` has passed (a refusal here changes nothing).
-    pub(crate) fn assign_address(
-        &mut self,
-        spec: &VmSpec,
-    ) -> Result<Option<(String, Ipv4Addr)>, ApplyError> {
-        let net_name = match (&spec.network, spec.ip) {
-            (Some(n), _) => n.clone(),
-            (None, _) if self.networks.contains_key(DEFAULT_NETWORK) => DEFAULT_NETWORK.to_string(),
-            (None, None) => return Ok(None),
-            (None, Some(ip)) => {
-                return Err(ApplyError::invalid(format!(
-                    "cannot give address {ip}: the cluster has no '{DEFAULT_NETWORK}' network; name one with --network"
-                )))
-            }
-        };
-        let Some(net) = self.networks.get_mut(&net_name) else {
-            return Err(ApplyError::not_found("network", &net_name));
-        };
-        let lease = Lease::Vm {
-            name: spec.name.clone(),
-        };
-        let off = match spec.ip {
-            Some(ip) => net.claim(ip, lease)?,
-            None => net.allocate(lease)?,
-        };
-        let ip = net.cidr.at(off);
-        self.touched.insert(RowKey::Network(net_name.clone()));
-        Ok(Some((net_name, ip)))
     }
 
     /// VM `name` (holding `ip` on `network`) was deleted. Its last placement, if any, may still

@@ -51,6 +51,7 @@ pub const KNOWN_FEATURES: &[&str] = &["kvm"];
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Strategy {
     /// Fill the fullest node that fits, keeping others empty.
     #[default]
@@ -136,6 +137,7 @@ impl Resources {
 /// What the executor does when a VM's process ends without being asked to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum RestartPolicy {
     Always,
     #[default]

@@ -172,12 +172,14 @@ pub fn validate_task_id(id: &str) -> Result<(), ApplyError> {
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum TaskState {
     /// Waiting for a node, or assigned and not started yet.
     Pending,
     Running,
     Succeeded,
     Failed,
+    #[cfg_attr(feature = "clap", value(name = "timed_out"))]
     TimedOut,
     Cancelled,
     /// Its node went down and no attempt was left.

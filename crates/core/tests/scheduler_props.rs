@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use blixard_core::scheduler::explain;
+use blixard_core::explain;
 use blixard_core::{
     ClusterState, Command, Desired, NodeId, NodeState, Reply, Request, Resources, Strategy, VmSpec,
     VmState,

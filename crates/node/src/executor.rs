@@ -171,7 +171,7 @@ impl Executor {
             .driver
             .list()
             .await
-            .map_err(|e| NodeError::Io(format!("listing VMs: {e}")))?
+            .map_err(NodeError::Driver)?
             .iter()
             .map(to_observed)
             .collect();
@@ -482,7 +482,7 @@ impl Executor {
                         )
                         .await
                     }
-                    Err(e) => Err(NodeError::Io(e.to_string())),
+                    Err(e) => Err(NodeError::Driver(e)),
                 }
             }
             Action::Stop { name } => {
@@ -490,7 +490,7 @@ impl Executor {
                 self.driver
                     .stop(name, STOP_GRACE)
                     .await
-                    .map_err(|e| NodeError::Io(e.to_string()))
+                    .map_err(NodeError::Driver)
             }
             Action::Remove { name } => {
                 tracing::info!(vm = %name, "removing VM run state");
@@ -502,7 +502,7 @@ impl Executor {
                 self.driver
                     .remove(name)
                     .await
-                    .map_err(|e| NodeError::Io(e.to_string()))
+                    .map_err(NodeError::Driver)
             }
             Action::Report {
                 name,

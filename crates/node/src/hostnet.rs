@@ -145,9 +145,9 @@ impl HostNet {
             .args(args)
             .output()
             .await
-            .map_err(|e| NodeError::Io(format!("cannot run {program} (install iproute2): {e}")))?;
+            .map_err(|e| NodeError::io(format!("cannot run {program} (install iproute2)"), e))?;
         if !out.status.success() {
-            return Err(NodeError::Io(format!(
+            return Err(NodeError::Host(format!(
                 "{program} {}: {} (host networking needs root; start the node with --no-host-network to do without)",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim()
@@ -164,7 +164,7 @@ impl HostNet {
     async fn links(&self) -> Result<BTreeMap<String, Link>, NodeError> {
         let json = Self::ip(&["-j", "-d", "link", "show"]).await?;
         let links: Vec<Link> = serde_json::from_str(&json)
-            .map_err(|e| NodeError::Io(format!("parsing `ip -j link show`: {e}")))?;
+            .map_err(|e| NodeError::Host(format!("parsing `ip -j link show`: {e}")))?;
         Ok(links
             .into_iter()
             .filter(|l| l.ifname.starts_with(&self.prefix))
@@ -238,7 +238,7 @@ impl HostNet {
         }
         let addrs: Vec<AddrInfo> =
             serde_json::from_str(&Self::ip(&["-j", "addr", "show", "dev", &br]).await?)
-                .map_err(|e| NodeError::Io(format!("parsing `ip -j addr show`: {e}")))?;
+                .map_err(|e| NodeError::Host(format!("parsing `ip -j addr show`: {e}")))?;
         let want_addr = (want.addr.to_string(), want.prefix);
         let have: Vec<(String, u8)> = addrs
             .iter()
@@ -319,7 +319,7 @@ impl HostNet {
         }
         let fdb: Vec<Fdb> =
             serde_json::from_str(&Self::run("bridge", &["-j", "fdb", "show", "dev", &vx]).await?)
-                .map_err(|e| NodeError::Io(format!("parsing `bridge -j fdb show`: {e}")))?;
+                .map_err(|e| NodeError::Host(format!("parsing `bridge -j fdb show`: {e}")))?;
         let have: BTreeSet<Ipv4Addr> = fdb
             .iter()
             .filter(|f| f.mac == "00:00:00:00:00:00")
@@ -353,7 +353,7 @@ impl HostNet {
         let br = self.bridge_name(vni);
         let links = self.links().await?;
         if !links.contains_key(&br) {
-            return Err(NodeError::Io(format!(
+            return Err(NodeError::Host(format!(
                 "bridge {br} of network VNI {vni} is missing (this node has no address on the network?)"
             )));
         }

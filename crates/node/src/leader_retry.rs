@@ -1,11 +1,12 @@
 //! The one retry-until-leader loop: proposals, read barriers and membership changes sent to
-//! the leader all go through [`Node::with_leader`].
+//! the leader all go through [`Node::with_leader`]. Whether to try again is decided by the
+//! error's variant ([`NodeError::Retry`]), never by its message.
 
 use std::future::Future;
 
 use std::time::Instant;
 
-use crate::error::NodeError;
+use crate::error::{NodeError, RetryReason};
 use crate::node::{Node, LEADER_WAIT, RETRY_BACKOFF};
 
 /// The leader as this node sees it, for one attempt.
@@ -16,27 +17,18 @@ pub(crate) enum Leader {
     Other(u64, String),
 }
 
-/// How an attempt ended short of success.
-pub(crate) enum Attempt {
-    /// Worth another try (leadership moving, leader unreachable); the reason becomes the error
-    /// if the wait runs out.
-    Retry(String),
-    /// Final: returned as is.
-    Fail(NodeError),
-}
-
 impl Node {
-    /// Runs `attempt` against the current leader until it succeeds or fails for good,
-    /// retrying every `RETRY_BACKOFF` while no leader is known or the attempt asks to, for at
-    /// most [`LEADER_WAIT`]; then `NoLeader` with the last reason. A node that is not in a
-    /// cluster fails at once.
+    /// Runs `attempt` against the current leader until it succeeds or fails with anything but
+    /// [`NodeError::Retry`], retrying every `RETRY_BACKOFF` while no leader is known or the
+    /// attempt asks to, for at most [`LEADER_WAIT`]; then the last `Retry`. A node that is not
+    /// in a cluster fails at once.
     pub(crate) async fn with_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, NodeError>
     where
         F: FnMut(Leader) -> Fut,
-        Fut: Future<Output = Result<T, Attempt>>,
+        Fut: Future<Output = Result<T, NodeError>>,
     {
         let deadline = Instant::now() + LEADER_WAIT;
-        let mut last_err = String::from("no leader elected yet");
+        let mut last = NodeError::retry(RetryReason::NoLeader);
         loop {
             // The leader openraft reports, whether or not this node can route to it: waiting
             // for a change of *that* is what makes the wait below block. (Comparing with the
@@ -54,15 +46,15 @@ impl Node {
                     };
                     match attempt(leader).await {
                         Ok(t) => return Ok(t),
-                        Err(Attempt::Retry(why)) => last_err = why,
-                        Err(Attempt::Fail(e)) => return Err(e),
+                        Err(e) if e.is_retry() => last = e,
+                        Err(e) => return Err(e),
                     }
                 }
                 None if !self.in_cluster() => return Err(self.not_in_cluster()),
                 None => {}
             }
             if Instant::now() >= deadline {
-                return Err(NodeError::NoLeader(last_err));
+                return Err(last);
             }
             // Goes on as soon as this node learns of a new leader (an election ended), at the
             // latest after RETRY_BACKOFF.

@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{Bootstrap, NodeConfig};
-pub use error::NodeError;
+pub use error::{NodeError, RetryReason};
 pub use node::Node;
 
 use crate::meta::NodeMeta;
@@ -117,10 +117,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     };
     let listener = TcpListener::bind(bind)
         .await
-        .map_err(|e| NodeError::Io(format!("cannot listen on {bind}: {e}")))?;
+        .map_err(|e| NodeError::io(format!("cannot listen on {bind}"), e))?;
     let local = listener
         .local_addr()
-        .map_err(|e| NodeError::Io(e.to_string()))?;
+        .map_err(|e| NodeError::io("reading the bound address", e))?;
     let addr = config
         .advertise
         .clone()
@@ -158,7 +158,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let run_root = config.data_dir.join("vms");
     let driver = executor::make_driver(&config.driver, run_root.clone(), &run_root.join("lease"))?;
     let (log, sm) = blixard_raft::open_stores(&config.data_dir.join("raft"))
-        .map_err(|e| NodeError::Io(format!("opening stores in {dir}: {e}")))?;
+        .map_err(|source| NodeError::Storage {
+            what: format!("opening stores in {dir}"),
+            source,
+        })?;
     let state = sm.shared();
     let events = sm.events();
     let store_metrics = sm.metrics();
@@ -186,7 +189,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     );
     let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm)
         .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        .map_err(|e| NodeError::Raft(format!("starting Raft: {e}")))?;
 
     let (shutdown, _) = watch::channel(false);
     let node = Arc::new(Node {
@@ -328,16 +331,19 @@ async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
             // The cluster's answers are final; anything else (unreachable, a connection reset
             // or "transport error" while the leader changes, a timeout) is retried until the
             // deadline, as enrollment does.
-            Err(s) if !is_final_answer(s.code()) && tokio::time::Instant::now() < deadline => {
-                tracing::info!(error = %s.message(), code = ?s.code(), "join: retrying");
-            }
-            Err(s) => {
-                node.request_shutdown();
-                return Err(NodeError::Forwarded(tonic::Status::new(
-                    s.code(),
-                    format!("joining through {seed}: {}", s.message()),
-                )));
-            }
+            Err(s) => match NodeError::from_status(s) {
+                e if e.is_retry() && tokio::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "join: retrying");
+                }
+                e => {
+                    node.request_shutdown();
+                    let s = tonic::Status::from(e);
+                    return Err(NodeError::Forwarded(tonic::Status::new(
+                        s.code(),
+                        format!("joining through {seed}: {}", s.message()),
+                    )));
+                }
+            },
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -347,34 +353,19 @@ async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
 /// answers with GOAWAY (see `serve`).
 const PENDING_RESET_STREAMS: usize = 1024;
 
-/// A refusal by the cluster itself, as opposed to a failure to reach it.
-pub(crate) fn is_final_answer(code: tonic::Code) -> bool {
-    use tonic::Code;
-    matches!(
-        code,
-        Code::PermissionDenied
-            | Code::InvalidArgument
-            | Code::FailedPrecondition
-            | Code::AlreadyExists
-            | Code::OutOfRange
-            | Code::Unauthenticated
-    )
-}
-
 /// Binds the HTTP listener and records its address in `DATA_DIR/http.addr` (port 0 picks one).
 async fn bind_http(config: &NodeConfig, addr: SocketAddr) -> Result<TcpListener, NodeError> {
     let l = TcpListener::bind(addr)
         .await
-        .map_err(|e| NodeError::Io(format!("cannot listen for HTTP on {addr}: {e}")))?;
-    let local = l.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
+        .map_err(|e| NodeError::io(format!("cannot listen for HTTP on {addr}"), e))?;
+    let local = l
+        .local_addr()
+        .map_err(|e| NodeError::io("reading the bound HTTP address", e))?;
     std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| NodeError::Io(format!("creating {}: {e}", config.data_dir.display())))?;
-    std::fs::write(config.data_dir.join("http.addr"), local.to_string()).map_err(|e| {
-        NodeError::Io(format!(
-            "writing {}: {e}",
-            config.data_dir.join("http.addr").display()
-        ))
-    })?;
+        .map_err(|e| NodeError::io(format!("creating {}", config.data_dir.display()), e))?;
+    let file = config.data_dir.join("http.addr");
+    std::fs::write(&file, local.to_string())
+        .map_err(|e| NodeError::io(format!("writing {}", file.display()), e))?;
     tracing::info!(http = %local, "serving HTTP: dashboard at http://{local}/ui/");
     Ok(l)
 }

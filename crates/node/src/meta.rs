@@ -29,7 +29,7 @@ pub fn load(data_dir: &Path) -> Result<Option<NodeMeta>, NodeError> {
             .map(Some)
             .map_err(|e| NodeError::Config(format!("{} is corrupt: {e}", p.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(NodeError::Io(format!("reading {}: {e}", p.display()))),
+        Err(e) => Err(NodeError::io(format!("reading {}", p.display()), e)),
     }
 }
 
@@ -37,11 +37,11 @@ pub fn load(data_dir: &Path) -> Result<Option<NodeMeta>, NodeError> {
 pub fn store(data_dir: &Path, meta: &NodeMeta) -> Result<(), NodeError> {
     use std::io::Write;
     std::fs::create_dir_all(data_dir)
-        .map_err(|e| NodeError::Io(format!("creating {}: {e}", data_dir.display())))?;
+        .map_err(|e| NodeError::io(format!("creating {}", data_dir.display()), e))?;
     let p = path(data_dir);
     let tmp = data_dir.join("node.json.tmp");
-    let bytes = serde_json::to_vec_pretty(meta).map_err(|e| NodeError::Io(e.to_string()))?;
-    let io = |e: std::io::Error| NodeError::Io(format!("writing {}: {e}", p.display()));
+    let bytes = serde_json::to_vec_pretty(meta).map_err(|e| NodeError::io("encoding node.json", e.into()))?;
+    let io = |e: std::io::Error| NodeError::io(format!("writing {}", p.display()), e);
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(&bytes).map_err(io)?;
     f.sync_all().map_err(io)?;

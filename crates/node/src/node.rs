@@ -16,8 +16,8 @@ use openraft::{BasicNode, ChangeMembers, ReadPolicy};
 use tokio::sync::watch;
 
 use crate::config::NodeConfig;
-use crate::error::NodeError;
-use crate::leader_retry::{Attempt, Leader};
+use crate::error::{NodeError, RetryReason};
+use crate::leader_retry::Leader;
 
 /// How long a proposal or read keeps retrying while there is no leader.
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -84,7 +84,7 @@ impl Node {
             return Ok(c.clone());
         }
         let c = peer_client(addr, &self.tls.client)
-            .map_err(|e| NodeError::Unreachable(format!("bad peer address {addr}: {e}")))?;
+            .map_err(|e| NodeError::Config(format!("bad peer address {addr}: {e}")))?;
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -161,10 +161,7 @@ impl Node {
     }
 
     pub(crate) fn not_in_cluster(&self) -> NodeError {
-        NodeError::NotInCluster(format!(
-            "node {} is not part of a cluster yet (still joining?): retry shortly or address another member",
-            self.id
-        ))
+        NodeError::NotInCluster { node: self.id }
     }
 
     /// Proposes a command through Raft and returns what `apply` said. Any node may call this:
@@ -204,25 +201,27 @@ impl Node {
                     let retry_is_safe = req.request_id.is_some();
                     match self.raft.client_write(req).await {
                         Ok(resp) => Ok(resp.data),
-                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(
-                            Attempt::Retry(format!("leadership moved to {:?}", f.leader_id)),
-                        ),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                            Err(NodeError::retry(RetryReason::LeaderChanged {
+                                to: f.leader_id,
+                            }))
+                        }
                         // The entry may or may not commit; a retry is safe only with a
                         // request id, which apply de-duplicates.
                         Err(RaftError::APIError(e)) if retry_is_safe => {
-                            Err(Attempt::Retry(e.to_string()))
+                            Err(NodeError::retry(RetryReason::Raft {
+                                what: "proposing".into(),
+                                why: e.to_string(),
+                            }))
                         }
-                        Err(RaftError::APIError(e)) => {
-                            Err(Attempt::Fail(NodeError::Raft(e.to_string())))
-                        }
-                        Err(RaftError::Fatal(f)) => {
-                            Err(Attempt::Fail(NodeError::Raft(f.to_string())))
-                        }
+                        Err(RaftError::APIError(e)) => Err(NodeError::Raft(e.to_string())),
+                        Err(RaftError::Fatal(f)) => Err(NodeError::Raft(f.to_string())),
                     }
                 }
-                Leader::Other(id, addr) => self.forward_proposal(&addr, req).await.map_err(|e| {
-                    Attempt::Retry(format!("forwarding to leader {id} at {addr}: {e}"))
-                }),
+                Leader::Other(id, addr) => self
+                    .forward_proposal(&addr, req)
+                    .await
+                    .map_err(|why| forwarding(id, &addr, why)),
             }
         })
         .await
@@ -255,32 +254,27 @@ impl Node {
     ) -> Result<Reply, NodeError> {
         let m = self.metrics();
         if m.current_leader != Some(self.id) || m.current_term != term {
-            return Err(NodeError::NoLeader(format!(
-                "node {} no longer leads in term {term}; the verdict is void",
-                self.id
-            )));
+            // No longer leads in `term`: the verdict is void.
+            return Err(NodeError::retry(RetryReason::NotLeader { node: self.id }));
         }
         let req = Request::new(command, now_ms());
         blixard_transport::network::check_entry_size(&req).map_err(NodeError::Invalid)?;
         match self.raft.client_write(req).await {
             Ok(resp) => resp.data.map_err(NodeError::Rejected),
-            Err(e) => Err(NodeError::NoLeader(e.to_string())),
+            Err(e) => Err(raft_retry("proposing a verdict", e)),
         }
     }
 
     /// Proposes only if this node is the leader (used for requests forwarded by followers).
     pub(crate) async fn propose_as_leader(&self, mut req: Request) -> Result<Outcome, NodeError> {
         if !self.is_leader() {
-            return Err(NodeError::NoLeader(format!(
-                "node {} is not the leader",
-                self.id
-            )));
+            return Err(NodeError::retry(RetryReason::NotLeader { node: self.id }));
         }
         blixard_transport::network::check_entry_size(&req).map_err(NodeError::Invalid)?;
         req.time_ms = now_ms();
         match self.raft.client_write(req).await {
             Ok(resp) => Ok(resp.data),
-            Err(e) => Err(NodeError::NoLeader(e.to_string())),
+            Err(e) => Err(raft_retry("proposing a forwarded request", e)),
         }
     }
 
@@ -294,19 +288,18 @@ impl Node {
                     .ensure_linearizable(ReadPolicy::ReadIndex)
                     .await
                     .map(|_| ())
-                    .map_err(|e| Attempt::Retry(e.to_string())),
+                    .map_err(|e| raft_retry("confirming leadership for a read", e)),
                 Leader::Other(id, addr) => {
-                    let index = self.remote_read_index(&addr).await.map_err(|e| {
-                        Attempt::Retry(format!("read index from leader {id} at {addr}: {e}"))
-                    })?;
+                    let index = self
+                        .remote_read_index(&addr)
+                        .await
+                        .map_err(|why| forwarding(id, &addr, format!("read index: {why}")))?;
                     let wait = self.raft.wait(Some(LEADER_WAIT));
                     wait.applied_index_at_least(Some(index), "read barrier")
                         .await
                         .map(|_| ())
                         .map_err(|e| {
-                            Attempt::Fail(NodeError::Timeout(format!(
-                                "catching up to index {index}: {e}"
-                            )))
+                            NodeError::Timeout(format!("catching up to index {index}: {e}"))
                         })
                 }
             }
@@ -339,14 +332,12 @@ impl Node {
                 let mut client = self.peer(&addr)?;
                 let heartbeat = Duration::from_millis(self.liveness_settings().heartbeat_ms);
                 let r = peer_request(&self.cluster_id, &(), Some(heartbeat * 3))
-                    .map_err(|e| NodeError::Unreachable(e.to_string()))?
+                    .map_err(|e| NodeError::Invalid(e.to_string()))?
                     .map(|_| pb::HeartbeatRequest { node_id: self.id });
                 let reply = client
                     .heartbeat(r)
                     .await
-                    .map_err(|s| {
-                        NodeError::Unreachable(format!("heartbeat to leader {id}: {}", s.message()))
-                    })?
+                    .map_err(|s| forwarding(id, &addr, format!("heartbeat: {}", s.message())))?
                     .into_inner();
                 // An older leader that does not say: our own applied setting.
                 let lease = if reply.lease_ms == 0 {
@@ -356,7 +347,7 @@ impl Node {
                 };
                 Ok((reply.index, lease))
             }
-            None => Err(NodeError::NoLeader("no leader known".into())),
+            None => Err(NodeError::retry(RetryReason::NoLeader)),
         }
     }
 
@@ -366,34 +357,28 @@ impl Node {
             .raft
             .get_read_linearizer(ReadPolicy::ReadIndex)
             .await
-            .map_err(|e| NodeError::NoLeader(e.to_string()))?;
+            .map_err(|e| raft_retry("confirming leadership", e))?;
         Ok(read.read_log_id().index())
     }
 
-    /// Runs `f` on the leader's client API (used for membership changes sent to a follower).
-    async fn on_leader<T, F, Fut>(&self, what: &str, f: F) -> Result<T, NodeError>
+    /// Runs `f` on the leader's client API (used for membership changes sent to a follower);
+    /// `None` when this node has become the leader meanwhile (the caller does it itself).
+    async fn on_leader<T, F, Fut>(&self, f: F) -> Result<Option<T>, NodeError>
     where
         F: Fn(BlixardClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let f = &f;
         self.with_leader(|leader| async move {
-            match leader {
-                Leader::Other(_, addr) => {
-                    let channel = blixard_transport::network::channel(&addr, &self.tls.client)
-                        .map_err(|e| Attempt::Fail(NodeError::Unreachable(e.to_string())))?;
-                    match f(BlixardClient::new(channel)).await {
-                        Ok(t) => Ok(t),
-                        Err(s) if s.code() == tonic::Code::Unavailable => {
-                            Err(Attempt::Retry(s.message().to_string()))
-                        }
-                        Err(s) => Err(Attempt::Fail(status_to_error(s))),
-                    }
-                }
-                Leader::Me => Err(Attempt::Fail(NodeError::NoLeader(format!(
-                    "{what}: this node became the leader; retry"
-                )))),
-            }
+            let Leader::Other(id, addr) = leader else {
+                return Ok(None);
+            };
+            let channel = blixard_transport::network::channel(&addr, &self.tls.client)
+                .map_err(|e| forwarding(id, &addr, e.to_string()))?;
+            f(BlixardClient::new(channel))
+                .await
+                .map(Some)
+                .map_err(NodeError::from_status)
         })
         .await
     }
@@ -413,21 +398,19 @@ impl Node {
         }
         if !self.is_leader() {
             if forwarded {
-                return Err(NodeError::NoLeader(format!(
-                    "node {} is not the leader",
-                    self.id
-                )));
+                return Err(NodeError::retry(RetryReason::NotLeader { node: self.id }));
             }
             let req = pb::JoinRequest {
                 node_id: id,
                 addr: addr.clone(),
             };
-            return self
-                .on_leader("join", |mut c| {
-                    let req = forwarded_request(req.clone());
-                    async move { c.join(req).await.map(|r| r.into_inner()) }
-                })
-                .await;
+            let on_leader = self.on_leader(|mut c| {
+                let req = forwarded_request(req.clone());
+                async move { c.join(req).await.map(|r| r.into_inner()) }
+            });
+            if let Some(reply) = on_leader.await? {
+                return Ok(reply);
+            }
         }
         let _guard = self.membership_lock.lock().await;
         if self.state.read().state.id_was_used(id) {
@@ -523,17 +506,15 @@ impl Node {
     pub async fn remove_member(&self, id: u64, forwarded: bool) -> Result<(), NodeError> {
         if !self.is_leader() {
             if forwarded {
-                return Err(NodeError::NoLeader(format!(
-                    "node {} is not the leader",
-                    self.id
-                )));
+                return Err(NodeError::retry(RetryReason::NotLeader { node: self.id }));
             }
-            return self
-                .on_leader("remove", |mut c| {
-                    let req = forwarded_request(pb::RemoveMemberRequest { node_id: id });
-                    async move { c.remove_member(req).await.map(|_| ()) }
-                })
-                .await;
+            let on_leader = self.on_leader(|mut c| {
+                let req = forwarded_request(pb::RemoveMemberRequest { node_id: id });
+                async move { c.remove_member(req).await.map(|_| ()) }
+            });
+            if on_leader.await?.is_some() {
+                return Ok(());
+            }
         }
         let guard = self.membership_lock.lock().await;
         let term = self.metrics().current_term;
@@ -687,10 +668,30 @@ fn membership_err(
             ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_),
         )
         | RaftError::APIError(ClientWriteError::ChangeMembershipError(Cme::InProgress(_))) => {
-            NodeError::NoLeader(format!("{what}: {e}"))
+            NodeError::retry(RetryReason::Raft {
+                what: what.to_string(),
+                why: e.to_string(),
+            })
         }
         _ => NodeError::Raft(format!("{what}: {e}")),
     }
+}
+
+/// The leader could not be reached or did not answer: worth retrying.
+fn forwarding(leader: u64, addr: &str, why: String) -> NodeError {
+    NodeError::retry(RetryReason::Forwarding {
+        leader,
+        addr: addr.to_string(),
+        why,
+    })
+}
+
+/// A Raft call on the leader path that failed: leadership is in question, so retry.
+fn raft_retry(what: &str, e: impl std::fmt::Display) -> NodeError {
+    NodeError::retry(RetryReason::Raft {
+        what: what.to_string(),
+        why: e.to_string(),
+    })
 }
 
 pub(crate) fn forwarded_request<T>(msg: T) -> tonic::Request<T> {
@@ -700,9 +701,4 @@ pub(crate) fn forwarded_request<T>(msg: T) -> tonic::Request<T> {
         tonic::metadata::MetadataValue::from_static("1"),
     );
     r
-}
-
-/// Keeps a status from another member as it is (code and message).
-pub(crate) fn status_to_error(s: tonic::Status) -> NodeError {
-    NodeError::Forwarded(s)
 }

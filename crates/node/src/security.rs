@@ -102,7 +102,7 @@ impl NodeTls {
     pub fn store(&self, data_dir: &Path) -> Result<(), NodeError> {
         let dir = tls_dir(data_dir);
         std::fs::create_dir_all(&dir)
-            .map_err(|e| NodeError::Io(format!("creating {}: {e}", dir.display())))?;
+            .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
         for (name, pem) in [
             ("ca.pem", &self.ca.0.cert_pem),
             ("ca.key", &self.ca.0.key_pem),
@@ -489,7 +489,7 @@ pub async fn enroll(
                     }
                     // The cluster's answers are final; anything else (unreachable, reset, timed
                     // out) is retried until the deadline.
-                    if crate::is_final_answer(s.code()) {
+                    if crate::error::is_final_answer(s.code()) {
                         return Err(NodeError::Config(format!(
                             "joining through {target}: {}",
                             s.message()
@@ -500,9 +500,9 @@ pub async fn enroll(
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(NodeError::Unreachable(format!(
+            return Err(NodeError::retry(crate::error::RetryReason::Unreachable(format!(
                 "cannot reach the cluster to join: {last}"
-            )));
+            ))));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

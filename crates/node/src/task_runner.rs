@@ -224,11 +224,10 @@ fn task_user(name: &str) -> Result<Option<supervisor::RunAs>, String> {
 fn prepare_work_dir(dir: &Path, run_as: Option<&supervisor::RunAs>) -> Result<PathBuf, NodeError> {
     use std::os::unix::fs::PermissionsExt;
     let work = dir.join("work");
-    let io =
-        |what: &str, e: std::io::Error| NodeError::Io(format!("{what} {}: {e}", work.display()));
+    let io = |what: &str, e: std::io::Error| NodeError::io(format!("{what} {}", work.display()), e);
     let _ = std::fs::remove_dir_all(&work);
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| NodeError::Io(format!("closing {}: {e}", dir.display())))?;
+        .map_err(|e| NodeError::io(format!("closing {}", dir.display()), e))?;
     std::fs::create_dir(&work).map_err(|e| io("creating", e))?;
     std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| io("setting the mode of", e))?;
@@ -460,7 +459,7 @@ impl TaskRunner {
     ) -> Result<(), NodeError> {
         let dir = task_dir(&self.node.config.data_dir, &t.id);
         std::fs::create_dir_all(&dir)
-            .map_err(|e| NodeError::Io(format!("creating {}: {e}", dir.display())))?;
+            .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
         // An earlier attempt of this task on this node must be over before this one starts.
         if let Some(old) = read_marker(&dir) {
             stop_attempt(&dir, &old).await;
@@ -470,7 +469,7 @@ impl TaskRunner {
         let _ = std::fs::remove_file(&out_path);
         let _ = std::fs::remove_dir_all(&run);
         std::fs::create_dir_all(&run)
-            .map_err(|e| NodeError::Io(format!("creating {}: {e}", run.display())))?;
+            .map_err(|e| NodeError::io(format!("creating {}", run.display()), e))?;
         let run_as = match task_user(&self.node.config.task_user) {
             Ok(r) => r,
             Err(why) => {
@@ -484,7 +483,7 @@ impl TaskRunner {
                     done: false,
                 };
                 write_marker(&dir, &marker)
-                    .map_err(|e| NodeError::Io(format!("writing the attempt marker: {e}")))?;
+                    .map_err(|e| NodeError::io("writing the attempt marker", e))?;
                 let ending = Ending {
                     state: TaskState::Failed,
                     exit_code: None,
@@ -511,7 +510,7 @@ impl TaskRunner {
             done: false,
         };
         write_marker(&dir, &marker)
-            .map_err(|e| NodeError::Io(format!("writing the attempt marker: {e}")))?;
+            .map_err(|e| NodeError::io("writing the attempt marker", e))?;
         tracing::info!(task = %t.id, epoch = t.epoch, attempt = t.attempt, "starting task");
 
         let started = Instant::now();

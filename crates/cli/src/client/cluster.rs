@@ -262,7 +262,7 @@ impl Client {
     /// Shows the cluster settings, or changes some (`lease`: lease, grace and heartbeat ms).
     pub async fn cluster_settings(
         &self,
-        strategy: Option<String>,
+        strategy: Option<blixard_core::Strategy>,
         vcpu_overcommit: Option<u32>,
         lease: [Option<u64>; 3],
     ) -> anyhow::Result<()> {
@@ -281,7 +281,7 @@ impl Client {
                 r.into_inner().scheduler.unwrap_or_default()
             } else {
                 let req = pb::SchedulerSettings {
-                    strategy: strategy.unwrap_or_default(),
+                    strategy: strategy.map(|s| s.as_str().to_string()).unwrap_or_default(),
                     vcpu_overcommit_pct: vcpu_overcommit.unwrap_or(0),
                     request_id: request_id(),
                     lease_ms: lease[0].unwrap_or(0),

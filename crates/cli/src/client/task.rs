@@ -107,7 +107,7 @@ impl Client {
     pub async fn task_list(
         &self,
         stale: bool,
-        state: Option<String>,
+        state: Option<blixard_core::TaskState>,
         node: Option<u64>,
     ) -> anyhow::Result<()> {
         let mut c = self.connect().await?;
@@ -116,7 +116,7 @@ impl Client {
         loop {
             let req = pb::ListTasksRequest {
                 stale,
-                state: state.clone().unwrap_or_default(),
+                state: state.map(|s| s.as_str().to_string()).unwrap_or_default(),
                 node,
                 limit: 0,
                 after: after.clone(),

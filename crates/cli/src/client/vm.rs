@@ -41,14 +41,14 @@ pub struct CreateArgs {
     /// Pin to this node.
     #[arg(long)]
     node: Option<u64>,
-    #[arg(long, default_value = "on-failure", value_parser = ["always", "on-failure", "never"])]
-    restart: String,
+    #[arg(long, default_value = "on-failure")]
+    restart: blixard_core::RestartPolicy,
     /// Record the VM without starting it.
     #[arg(long)]
     no_start: bool,
-    /// Placement strategy for this VM: binpack or spread (default: the cluster's).
-    #[arg(long, value_parser = ["binpack", "spread"])]
-    strategy: Option<String>,
+    /// Placement strategy for this VM (default: the cluster's).
+    #[arg(long)]
+    strategy: Option<blixard_core::Strategy>,
     /// Only nodes with this label, KEY=VALUE (repeatable).
     #[arg(long = "constraint", value_name = "K=V")]
     constraints: Vec<String>,
@@ -86,9 +86,9 @@ impl Client {
             labels: labels.into_iter().collect(),
             anti_affinity: a.anti_affinity,
             node: a.node,
-            restart: a.restart,
+            restart: a.restart.as_str().to_string(),
             start: !a.no_start,
-            strategy: a.strategy.unwrap_or_default(),
+            strategy: a.strategy.map(|s| s.as_str().to_string()).unwrap_or_default(),
             constraints: parse_pairs(&a.constraints, "constraint")?
                 .into_iter()
                 .collect(),
@@ -345,10 +345,13 @@ impl Client {
         super::print_log_stream(&self.addr, stream, whole, json, tail).await
     }
 
-    pub async fn vm_wait(&self, name: &str, state: &str, timeout: u64) -> anyhow::Result<()> {
-        if blixard_core::VmState::parse(state).is_none() {
-            anyhow::bail!("unknown state '{state}': use pending, starting, running, stopping, stopped or failed");
-        }
+    pub async fn vm_wait(
+        &self,
+        name: &str,
+        state: blixard_core::VmState,
+        timeout: u64,
+    ) -> anyhow::Result<()> {
+        let state = state.as_str();
         let vm = self.wait_state(name, &[state], timeout).await?;
         if self.json {
             output::print_json(&output::vm_json(&vm));

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use super::strategy_of;
 use crate::spec::{NodeId, Resources, Strategy, VmSpec};
-use crate::state::{ClusterState, NodeState, Worker};
+use super::View;
+use crate::model::{NodeState, Worker};
 
 /// Why `w` no longer satisfies the placement constraints of `spec`, if it does not.
 pub fn constraint_violation(spec: &VmSpec, w: &Worker) -> Option<String> {
@@ -101,7 +102,7 @@ impl Check<'_> {
 
 /// What a placement looks at, computed once per decision.
 pub(super) struct Ctx<'a> {
-    pub(super) state: &'a ClusterState,
+    pub(super) view: View<'a>,
     pub(super) spec: &'a VmSpec,
     pub(super) need: Resources,
     pub(super) strategy: Strategy,
@@ -109,16 +110,16 @@ pub(super) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub(super) fn new(state: &'a ClusterState, spec: &'a VmSpec) -> Self {
+    pub(super) fn new(view: View<'a>, spec: &'a VmSpec) -> Self {
         let group = spec
             .anti_affinity
             .as_deref()
-            .and_then(|g| state.anti_affinity_nodes(g));
+            .and_then(|g| view.anti_affinity_nodes(g));
         Self {
-            state,
+            view,
             spec,
             need: spec.resources(),
-            strategy: strategy_of(state, spec),
+            strategy: strategy_of(view, spec),
             group,
         }
     }
@@ -144,7 +145,7 @@ impl<'a> Ctx<'a> {
         if self.group_peer(w.id).is_some_and(|peer| peer != spec.name) {
             return Check::AntiAffinity;
         }
-        let cap = self.state.settings.effective_capacity(&w.capacity);
+        let cap = self.view.settings().effective_capacity(&w.capacity);
         let free = cap.saturating_sub(&w.allocated);
         if !free.fits(&self.need) {
             return Check::NoRoom { free };

@@ -8,7 +8,7 @@
 //! 3. it has every `VmSpec.features` entry (`kvm` ⇔ `Worker.kvm`);
 //! 4. it is up (down and draining nodes receive nothing new);
 //! 5. it has no VM of the VM's anti-affinity group (hard rule, checked in O(log n) with the
-//!    group index kept by [`ClusterState`]);
+//!    group index kept by the state, read through [`View`]);
 //! 6. its free resources (capacity, with vCPUs scaled by the cluster's overcommit ratio, minus
 //!    what is allocated) hold the VM.
 //!
@@ -24,18 +24,20 @@
 use serde::{Deserialize, Serialize};
 
 use crate::command::ApplyError;
-use crate::spec::{NodeId, Resources, Strategy, VmSpec, MAX_VMS};
-use crate::state::{ClusterState, Worker};
+use crate::spec::{NodeId, Resources, Strategy, VmSpec};
+use crate::model::Worker;
 
 mod fit;
 #[cfg(test)]
 mod tests;
 mod text;
+mod view;
 
 pub use fit::{constraint_violation, has_feature, unconstrained};
 use fit::{Check, Ctx};
 use text::fmt_score;
 pub use text::{no_room_text, preempted_reason, preemption_text};
+pub use view::View;
 
 /// Lowest accepted vCPU overcommit (100 % = none).
 pub const MIN_VCPU_OVERCOMMIT_PCT: u32 = 100;
@@ -127,39 +129,14 @@ pub struct Placement {
     pub verdicts: Vec<NodeVerdict>,
 }
 
-/// `Ok(Some(node))`: place it there. `Ok(None)`: no node fits now; keep it pending.
-/// `Err`: it can never be placed as asked (a pin to a node that does not exist).
-/// Does not consider preemption; see [`explain`] for the full decision.
-pub fn place(state: &ClusterState, spec: &VmSpec) -> Result<Option<NodeId>, ApplyError> {
-    if let Some(pin) = spec.node {
-        if !state.workers.contains_key(&pin) {
-            return Err(ApplyError::not_found("node", pin));
-        }
-    }
-    Ok(decide(state, spec).node)
-}
-
-/// A dry run of `CreateVm { spec }` against `state`: the same validation and refusals, the same
-/// choice (including preemption), and a verdict per node. Pure; the node can serve
-/// `vm create --dry-run` with it without proposing anything.
-pub fn explain(state: &ClusterState, spec: &VmSpec) -> Result<Placement, ApplyError> {
-    spec.validate()?;
-    state.check_new_vm_name(&spec.name)?;
-    if state.vms.len() >= MAX_VMS {
-        return Err(ApplyError::LimitReached(format!(
-            "the cluster already holds {MAX_VMS} VMs"
-        )));
-    }
-    if let Some(pin) = spec.node {
-        if !state.workers.contains_key(&pin) {
-            return Err(ApplyError::not_found("node", pin));
-        }
-    }
-    let strategy = strategy_of(state, spec);
-    let ctx = Ctx::new(state, spec);
-    let verdicts = state
-        .workers
-        .values()
+/// A dry run of placing `spec`: the choice `CreateVm` would make (including preemption) and a
+/// verdict per node. The refusals come first, from `ClusterState::check_create_vm`: use
+/// [`crate::explain`], which runs both.
+pub fn dry_run(view: View<'_>, spec: &VmSpec) -> Placement {
+    let strategy = strategy_of(view, spec);
+    let ctx = Ctx::new(view, spec);
+    let verdicts = view
+        .workers()
         .map(|w| {
             let c = ctx.check(w);
             let (eligible, score) = match c {
@@ -174,36 +151,36 @@ pub fn explain(state: &ClusterState, spec: &VmSpec) -> Result<Placement, ApplyEr
             }
         })
         .collect();
-    let d = decide(state, spec);
+    let d = decide(view, spec);
     let (node, summary, preempted) = match d.node {
         Some(n) => (Some(n), d.text, Vec::new()),
-        None => match spec.preempt.then(|| plan_preemption(state, spec)).flatten() {
+        None => match spec.preempt.then(|| plan_preemption(view, spec)).flatten() {
             Some(p) => (Some(p.node), preemption_text(spec, &p), p.victims),
             None => (None, d.text, Vec::new()),
         },
     };
-    Ok(Placement {
+    Placement {
         node,
         strategy,
         summary,
         preempted,
         verdicts,
-    })
+    }
 }
 
 /// The strategy that applies to `spec`.
-pub fn strategy_of(state: &ClusterState, spec: &VmSpec) -> Strategy {
-    spec.strategy.unwrap_or(state.settings.strategy)
+pub fn strategy_of(view: View<'_>, spec: &VmSpec) -> Strategy {
+    spec.strategy.unwrap_or(view.settings().strategy)
 }
 
 /// Chooses a node without preemption. O(workers · log), independent of the number of VMs.
-pub fn decide(state: &ClusterState, spec: &VmSpec) -> Decision {
-    let ctx = Ctx::new(state, spec);
+pub fn decide(view: View<'_>, spec: &VmSpec) -> Decision {
+    let ctx = Ctx::new(view, spec);
     let mut best: Option<(u32, NodeId)> = None;
     let mut eligible = 0usize;
     let candidates: Box<dyn Iterator<Item = &Worker>> = match spec.node {
-        Some(pin) => Box::new(state.workers.get(&pin).into_iter()),
-        None => Box::new(state.workers.values()),
+        Some(pin) => Box::new(view.worker(pin).into_iter()),
+        None => Box::new(view.workers()),
     };
     for w in candidates {
         if let Check::Fits { score } = ctx.check(w) {
@@ -241,11 +218,11 @@ pub fn decide(state: &ClusterState, spec: &VmSpec) -> Decision {
 /// taken lowest priority first (then by name) until the VM fits, then any victim that is not
 /// needed is dropped again, so the set is minimal for that node. Cost: per node, proportional
 /// to the victims examined, not to the number of VMs in the cluster.
-pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption> {
-    let ctx = Ctx::new(state, spec);
+pub fn plan_preemption(view: View<'_>, spec: &VmSpec) -> Option<Preemption> {
+    let ctx = Ctx::new(view, spec);
     let need = spec.resources();
     let mut best: Option<((usize, u32, NodeId), Vec<String>)> = None;
-    for w in state.workers.values() {
+    for w in view.workers() {
         if spec.node.is_some_and(|p| p != w.id) {
             continue;
         }
@@ -253,7 +230,7 @@ pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption
             Check::Fits { .. } | Check::AntiAffinity { .. } | Check::NoRoom { .. } => {}
             _ => continue,
         }
-        let cap = state.settings.effective_capacity(&w.capacity);
+        let cap = view.settings().effective_capacity(&w.capacity);
         if !cap.fits(&w.allocated) {
             // A node that shrank: what leaves it is already spoken for.
             continue;
@@ -262,7 +239,7 @@ pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption
         let mut victims: Vec<(u8, String, Resources)> = Vec::new();
         let mut mandatory = 0;
         if let Some(peer) = ctx.group_peer(w.id) {
-            let Some(vm) = state.vms.get(peer) else {
+            let Some(vm) = view.vm(peer) else {
                 continue;
             };
             if vm.spec.priority >= spec.priority || vm.evacuating {
@@ -273,14 +250,14 @@ pub fn plan_preemption(state: &ClusterState, spec: &VmSpec) -> Option<Preemption
             mandatory = 1;
         }
         if !free.fits(&need) {
-            for (prio, name) in state.vms_on_node(w.id) {
+            for (prio, name) in view.vms_on_node(w.id) {
                 if prio >= spec.priority || free.fits(&need) {
                     break;
                 }
                 if victims.iter().any(|v| v.1 == name) {
                     continue;
                 }
-                let Some(vm) = state.vms.get(name) else {
+                let Some(vm) = view.vm(name) else {
                     continue;
                 };
                 if vm.evacuating {

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::command::{Command, Outcome, Reply, Request};
-use crate::state::{NodeState, VmRecord, VmState};
+use crate::state::{explain, ClusterState, NodeState, VmRecord, VmState};
 
 struct H {
     s: ClusterState,
@@ -553,6 +553,49 @@ fn explain_is_a_pure_dry_run_of_create() {
     h.stopped("b");
     assert_eq!(h.vm("urgent").node_id, p.node);
     assert_eq!(h.vm("b").node_id, None);
+}
+
+#[test]
+fn explain_refuses_what_create_refuses_including_addresses() {
+    let mut h = H::new();
+    h.node(1, 8, 8192);
+    h.run(Command::CreateNetwork {
+        name: "net".into(),
+        cidr: "10.9.0.0/29".into(),
+    })
+    .unwrap();
+    let on = |name: &str, ip: Option<&str>| {
+        let mut s = vm(name, 1, 256);
+        s.network = Some("net".into());
+        s.ip = ip.map(|ip| ip.parse().unwrap());
+        s
+    };
+    h.create(on("a", Some("10.9.0.3")));
+    let cases = [
+        on("b", Some("10.9.0.3")),  // taken
+        on("b", Some("10.9.1.1")),  // outside the network
+        on("b", Some("10.9.0.7")),  // broadcast
+        {
+            let mut s = vm("b", 1, 256);
+            s.network = Some("nope".into());
+            s
+        },
+    ];
+    for spec in cases {
+        let before = h.s.digest();
+        let dry = explain(&h.s, &spec).expect_err("dry run accepted it");
+        let real = h.run(Command::CreateVm { spec: spec.clone() }).expect_err("create accepted it");
+        assert_eq!(dry, real);
+        assert_eq!(h.s.digest(), before, "a refused create changed the state");
+    }
+    // The network's six host addresses: node 1's bridge, a, and four more; then it is full.
+    for name in ["c", "d", "e", "f"] {
+        assert!(explain(&h.s, &on(name, None)).is_ok());
+        h.create(on(name, None));
+    }
+    let full = explain(&h.s, &on("g", None)).unwrap_err();
+    assert!(matches!(full, ApplyError::NoCapacity(_)), "{full}");
+    assert_eq!(h.run(Command::CreateVm { spec: on("g", None) }).unwrap_err(), full);
 }
 
 #[test]

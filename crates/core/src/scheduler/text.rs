@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::fit::{Check, Ctx};
 use super::Preemption;
 use crate::spec::{NodeId, Resources, VmSpec};
-use crate::state::Worker;
+use crate::model::Worker;
 
 /// The placement explanation of a VM placed by preemption.
 pub fn preemption_text(spec: &VmSpec, p: &Preemption) -> String {
@@ -112,9 +112,9 @@ impl Ctx<'_> {
     /// Why no node is eligible: the reason of the nodes that got furthest through the checks.
     pub(super) fn refusal(&self) -> String {
         let spec = self.spec;
-        let state = self.state;
+        let view = self.view;
         if let Some(pin) = spec.node {
-            let Some(w) = state.workers.get(&pin) else {
+            let Some(w) = view.worker(pin) else {
                 return format!("pinned node {pin} is not registered");
             };
             return match self.check(w) {
@@ -135,12 +135,11 @@ impl Ctx<'_> {
                 }
             };
         }
-        if state.workers.is_empty() {
+        if view.workers().next().is_none() {
             return "no workers are registered".to_string();
         }
-        let checks: Vec<(NodeId, Check)> = state
-            .workers
-            .values()
+        let checks: Vec<(NodeId, Check)> = view
+            .workers()
             .map(|w| (w.id, self.check(w)))
             .collect();
         let furthest = checks.iter().map(|(_, c)| c.stage()).max().unwrap_or(0);

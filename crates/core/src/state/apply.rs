@@ -4,7 +4,7 @@ use super::{ghost_reason, ClusterState, RowKey};
 use crate::command::{ApplyError, Command, Outcome, Reply};
 use crate::model::{Desired, NodeState, VmRecord, VmState, Worker};
 use crate::scheduler::{self, SchedulerSettings};
-use crate::spec::{self, Resources, MAX_VMS, MAX_WORKERS};
+use crate::spec::{self, Resources, MAX_WORKERS};
 use crate::task::{self, TaskState};
 use std::collections::BTreeSet;
 
@@ -174,29 +174,12 @@ impl ClusterState {
                 Ok(Reply::Done)
             }
             Command::CreateVm { spec } => {
-                spec.validate()?;
-                self.check_new_vm_name(&spec.name)?;
-                if self.vms.len() >= MAX_VMS {
-                    return Err(ApplyError::LimitReached(format!(
-                        "the cluster already holds {MAX_VMS} VMs"
-                    )));
-                }
+                // The same refusals as the dry run (`explain`).
+                self.check_create_vm(spec)?;
                 let weight = crate::budget::vm_spec_bytes(spec);
-                if self.bytes.vms + weight > crate::budget::MAX_VM_SPEC_BYTES {
-                    return Err(ApplyError::LimitReached(format!(
-                        "the cluster's VM specs already take {} KiB of its {} KiB budget: delete VMs or use shorter specs",
-                        self.bytes.vms >> 10,
-                        crate::budget::MAX_VM_SPEC_BYTES >> 10
-                    )));
-                }
-                if let Some(pin) = spec.node {
-                    if !self.workers.contains_key(&pin) {
-                        return Err(ApplyError::not_found("node", pin));
-                    }
-                }
-                let decision = scheduler::decide(self, spec);
+                let decision = scheduler::decide(self.placement_view(), spec);
                 let preemption = match decision.node {
-                    None if spec.preempt => scheduler::plan_preemption(self, spec),
+                    None if spec.preempt => scheduler::plan_preemption(self.placement_view(), spec),
                     _ => None,
                 };
                 let desired = if spec.start {

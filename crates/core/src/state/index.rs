@@ -3,6 +3,7 @@
 
 use super::ClusterState;
 use crate::model::{VmRecord, VmState};
+use crate::scheduler::View;
 use crate::spec::NodeId;
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -71,18 +72,26 @@ impl ClusterState {
         }
     }
 
+    /// What placement reads: workers, VMs, settings and the two indexes above (see
+    /// `scheduler::View`).
+    pub fn placement_view(&self) -> View<'_> {
+        View::new(
+            &self.workers,
+            &self.vms,
+            &self.settings,
+            &self.groups,
+            &self.by_node,
+        )
+    }
+
     /// Anti-affinity group `group`: node -> the group's VM placed there.
     pub fn anti_affinity_nodes(&self, group: &str) -> Option<&BTreeMap<NodeId, String>> {
-        self.groups.get(group)
+        self.placement_view().anti_affinity_nodes(group)
     }
 
     /// The VMs placed on `node`, as (priority, name), lowest priority first.
     pub fn vms_on_node(&self, node: NodeId) -> impl Iterator<Item = (u8, &str)> {
-        self.by_node
-            .get(&node)
-            .into_iter()
-            .flatten()
-            .map(|(p, n)| (*p, n.as_str()))
+        self.placement_view().vms_on_node(node)
     }
 
     /// The unplaced VMs, in the order they are retried.

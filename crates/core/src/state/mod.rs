@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
 mod apply;
+mod create;
 mod index;
 mod invariants;
 mod rows;
@@ -28,6 +29,7 @@ mod tasks;
 mod vms;
 
 pub use crate::model::{Desired, NodeState, VmRecord, VmState, Worker};
+pub use create::explain;
 pub use rows::{NodeIds, RowKey};
 
 /// How many client request ids are remembered for de-duplication. Older ones are forgotten in

@@ -440,7 +440,7 @@ impl ClusterState {
                 }
             }
             let spec = vm.spec.clone();
-            let decision = scheduler::decide(self, &spec);
+            let decision = scheduler::decide(self.placement_view(), &spec);
             if let Some(node) = decision.node {
                 self.place_vm(&name, node, index, now, decision.text);
                 bound = self.free_bound();
@@ -448,7 +448,7 @@ impl ClusterState {
                 continue;
             }
             if can_preempt {
-                if let Some(p) = scheduler::plan_preemption(self, &spec) {
+                if let Some(p) = scheduler::plan_preemption(self.placement_view(), &spec) {
                     // Victims have lower priority, so they sort after `name` and are retried
                     // later in this same walk.
                     let victims = self.preempt(&spec, &p, index, now);
