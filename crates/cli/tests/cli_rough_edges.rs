@@ -158,7 +158,10 @@ fn rough_edges_on_one_node() {
     let err = fails(&run_cli(&a, &["vm", "list", "--state", "sleepy"]));
     // clap's refusal, on one line, naming the accepted states (the contract's spellings).
     assert!(err.contains("invalid value 'sleepy'"), "{err}");
-    assert!(err.contains("pending, starting, running, stopping, stopped, failed, lost"), "{err}");
+    assert!(
+        err.contains("pending, starting, running, stopping, stopped, failed, lost"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     // The human vm status.

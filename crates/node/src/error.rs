@@ -68,7 +68,9 @@ pub enum NodeError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RetryReason {
     /// No leader is known: an election is under way, or too few members are up for a quorum.
-    #[error("no leader elected yet (an election is under way, or too few members are up for a quorum)")]
+    #[error(
+        "no leader elected yet (an election is under way, or too few members are up for a quorum)"
+    )]
     NoLeader,
     /// Leadership moved while the request was in flight (to `to`, when known).
     #[error("leadership moved{}", .to.map(|t| format!(" to node {t}")).unwrap_or_default())]
@@ -129,9 +131,7 @@ impl NodeError {
                 ApplyError::Invalid(_) => Code::InvalidArgument,
                 ApplyError::NotFound { .. } => Code::NotFound,
                 ApplyError::AlreadyExists { .. } | ApplyError::IdUsed(_) => Code::AlreadyExists,
-                ApplyError::NoCapacity(_) | ApplyError::LimitReached(_) => {
-                    Code::ResourceExhausted
-                }
+                ApplyError::NoCapacity(_) | ApplyError::LimitReached(_) => Code::ResourceExhausted,
                 ApplyError::StaleEpoch { .. }
                 | ApplyError::StaleAttempt { .. }
                 | ApplyError::StaleTerm { .. } => Code::FailedPrecondition,
@@ -201,10 +201,22 @@ mod tests {
 
     #[test]
     fn statuses_from_other_members_are_retried_only_when_nothing_was_decided() {
-        for code in [Code::Unavailable, Code::Unknown, Code::Internal, Code::Cancelled] {
-            assert!(NodeError::from_status(Status::new(code, "x")).is_retry(), "{code:?}");
+        for code in [
+            Code::Unavailable,
+            Code::Unknown,
+            Code::Internal,
+            Code::Cancelled,
+        ] {
+            assert!(
+                NodeError::from_status(Status::new(code, "x")).is_retry(),
+                "{code:?}"
+            );
         }
-        for code in [Code::NotFound, Code::PermissionDenied, Code::InvalidArgument] {
+        for code in [
+            Code::NotFound,
+            Code::PermissionDenied,
+            Code::InvalidArgument,
+        ] {
             let e = NodeError::from_status(Status::new(code, "x"));
             assert!(!e.is_retry(), "{code:?}");
             // Kept as it is.

@@ -499,10 +499,7 @@ impl Executor {
                     .unwrap_or_else(|p| p.into_inner())
                     .backoff
                     .remove(name);
-                self.driver
-                    .remove(name)
-                    .await
-                    .map_err(NodeError::Driver)
+                self.driver.remove(name).await.map_err(NodeError::Driver)
             }
             Action::Report {
                 name,

@@ -157,11 +157,12 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
 
     let run_root = config.data_dir.join("vms");
     let driver = executor::make_driver(&config.driver, run_root.clone(), &run_root.join("lease"))?;
-    let (log, sm) = blixard_raft::open_stores(&config.data_dir.join("raft"))
-        .map_err(|source| NodeError::Storage {
+    let (log, sm) = blixard_raft::open_stores(&config.data_dir.join("raft")).map_err(|source| {
+        NodeError::Storage {
             what: format!("opening stores in {dir}"),
             source,
-        })?;
+        }
+    })?;
     let state = sm.shared();
     let events = sm.events();
     let store_metrics = sm.metrics();

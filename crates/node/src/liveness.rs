@@ -301,7 +301,10 @@ async fn drive_drains(node: &Arc<Node>) {
                     break;
                 }
                 // Only move what can land somewhere (draining nodes are never chosen).
-                if blixard_core::scheduler::decide(st.placement_view(), &vm.spec).node.is_some() {
+                if blixard_core::scheduler::decide(st.placement_view(), &vm.spec)
+                    .node
+                    .is_some()
+                {
                     moves.push(vm.spec.name.clone());
                     inflight += 1;
                 }

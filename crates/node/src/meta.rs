@@ -40,7 +40,8 @@ pub fn store(data_dir: &Path, meta: &NodeMeta) -> Result<(), NodeError> {
         .map_err(|e| NodeError::io(format!("creating {}", data_dir.display()), e))?;
     let p = path(data_dir);
     let tmp = data_dir.join("node.json.tmp");
-    let bytes = serde_json::to_vec_pretty(meta).map_err(|e| NodeError::io("encoding node.json", e.into()))?;
+    let bytes = serde_json::to_vec_pretty(meta)
+        .map_err(|e| NodeError::io("encoding node.json", e.into()))?;
     let io = |e: std::io::Error| NodeError::io(format!("writing {}", p.display()), e);
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(&bytes).map_err(io)?;

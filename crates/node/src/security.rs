@@ -500,9 +500,9 @@ pub async fn enroll(
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(NodeError::retry(crate::error::RetryReason::Unreachable(format!(
-                "cannot reach the cluster to join: {last}"
-            ))));
+            return Err(NodeError::retry(crate::error::RetryReason::Unreachable(
+                format!("cannot reach the cluster to join: {last}"),
+            )));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

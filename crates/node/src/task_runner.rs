@@ -509,8 +509,7 @@ impl TaskRunner {
             boot_id: None,
             done: false,
         };
-        write_marker(&dir, &marker)
-            .map_err(|e| NodeError::io("writing the attempt marker", e))?;
+        write_marker(&dir, &marker).map_err(|e| NodeError::io("writing the attempt marker", e))?;
         tracing::info!(task = %t.id, epoch = t.epoch, attempt = t.attempt, "starting task");
 
         let started = Instant::now();

@@ -88,7 +88,10 @@ impl Client {
             node: a.node,
             restart: a.restart.as_str().to_string(),
             start: !a.no_start,
-            strategy: a.strategy.map(|s| s.as_str().to_string()).unwrap_or_default(),
+            strategy: a
+                .strategy
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
             constraints: parse_pairs(&a.constraints, "constraint")?
                 .into_iter()
                 .collect(),

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::strategy_of;
-use crate::spec::{NodeId, Resources, Strategy, VmSpec};
 use super::View;
 use crate::model::{NodeState, Worker};
+use crate::spec::{NodeId, Resources, Strategy, VmSpec};
 
 /// Why `w` no longer satisfies the placement constraints of `spec`, if it does not.
 pub fn constraint_violation(spec: &VmSpec, w: &Worker) -> Option<String> {

@@ -24,8 +24,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::command::ApplyError;
-use crate::spec::{NodeId, Resources, Strategy, VmSpec};
 use crate::model::Worker;
+use crate::spec::{NodeId, Resources, Strategy, VmSpec};
 
 mod fit;
 #[cfg(test)]

@@ -572,9 +572,9 @@ fn explain_refuses_what_create_refuses_including_addresses() {
     };
     h.create(on("a", Some("10.9.0.3")));
     let cases = [
-        on("b", Some("10.9.0.3")),  // taken
-        on("b", Some("10.9.1.1")),  // outside the network
-        on("b", Some("10.9.0.7")),  // broadcast
+        on("b", Some("10.9.0.3")), // taken
+        on("b", Some("10.9.1.1")), // outside the network
+        on("b", Some("10.9.0.7")), // broadcast
         {
             let mut s = vm("b", 1, 256);
             s.network = Some("nope".into());
@@ -584,7 +584,9 @@ fn explain_refuses_what_create_refuses_including_addresses() {
     for spec in cases {
         let before = h.s.digest();
         let dry = explain(&h.s, &spec).expect_err("dry run accepted it");
-        let real = h.run(Command::CreateVm { spec: spec.clone() }).expect_err("create accepted it");
+        let real = h
+            .run(Command::CreateVm { spec: spec.clone() })
+            .expect_err("create accepted it");
         assert_eq!(dry, real);
         assert_eq!(h.s.digest(), before, "a refused create changed the state");
     }
@@ -595,7 +597,13 @@ fn explain_refuses_what_create_refuses_including_addresses() {
     }
     let full = explain(&h.s, &on("g", None)).unwrap_err();
     assert!(matches!(full, ApplyError::NoCapacity(_)), "{full}");
-    assert_eq!(h.run(Command::CreateVm { spec: on("g", None) }).unwrap_err(), full);
+    assert_eq!(
+        h.run(Command::CreateVm {
+            spec: on("g", None)
+        })
+        .unwrap_err(),
+        full
+    );
 }
 
 #[test]

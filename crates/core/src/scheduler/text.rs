@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use super::fit::{Check, Ctx};
 use super::Preemption;
-use crate::spec::{NodeId, Resources, VmSpec};
 use crate::model::Worker;
+use crate::spec::{NodeId, Resources, VmSpec};
 
 /// The placement explanation of a VM placed by preemption.
 pub fn preemption_text(spec: &VmSpec, p: &Preemption) -> String {
@@ -138,10 +138,7 @@ impl Ctx<'_> {
         if view.workers().next().is_none() {
             return "no workers are registered".to_string();
         }
-        let checks: Vec<(NodeId, Check)> = view
-            .workers()
-            .map(|w| (w.id, self.check(w)))
-            .collect();
+        let checks: Vec<(NodeId, Check)> = view.workers().map(|w| (w.id, self.check(w))).collect();
         let furthest = checks.iter().map(|(_, c)| c.stage()).max().unwrap_or(0);
         let at: Vec<&(NodeId, Check)> = checks
             .iter()
