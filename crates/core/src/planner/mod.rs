@@ -8,6 +8,9 @@
 
 use std::collections::BTreeMap;
 
+mod tasks;
+pub use tasks::{plan_tasks, AttemptMarker, TaskAction, TaskObserved};
+
 use crate::model::{Desired, VmRecord, VmState};
 use crate::spec::{NodeId, RestartPolicy, VmSpec};
 
@@ -86,9 +89,10 @@ pub fn plan<'a>(
         .collect();
     let blocked = |name: &str| waiting.contains(name);
     for vm in mine {
-        let name = vm.spec.name.clone();
+        // Borrowed: a pass over many settled VMs allocates nothing for them.
+        let name: &str = &vm.spec.name;
         let mut stale_alive = false;
-        let mine = match obs.remove(name.as_str()) {
+        let mine = match obs.remove(name) {
             Some(o) if o.epoch == vm.epoch => Some(o),
             Some(stale) => {
                 // A copy from an older placement: never let it run beside the current one.
@@ -106,7 +110,7 @@ pub fn plan<'a>(
             }
             if vm.state != state || vm.reason != reason {
                 actions.push(Action::Report {
-                    name: name.clone(),
+                    name: name.to_string(),
                     epoch: vm.epoch,
                     state,
                     reason,
@@ -120,7 +124,7 @@ pub fn plan<'a>(
             vm.desired
         };
         match (desired, mine.map(|o| &o.run)) {
-            (Desired::Running, None) if blocked(&name) => {
+            (Desired::Running, None) if blocked(name) => {
                 // Placed by preemption: its victims still stop here first.
             }
             (Desired::Running, None) => {
@@ -181,7 +185,9 @@ pub fn plan<'a>(
                 }
             }
             (Desired::Stopped, Some(run)) if run.alive() => {
-                actions.push(Action::Stop { name: name.clone() });
+                actions.push(Action::Stop {
+                    name: name.to_string(),
+                });
                 report(&mut actions, VmState::Stopping, None);
             }
             (
