@@ -93,21 +93,21 @@ fn check_input(m: &pb::ConsoleInput) -> Result<(), Status> {
 
 /// Relays the whole session to the node that runs the VM.
 async fn forward(
-    node: &Node,
+    node: &Arc<Node>,
     owner: &(u64, Option<String>),
     first: pb::ConsoleInput,
     mut input: Streaming<pb::ConsoleInput>,
 ) -> Result<ConsoleStream, Status> {
     let (tx, rx) = mpsc::channel::<pb::ConsoleInput>(16);
     let _ = tx.send(first).await;
-    tokio::spawn(async move {
+    node.spawn_stream(async move {
         // Ends (closing the upstream's input) when the client ends its input or goes away.
         while let Ok(Some(m)) = input.message().await {
             if tx.send(m).await.is_err() {
                 return;
             }
         }
-    });
+    })?;
     let upstream = crate::service::logs::owner_client(node, owner)?
         .console(crate::node::forwarded_request(ReceiverStream::new(rx)))
         .await?
@@ -154,7 +154,7 @@ async fn local(
     // Input: the client's messages, in order, into the FIFO.
     let itx = tx.clone();
     let iname = name.clone();
-    tokio::spawn(async move {
+    node.spawn_stream(async move {
         let mut next = Some(first);
         loop {
             let m = match next.take() {
@@ -174,9 +174,10 @@ async fn local(
                 return;
             }
         }
-    });
+    })?;
     // Output: everything appended to console.log from `offset` on.
-    tokio::spawn(tail(node, out_path, offset, tx, name));
+    node.clone()
+        .spawn_stream(tail(node, out_path, offset, tx, name))?;
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 

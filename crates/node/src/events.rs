@@ -7,6 +7,7 @@ use blixard_core::Event;
 use tokio::sync::mpsc;
 
 use crate::node::Node;
+use crate::streams::StreamRefused;
 
 /// Events per read of the ring.
 const PAGE: usize = 256;
@@ -14,9 +15,15 @@ const PAGE: usize = 256;
 /// Streams the events after `since` (default: everything kept) into the returned channel;
 /// with `follow`, keeps going until the receiver is dropped or the node stops. Each event is
 /// sent once; events of one log index are sent together.
-pub fn follow(node: Arc<Node>, since: Option<u64>, follow: bool) -> mpsc::Receiver<Event> {
+/// Refused when the node serves too many streams already, or is stopping.
+pub fn follow(
+    node: Arc<Node>,
+    since: Option<u64>,
+    follow: bool,
+) -> Result<mpsc::Receiver<Event>, StreamRefused> {
     let (tx, rx) = mpsc::channel(PAGE);
-    tokio::spawn(async move {
+    let n = node.clone();
+    n.spawn_stream(async move {
         let log = node.events.clone();
         // Subscribe before the first read: no batch applied after it goes unnoticed.
         let mut applied = log.subscribe();
@@ -42,6 +49,6 @@ pub fn follow(node: Arc<Node>, since: Option<u64>, follow: bool) -> mpsc::Receiv
                 _ = node.stopped() => return,
             }
         }
-    });
-    rx
+    })?;
+    Ok(rx)
 }

@@ -1,8 +1,10 @@
-//! The executor: makes this host run exactly the VMs the applied state places on it.
+//! The executor: makes this host run exactly the VMs and tasks the applied state places on it.
 //!
 //! It is stateless in the sense of the design's first law: desired state comes from the
 //! applied Raft state, observed state from the driver (which rediscovers everything from the
-//! host), and the difference is a pure plan (`blixard_core::planner::plan`). What it observes
+//! host) and from the task attempts' markers, and the difference is a pure plan
+//! (`blixard_core::planner::plan` for VMs, `plan_tasks` for tasks), made in one pass from one
+//! read of the applied state. Tasks are carried out by [`TaskRunner`]. What it observes
 //! it reports back through Raft, tagged with the placement epoch. The only things it keeps are
 //! local runtime handles: which VMs have an action in flight, and restart backoff timers.
 
@@ -11,14 +13,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use blixard_core::planner::{self, Action, Observed, RunState};
-use blixard_core::{ApplyError, Command, VmRecord, VmSpec};
+use blixard_core::planner::{self, Action, Observed, RunState, TaskAction};
+use blixard_core::{ApplyError, Command, VmSpec};
 use blixard_vmm::{DriverError, VmConfig, VmDriver};
 use openraft::async_runtime::WatchReceiver;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
+use crate::blocking;
 use crate::error::NodeError;
 use crate::hostnet::{HostNet, WantedNet};
 use crate::node::Node;
+use crate::task_runner::TaskRunner;
 
 /// File in the data directory naming the prefix of this node's network devices.
 pub const NETDEV_PREFIX_FILE: &str = "netdev-prefix";
@@ -31,6 +37,10 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Restart backoff: doubles per consecutive failure, capped.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// VMs acted on at once (starts, stops, removals, reports); the others wait their turn.
+pub const MAX_CONCURRENT_ACTIONS: usize = 64;
+/// How long shutdown waits for the actions in flight.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Default)]
 struct Local {
@@ -68,6 +78,12 @@ pub struct Executor {
     /// Default guest (kernel, initrd) for VMs that name none; built lazily.
     default_guest: Mutex<Option<(PathBuf, PathBuf)>>,
     local: Mutex<Local>,
+    /// The tasks assigned to this node: planned in the same pass, carried out there.
+    tasks: Arc<TaskRunner>,
+    /// The per-VM action runs in flight: joined on shutdown.
+    actions: TaskTracker,
+    /// Bounds how many of them act at once.
+    permits: Arc<Semaphore>,
 }
 
 /// Maps what the driver sees onto the planner's vocabulary.
@@ -128,11 +144,14 @@ impl Executor {
             }
         }
         Arc::new(Self {
+            tasks: TaskRunner::new(node.clone()),
             node,
             driver,
             hostnet,
             default_guest: Mutex::new(None),
             local: Mutex::new(Local::default()),
+            actions: TaskTracker::new(),
+            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_ACTIONS)),
         })
     }
 
@@ -140,7 +159,8 @@ impl Executor {
         &self.driver
     }
 
-    /// Runs until the node stops. VMs keep running after it returns (they are detached).
+    /// Runs until the node stops. VMs keep running after it returns (they are detached); the
+    /// actions in flight are waited for (at most [`SHUTDOWN_WAIT`]) before it returns.
     pub async fn run(self: Arc<Self>) {
         let mut applied = self.node.raft.metrics();
         loop {
@@ -154,12 +174,25 @@ impl Executor {
                     // Coalesce bursts of applied entries.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                _ = self.node.stopped() => return,
+                _ = self.node.stopped() => break,
             }
         }
+        self.actions.close();
+        if tokio::time::timeout(SHUTDOWN_WAIT, self.actions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.actions.len(),
+                "VM actions still in flight at shutdown; leaving them"
+            );
+        }
+        self.tasks.shutdown().await;
     }
 
-    /// One pass: observe, plan, and start the actions of every VM not already busy.
+    /// One pass for VMs and tasks alike: observe, plan (pure: `planner::plan` for VMs,
+    /// `planner::plan_tasks` for tasks, from one read of the applied state), drop every start
+    /// while the node may not act, and carry out the actions of every VM or task not busy.
     pub async fn reconcile_once(self: &Arc<Self>) -> Result<(), NodeError> {
         // Read before observing: any VM whose actions end after this point is judged stale.
         let observed_at = self
@@ -167,80 +200,82 @@ impl Executor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .actions_done;
-        let observed: Vec<Observed> = self
-            .driver
-            .list()
+        // The two halves fail apart: a failed observation skips only its own plan (planning
+        // from nothing would start everything again), never the other's.
+        let driver = self.driver.clone();
+        let vms_seen: Result<Vec<Observed>, NodeError> =
+            match blocking::driver(async move { driver.list().await }).await {
+                Some(Ok(l)) => Ok(l.iter().map(to_observed).collect()),
+                Some(Err(e)) => Err(NodeError::Driver(e)),
+                None => Err(shutting_down("listing VMs")),
+            };
+        let tasks_seen = self
+            .tasks
+            .observe()
             .await
-            .map_err(NodeError::Driver)?
-            .iter()
-            .map(to_observed)
-            .collect();
-        // The VMs and the index they were read at, under one guard: the lease check below must
-        // judge the state the plan is made from (a backlog applied in between would let a plan
-        // from before a move pass the "caught up" check, and restart a moved VM here).
-        let (mine, applied): (Vec<VmRecord>, u64) = {
+            .map_err(|e| NodeError::io("reading this node's task attempts", e));
+        // The plans and the index they were made at, under one guard: the lease check below
+        // must judge the state the plan is made from (a backlog applied in between would let a
+        // plan from before a move pass the "caught up" check, and restart a moved VM here).
+        // The records are borrowed, not copied: only the specs of VMs to start are cloned.
+        let (mut actions, mut task_actions, taps, applied) = {
             let a = self.node.state.read();
             // Only act on an applied state that knows this node; before registration (or after
             // a restore that lost it) the plan would stop everything.
             if !a.state.workers.contains_key(&self.node.id) {
-                return Ok(());
+                return vms_seen.and(tasks_seen).map(|_| ());
             }
             let applied = a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
-            (
-                a.state
-                    .vms
-                    .values()
-                    .filter(|v| v.node_id == Some(self.node.id))
-                    .cloned()
+            let mine = a
+                .state
+                .vms
+                .values()
+                .filter(|v| v.node_id == Some(self.node.id));
+            let taps: Vec<String> = match &self.hostnet {
+                Some(h) => mine
+                    .clone()
+                    .filter(|v| v.ip.is_some())
+                    .map(|v| h.tap_name(v.name()))
                     .collect(),
+                None => Vec::new(),
+            };
+            (
+                vms_seen
+                    .as_ref()
+                    .map(|observed| planner::plan(self.node.id, mine, observed))
+                    .unwrap_or_default(),
+                tasks_seen
+                    .as_ref()
+                    .map(|observed| planner::plan_tasks(self.node.id, &a.state.tasks, observed))
+                    .unwrap_or_default(),
+                taps,
                 applied,
             )
         };
+        let observed = match &vms_seen {
+            Ok(o) => o.as_slice(),
+            Err(_) => &[],
+        };
         {
             let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());
-            for o in &observed {
+            for o in observed {
                 if matches!(o.run, RunState::Running) {
                     l.backoff.remove(&o.name);
                 }
             }
         }
-        self.confirm_released(&observed, observed_at).await;
-        if let Some(h) = &self.hostnet {
-            let (nets, taps) = self.wanted_network(h, &mine, &observed);
-            // Each sync costs a few `ip` processes: skip it while nothing changed, but look
-            // again now and then (someone may have removed a device by hand).
-            let due = {
-                let l = self.local.lock().unwrap_or_else(|p| p.into_inner());
-                l.net_synced
-                    .as_ref()
-                    .is_none_or(|(n, t, at)| *n != nets || *t != taps || at.elapsed() >= NET_RESYNC)
-            };
-            if due {
-                let result = h.sync(&nets, &taps).await;
-                let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());
-                match result {
-                    Ok(()) => {
-                        l.net_synced = Some((nets, taps, Instant::now()));
-                        l.net_error = None;
-                    }
-                    Err(e) => {
-                        l.net_synced = None;
-                        let text = e.to_string();
-                        // Once per distinct error, not every pass.
-                        if l.net_error.as_deref() != Some(text.as_str()) {
-                            tracing::warn!(error = %text, "host networking");
-                            l.net_error = Some(text);
-                        }
-                    }
-                }
+        if vms_seen.is_ok() {
+            self.confirm_released(observed, observed_at).await;
+            if let Some(h) = &self.hostnet {
+                self.sync_network(h, taps, observed).await;
             }
         }
-        let mut actions = planner::plan(self.node.id, mine.iter(), &observed);
         // Without a lease (cut off from the cluster), or before catching up with what the
-        // leader had committed when it renewed it, start nothing: the cluster may be moving
-        // these VMs elsewhere. (The supervisors fence running VMs when the lease expires.)
+        // leader had committed when it renewed it, start nothing, VM or task: the cluster may
+        // be moving them elsewhere. (The supervisors fence running ones when the lease expires.)
         if !self.node.liveness.may_act(applied) {
             actions.retain(|a| !matches!(a, Action::Start { .. }));
+            task_actions.retain(|a| !matches!(a, TaskAction::Start { .. }));
         }
         let mut per_vm: BTreeMap<String, Vec<Action>> = BTreeMap::new();
         for a in actions {
@@ -260,7 +295,11 @@ impl Executor {
                 }
             }
             let this = self.clone();
-            tokio::spawn(async move {
+            let permits = self.permits.clone();
+            self.actions.spawn(async move {
+                // At most MAX_CONCURRENT_ACTIONS VMs are acted on at once; the rest wait here
+                // (still in flight: no later pass plans them again meanwhile).
+                let _permit = permits.acquire_owned().await;
                 for a in actions {
                     if let Err(e) = this.perform(&a).await {
                         this.node.metrics.reconcile_errors.inc();
@@ -275,21 +314,56 @@ impl Executor {
                 l.finished.insert(name, done);
             });
         }
+        for a in task_actions {
+            self.tasks.perform(a).await;
+        }
         // Later passes observe after `observed_at`: older completions no longer matter to them.
         self.local
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .finished
             .retain(|_, d| *d > observed_at);
-        Ok(())
+        vms_seen.and(tasks_seen).map(|_| ())
+    }
+
+    /// Makes the host network match (bridges, VXLAN devices, taps); skipped while nothing
+    /// changed, but looked at again now and then (someone may have removed a device by hand).
+    async fn sync_network(&self, h: &HostNet, taps: Vec<String>, observed: &[Observed]) {
+        let (nets, taps) = self.wanted_network(h, taps, observed);
+        let due = {
+            let l = self.local.lock().unwrap_or_else(|p| p.into_inner());
+            l.net_synced
+                .as_ref()
+                .is_none_or(|(n, t, at)| *n != nets || *t != taps || at.elapsed() >= NET_RESYNC)
+        };
+        if !due {
+            return;
+        }
+        let result = h.sync(&nets, &taps).await;
+        let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => {
+                l.net_synced = Some((nets, taps, Instant::now()));
+                l.net_error = None;
+            }
+            Err(e) => {
+                l.net_synced = None;
+                let text = e.to_string();
+                // Once per distinct error, not every pass.
+                if l.net_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "host networking");
+                    l.net_error = Some(text);
+                }
+            }
+        }
     }
 
     /// The networks this node bridges (those it has an address on) and the taps to keep: those
-    /// of the VMs placed here with an address, and of the VMs still running here.
+    /// of the VMs placed here with an address (`taps`), and of the VMs still running here.
     fn wanted_network(
         &self,
         h: &HostNet,
-        mine: &[VmRecord],
+        taps: Vec<String>,
         observed: &[Observed],
     ) -> (BTreeMap<u32, WantedNet>, std::collections::BTreeSet<String>) {
         let a = self.node.state.read();
@@ -317,11 +391,7 @@ impl Executor {
                 ))
             })
             .collect();
-        let mut taps: std::collections::BTreeSet<String> = mine
-            .iter()
-            .filter(|v| v.ip.is_some())
-            .map(|v| h.tap_name(v.name()))
-            .collect();
+        let mut taps: std::collections::BTreeSet<String> = taps.into_iter().collect();
         taps.extend(
             observed
                 .iter()
@@ -429,7 +499,7 @@ impl Executor {
         }
     }
 
-    async fn perform(&self, action: &Action) -> Result<(), NodeError> {
+    async fn perform(self: &Arc<Self>, action: &Action) -> Result<(), NodeError> {
         match action {
             Action::Start {
                 spec,
@@ -439,22 +509,38 @@ impl Executor {
                 if *restart && !self.restart_allowed(&spec.name) {
                     return Ok(());
                 }
-                let mut cfg = self.vm_config(spec)?;
-                if let Err(e) = self.resolve_host_files(spec, &mut cfg) {
-                    // Refused (outside the image directories, or missing): final.
-                    tracing::warn!(vm = %spec.name, error = %e, "refusing a host file");
-                    return self
-                        .report(
-                            &spec.name,
-                            *epoch,
-                            blixard_core::VmState::Failed,
-                            Some(e.to_string()),
-                        )
-                        .await;
-                }
+                // Building the default guest and resolving image paths touch the disk.
+                let (this, s) = (self.clone(), spec.clone());
+                let prepared = tokio::task::spawn_blocking(move || {
+                    let mut cfg = this.vm_config(&s)?;
+                    Ok::<_, NodeError>(this.resolve_host_files(&s, &mut cfg).map(|()| cfg))
+                })
+                .await
+                .map_err(|e| {
+                    NodeError::io(format!("preparing VM '{}'", spec.name), std::io::Error::other(e))
+                })??;
+                let mut cfg = match prepared {
+                    Ok(cfg) => cfg,
+                    Err(e) => {
+                        // Refused (outside the image directories, or missing): final.
+                        tracing::warn!(vm = %spec.name, error = %e, "refusing a host file");
+                        return self
+                            .report(
+                                &spec.name,
+                                *epoch,
+                                blixard_core::VmState::Failed,
+                                Some(e.to_string()),
+                            )
+                            .await;
+                    }
+                };
                 self.attach_network(&mut cfg).await?;
                 tracing::info!(vm = %spec.name, epoch, restart, "starting VM");
-                match self.driver.start(&cfg, *epoch).await {
+                let (driver, e) = (self.driver.clone(), *epoch);
+                let started = blocking::driver(async move { driver.start(&cfg, e).await })
+                    .await
+                    .ok_or_else(|| shutting_down("starting a VM"))?;
+                match started {
                     // Counted once per restart, by the node that did it.
                     Ok(()) if *restart => {
                         self.report_as(
@@ -487,9 +573,10 @@ impl Executor {
             }
             Action::Stop { name } => {
                 tracing::info!(vm = %name, "stopping VM");
-                self.driver
-                    .stop(name, STOP_GRACE)
+                let (driver, n) = (self.driver.clone(), name.clone());
+                blocking::driver(async move { driver.stop(&n, STOP_GRACE).await })
                     .await
+                    .ok_or_else(|| shutting_down("acting on a VM"))?
                     .map_err(NodeError::Driver)
             }
             Action::Remove { name } => {
@@ -499,7 +586,11 @@ impl Executor {
                     .unwrap_or_else(|p| p.into_inner())
                     .backoff
                     .remove(name);
-                self.driver.remove(name).await.map_err(NodeError::Driver)
+                let (driver, n) = (self.driver.clone(), name.clone());
+                blocking::driver(async move { driver.remove(&n).await })
+                    .await
+                    .ok_or_else(|| shutting_down("acting on a VM"))?
+                    .map_err(NodeError::Driver)
             }
             Action::Report {
                 name,
@@ -616,6 +707,11 @@ impl Executor {
         *g = Some(v.clone());
         Ok(v)
     }
+}
+
+/// A driver call that could not run: the runtime is shutting down.
+fn shutting_down(what: &str) -> NodeError {
+    NodeError::io(what, std::io::Error::other("the daemon is shutting down"))
 }
 
 fn action_kind(a: &Action) -> &'static str {

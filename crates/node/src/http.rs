@@ -574,7 +574,14 @@ async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let since = q.since.or(last_id);
-    let rx = crate::events::follow(s.node.clone(), since, q.follow.unwrap_or(true));
+    let rx = match crate::events::follow(s.node.clone(), since, q.follow.unwrap_or(true)) {
+        Ok(rx) => rx,
+        // Too many streams (429) or stopping (503).
+        Err(e @ crate::streams::StreamRefused::Full(_)) => {
+            return ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response()
+        }
+        Err(e) => return ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|e| {
         let data = serde_json::to_string(&e)
             .unwrap_or_else(|err| json!({"error": err.to_string()}).to_string());

@@ -9,6 +9,7 @@
 //! file, connections, the Raft handle).
 
 pub mod authz;
+pub mod blocking;
 pub mod capabilities;
 pub mod config;
 pub mod console;
@@ -18,6 +19,7 @@ pub mod executor;
 pub mod hostnet;
 pub mod http;
 mod leader_retry;
+pub mod limits;
 pub mod liveness;
 pub mod meta;
 pub mod metrics;
@@ -25,6 +27,7 @@ pub mod node;
 pub mod security;
 pub mod service;
 pub mod snapshot;
+pub mod streams;
 pub mod task_runner;
 
 use std::net::SocketAddr;
@@ -70,6 +73,8 @@ impl NodeHandle {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Every stream producer ends with the node; this waits for the last of them.
+        self.node.streams.close(Duration::from_secs(5)).await;
         if let Err(e) = self.node.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -213,6 +218,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         liveness: liveness::Liveness::default(),
         peers: Default::default(),
         tls: tls.clone(),
+        streams: Default::default(),
     });
     let mut identity = NodeMeta {
         node_id: config.id,
@@ -278,11 +284,9 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         }
     }));
     tasks.push(tokio::spawn(housekeeping(node.clone())));
+    // One reconciler for VMs and tasks (it carries tasks out through `task_runner`).
     tasks.push(tokio::spawn(
         executor::Executor::new(node.clone(), driver).run(),
-    ));
-    tasks.push(tokio::spawn(
-        task_runner::TaskRunner::new(node.clone()).run(),
     ));
     tasks.push(tokio::spawn(liveness::heartbeat_loop(node.clone())));
     tasks.push(tokio::spawn(liveness::leader_loop(node.clone())));
@@ -389,6 +393,10 @@ async fn serve(node: Arc<Node>, listener: TcpListener) {
         // between members and left the cluster without a leader (harness seed 14). A larger
         // bound keeps the guard against floods.
         .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS))
+        // Bounded work per connection, and a deadline on every request that is not a stream
+        // (`limits`): a flood or a stuck handler cannot pile up without end.
+        .concurrency_limit_per_connection(limits::MAX_REQUESTS_PER_CONNECTION)
+        .layer(limits::RequestTimeoutLayer::default())
         // Every request is authorised here first (role table: `blixard_core::auth`).
         .layer(authz::AuthzLayer { node: node.clone() })
         .add_service(

@@ -61,6 +61,8 @@ pub struct Node {
     >,
     /// Key material and TLS configurations (local).
     pub tls: Arc<crate::security::NodeTls>,
+    /// The producers of client streams (consoles, logs, events): bounded, joined at shutdown.
+    pub(crate) streams: crate::streams::Streams,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the one clock of the node (proposers stamp

@@ -1,6 +1,10 @@
 //! Runs the one-shot tasks the applied state assigns to this node, as host processes, and
 //! reports their start and result through Raft.
 //!
+//! It has no loop of its own: the executor's pass observes (`TaskRunner::observe`), plans
+//! with the pure `blixard_core::planner::plan_tasks` beside the VM plan, and hands the task
+//! actions here (`TaskRunner::perform`). Every filesystem call runs on the blocking pool.
+//!
 //! Stateless like the executor: what to run comes from the applied state; the only local
 //! things are runtime handles (a cancel channel per running attempt) and, on disk under
 //! `<data_dir>/tasks/<id>/`, the captured output (`output`, the last 64 KiB), a marker
@@ -31,19 +35,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use blixard_core::planner::{AttemptMarker, TaskAction, TaskObserved};
 use blixard_core::{ApplyError, Command, TaskRecord, TaskState};
 use blixard_vmm::{rundir, supervisor};
-use openraft::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
+use crate::blocking;
 use crate::error::NodeError;
 use crate::node::Node;
 
 /// Output kept per task: the last this many bytes.
 pub const OUTPUT_LIMIT: usize = 64 * 1024;
-/// How often the runner looks at the applied state even when nothing changed.
-const PASS_INTERVAL: Duration = Duration::from_millis(500);
+/// How long shutdown waits for the attempts' handlers.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 
 /// What the marker file records about the attempt this node started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,11 +68,16 @@ struct Marker {
     done: bool,
 }
 
+/// Carries out the task actions the executor's pass plans
+/// ([`blixard_core::planner::plan_tasks`]); it has no loop of its own.
 pub struct TaskRunner {
     node: Arc<Node>,
     dir: PathBuf,
-    /// (task id) -> (epoch, cancel sender) of the attempts running here.
+    /// (task id) -> (epoch, cancel sender) of the attempts handled here (run, or stopped and
+    /// reported).
     running: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
+    /// The handlers of those attempts: joined on shutdown.
+    tracker: TaskTracker,
 }
 
 /// The directory of task `id` under a node's data directory.
@@ -131,12 +142,25 @@ fn attempt_over(dir: &Path, m: &Marker) -> bool {
 
 /// Stops the attempt recorded in `dir` if it still runs, and waits until it is over.
 async fn stop_attempt(dir: &Path, m: &Marker) {
-    if attempt_over(dir, m) {
+    let over = |ask: bool| {
+        let (dir, m) = (dir.to_path_buf(), m.clone());
+        async move {
+            blocking::fs(move || {
+                let over = attempt_over(&dir, &m);
+                if !over && ask {
+                    request_stop(&dir);
+                }
+                Ok(over)
+            })
+            .await
+            .unwrap_or(false)
+        }
+    };
+    if over(true).await {
         return;
     }
-    request_stop(dir);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !attempt_over(dir, m) {
+    while !over(false).await {
         if tokio::time::Instant::now() >= deadline {
             tracing::error!(dir = %dir.display(), pid = ?m.pid, "a task attempt did not stop within 10s of being asked to");
             return;
@@ -238,6 +262,17 @@ fn prepare_work_dir(dir: &Path, run_as: Option<&supervisor::RunAs>) -> Result<Pa
     Ok(work)
 }
 
+/// Marks the attempt recorded in `dir` done (its result was reported).
+async fn mark_done(dir: &Path, m: Marker) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    blocking::fs(move || write_marker(&dir, &Marker { done: true, ..m })).await
+}
+
+/// True once the node was asked to stop.
+fn stopping(node: &Node) -> bool {
+    *node.shutdown_signal().borrow()
+}
+
 /// How an attempt ended.
 struct Ending {
     state: TaskState,
@@ -252,162 +287,154 @@ impl TaskRunner {
             node,
             dir,
             running: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
         })
     }
 
-    pub async fn run(self: Arc<Self>) {
-        let mut applied = self.node.raft.metrics();
-        loop {
-            self.pass().await;
-            tokio::select! {
-                _ = tokio::time::sleep(PASS_INTERVAL) => {}
-                _ = applied.changed() => tokio::time::sleep(Duration::from_millis(20)).await,
-                _ = self.node.stopped() => return,
-            }
-        }
-    }
-
-    async fn pass(self: &Arc<Self>) {
-        // Read with the index they were applied at, under one guard (see the executor).
-        let (mine, known, applied): (Vec<TaskRecord>, std::collections::HashSet<String>, u64) = {
-            let a = self.node.state.read();
-            if !a.state.workers.contains_key(&self.node.id) {
-                return;
-            }
-            let applied = a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
-            let mine = a
-                .state
-                .tasks
-                .values()
-                .filter(|t| t.node_id == Some(self.node.id) && !t.state.is_finished())
-                .cloned()
-                .collect();
-            (mine, a.state.tasks.keys().cloned().collect(), applied)
-        };
-        let may_start = self.node.liveness.may_act(applied);
-        let current: HashMap<&str, u64> = mine.iter().map(|t| (t.id.as_str(), t.epoch)).collect();
-
-        // Attempts running here that are no longer this node's (reassigned, forgotten): stop them.
-        for (id, (epoch, tx)) in self
+    /// What this node holds of its tasks, for [`blixard_core::planner::plan_tasks`]: the
+    /// attempts it handles now, then the markers on disk. In that order: a handler lets go of
+    /// its attempt only after writing the final marker, and only the executor's pass takes new
+    /// attempts on, so a task seen unhandled here cannot have a marker older than the one read.
+    pub async fn observe(&self) -> std::io::Result<Vec<TaskObserved>> {
+        let mut handling: HashMap<String, u64> = self
             .running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-        {
-            if current.get(id.as_str()) != Some(epoch) {
-                let _ = tx.send(true);
-            }
-        }
-
-        // Leftovers: attempts started here that are no longer this node's current ones.
-        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            .map(|(id, (epoch, _))| (id.clone(), *epoch))
+            .collect();
+        let dir = self.dir.clone();
+        let markers = blocking::fs(move || {
+            let mut out = Vec::new();
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(e),
+            };
             for e in rd.flatten() {
                 let id = e.file_name().to_string_lossy().to_string();
-                let dir = e.path();
-                if self
+                out.push((id, read_marker(&e.path())));
+            }
+            Ok(out)
+        })
+        .await?;
+        let mut observed: Vec<TaskObserved> = markers
+            .into_iter()
+            .map(|(id, m)| TaskObserved {
+                handling: handling.remove(&id),
+                marker: m.map(|m| AttemptMarker {
+                    epoch: m.epoch,
+                    done: m.done,
+                }),
+                id,
+            })
+            .collect();
+        observed.extend(handling.into_iter().map(|(id, epoch)| TaskObserved {
+            id,
+            handling: Some(epoch),
+            marker: None,
+        }));
+        Ok(observed)
+    }
+
+    /// Carries out one planned action. Attempts and reports run as tracked tasks (one per
+    /// task at most: a task with a handler is not taken on again); the rest is done here.
+    pub async fn perform(self: &Arc<Self>, action: TaskAction) {
+        match action {
+            TaskAction::Signal { id } => {
+                if let Some((_, tx)) = self
                     .running
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .contains_key(&id)
+                    .get(&id)
                 {
-                    continue;
-                }
-                let marker = read_marker(&dir);
-                let is_current = marker
-                    .as_ref()
-                    .is_some_and(|m| current.get(id.as_str()) == Some(&m.epoch));
-                if is_current {
-                    continue;
-                }
-                if let Some(m) = &marker {
-                    if !m.done {
-                        if !attempt_over(&dir, m) {
-                            tracing::warn!(task = %id, epoch = m.epoch, pid = ?m.pid, "stopping a leftover attempt that is no longer this node's");
-                            request_stop(&dir);
-                        }
-                        let _ = write_marker(
-                            &dir,
-                            &Marker {
-                                done: true,
-                                ..m.clone()
-                            },
-                        );
-                    }
-                }
-                if !known.contains(&id) {
-                    // Forgotten by the cluster (retention): drop its output too.
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-            }
-        }
-
-        for t in mine {
-            let handle = self
-                .running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&t.id)
-                .map(|(e, tx)| (*e, tx.clone()));
-            if let Some((epoch, tx)) = handle {
-                if epoch == t.epoch && t.cancel_requested {
                     let _ = tx.send(true);
                 }
-                continue;
             }
-            let dir = task_dir(&self.node.config.data_dir, &t.id);
-            match read_marker(&dir) {
-                Some(m) if m.epoch == t.epoch && m.done => continue,
-                Some(m) if m.epoch == t.epoch => {
-                    // Started by an earlier run of this daemon: reported below, after its
-                    // supervisor stopped it (or from what it recorded, if it had ended).
-                    self.spawn_report(t.clone(), m, None);
-                    continue;
+            TaskAction::Retire { id } => {
+                let dir = self.dir.join(&id);
+                let r = blocking::fs(move || {
+                    let Some(m) = read_marker(&dir) else {
+                        return Ok(());
+                    };
+                    if m.done {
+                        return Ok(());
+                    }
+                    if !attempt_over(&dir, &m) {
+                        tracing::warn!(task = %id, epoch = m.epoch, pid = ?m.pid, "stopping a leftover attempt that is no longer this node's");
+                        request_stop(&dir);
+                    }
+                    write_marker(&dir, &Marker { done: true, ..m })
+                })
+                .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "retiring a leftover task attempt; will retry");
                 }
-                _ => {}
             }
-            if t.cancel_requested {
-                let m = Marker {
-                    epoch: t.epoch,
-                    attempt: t.attempt,
-                    pid: None,
-                    starttime: None,
-                    boot_id: None,
-                    done: false,
-                };
+            TaskAction::Forget { id } => {
+                // Forgotten by the cluster (retention): drop its output too.
+                let dir = self.dir.join(&id);
+                if let Err(e) = blocking::fs(move || std::fs::remove_dir_all(dir)).await {
+                    tracing::warn!(task = %id, error = %e, "removing a forgotten task's directory");
+                }
+            }
+            TaskAction::Resume { task } => {
+                // Started by an earlier run of this daemon: reported after its supervisor
+                // stopped it (or from what it recorded, if it had ended).
+                self.spawn_report(task, None);
+            }
+            TaskAction::CancelUnstarted { task } => {
                 let ending = Ending {
                     state: TaskState::Cancelled,
                     exit_code: None,
                     reason: Some("cancelled before it started".into()),
                 };
-                self.spawn_report(t.clone(), m, Some(ending));
-                continue;
+                self.spawn_report(task, Some(ending));
             }
-            if !may_start {
-                continue;
-            }
-            let (tx, rx) = watch::channel(false);
-            self.running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(t.id.clone(), (t.epoch, tx));
-            let this = self.clone();
-            tokio::spawn(async move {
-                let id = t.id.clone();
-                if let Err(e) = this.run_attempt(t, rx).await {
-                    tracing::warn!(task = %id, error = %e, "task attempt");
+            TaskAction::Start { task } => {
+                let (tx, rx) = watch::channel(false);
+                {
+                    let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
+                    if r.contains_key(&task.id) {
+                        return;
+                    }
+                    r.insert(task.id.clone(), (task.epoch, tx));
                 }
-                this.running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-            });
+                let this = self.clone();
+                self.tracker.spawn(async move {
+                    let id = task.id.clone();
+                    if let Err(e) = this.run_attempt(task, rx).await {
+                        tracing::warn!(task = %id, error = %e, "task attempt");
+                    }
+                    this.running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                });
+            }
         }
     }
 
-    /// Reports `ending` for an attempt not running here, then marks it done. `None`: an
-    /// attempt an earlier run of this daemon started; it is stopped first if it still runs,
-    /// and reported failed (or as it ended, if it ended by itself meanwhile).
-    fn spawn_report(self: &Arc<Self>, t: TaskRecord, m: Marker, ending: Option<Ending>) {
+    /// Waits for the attempts' handlers once the node stops. They return on shutdown without
+    /// reporting (the supervisors keep the processes; a restarted daemon finds the markers and
+    /// resumes them), so this is short; it gives up after [`SHUTDOWN_WAIT`] in any case.
+    pub async fn shutdown(&self) {
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_WAIT, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.tracker.len(),
+                "task handlers still busy at shutdown; leaving them"
+            );
+        }
+    }
+
+    /// Reports the ending of the current attempt of `t` that is not running here, then marks
+    /// it done. `None`: an attempt an earlier run of this daemon started; it is stopped first
+    /// if it still runs, and reported failed (or as it ended, if it ended by itself meanwhile).
+    fn spawn_report(self: &Arc<Self>, t: TaskRecord, ending: Option<Ending>) {
         let (tx, _rx) = watch::channel(false);
         {
             let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -417,39 +444,70 @@ impl TaskRunner {
             r.insert(t.id.clone(), (t.epoch, tx));
         }
         let this = self.clone();
-        tokio::spawn(async move {
-            let dir = task_dir(&this.node.config.data_dir, &t.id);
-            let _ = std::fs::create_dir_all(&dir);
-            let ending = match ending {
-                Some(e) => e,
-                None => {
-                    let run = run_dir(&dir);
-                    let ended_by_itself = run.join(rundir::EXIT_CODE).exists()
-                        && !run.join(rundir::STOP_REQUESTED).exists();
-                    stop_attempt(&dir, &m).await;
-                    if ended_by_itself {
-                        ending_from_files(&dir, false, this.node.id)
-                    } else {
-                        let reason = format!(
-                            "blixard on node {} restarted while attempt {} was running; the process was stopped and its result is unknown",
-                            this.node.id, t.attempt
-                        );
-                        tracing::warn!(task = %t.id, epoch = t.epoch, "{reason}");
-                        Ending {
-                            state: TaskState::Failed,
-                            exit_code: None,
-                            reason: Some(reason),
-                        }
-                    }
-                }
-            };
-            let _ = this.report_result(&t, ending, None).await;
-            let _ = write_marker(&dir, &Marker { done: true, ..m });
+        self.tracker.spawn(async move {
+            let id = t.id.clone();
+            if let Err(e) = this.report_unstarted(t, ending).await {
+                tracing::warn!(task = %id, error = %e, "reporting a task attempt; will retry");
+            }
             this.running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&t.id);
+                .remove(&id);
         });
+    }
+
+    async fn report_unstarted(&self, t: TaskRecord, ending: Option<Ending>) -> std::io::Result<()> {
+        let dir = task_dir(&self.node.config.data_dir, &t.id);
+        let d = dir.clone();
+        let found = blocking::fs(move || {
+            std::fs::create_dir_all(&d)?;
+            Ok(read_marker(&d))
+        })
+        .await?;
+        let m = match (&ending, found) {
+            (None, Some(m)) if m.epoch == t.epoch && !m.done => m,
+            // Planned from a marker that has changed since: the next pass looks again.
+            (None, _) => return Ok(()),
+            (Some(_), _) => Marker {
+                epoch: t.epoch,
+                attempt: t.attempt,
+                pid: None,
+                starttime: None,
+                boot_id: None,
+                done: false,
+            },
+        };
+        let ending = match ending {
+            Some(e) => e,
+            None => {
+                let run = run_dir(&dir);
+                let ended_by_itself = blocking::fs(move || {
+                    Ok(run.join(rundir::EXIT_CODE).exists()
+                        && !run.join(rundir::STOP_REQUESTED).exists())
+                })
+                .await?;
+                stop_attempt(&dir, &m).await;
+                if ended_by_itself {
+                    let (d, node_id) = (dir.clone(), self.node.id);
+                    blocking::fs(move || Ok(ending_from_files(&d, false, node_id))).await?
+                } else {
+                    let reason = format!(
+                        "blixard on node {} restarted while attempt {} was running; the process was stopped and its result is unknown",
+                        self.node.id, t.attempt
+                    );
+                    tracing::warn!(task = %t.id, epoch = t.epoch, "{reason}");
+                    Ending {
+                        state: TaskState::Failed,
+                        exit_code: None,
+                        reason: Some(reason),
+                    }
+                }
+            }
+        };
+        if self.report_result(&t, ending, None).await.is_err() && stopping(&self.node) {
+            return Ok(());
+        }
+        mark_done(&dir, m).await
     }
 
     async fn run_attempt(
@@ -458,49 +516,19 @@ impl TaskRunner {
         mut cancel: watch::Receiver<bool>,
     ) -> Result<(), NodeError> {
         let dir = task_dir(&self.node.config.data_dir, &t.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
+        let d = dir.clone();
+        let old = blocking::fs(move || {
+            std::fs::create_dir_all(&d)?;
+            Ok(read_marker(&d))
+        })
+        .await
+        .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
         // An earlier attempt of this task on this node must be over before this one starts.
-        if let Some(old) = read_marker(&dir) {
+        if let Some(old) = old {
             stop_attempt(&dir, &old).await;
         }
         let run = run_dir(&dir);
         let out_path = dir.join("output");
-        let _ = std::fs::remove_file(&out_path);
-        let _ = std::fs::remove_dir_all(&run);
-        std::fs::create_dir_all(&run)
-            .map_err(|e| NodeError::io(format!("creating {}", run.display()), e))?;
-        let run_as = match task_user(&self.node.config.task_user) {
-            Ok(r) => r,
-            Err(why) => {
-                tracing::warn!(task = %t.id, "{why}");
-                let marker = Marker {
-                    epoch: t.epoch,
-                    attempt: t.attempt,
-                    pid: None,
-                    starttime: None,
-                    boot_id: None,
-                    done: false,
-                };
-                write_marker(&dir, &marker)
-                    .map_err(|e| NodeError::io("writing the attempt marker", e))?;
-                let ending = Ending {
-                    state: TaskState::Failed,
-                    exit_code: None,
-                    reason: Some(format!("node {}: {why}", self.node.id)),
-                };
-                let r = self.report_result(&t, ending, None).await;
-                let _ = write_marker(
-                    &dir,
-                    &Marker {
-                        done: true,
-                        ..marker
-                    },
-                );
-                return r;
-            }
-        };
-        let work = prepare_work_dir(&dir, run_as.as_ref())?;
         let mut marker = Marker {
             epoch: t.epoch,
             attempt: t.attempt,
@@ -509,7 +537,43 @@ impl TaskRunner {
             boot_id: None,
             done: false,
         };
-        write_marker(&dir, &marker).map_err(|e| NodeError::io("writing the attempt marker", e))?;
+        let user = self.node.config.task_user.clone();
+        let (d, r, o, m) = (dir.clone(), run.clone(), out_path.clone(), marker.clone());
+        let prepared = blocking::fs(move || {
+            let _ = std::fs::remove_file(&o);
+            let _ = std::fs::remove_dir_all(&r);
+            std::fs::create_dir_all(&r)?;
+            let run_as = match task_user(&user) {
+                Ok(run_as) => run_as,
+                Err(why) => {
+                    write_marker(&d, &m)?;
+                    return Ok(Err(why));
+                }
+            };
+            let work = prepare_work_dir(&d, run_as.as_ref());
+            if work.is_ok() {
+                write_marker(&d, &m)?;
+            }
+            Ok(Ok((run_as, work)))
+        })
+        .await
+        .map_err(|e| NodeError::io(format!("preparing {}", dir.display()), e))?;
+        let (run_as, work) = match prepared {
+            Ok((run_as, work)) => (run_as, work?),
+            Err(why) => {
+                tracing::warn!(task = %t.id, "{why}");
+                let ending = Ending {
+                    state: TaskState::Failed,
+                    exit_code: None,
+                    reason: Some(format!("node {}: {why}", self.node.id)),
+                };
+                let r = self.report_result(&t, ending, None).await;
+                if r.is_ok() || !stopping(&self.node) {
+                    let _ = mark_done(&dir, marker).await;
+                }
+                return r;
+            }
+        };
         tracing::info!(task = %t.id, epoch = t.epoch, attempt = t.attempt, "starting task");
 
         let started = Instant::now();
@@ -542,7 +606,14 @@ impl TaskRunner {
                 .display()
                 .to_string(),
         ));
-        if let Err(e) = supervisor::launch(&supervisor::default_command(), &spec, &envs).await {
+        let launched = blocking::driver(async move {
+            supervisor::launch(&supervisor::default_command(), &spec, &envs)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|| Err("the daemon is shutting down".to_string()));
+        if let Err(e) = launched {
             let ending = Ending {
                 state: TaskState::Failed,
                 exit_code: None,
@@ -551,29 +622,33 @@ impl TaskRunner {
             let r = self
                 .report_result(&t, ending, Some(started.elapsed()))
                 .await;
-            let _ = write_marker(
-                &dir,
-                &Marker {
-                    done: true,
-                    ..marker
-                },
-            );
+            if r.is_ok() || !stopping(&self.node) {
+                let _ = mark_done(&dir, marker).await;
+            }
             return r;
         }
         // The supervisor records the pid right after spawning (or the exit, if it never ran).
         let pid_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(pid) = std::fs::read_to_string(run.join(rundir::PID))
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-            {
+            let r = run.clone();
+            let (pid, exited) = blocking::fs(move || {
+                let pid = std::fs::read_to_string(r.join(rundir::PID))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok());
+                let identity = pid.map(|p| (p, rundir::process_starttime(p), rundir::boot_id()));
+                Ok((identity, r.join(rundir::EXIT_CODE).exists()))
+            })
+            .await
+            .unwrap_or((None, false));
+            if let Some((pid, starttime, boot_id)) = pid {
                 marker.pid = Some(pid);
-                marker.starttime = rundir::process_starttime(pid);
-                marker.boot_id = rundir::boot_id();
-                let _ = write_marker(&dir, &marker);
+                marker.starttime = starttime;
+                marker.boot_id = boot_id;
+                let (d, m) = (dir.clone(), marker.clone());
+                let _ = blocking::fs(move || write_marker(&d, &m)).await;
                 break;
             }
-            if run.join(rundir::EXIT_CODE).exists() {
+            if exited {
                 break;
             }
             if tokio::time::Instant::now() >= pid_deadline {
@@ -601,46 +676,52 @@ impl TaskRunner {
                 // No longer this node's attempt (reassigned, cancelled or forgotten): stop.
                 tracing::info!(task = %t.id, epoch = t.epoch, "start refused, stopping: {e}");
                 stop_attempt(&dir, &marker).await;
-                let _ = write_marker(
-                    &dir,
-                    &Marker {
-                        done: true,
-                        ..marker
-                    },
-                );
+                let _ = mark_done(&dir, marker).await;
                 return Ok(());
             }
             Err(e) => tracing::info!(task = %t.id, error = %e, "reporting the start"),
         }
 
         // The supervisor enforces the timeout, the lease and the output bound; this waits for
-        // the ending it records, and relays a cancellation.
+        // the ending it records, and relays a cancellation. When the daemon stops, it leaves
+        // the attempt to its supervisor: the marker stays open and the next run resumes it.
         let mut cancelled = false;
         loop {
-            if run.join(rundir::EXIT_CODE).exists() || attempt_over(&dir, &marker) {
+            let (d, m) = (dir.clone(), marker.clone());
+            let over = blocking::fs(move || {
+                Ok(run_dir(&d).join(rundir::EXIT_CODE).exists() || attempt_over(&d, &m))
+            })
+            .await
+            .unwrap_or(false);
+            if over {
                 break;
             }
             tokio::select! {
                 r = cancel.changed(), if !cancelled => {
                     if r.is_err() || *cancel.borrow() {
                         cancelled = true;
-                        request_stop(&dir);
+                        let d = dir.clone();
+                        let _ = blocking::fs(move || {
+                            request_stop(&d);
+                            Ok(())
+                        })
+                        .await;
                     }
                 }
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = self.node.stopped() => return Ok(()),
             }
         }
-        let ending = ending_from_files(&dir, cancelled, self.node.id);
+        let (d, node_id) = (dir.clone(), self.node.id);
+        let ending = blocking::fs(move || Ok(ending_from_files(&d, cancelled, node_id)))
+            .await
+            .map_err(|e| NodeError::io(format!("reading how task {} ended", t.id), e))?;
         let elapsed = started.elapsed();
         tracing::info!(task = %t.id, epoch = t.epoch, state = ending.state.as_str(), "task ended");
         let r = self.report_result(&t, ending, Some(elapsed)).await;
-        let _ = write_marker(
-            &dir,
-            &Marker {
-                done: true,
-                ..marker
-            },
-        );
+        if r.is_ok() || !stopping(&self.node) {
+            let _ = mark_done(&dir, marker).await;
+        }
         r
     }
 

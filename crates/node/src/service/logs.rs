@@ -16,10 +16,15 @@ const LOG_CHUNK: usize = 64 * 1024;
 
 /// Streams `path` from the start; with `follow`, keeps sending what is appended until the
 /// client goes away or the node stops.
-pub(super) fn stream_file(node: Arc<Node>, path: std::path::PathBuf, follow: bool) -> LogStream {
+pub(super) fn stream_file(
+    node: Arc<Node>,
+    path: std::path::PathBuf,
+    follow: bool,
+) -> Result<LogStream, Status> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::LogChunk, Status>>(8);
-    tokio::spawn(async move {
+    let stopped = node.clone();
+    node.spawn_stream(async move {
         let mut offset = 0u64;
         let mut buf = vec![0u8; LOG_CHUNK];
         loop {
@@ -66,11 +71,11 @@ pub(super) fn stream_file(node: Arc<Node>, path: std::path::PathBuf, follow: boo
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
                 _ = tx.closed() => return,
-                _ = node.stopped() => return,
+                _ = stopped.stopped() => return,
             }
         }
-    });
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    })?;
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
 /// A client for the node (id, address) that holds a VM's console or a task's output.
@@ -138,7 +143,7 @@ impl Api {
                 self.node.clone(),
                 path,
                 req.follow,
-            )));
+            )?));
         }
         if fwd {
             return Err(Status::unavailable(format!(
@@ -178,7 +183,7 @@ impl Api {
         };
         if owner.0 == self.node.id {
             let path = crate::task_runner::output_path(&self.node.config.data_dir, &req.id);
-            return Ok(Response::new(stream_file(self.node.clone(), path, false)));
+            return Ok(Response::new(stream_file(self.node.clone(), path, false)?));
         }
         if fwd {
             return Err(Status::unavailable(format!(
@@ -206,7 +211,7 @@ impl Api {
     ) -> Result<Response<EventsStream>, Status> {
         use tokio_stream::StreamExt;
         let req = r.into_inner();
-        let rx = crate::events::follow(self.node.clone(), req.since, req.follow);
+        let rx = crate::events::follow(self.node.clone(), req.since, req.follow)?;
         let s = tokio_stream::wrappers::ReceiverStream::new(rx).map(|e| {
             let json = serde_json::to_string(&e).map_err(|e| Status::internal(e.to_string()))?;
             Ok(pb::EventMsg {
