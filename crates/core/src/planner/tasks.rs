@@ -79,8 +79,7 @@ pub fn plan_tasks(
             .get(id)
             .filter(|t| t.node_id == Some(me) && !t.state.is_finished())
     };
-    let obs: BTreeMap<&str, &TaskObserved> =
-        observed.iter().map(|o| (o.id.as_str(), o)).collect();
+    let obs: BTreeMap<&str, &TaskObserved> = observed.iter().map(|o| (o.id.as_str(), o)).collect();
 
     // What this node holds: stop what is no longer current, retire and forget leftovers.
     for o in observed {
