@@ -265,22 +265,6 @@ mod tests {
     }
 
     #[test]
-    fn quorum_risk_counts_voters_left_and_learners() {
-        let three = (vec![1, 2, 3], 0);
-        assert!(quorum_risk(&three, 2).is_some(), "3 -> 2 voters");
-        assert!(quorum_risk(&three, 9).is_none(), "not a voter");
-        assert!(
-            quorum_risk(&(vec![1, 2, 3], 1), 2).is_none(),
-            "a learner can step in"
-        );
-        assert!(
-            quorum_risk(&(vec![1, 2, 3, 4], 0), 2).is_none(),
-            "4 -> 3 voters"
-        );
-        assert!(quorum_risk(&(vec![1], 0), 1).is_some(), "the last voter");
-    }
-
-    #[test]
     fn human_durations() {
         assert_eq!(human_duration(0), "0s");
         assert_eq!(human_duration(61), "1m 1s");

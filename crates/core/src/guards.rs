@@ -87,6 +87,16 @@ mod tests {
             .contains("1 voter would remain"));
     }
 
+    #[test]
+    fn quorum_risk_counts_voters_left_and_learners() {
+        let three = [1, 2, 3];
+        assert!(quorum_risk(&three, 0, 2).is_some(), "3 -> 2 voters");
+        assert!(quorum_risk(&three, 0, 9).is_none(), "not a voter");
+        assert!(quorum_risk(&three, 1, 2).is_none(), "a learner can step in");
+        assert!(quorum_risk(&[1, 2, 3, 4], 0, 2).is_none(), "4 -> 3 voters");
+        assert!(quorum_risk(&[1], 0, 1).is_some(), "the last voter");
+    }
+
     proptest! {
         /// The quorum rule: refused exactly when a voter leaves and fewer than three voters
         /// (counting learners that can be promoted) would remain.

@@ -1,6 +1,9 @@
 //! HTTPS for the tests, as a browser would do it: a client that trusts the cluster CA (a
 //! member's `DATA_DIR/tls/ca.pem`) and nothing else, and checks the server's name.
 
+// Shared by several test crates; each uses part of it.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::time::Duration;
 
