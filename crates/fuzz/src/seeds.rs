@@ -109,7 +109,8 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         pb::RemoveMemberRequest {
             node_id: 4,
             force: false,
-        }.encode_to_vec(),
+        }
+        .encode_to_vec(),
         pb::SetNodeStateRequest {
             node_id: 2,
             state: "draining".into(),
