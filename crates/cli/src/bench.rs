@@ -160,6 +160,7 @@ pub async fn writes(mut p: Params) -> anyhow::Result<()> {
             .delete_vm(pb::VmRef {
                 name: format!("bench-{i}"),
                 request_id: String::new(),
+                force: true,
             })
             .await;
     }
@@ -322,6 +323,7 @@ pub async fn boot(addr: String, runs: usize, memory_mb: u64, json_out: bool) -> 
         c.delete_vm(pb::VmRef {
             name: name.clone(),
             request_id: String::new(),
+            force: true,
         })
         .await
         .map_err(|s| anyhow!("delete: {}", s.message()))?;

@@ -86,7 +86,8 @@ pub(crate) struct DaemonArgs {
     /// Seconds a voter may stay down before a healthy learner replaces it.
     #[arg(long, default_value_t = 30)]
     replace_voter_after: u64,
-    /// Serve HTTP here: /healthz, /readyz, /metrics, the JSON API (/v1/), the event stream
+    /// Serve HTTPS here (a certificate of the cluster CA: trust DATA_DIR/tls/ca.pem): /healthz,
+    /// /readyz, /metrics, the JSON API (/v1/, described by /v1/openapi.json), the event stream
     /// (/v1/events) and the dashboard (/ui/). Port 0 picks a free port (written to
     /// DATA_DIR/http.addr).
     #[arg(long, value_name = "HOST:PORT")]

@@ -1,5 +1,6 @@
 //! Smaller client conveniences: `version`, `completions`, list filters, `--tail`, task-id
-//! prefixes, the human `vm status` details and the `--force` guards of destructive commands.
+//! prefixes and the human `vm status` details (the `--force` guards of destructive commands are
+//! the node's: `blixard_core::guards`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -203,93 +204,6 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// `vm delete` without `--force`: refuses while the VM's process runs.
-pub async fn check_delete(c: &Client, name: &str) -> anyhow::Result<()> {
-    let mut api = blixard_api::BlixardClient::new(c.channel().await?);
-    let vm = api
-        .get_vm(pb::GetVmRequest {
-            name: name.into(),
-            stale: false,
-        })
-        .await
-        .map_err(|e| status_err(&c.addr, e))?
-        .into_inner();
-    // Only a VM whose process runs (or is being started or stopped) is at stake.
-    if matches!(vm.state.as_str(), "running" | "starting" | "stopping") {
-        bail!(
-            "VM '{}' is {} (desired {}): deleting it stops it at once. Stop it first (`blixard vm stop {}`) or pass --force",
-            output::clean(name),
-            vm.state,
-            vm.desired,
-            output::clean(name)
-        );
-    }
-    Ok(())
-}
-
-async fn status(c: &Client) -> anyhow::Result<pb::ClusterStatusReply> {
-    let mut api = blixard_api::BlixardClient::new(c.channel().await?);
-    Ok(api
-        .cluster_status(pb::ReadOptions { stale: false })
-        .await
-        .map_err(|e| status_err(&c.addr, e))?
-        .into_inner())
-}
-
-fn voters(s: &pb::ClusterStatusReply) -> (Vec<u64>, usize) {
-    let v = s
-        .members
-        .iter()
-        .filter(|m| m.role == "voter")
-        .map(|m| m.id)
-        .collect();
-    let learners = s.members.iter().filter(|m| m.role != "voter").count();
-    (v, learners)
-}
-
-/// Why removing `leaving` from a cluster with these voters (and this many learners, which
-/// can be promoted in its place) needs `--force`, if it does: the voters left could not lose
-/// one more node and keep a quorum.
-pub fn quorum_risk((voters, learners): &(Vec<u64>, usize), leaving: u64) -> Option<String> {
-    if !voters.contains(&leaving) {
-        return None;
-    }
-    let left = voters.len() - 1;
-    // With v voters a quorum is v/2+1; the cluster survives a failure iff v >= 3.
-    if left + learners < 3 {
-        Some(format!(
-            "node {leaving} is one of {} voters: without it {left} voter{} would remain, and losing one more node would stop the cluster (no quorum)",
-            voters.len(),
-            if left == 1 { "" } else { "s" }
-        ))
-    } else {
-        None
-    }
-}
-
-/// `cluster remove ID` without `--force`: refuses to remove the leader or to leave fewer
-/// than three voters.
-pub async fn check_remove(c: &Client, id: u64) -> anyhow::Result<()> {
-    let s = status(c).await?;
-    if s.leader_id == Some(id) {
-        bail!("node {id} is the leader: removing it interrupts the cluster until a new leader is elected. Pass --force to remove it anyway");
-    }
-    if let Some(why) = quorum_risk(&voters(&s), id) {
-        bail!("{why}. Pass --force to remove it anyway");
-    }
-    Ok(())
-}
-
-/// `cluster leave` without `--force`: refuses when the node at --addr leaving would leave
-/// fewer than three voters.
-pub async fn check_leave(c: &Client) -> anyhow::Result<()> {
-    let s = status(c).await?;
-    if let Some(why) = quorum_risk(&voters(&s), s.node_id) {
-        bail!("{why}. Pass --force to leave anyway");
-    }
-    Ok(())
-}
-
 /// One status line on stderr, rewritten in place, only when stderr is a terminal.
 pub struct Progress {
     on: bool,
@@ -348,22 +262,6 @@ mod tests {
         assert_eq!(tail_lines(b"a\nb\n", 0), b"");
         assert_eq!(tail_lines(b"", 3), b"");
         assert_eq!(tail_lines(b"\n\n", 1), b"\n");
-    }
-
-    #[test]
-    fn quorum_risk_counts_voters_left_and_learners() {
-        let three = (vec![1, 2, 3], 0);
-        assert!(quorum_risk(&three, 2).is_some(), "3 -> 2 voters");
-        assert!(quorum_risk(&three, 9).is_none(), "not a voter");
-        assert!(
-            quorum_risk(&(vec![1, 2, 3], 1), 2).is_none(),
-            "a learner can step in"
-        );
-        assert!(
-            quorum_risk(&(vec![1, 2, 3, 4], 0), 2).is_none(),
-            "4 -> 3 voters"
-        );
-        assert!(quorum_risk(&(vec![1], 0), 1).is_some(), "the last voter");
     }
 
     #[test]

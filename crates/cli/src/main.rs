@@ -206,18 +206,9 @@ fn main() -> ExitCode {
             },
             Cmd::Cluster { sub } => match sub {
                 ClusterCmd::Status { stale } => c.cluster_status(stale).await,
-                ClusterCmd::Remove { id, force } => {
-                    if !force {
-                        extras::check_remove(&c, id).await?;
-                    }
-                    c.cluster_remove(id).await
-                }
-                ClusterCmd::Leave { force } => {
-                    if !force {
-                        extras::check_leave(&c).await?;
-                    }
-                    c.cluster_leave().await
-                }
+                // The --force guards are the node's (blixard_core::guards), for every client.
+                ClusterCmd::Remove { id, force } => c.cluster_remove(id, force).await,
+                ClusterCmd::Leave { force } => c.cluster_leave(force).await,
                 ClusterCmd::Settings {
                     strategy,
                     vcpu_overcommit,
@@ -269,12 +260,7 @@ fn main() -> ExitCode {
                 VmCmd::Start { name } => c.vm_set_desired(&name, "running").await,
                 VmCmd::Stop { name } => c.vm_set_desired(&name, "stopped").await,
                 VmCmd::Restart { name, timeout } => c.vm_restart(&name, timeout).await,
-                VmCmd::Delete { name, force } => {
-                    if !force {
-                        extras::check_delete(&c, &name).await?;
-                    }
-                    c.vm_delete(&name).await
-                }
+                VmCmd::Delete { name, force } => c.vm_delete(&name, force).await,
                 VmCmd::Logs {
                     name,
                     tail,

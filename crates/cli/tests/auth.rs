@@ -2,6 +2,7 @@
 //! receives each request, over gRPC (the CLI) and HTTP (bearer tokens).
 
 mod common;
+mod https_client;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -273,21 +274,12 @@ fn unauthenticated_revoked_and_expired_credentials_are_refused() {
     refused(&o, "expired", "expired");
 }
 
-/// `(status, body)` of an HTTP request, with an optional bearer token.
+/// The HTTPS client trusting the cluster CA (one cluster per test process).
+static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+
+/// `(status, body)` of an HTTPS request, with an optional bearer token.
 fn http(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, String) {
-    let mut r = ureq::request(method, url).timeout(std::time::Duration::from_secs(30));
-    if let Some(t) = token {
-        r = r.set("Authorization", &format!("Bearer {t}"));
-    }
-    let res = match body {
-        Some(b) => r.send_json(b),
-        None => r.call(),
-    };
-    match res {
-        Ok(resp) => (resp.status(), resp.into_string().unwrap()),
-        Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap()),
-        Err(e) => panic!("{method} {url}: {e}"),
-    }
+    https_client::call(AGENT.get().expect("agent"), method, url, token, body)
 }
 
 fn token(c: &Cluster, name: &str, role: &str, ttl: Option<&str>) -> String {
@@ -304,11 +296,10 @@ fn token(c: &Cluster, name: &str, role: &str, ttl: Option<&str>) -> String {
 #[test]
 fn http_bearer_tokens_carry_roles() {
     let c = Cluster::start(2, &["--http", "127.0.0.1:0"]);
-    let f = c.node(2).dir.join("http.addr");
-    let addr = wait_for("the HTTP address file", DEADLINE, || {
-        std::fs::read_to_string(&f).ok()
+    AGENT.get_or_init(|| https_client::agent(&c.node(1).dir));
+    let base = wait_for("the HTTP address file", DEADLINE, || {
+        https_client::base(&c.node(2).dir)
     });
-    let base = format!("http://{}", addr.trim());
     let viewer = token(&c, "dash", "viewer", None);
     let op = token(&c, "deploy", "operator", None);
     let short = token(&c, "short", "viewer", Some("1"));

@@ -2,6 +2,7 @@
 //! JSON API, `/metrics` and the dashboard, on real daemons.
 
 mod common;
+mod https_client;
 
 use common::{json, run_cli, try_json, wait_for, Cluster, DEADLINE};
 use serde_json::Value;
@@ -98,23 +99,14 @@ fn every_node_emits_the_same_events_and_resume_gives_each_once() {
 
 /// The bearer token HTTP requests carry (one test per process: set by [`http_base`]).
 static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The HTTPS client trusting the cluster CA (set by [`http_base`]).
+static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
 
-/// `(status, body)` of an HTTP request to a node's `--http` address, with the test's bearer
+/// `(status, body)` of an HTTPS request to a node's `--http` address, with the test's bearer
 /// token.
 fn http(method: &str, url: &str, body: Option<Value>) -> (u16, String) {
-    let mut r = ureq::request(method, url).timeout(std::time::Duration::from_secs(30));
-    if let Some(t) = TOKEN.get() {
-        r = r.set("Authorization", &format!("Bearer {t}"));
-    }
-    let res = match body {
-        Some(b) => r.send_json(b),
-        None => r.call(),
-    };
-    match res {
-        Ok(resp) => (resp.status(), resp.into_string().expect("body")),
-        Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().expect("body")),
-        Err(e) => panic!("{method} {url}: {e}"),
-    }
+    let agent = AGENT.get().expect("http_base first");
+    https_client::call(agent, method, url, TOKEN.get().map(String::as_str), body)
 }
 
 fn http_json(method: &str, url: &str, body: Option<Value>, want: u16) -> Value {
@@ -137,11 +129,10 @@ fn http_base(c: &Cluster, id: u64) -> String {
                 .map(String::from)
         })
     });
-    let f = c.node(id).dir.join("http.addr");
-    let addr = wait_for("the HTTP address file", DEADLINE, || {
-        std::fs::read_to_string(&f).ok()
-    });
-    format!("http://{}", addr.trim())
+    AGENT.get_or_init(|| https_client::agent(&c.node(1).dir));
+    wait_for("the HTTP address file", DEADLINE, || {
+        https_client::base(&c.node(id).dir)
+    })
 }
 
 /// The `data:` documents of a finished SSE body.
@@ -335,7 +326,7 @@ fn http_api_answers_like_the_cli_and_serves_metrics_events_and_dashboard() {
 
 /// The DOM of `url` after headless Chromium ran its scripts for `ms` (Debian's `chromium`,
 /// installed by scripts/setup.sh). `None` if Chromium did not finish in time.
-fn chromium_dom(url: &str, ms: u64) -> Option<String> {
+fn chromium_dom(url: &str, ms: u64, ca_pem: &str) -> Option<String> {
     use std::process::{Command, Stdio};
     let profile = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new("chromium")
@@ -348,6 +339,12 @@ fn chromium_dom(url: &str, ms: u64) -> Option<String> {
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--timeout={ms}"))
+        // Trust the cluster CA (the server sends it in its chain), and nothing else: Chromium
+        // pins it by its public key (honoured with --user-data-dir).
+        .arg(format!(
+            "--ignore-certificate-errors-spki-list={}",
+            blixard_pki::https::spki_sha256_base64(ca_pem).expect("CA SPKI")
+        ))
         .args(["--dump-dom", url])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -381,6 +378,8 @@ fn dashboard_renders_the_cluster_and_live_events_in_headless_chromium() {
         .as_str()
         .expect("url")
         .to_string();
+    assert!(url.starts_with("https://"), "{url}");
+    let ca = https_client::ca_pem(&c.node(2).dir);
     // The page reads /v1/ and the node's kept events before it finishes loading, so the DOM
     // Chromium dumps holds the tables and the timeline (`li` per event). A loaded machine may
     // need another attempt.
@@ -390,7 +389,7 @@ fn dashboard_renders_the_cluster_and_live_events_in_headless_chromium() {
         std::time::Duration::from_secs(180),
         || {
             attempt += 1;
-            let dom = chromium_dom(&url, 2500 + 500 * (attempt % 3))?;
+            let dom = chromium_dom(&url, 2500 + 500 * (attempt % 3), &ca)?;
             let ok = dom.contains(r#"data-vm="ui1""#)
                 && dom.contains(r#"class="vm_created""#)
                 && dom.contains("vm=ui1")

@@ -5,6 +5,7 @@
 //! serving throughout.
 
 mod common;
+mod https_client;
 
 use blixard_api::{pb, CLUSTER_HEADER};
 use blixard_transport::chunks::{split, SnapshotHeader};
@@ -25,9 +26,9 @@ fn metric(c: &Cluster, id: u64, name: &str) -> Option<f64> {
                 .map(String::from)
         })
     });
-    let f = c.node(id).dir.join("http.addr");
-    let addr = std::fs::read_to_string(f).ok()?;
-    let text = ureq::get(&format!("http://{}/metrics", addr.trim()))
+    let base = https_client::base(&c.node(id).dir)?;
+    let text = https_client::agent(&c.node(id).dir)
+        .get(&format!("{base}/metrics"))
         .set("Authorization", &format!("Bearer {token}"))
         .timeout(std::time::Duration::from_secs(10))
         .call()

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod budget;
 pub mod command;
 pub mod events;
+pub mod guards;
 pub mod liveness;
 pub mod model;
 pub mod network;

@@ -106,7 +106,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             addr: "127.0.0.1:7004".into(),
         }
         .encode_to_vec(),
-        pb::RemoveMemberRequest { node_id: 4 }.encode_to_vec(),
+        pb::RemoveMemberRequest {
+            node_id: 4,
+            force: false,
+        }
+        .encode_to_vec(),
         pb::SetNodeStateRequest {
             node_id: 2,
             state: "draining".into(),
@@ -121,6 +125,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         pb::VmRef {
             name: "web-1".into(),
             request_id: String::new(),
+            force: false,
         }
         .encode_to_vec(),
         pb::SetVmDesiredRequest {

@@ -72,6 +72,8 @@ pub async fn perform(
                 c.delete_vm(pb::VmRef {
                     name,
                     request_id: rid(),
+                    // The harness deletes what it wants gone, running or not.
+                    force: true,
                 }),
             )
             .await,

@@ -380,7 +380,10 @@ impl Cluster {
         )?;
         let answer = tokio::time::timeout(
             Duration::from_secs(15),
-            c.remove_member(pb::RemoveMemberRequest { node_id: old }),
+            c.remove_member(pb::RemoveMemberRequest {
+                node_id: old,
+                force: true,
+            }),
         )
         .await;
         let end = Instant::now() + Duration::from_secs(15);

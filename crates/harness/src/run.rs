@@ -291,6 +291,7 @@ async fn heal_all(c: &Arc<tokio::sync::Mutex<Cluster>>) -> Result<Vec<usize>> {
             let req = pb::VmRef {
                 name: name.clone(),
                 request_id: uuid::Uuid::new_v4().to_string(),
+                force: true,
             };
             match c.clients[k - 1].clone().delete_vm(req).await {
                 Ok(_) => break,

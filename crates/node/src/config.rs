@@ -81,7 +81,7 @@ pub struct NodeConfig {
     /// Build bridges, taps and VXLAN devices for VMs' networks on this host (qemu driver only;
     /// see `hostnet`).
     pub host_network: bool,
-    /// Serve HTTP (health, metrics, JSON API, events, dashboard) here; port 0 picks a free
+    /// Serve HTTPS (health, metrics, JSON API, events, dashboard) here; port 0 picks a free
     /// port (the bound address is written to `http.addr` in the data directory).
     pub http: Option<SocketAddr>,
     /// Directories whose files VMs may be given as kernel, initrd or disk image

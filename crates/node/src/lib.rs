@@ -358,7 +358,7 @@ async fn join_cluster(node: &Arc<Node>, seed: &str) -> Result<(), NodeError> {
 /// answers with GOAWAY (see `serve`).
 const PENDING_RESET_STREAMS: usize = 1024;
 
-/// Binds the HTTP listener and records its address in `DATA_DIR/http.addr` (port 0 picks one).
+/// Binds the HTTP(S) listener and records its address in `DATA_DIR/http.addr` (port 0 picks one).
 async fn bind_http(config: &NodeConfig, addr: SocketAddr) -> Result<TcpListener, NodeError> {
     let l = TcpListener::bind(addr)
         .await
@@ -371,7 +371,7 @@ async fn bind_http(config: &NodeConfig, addr: SocketAddr) -> Result<TcpListener,
     let file = config.data_dir.join("http.addr");
     std::fs::write(&file, local.to_string())
         .map_err(|e| NodeError::io(format!("writing {}", file.display()), e))?;
-    tracing::info!(http = %local, "serving HTTP: dashboard at http://{local}/ui/");
+    tracing::info!(https = %local, "serving HTTPS: dashboard at https://{local}/ui/");
     Ok(l)
 }
 

@@ -511,7 +511,11 @@ impl Node {
                 return Err(NodeError::retry(RetryReason::NotLeader { node: self.id }));
             }
             let on_leader = self.on_leader(|mut c| {
-                let req = forwarded_request(pb::RemoveMemberRequest { node_id: id });
+                // The entry node checked the `--force` guards (service `remove_member`).
+                let req = forwarded_request(pb::RemoveMemberRequest {
+                    node_id: id,
+                    force: true,
+                });
                 async move { c.remove_member(req).await.map(|_| ()) }
             });
             if on_leader.await?.is_some() {

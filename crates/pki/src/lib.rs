@@ -14,6 +14,7 @@
 //! Nothing here knows about Raft or the cluster state.
 
 pub mod credentials;
+pub mod https;
 pub mod token;
 pub mod transport;
 
@@ -28,6 +29,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 pub use credentials::Credentials;
+pub use https::{https_client_config, https_server_config};
 pub use token::JoinTokenString;
 pub use transport::{channel, error_chain, incoming, ConnInfo, Connector};
 

@@ -101,20 +101,20 @@ impl Client {
         Ok(())
     }
 
-    pub async fn cluster_remove(&self, id: u64) -> anyhow::Result<()> {
+    pub async fn cluster_remove(&self, id: u64, force: bool) -> anyhow::Result<()> {
         self.connect()
             .await?
-            .remove_member(pb::RemoveMemberRequest { node_id: id })
+            .remove_member(pb::RemoveMemberRequest { node_id: id, force })
             .await
             .map_err(|e| status_err(&self.addr, e))?;
         self.done(&format!("node {id} removed"));
         Ok(())
     }
 
-    pub async fn cluster_leave(&self) -> anyhow::Result<()> {
+    pub async fn cluster_leave(&self, force: bool) -> anyhow::Result<()> {
         self.connect()
             .await?
-            .leave(pb::Empty {})
+            .leave(pb::LeaveRequest { force })
             .await
             .map_err(|e| status_err(&self.addr, e))?;
         self.done(&format!("node at {} left the cluster", self.addr));

@@ -38,13 +38,17 @@ impl Client {
             }
         }
         let url = match crate::auth::dashboard_token(self).await? {
-            Some(t) => format!("http://{http}/ui/#token={t}"),
-            None => format!("http://{http}/ui/"),
+            Some(t) => format!("https://{http}/ui/#token={t}"),
+            None => format!("https://{http}/ui/"),
         };
         if self.json {
             output::print_json(&serde_json::json!({"url": url}));
         } else {
             println!("{url}");
+            eprintln!(
+                "note: HTTPS with a certificate of the cluster CA: have your browser trust the CA \
+                 (`ca_cert` in your credential file, or DATA_DIR/tls/ca.pem on a member)"
+            );
         }
         Ok(())
     }

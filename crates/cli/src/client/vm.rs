@@ -180,12 +180,13 @@ impl Client {
         Ok(())
     }
 
-    pub async fn vm_delete(&self, name: &str) -> anyhow::Result<()> {
+    pub async fn vm_delete(&self, name: &str, force: bool) -> anyhow::Result<()> {
         self.connect()
             .await?
             .delete_vm(pb::VmRef {
                 name: name.into(),
                 request_id: request_id(),
+                force,
             })
             .await
             .map_err(|e| status_err(&self.addr, e))?;

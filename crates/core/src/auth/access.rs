@@ -68,8 +68,18 @@ pub fn http_access(method: &str, route: &str) -> Access {
         // API calls carry the token).
         "/healthz" | "/readyz" | "/" | "/ui" | "/ui/" | "/ui/:file" if read => Public,
         "/metrics" if read => R(Viewer),
-        "/v1/cluster" | "/v1/nodes" | "/v1/vms" | "/v1/vms/:name" | "/v1/tasks"
-        | "/v1/tasks/:id" | "/v1/events" | "/v1/networks" | "/v1/openapi.json"
+        "/v1/cluster"
+        | "/v1/nodes"
+        | "/v1/vms"
+        | "/v1/vms/:name"
+        | "/v1/tasks"
+        | "/v1/tasks/:id"
+        | "/v1/events"
+        | "/v1/networks"
+        | "/v1/openapi.json"
+        | "/v1/vms/:name/logs"
+        | "/v1/tasks/:id/logs"
+        | "/v1/cluster/settings"
             if read =>
         {
             R(Viewer)

@@ -3,7 +3,7 @@
 
 use blixard_api::pb;
 use blixard_api::pb::blixard_server::Blixard;
-use blixard_core::{Command, Reply, TaskSpec};
+use blixard_core::{guards, Command, Reply, TaskSpec};
 use tonic::{Request as GrpcRequest, Response, Status};
 
 use crate::error::NodeError;
@@ -207,11 +207,18 @@ impl Blixard for Api {
         r: GrpcRequest<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
         let fwd = is_forwarded(&r);
-        self.node.remove_member(r.into_inner().node_id, fwd).await?;
+        let req = r.into_inner();
+        if !req.force && !fwd {
+            self.check_remove(req.node_id, false).await?;
+        }
+        self.node.remove_member(req.node_id, fwd).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn leave(&self, _r: GrpcRequest<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
+    async fn leave(&self, r: GrpcRequest<pb::LeaveRequest>) -> Result<Response<pb::Empty>, Status> {
+        if !r.get_ref().force {
+            self.check_remove(self.node.id, true).await?;
+        }
         self.node.remove_member(self.node.id, false).await?;
         crate::mark_left(&self.node)?;
         tracing::info!(node = self.node.id, "left the cluster; shutting down");
@@ -325,6 +332,14 @@ impl Blixard for Api {
     async fn delete_vm(&self, r: GrpcRequest<pb::VmRef>) -> Result<Response<pb::Empty>, Status> {
         let req = r.into_inner();
         blixard_core::spec::validate_name(&req.name).map_err(NodeError::Rejected)?;
+        if !req.force {
+            // The guard reads linearizably: a VM started a moment ago is seen running.
+            self.read(false).await?;
+            let a = self.node.state.read();
+            if let Some(why) = a.state.vms.get(&req.name).and_then(guards::delete_vm_risk) {
+                return Err(Status::failed_precondition(why));
+            }
+        }
         self.node
             .propose(
                 Command::DeleteVm { name: req.name },

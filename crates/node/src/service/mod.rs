@@ -58,6 +58,20 @@ impl Api {
         }
     }
 
+    /// The `--force` guard of removing node `id` (`leaving`: it removes itself), on the
+    /// linearizable view of the membership and leader: FAILED_PRECONDITION with the reason.
+    async fn check_remove(&self, id: u64, leaving: bool) -> Result<(), Status> {
+        self.node.read_barrier().await?;
+        let members = self.node.members();
+        let voters: Vec<u64> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+        let learners = members.len() - voters.len();
+        let leader = self.node.metrics().current_leader;
+        match blixard_core::guards::remove_risk(&voters, learners, leader, id, leaving) {
+            Some(why) => Err(Status::failed_precondition(why)),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses peer requests from another cluster; returns the node id of the sender's
     /// (verified, not revoked) certificate.
     fn check_peer<T>(&self, r: &GrpcRequest<T>) -> Result<u64, Status> {

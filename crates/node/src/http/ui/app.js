@@ -65,7 +65,8 @@ function render(cluster, nodes, vms, tasks) {
           el("button", { class: "start", onclick: () => act("POST", "/v1/vms/" + encodeURIComponent(v.name) + "/start", "start") }, "start"),
           el("button", { class: "stop", onclick: () => act("POST", "/v1/vms/" + encodeURIComponent(v.name) + "/stop", "stop") }, "stop"),
           el("button", { class: "danger delete", onclick: () => {
-            if (confirm("Delete VM " + v.name + "? This cannot be undone.")) act("DELETE", "/v1/vms/" + encodeURIComponent(v.name), "delete");
+            // Confirmed here, so the request carries force (a running VM is stopped at once).
+            if (confirm("Delete VM " + v.name + "? A running VM is stopped at once. This cannot be undone.")) act("DELETE", "/v1/vms/" + encodeURIComponent(v.name) + "?force=true", "delete");
           } }, "delete")))));
   fill("tasks", tasks.slice(-50).reverse().map((t) =>
     el("tr", {}, el("td", { title: t.id }, t.id.slice(0, 8)), stateCell(t.state), el("td", {}, t.node_id ?? "-"),
