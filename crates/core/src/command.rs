@@ -55,7 +55,7 @@ impl Command {
     /// forwards it must be that node).
     pub fn acting_node(&self) -> Option<NodeId> {
         match self {
-            Command::RegisterWorker { id, .. } => Some(*id),
+            Command::RegisterWorker { id, .. } | Command::WorkerShuttingDown { id } => Some(*id),
             Command::ReportVmStatus { node_id, .. }
             | Command::ReportTaskStarted { node_id, .. }
             | Command::ReportTaskResult { node_id, .. } => Some(*node_id),
@@ -94,6 +94,11 @@ pub enum Command {
     /// An operator marks a worker draining, or up again (undrain). `down` is refused: it is
     /// the failure detector's verdict ([`Command::LivenessVerdict`]), not a client command.
     SetWorkerState { id: NodeId, state: NodeState },
+    /// A node stopping gracefully says so about itself: an `up` worker becomes `shutting-down`
+    /// (nothing new is placed on it; its workloads stay where they are). A draining or down
+    /// worker keeps its state. It is `up` again once the failure detector sees its heartbeats
+    /// return ([`Command::LivenessVerdict`]).
+    WorkerShuttingDown { id: NodeId },
     /// The failure detector's verdict on a worker: `down` after lease + grace of silence (its
     /// lease has provably expired, so its workloads may run elsewhere) or `up` when its
     /// heartbeats are back. Proposed by the leader of `term` only, never forwarded; `apply`
@@ -180,6 +185,7 @@ impl Command {
             Command::RegisterWorker { .. } => "register_worker",
             Command::RemoveWorker { .. } => "remove_worker",
             Command::SetWorkerState { .. } => "set_worker_state",
+            Command::WorkerShuttingDown { .. } => "worker_shutting_down",
             Command::LivenessVerdict { .. } => "liveness_verdict",
             Command::SetLivenessSettings { .. } => "set_liveness_settings",
             Command::CreateVm { .. } => "create_vm",

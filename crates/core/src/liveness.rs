@@ -158,14 +158,18 @@ pub fn verdicts(
         let silent = now_ms.saturating_sub(seen.last_ms);
         match state {
             NodeState::Down => {
-                if silent < settings.heartbeat_ms * 2 {
-                    let back = *seen.back_since_ms.get_or_insert(now_ms);
-                    // Steady heartbeats for a while before trusting it again (no flapping).
-                    if now_ms.saturating_sub(back) >= settings.heartbeat_ms * 3 {
-                        out.push((*id, NodeState::Up));
-                    }
-                } else {
+                if steady(settings, seen, silent, now_ms) {
+                    out.push((*id, NodeState::Up));
+                }
+            }
+            // Stopping gracefully: back up once its heartbeats are steady again (it restarted),
+            // down once it has been silent as long as any other node.
+            NodeState::ShuttingDown => {
+                if silent > down_after {
                     seen.back_since_ms = None;
+                    out.push((*id, NodeState::Down));
+                } else if steady(settings, seen, silent, now_ms) {
+                    out.push((*id, NodeState::Up));
                 }
             }
             _ => {
@@ -178,6 +182,18 @@ pub fn verdicts(
     }
     view.retain(|id, _| workers.contains_key(id));
     out
+}
+
+/// Whether a node's heartbeats have been steady (no gap of two intervals) for three intervals:
+/// only then is a node that was away trusted again (no flapping).
+fn steady(settings: &LivenessSettings, seen: &mut Seen, silent: u64, now_ms: u64) -> bool {
+    if silent < settings.heartbeat_ms * 2 {
+        let back = *seen.back_since_ms.get_or_insert(now_ms);
+        now_ms.saturating_sub(back) >= settings.heartbeat_ms * 3
+    } else {
+        seen.back_since_ms = None;
+        false
+    }
 }
 
 /// Grants every worker a fresh grace period: at the start of a term, and when the leader finds
@@ -276,6 +292,37 @@ mod tests {
         // The leader itself did not run for 20 s: everyone looks silent.
         regrant(&mut view, 20_000);
         assert!(verdicts(&s(), 1_000_000, &workers, &mut view, 20_001).is_empty());
+    }
+
+    #[test]
+    fn a_node_shutting_down_comes_back_up_on_steady_heartbeats_or_goes_down_when_silent() {
+        let workers = BTreeMap::from([(1, NodeState::Up), (2, NodeState::ShuttingDown)]);
+        let mut view = BTreeMap::new();
+        assert!(verdicts(&s(), 1_000_000, &workers, &mut view, 0).is_empty());
+        // Its last heartbeats before stopping are not "steady again": it stopped sending.
+        view.get_mut(&1).unwrap().last_ms = 250;
+        assert!(verdicts(&s(), 1_000_000, &workers, &mut view, 250).is_empty());
+        assert!(verdicts(&s(), 1_000_000, &workers, &mut view, 400).is_empty());
+        // Restarted: heartbeats every interval for three intervals.
+        for t in [500u64, 600, 700] {
+            view.get_mut(&1).unwrap().last_ms = t;
+            view.get_mut(&2).unwrap().last_ms = t;
+            assert!(verdicts(&s(), 1_000_000, &workers, &mut view, t).is_empty());
+        }
+        view.get_mut(&1).unwrap().last_ms = 800;
+        view.get_mut(&2).unwrap().last_ms = 800;
+        assert_eq!(
+            verdicts(&s(), 1_000_000, &workers, &mut view, 800),
+            vec![(2, NodeState::Up)]
+        );
+        // Never back: down after lease + grace of silence, like any node.
+        let mut view = BTreeMap::new();
+        verdicts(&s(), 1_000_000, &workers, &mut view, 0);
+        view.get_mut(&1).unwrap().last_ms = 1501;
+        assert_eq!(
+            verdicts(&s(), 1_000_000, &workers, &mut view, 1501),
+            vec![(2, NodeState::Down)]
+        );
     }
 
     #[test]

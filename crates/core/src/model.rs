@@ -15,6 +15,11 @@ pub enum NodeState {
     Up,
     Down,
     Draining,
+    /// The node announced a graceful stop (`Command::WorkerShuttingDown`): nothing new is
+    /// placed on it; its heartbeats coming back make it `up` again, and its silence past
+    /// lease + grace makes it `down`, like any node.
+    #[serde(rename = "shutting-down")]
+    ShuttingDown,
 }
 
 impl NodeState {
@@ -23,6 +28,7 @@ impl NodeState {
             NodeState::Up => "up",
             NodeState::Down => "down",
             NodeState::Draining => "draining",
+            NodeState::ShuttingDown => "shutting-down",
         }
     }
 }

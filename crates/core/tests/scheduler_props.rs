@@ -138,7 +138,8 @@ fn node_state() -> impl proptest::strategy::Strategy<Value = NodeState> {
     prop_oneof![
         Just(NodeState::Up),
         Just(NodeState::Down),
-        Just(NodeState::Draining)
+        Just(NodeState::Draining),
+        Just(NodeState::ShuttingDown)
     ]
 }
 
@@ -219,11 +220,14 @@ fn command(op: &Op, s: &ClusterState) -> Command {
         Op::SetState { id, state } => {
             // Down (and up again from down) is the failure detector's verdict; the rest is an
             // operator's command.
-            let down = s
+            let away = s
                 .workers
                 .get(id)
-                .is_some_and(|w| w.state == NodeState::Down);
-            if *state == NodeState::Down || (down && *state == NodeState::Up) {
+                .is_some_and(|w| matches!(w.state, NodeState::Down | NodeState::ShuttingDown));
+            if *state == NodeState::ShuttingDown {
+                // Only the node itself says so.
+                Command::WorkerShuttingDown { id: *id }
+            } else if *state == NodeState::Down || (away && *state == NodeState::Up) {
                 Command::LivenessVerdict {
                     id: *id,
                     state: *state,

@@ -105,12 +105,31 @@ impl ClusterState {
                         "a node is declared down only by the failure detector (after its lease expired); to take node {id} out of service, drain it"
                     )));
                 }
-                if w.state == NodeState::Down && *state == NodeState::Up {
+                if *state == NodeState::ShuttingDown {
                     return Err(ApplyError::invalid(format!(
-                        "node {id} is down: it comes back up by itself once its heartbeats return"
+                        "only node {id} itself says it is shutting down (when it stops gracefully); to take it out of service, drain it"
+                    )));
+                }
+                if matches!(w.state, NodeState::Down | NodeState::ShuttingDown)
+                    && *state == NodeState::Up
+                {
+                    return Err(ApplyError::invalid(format!(
+                        "node {id} is {}: it comes back up by itself once its heartbeats return",
+                        w.state.as_str()
                     )));
                 }
                 self.set_worker_state(*id, *state, index, now)
+            }
+            Command::WorkerShuttingDown { id } => {
+                let Some(w) = self.workers.get(id) else {
+                    return Err(ApplyError::not_found("node", id));
+                };
+                match w.state {
+                    NodeState::Up => self.set_worker_state(*id, NodeState::ShuttingDown, index, now),
+                    // Draining stays draining (the operator's choice outlives a restart); down
+                    // and shutting-down stay as they are.
+                    _ => Ok(Reply::Worker(w.clone())),
+                }
             }
             Command::LivenessVerdict {
                 id,
@@ -122,11 +141,14 @@ impl ClusterState {
                     return Err(ApplyError::not_found("node", id));
                 };
                 match (w.state, *state) {
-                    (NodeState::Down, NodeState::Up)
-                    | (NodeState::Up | NodeState::Draining, NodeState::Down) => {
+                    (NodeState::Down | NodeState::ShuttingDown, NodeState::Up)
+                    | (
+                        NodeState::Up | NodeState::Draining | NodeState::ShuttingDown,
+                        NodeState::Down,
+                    ) => {
                         self.set_worker_state(*id, *state, index, now)
                     }
-                    (_, NodeState::Draining) => {
+                    (_, NodeState::Draining | NodeState::ShuttingDown) => {
                         Err(ApplyError::invalid("a liveness verdict is up or down"))
                     }
                     // Already so (a verdict repeated across a leader change): nothing to do.
