@@ -19,6 +19,8 @@ pub fn node_json(n: &pb::NodeInfo) -> Value {
         "vms": n.vms,
         "kvm": n.kvm,
         "labels": n.labels,
+        "last_heartbeat_ms_ago": n.last_heartbeat_ms_ago,
+        "heartbeat_observer": n.heartbeat_observer,
     })
 }
 

@@ -81,6 +81,9 @@ impl From<&core::Worker> for pb::NodeInfo {
             vms: w.vms,
             kvm: w.kvm,
             labels: w.labels.clone().into_iter().collect(),
+            // Local knowledge, filled in by the node that answers (see `node list`).
+            last_heartbeat_ms_ago: None,
+            heartbeat_observer: None,
         }
     }
 }

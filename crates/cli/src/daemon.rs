@@ -10,8 +10,14 @@ use clap::Args;
 
 use crate::duration;
 
+pub(crate) mod config_file;
+
 #[derive(Args)]
 pub(crate) struct DaemonArgs {
+    /// Read the daemon's settings from this TOML file (keys: these flags without the leading
+    /// dashes, e.g. `data-dir = "/var/lib/blixard"`, `[labels]`); flags given here win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// This node's id (a positive integer, unique in the cluster, never reused).
     #[arg(long)]
     id: Option<u64>,
@@ -31,10 +37,10 @@ pub(crate) struct DaemonArgs {
     #[arg(long, value_name = "HOST:PORT")]
     join: Option<String>,
     /// Join token (`blixard cluster token create` on a member).
-    #[arg(long, requires = "join", conflicts_with = "token_file")]
+    #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
     /// File holding the join token.
-    #[arg(long, requires = "join", value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// VM driver: qemu or process.
     #[arg(long, default_value = "qemu", value_parser = ["qemu", "process"])]

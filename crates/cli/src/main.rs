@@ -50,10 +50,16 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     quiet_on_broken_pipe();
-    let cli = match Cli::try_parse() {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return output::usage_error(e),
+    };
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => return output::usage_error(e),
     };
+    // The daemon's flags, to tell which were given (they win over its --config file).
+    let node_matches = matches.subcommand_matches("node").cloned();
     let daemon = matches!(&cli.command, Cmd::Node { sub: None, .. } | Cmd::Workload);
     init_logging(daemon);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -71,7 +77,12 @@ fn main() -> ExitCode {
     let res = rt.block_on(async move {
         let c = client::Client::new(cli.addr.clone(), cli.json);
         match cli.command {
-            Cmd::Node { sub: None, daemon } => run_daemon(daemon).await,
+            Cmd::Node { sub: None, daemon } => {
+                match daemon::config_file::with_file(daemon, node_matches.as_ref()) {
+                    Ok(daemon) => run_daemon(daemon).await,
+                    Err(e) => Err(e),
+                }
+            }
             Cmd::Bench {
                 sub: BenchCmd::Boot { runs, memory },
             } => bench::boot(cli.addr.clone(), runs.max(1), memory, cli.json).await,

@@ -37,7 +37,11 @@ impl H {
             .check_invariants()
             .unwrap_or_else(|e| panic!("invariant broken: {e}"));
         if out.is_err() {
-            assert_eq!(before.digest(), self.s.digest(), "a refusal changed the state");
+            assert_eq!(
+                before.digest(),
+                self.s.digest(),
+                "a refusal changed the state"
+            );
         }
         out
     }

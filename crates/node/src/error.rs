@@ -93,6 +93,14 @@ pub enum RetryReason {
     /// Another member could not be reached (or answered that it is unavailable).
     #[error("{0}")]
     Unreachable(String),
+    /// Fewer than a majority of the voters are reachable from this node and no leader was
+    /// heard from recently (see `quorum`): nothing can be decided until enough are back.
+    #[error("no quorum: {reachable} of {voters} voters reachable from node {node} (a majority, {}, is needed to decide anything)", voters / 2 + 1)]
+    NoQuorum {
+        node: u64,
+        reachable: usize,
+        voters: usize,
+    },
 }
 
 impl NodeError {

@@ -29,7 +29,14 @@ impl Node {
     {
         let deadline = Instant::now() + LEADER_WAIT;
         let mut last = NodeError::retry(RetryReason::NoLeader);
+        // Seen lost on the previous round too (one look could follow a stall of this process).
+        let mut suspect = false;
         loop {
+            // Without a quorum no attempt can succeed: say so at once (see `quorum`).
+            match self.lost_quorum() {
+                Some(e) if suspect => return Err(e),
+                lost => suspect = lost.is_some(),
+            }
             // The leader openraft reports, whether or not this node can route to it: waiting
             // for a change of *that* is what makes the wait below block. (Comparing with the
             // routable leader instead made it return at once whenever the leader was missing
@@ -44,7 +51,12 @@ impl Node {
                     } else {
                         Leader::Other(id, addr)
                     };
-                    match attempt(leader).await {
+                    let result = tokio::select! {
+                        r = attempt(leader) => r,
+                        // Lost during the attempt (a write may still apply once it is back).
+                        e = self.quorum_lost() => return Err(e),
+                    };
+                    match result {
                         Ok(t) => return Ok(t),
                         Err(e) if e.is_retry() => last = e,
                         Err(e) => return Err(e),

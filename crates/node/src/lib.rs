@@ -24,9 +24,11 @@ pub mod liveness;
 pub mod meta;
 pub mod metrics;
 pub mod node;
+pub mod quorum;
 pub mod security;
 pub mod service;
 pub mod snapshot;
+pub mod stopping;
 pub mod streams;
 pub mod task_runner;
 
@@ -188,11 +190,13 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     .validate()
     .map_err(|e| NodeError::Config(e.to_string()))?;
+    let liveness = liveness::Liveness::default();
     let network = PeerNetwork::new(
         cluster_id.as_str(),
         tls.client.clone(),
         store_metrics.clone(),
-    );
+    )
+    .with_contact(liveness.contact.clone());
     let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm)
         .await
         .map_err(|e| NodeError::Raft(format!("starting Raft: {e}")))?;
@@ -215,7 +219,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         membership_lock: tokio::sync::Mutex::new(()),
         receiving_snapshot: tokio::sync::Mutex::new(()),
         driver: driver.clone(),
-        liveness: liveness::Liveness::default(),
+        liveness,
         peers: Default::default(),
         tls: tls.clone(),
         streams: Default::default(),
@@ -302,7 +306,11 @@ pub async fn run(
     let handle = start(config).await?;
     let node = handle.node.clone();
     tokio::select! {
-        _ = shutdown => tracing::info!("shutdown requested"),
+        _ = shutdown => {
+            tracing::info!("shutdown requested");
+            // Before anything stops: the cluster shows it as shutting down, not up.
+            node.announce_shutdown().await;
+        }
         _ = node.stopped() => {}
     }
     handle.shutdown().await;

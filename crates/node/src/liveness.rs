@@ -52,6 +52,8 @@ struct LeaderView {
     down_since: HashMap<u64, Instant>,
     /// When the detector last ran, to notice that this process itself was not running.
     last_tick: Option<Instant>,
+    /// When each node's heartbeat last arrived (while this node leads; shown by `node list`).
+    heard: HashMap<u64, Instant>,
 }
 
 pub struct Liveness {
@@ -60,6 +62,16 @@ pub struct Liveness {
     revoked: std::sync::atomic::AtomicBool,
     /// Origin of the detector's monotonic milliseconds.
     origin: Instant,
+    /// When this node last exchanged a message with each peer (see `quorum`).
+    pub contact: Arc<blixard_transport::PeerContact>,
+    /// When this node started, for the same.
+    pub started: Instant,
+    /// Set once this node announced it is shutting down: it heartbeats no more (so the
+    /// detector does not take it for back up).
+    stopping: std::sync::atomic::AtomicBool,
+    /// What the leader's detector reported with the last read index: (leader, node -> ms since
+    /// its last heartbeat, when received).
+    from_leader: Mutex<Option<(u64, BTreeMap<u64, u64>, Instant)>>,
 }
 
 impl Default for Liveness {
@@ -69,6 +81,10 @@ impl Default for Liveness {
             view: Mutex::default(),
             revoked: std::sync::atomic::AtomicBool::new(false),
             origin: Instant::now(),
+            contact: Arc::default(),
+            started: Instant::now(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            from_leader: Mutex::default(),
         }
     }
 }
@@ -139,13 +155,63 @@ impl Liveness {
     /// On the leader: a heartbeat from `node` arrived.
     pub fn seen(&self, node: u64) {
         let now = self.clock();
-        self.view
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .seen
-            .entry(node)
-            .or_default()
-            .last_ms = now;
+        let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        v.seen.entry(node).or_default().last_ms = now;
+        v.heard.insert(node, Instant::now());
+    }
+
+    /// On the leader: milliseconds since each node's last heartbeat reached it (only the nodes
+    /// heard from while it leads).
+    pub fn heard_ms_ago(&self) -> BTreeMap<u64, u64> {
+        let v = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        v.heard
+            .iter()
+            .map(|(id, t)| {
+                (
+                    *id,
+                    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX),
+                )
+            })
+            .collect()
+    }
+
+    /// On a follower: what the leader's detector said with a read index just received.
+    pub(crate) fn record_leader_view(&self, leader: u64, heard: BTreeMap<u64, u64>) {
+        *self.from_leader.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((leader, heard, Instant::now()));
+    }
+
+    /// The freshest heartbeat ages this node knows: its own detector's when it leads, else
+    /// what the leader reported with a read index within the last second (so only right after a
+    /// read barrier). Returns the observer (the leader) and node -> ms since its heartbeat.
+    pub fn heartbeat_view(&self, me: u64, leading: bool) -> Option<(u64, BTreeMap<u64, u64>)> {
+        if leading {
+            return Some((me, self.heard_ms_ago()));
+        }
+        let l = self.from_leader.lock().unwrap_or_else(|p| p.into_inner());
+        let (leader, heard, at) = l.as_ref()?;
+        let age = at.elapsed();
+        if age > Duration::from_secs(1) {
+            return None;
+        }
+        let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        Some((
+            *leader,
+            heard
+                .iter()
+                .map(|(id, ms)| (*id, ms.saturating_add(age)))
+                .collect(),
+        ))
+    }
+
+    /// This node announced that it is shutting down.
+    pub(crate) fn set_stopping(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// On the leader: how long since `node` was last heard from (since this leader's term
@@ -181,6 +247,9 @@ pub async fn heartbeat_loop(node: Arc<Node>) {
         tokio::select! {
             _ = tokio::time::sleep(heartbeat) => {}
             _ = node.stopped() => return,
+        }
+        if node.liveness.is_stopping() {
+            continue;
         }
         let sent = Instant::now();
         // The same instant on the clock the supervisors read (monotonic, unaffected by steps).
@@ -246,7 +315,9 @@ async fn detect_failures(node: &Arc<Node>) {
             tracing::warn!(term, "the failure detector did not run for a while: granting every node a fresh grace period");
             regrant(&mut v.seen, now);
         }
-        v.seen.entry(node.id).or_default().last_ms = now;
+        if !node.liveness.is_stopping() {
+            v.seen.entry(node.id).or_default().last_ms = now;
+        }
         for (id, state) in &workers {
             if *state == NodeState::Down {
                 v.down_since.entry(*id).or_insert(wall);

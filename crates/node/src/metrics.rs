@@ -237,7 +237,12 @@ impl Metrics {
                     state: s.as_str().into(),
                 });
             }
-            for s in [NodeState::Up, NodeState::Down, NodeState::Draining] {
+            for s in [
+                NodeState::Up,
+                NodeState::Down,
+                NodeState::Draining,
+                NodeState::ShuttingDown,
+            ] {
                 let _ = nodes.get_or_create(&StateLabels {
                     state: s.as_str().into(),
                 });

@@ -293,7 +293,7 @@ impl Node {
                     .map_err(|e| raft_retry("confirming leadership for a read", e)),
                 Leader::Other(id, addr) => {
                     let index = self
-                        .remote_read_index(&addr)
+                        .remote_read_index(id, &addr)
                         .await
                         .map_err(|why| forwarding(id, &addr, format!("read index: {why}")))?;
                     let wait = self.raft.wait(Some(LEADER_WAIT));
@@ -309,7 +309,7 @@ impl Node {
         .await
     }
 
-    async fn remote_read_index(&self, addr: &str) -> Result<u64, String> {
+    async fn remote_read_index(&self, leader: u64, addr: &str) -> Result<u64, String> {
         let mut client = self.peer(addr).map_err(|e| e.to_string())?;
         let r =
             peer_request(&self.cluster_id, &(), Some(LEADER_WAIT)).map_err(|e| e.to_string())?;
@@ -317,8 +317,12 @@ impl Node {
         let reply = client
             .read_index(r)
             .await
-            .map_err(|s| s.message().to_string())?;
-        Ok(reply.into_inner().index)
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        // The leader's detector view comes with it (`node list` shows it).
+        self.liveness
+            .record_leader_view(leader, reply.heard_ms_ago.into_iter().collect());
+        Ok(reply.index)
     }
 
     /// Heartbeats the leader (or, on the leader, confirms leadership); returns the index this

@@ -11,8 +11,10 @@
 //! and read-index requests.
 
 pub mod chunks;
+pub mod contact;
 pub mod network;
 
+pub use contact::PeerContact;
 pub use network::PeerNetwork;
 
 // The moved modules name these as `crate::…`; re-exported so they read the same here.

@@ -34,6 +34,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::chunks::SnapshotHeader;
+use crate::contact::PeerContact;
 use crate::{NodeId, SnapshotData, StoreMetrics, TypeConfig};
 
 type C = TypeConfig;
@@ -48,15 +49,23 @@ pub struct PeerNetwork {
     cluster_id: Arc<str>,
     tls: TlsConfig,
     metrics: StoreMetrics,
+    contact: Arc<PeerContact>,
 }
 
 impl PeerNetwork {
+    /// Records every reply from a peer in `contact` (see [`PeerContact`]).
+    pub fn with_contact(mut self, contact: Arc<PeerContact>) -> Self {
+        self.contact = contact;
+        self
+    }
+
     /// `metrics` counts the snapshot chunks sent and the batches cut to size.
     pub fn new(cluster_id: impl Into<Arc<str>>, tls: TlsConfig, metrics: StoreMetrics) -> Self {
         Self {
             cluster_id: cluster_id.into(),
             tls,
             metrics,
+            contact: Arc::default(),
         }
     }
 }
@@ -72,6 +81,7 @@ impl RaftNetworkFactory<C> for PeerNetwork {
             tls: self.tls.clone(),
             client: None,
             metrics: self.metrics.clone(),
+            contact: self.contact.clone(),
         }
     }
 }
@@ -84,6 +94,7 @@ pub struct PeerClient {
     tls: TlsConfig,
     client: Option<RaftPeerClient<Channel>>,
     metrics: StoreMetrics,
+    contact: Arc<PeerContact>,
 }
 
 /// Builds a lazily-connecting TLS channel to a peer or client address.
@@ -254,6 +265,9 @@ impl PeerClient {
         rpc: &'static str,
         res: Result<tonic::Response<RaftMessage>, tonic::Status>,
     ) -> Result<Resp, CallError> {
+        if res.is_ok() {
+            self.contact.heard(self.target);
+        }
         let reply = res.map_err(|s| {
             let msg = format!(
                 "{rpc} to node {} at {}: {}",

@@ -158,6 +158,9 @@ impl Client {
                             .collect::<Vec<_>>()
                             .join(",")
                     },
+                    n.last_heartbeat_ms_ago
+                        .map(|ms| format!("{} ago", ago(ms)))
+                        .unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
@@ -173,11 +176,25 @@ impl Client {
                     "disk gib",
                     "vms",
                     "kvm",
-                    "labels"
+                    "labels",
+                    "heartbeat"
                 ],
                 rows
             )
         );
+        // Local knowledge of one node, not cluster state: say whose.
+        match nodes.iter().find_map(|n| n.heartbeat_observer) {
+            Some(leader) => println!("(last heartbeat as received by the leader, node {leader})"),
+            None if !nodes.is_empty() => println!(
+                "(no heartbeat information: {})",
+                if stale {
+                    "a --stale read on a follower"
+                } else {
+                    "the leader has not heard from these nodes yet"
+                }
+            ),
+            None => {}
+        }
         Ok(())
     }
 
@@ -239,20 +256,36 @@ impl Client {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let names: Vec<String> = left
-                    .iter()
-                    .map(|v| {
-                        format!(
-                            "{} ({})",
-                            v.name,
-                            v.reason.clone().unwrap_or_else(|| v.state.clone())
-                        )
-                    })
-                    .collect();
+                // Why each one stays, by the scheduler's own checks (at most 20 asked).
+                let mut lines = Vec::new();
+                for v in left.iter().take(20) {
+                    let why = match c
+                        .explain_move(pb::VmRef {
+                            name: v.name.clone(),
+                            request_id: String::new(),
+                        })
+                        .await
+                    {
+                        Ok(r) => r.into_inner().blocker.unwrap_or_else(|| {
+                            v.reason
+                                .clone()
+                                .unwrap_or_else(|| format!("{}, moving", v.state))
+                        }),
+                        Err(e) => v.reason.clone().unwrap_or_else(|| e.message().to_string()),
+                    };
+                    lines.push(format!(
+                        "{} ({})",
+                        output::clean(&v.name),
+                        output::clean(&why)
+                    ));
+                }
+                if left.len() > lines.len() {
+                    lines.push(format!("{} more", left.len() - lines.len()));
+                }
                 anyhow::bail!(
-                    "node {id} still has {} VMs after {timeout}s: {}",
+                    "node {id} still has {} VMs after {timeout}s (the drain goes on): {}",
                     left.len(),
-                    names.join(", ")
+                    lines.join(", ")
                 );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -304,5 +337,26 @@ impl Client {
             );
         }
         Ok(())
+    }
+}
+
+/// A short human duration: "850ms", "4.2s", "3m10s", "2h05m".
+fn ago(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1_000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+    }
+}
+
+#[cfg(test)]
+mod ago_tests {
+    #[test]
+    fn short_durations() {
+        assert_eq!(super::ago(850), "850ms");
+        assert_eq!(super::ago(4_200), "4.2s");
+        assert_eq!(super::ago(190_000), "3m10s");
+        assert_eq!(super::ago(7_500_000), "2h05m");
     }
 }

@@ -27,7 +27,8 @@ pub fn grpc_access(path: &str) -> Option<Access> {
         (
             "blixard.v1.Blixard",
             "ClusterStatus" | "ListNodes" | "GetVm" | "ListVms" | "ListVmsPage"
-            | "ExplainPlacement" | "VmLogs" | "GetTask" | "ListTasks" | "TaskLogs" | "Events",
+            | "ExplainPlacement" | "ExplainMove" | "VmLogs" | "GetTask" | "ListTasks" | "TaskLogs"
+            | "Events",
         ) => R(Viewer),
         ("blixard.v1.Networks", "ListNetworks") => R(Viewer),
         (

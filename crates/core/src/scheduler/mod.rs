@@ -28,6 +28,7 @@ use crate::model::Worker;
 use crate::spec::{NodeId, Resources, Strategy, VmSpec};
 
 mod fit;
+mod moves;
 #[cfg(test)]
 mod tests;
 mod text;
@@ -35,6 +36,7 @@ mod view;
 
 pub use fit::{constraint_violation, has_feature, unconstrained};
 use fit::{Check, Ctx};
+pub use moves::move_blocker;
 use text::fmt_score;
 pub use text::{no_room_text, preempted_reason, preemption_text};
 pub use view::View;

@@ -125,7 +125,9 @@ impl ClusterState {
                     return Err(ApplyError::not_found("node", id));
                 };
                 match w.state {
-                    NodeState::Up => self.set_worker_state(*id, NodeState::ShuttingDown, index, now),
+                    NodeState::Up => {
+                        self.set_worker_state(*id, NodeState::ShuttingDown, index, now)
+                    }
                     // Draining stays draining (the operator's choice outlives a restart); down
                     // and shutting-down stay as they are.
                     _ => Ok(Reply::Worker(w.clone())),
@@ -145,9 +147,7 @@ impl ClusterState {
                     | (
                         NodeState::Up | NodeState::Draining | NodeState::ShuttingDown,
                         NodeState::Down,
-                    ) => {
-                        self.set_worker_state(*id, *state, index, now)
-                    }
+                    ) => self.set_worker_state(*id, *state, index, now),
                     (_, NodeState::Draining | NodeState::ShuttingDown) => {
                         Err(ApplyError::invalid("a liveness verdict is up or down"))
                     }

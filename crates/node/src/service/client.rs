@@ -172,7 +172,8 @@ impl Blixard for Api {
             .collect();
         Ok(Response::new(pb::ClusterStatusReply {
             node_id: self.node.id,
-            leader_id: m.current_leader,
+            // Only a leader heard from within the election timeout (see `quorum`).
+            leader_id: self.node.heard_leader(),
             term: m.current_term,
             applied_index: applied,
             members,
@@ -230,13 +231,28 @@ impl Blixard for Api {
         &self,
         r: GrpcRequest<pb::ReadOptions>,
     ) -> Result<Response<pb::NodeList>, Status> {
-        self.read(r.get_ref().stale).await?;
+        let stale = r.get_ref().stale;
+        self.read(stale).await?;
+        // Last heartbeats: the leader's detector's (local knowledge, never replicated), from
+        // this node when it leads, else as the leader sent them with the read index.
+        let heard = self
+            .node
+            .liveness
+            .heartbeat_view(self.node.id, self.node.is_leader())
+            .filter(|_| !stale || self.node.is_leader());
         let a = self.node.state.read();
         let nodes = a
             .state
             .workers
             .values()
-            .map(|w| node_info(&a.state, w))
+            .map(|w| {
+                let mut n = node_info(&a.state, w);
+                if let Some((observer, ms)) = &heard {
+                    n.last_heartbeat_ms_ago = ms.get(&w.id).copied();
+                    n.heartbeat_observer = n.last_heartbeat_ms_ago.map(|_| *observer);
+                }
+                n
+            })
             .collect();
         Ok(Response::new(pb::NodeList { nodes }))
     }
@@ -272,6 +288,25 @@ impl Blixard for Api {
         let a = self.node.state.read();
         let p = blixard_core::explain(&a.state, &spec).map_err(NodeError::Rejected)?;
         Ok(Response::new(pb::PlacementExplanation::from(&p)))
+    }
+
+    async fn explain_move(
+        &self,
+        r: GrpcRequest<pb::VmRef>,
+    ) -> Result<Response<pb::MoveExplanation>, Status> {
+        let name = r.into_inner().name;
+        self.node.read_barrier().await?;
+        let a = self.node.state.read();
+        let Some(vm) = a.state.vms.get(&name) else {
+            return Err(
+                NodeError::Rejected(blixard_core::ApplyError::not_found("VM", &name)).into(),
+            );
+        };
+        Ok(Response::new(pb::MoveExplanation {
+            node_id: vm.node_id,
+            blocker: blixard_core::scheduler::move_blocker(a.state.placement_view(), &name),
+            name,
+        }))
     }
 
     async fn set_scheduler_settings(

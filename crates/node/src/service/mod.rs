@@ -81,7 +81,10 @@ impl Api {
             .get(CLUSTER_HEADER)
             .and_then(|v| v.to_str().ok());
         match got {
-            Some(id) if id == &*self.node.cluster_id => Ok(cert),
+            Some(id) if id == &*self.node.cluster_id => {
+                self.node.liveness.contact.heard(cert);
+                Ok(cert)
+            }
             Some(id) => Err(Status::permission_denied(format!(
                 "peer belongs to cluster {id}, this node to cluster {}",
                 self.node.cluster_id

@@ -78,7 +78,11 @@ impl RaftPeer for Api {
     ) -> Result<Response<pb::ReadIndexReply>, Status> {
         self.check_peer(&r)?;
         let index = self.node.leader_read_index().await?;
-        Ok(Response::new(pb::ReadIndexReply { index, lease_ms: 0 }))
+        Ok(Response::new(pb::ReadIndexReply {
+            index,
+            lease_ms: 0,
+            heard_ms_ago: self.node.liveness.heard_ms_ago().into_iter().collect(),
+        }))
     }
 
     async fn heartbeat(
@@ -100,7 +104,11 @@ impl RaftPeer for Api {
         // The lease is the leader's to grant: a node that has not applied a settings change
         // yet must not renew for longer than the leader judges by.
         let lease_ms = self.node.liveness_settings().lease_ms;
-        Ok(Response::new(pb::ReadIndexReply { index, lease_ms }))
+        Ok(Response::new(pb::ReadIndexReply {
+            index,
+            lease_ms,
+            heard_ms_ago: Default::default(),
+        }))
     }
 
     async fn evicted(
