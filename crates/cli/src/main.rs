@@ -19,7 +19,7 @@ mod transport;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 
 use args::*;
 use daemon::{init_logging, run_daemon};

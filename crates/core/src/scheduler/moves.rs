@@ -5,7 +5,7 @@
 use super::decide;
 use super::fit::{Check, Ctx};
 use super::text::fmt_labels;
-use crate::state::ClusterState;
+use super::View;
 
 /// Why VM `name` cannot move off its node now; `None` when it can (or is not placed): pinned
 /// to the node (`--node`), pinned by its labels or features (no other node has them), or the
