@@ -47,6 +47,7 @@ pub(crate) struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 pub(crate) enum Cmd {
     /// Run the daemon (`blixard node --id N ...`) or manage workers (`node list|drain|undrain`).
     #[command(args_conflicts_with_subcommands = true)]

@@ -10,6 +10,9 @@ use blixard_core::{
 };
 use proptest::prelude::*;
 
+/// The VMs and tasks on one node.
+type OnNode = (BTreeSet<String>, BTreeSet<String>);
+
 struct H {
     s: ClusterState,
     index: u64,
@@ -50,7 +53,7 @@ impl H {
         self.s.workers[&id].state
     }
 
-    fn on(&self, id: u64) -> (BTreeSet<String>, BTreeSet<String>) {
+    fn on(&self, id: u64) -> OnNode {
         let vms = self
             .s
             .vms
@@ -249,7 +252,7 @@ proptest! {
                 Op::Register { node } => register(*node),
                 Op::Delete { n } => Command::DeleteVm { name: format!("vm-{n}") },
             };
-            let before: Vec<(u64, NodeState, (BTreeSet<String>, BTreeSet<String>))> =
+            let before: Vec<(u64, NodeState, OnNode)> =
                 (1..4).map(|id| (id, h.state(id), h.on(id))).collect();
             let _ = h.apply(cmd);
             for (id, was, (vms, tasks)) in before {

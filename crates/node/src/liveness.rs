@@ -56,6 +56,9 @@ struct LeaderView {
     heard: HashMap<u64, Instant>,
 }
 
+/// The leader, node -> ms since its heartbeat reached the leader, and when that was received.
+type LeaderHeard = (u64, BTreeMap<u64, u64>, Instant);
+
 pub struct Liveness {
     lease: Mutex<Lease>,
     view: Mutex<LeaderView>,
@@ -71,7 +74,7 @@ pub struct Liveness {
     stopping: std::sync::atomic::AtomicBool,
     /// What the leader's detector reported with the last read index: (leader, node -> ms since
     /// its last heartbeat, when received).
-    from_leader: Mutex<Option<(u64, BTreeMap<u64, u64>, Instant)>>,
+    from_leader: Mutex<Option<LeaderHeard>>,
 }
 
 impl Default for Liveness {
