@@ -94,7 +94,14 @@ impl StateMachineStore {
         tx.open_table(META).map_err(io_err)?;
         tx.open_table(SNAPSHOT).map_err(io_err)?;
         tx.commit().map_err(io_err)?;
-        let applied = Self::load(&db)?;
+        let mut applied = Self::load(&db)?;
+        // Rows an older version stored in another layout (`ClusterState::from_rows` marks
+        // them touched): written again in the current one, in one transaction.
+        let moved = applied.state.take_touched();
+        if !moved.is_empty() {
+            Self::write_rows(&db, &applied.state, &moved)?;
+            tracing::info!(rows = moved.len(), "rewrote rows stored in an older layout");
+        }
         let floor = applied
             .last_applied
             .as_ref()
@@ -107,6 +114,26 @@ impl StateMachineStore {
             events,
             metrics: Default::default(),
         })
+    }
+
+    fn write_rows(
+        db: &Database,
+        state: &ClusterState,
+        keys: &std::collections::BTreeSet<RowKey>,
+    ) -> Result<(), std::io::Error> {
+        let tx = db.begin_write().map_err(io_err)?;
+        {
+            let mut t = tx.open_table(ROWS).map_err(io_err)?;
+            for k in keys {
+                match state.row(k) {
+                    Some(v) => t
+                        .insert(k.encode().as_str(), v.as_slice())
+                        .map_err(io_err)?,
+                    None => t.remove(k.encode().as_str()).map_err(io_err)?,
+                };
+            }
+        }
+        tx.commit().map_err(io_err)
     }
 
     fn load(db: &Database) -> Result<Applied, std::io::Error> {
@@ -318,7 +345,9 @@ impl RaftStateMachine<C> for StateMachineStore {
                 meta.insert(MEMBERSHIP_KEY, m.as_slice()).map_err(io_err)?;
             }
         }
-        tx.commit().map_err(io_err)?;
+        // Off the async worker: a commit writes pages (no fsync here, but a large batch or a
+        // freshly grown file still costs milliseconds of I/O).
+        crate::log_store::blocking(|| tx.commit().map_err(io_err))?;
 
         self.events.applied_up_to(last_applied_index);
         self.metrics
