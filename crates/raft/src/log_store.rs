@@ -63,7 +63,7 @@ pub struct LogStore {
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<Self, std::io::Error> {
-        let db = Database::create(path).map_err(io_err)?;
+        let db = crate::open_db(path)?;
         let tx = db.begin_write().map_err(io_err)?;
         tx.open_table(LOG).map_err(io_err)?;
         tx.open_table(META).map_err(io_err)?;

@@ -88,7 +88,7 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     pub fn open(path: &Path) -> Result<Self, std::io::Error> {
-        let db = Database::create(path).map_err(io_err)?;
+        let db = crate::open_db(path)?;
         let tx = db.begin_write().map_err(io_err)?;
         tx.open_table(ROWS).map_err(io_err)?;
         tx.open_table(META).map_err(io_err)?;
@@ -406,5 +406,77 @@ impl RaftStateMachine<C> for StateMachineStore {
             meta: s.meta,
             snapshot: Cursor::new(s.data),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blixard_core::{Command, Request, Resources, VmSpec};
+
+    /// A state file written before address leases had rows of their own (every lease inline in
+    /// its network's row) opens to the same state, and opening rewrites it in the current layout.
+    #[test]
+    fn rows_of_an_older_layout_are_rewritten_at_open() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("state.redb");
+        let mut s = ClusterState::default();
+        let cmds = [
+            Command::RegisterWorker {
+                id: 1,
+                addr: "10.1.0.1:7000".into(),
+                capacity: Resources::new(8, 8192, 100),
+                kvm: false,
+                labels: Default::default(),
+            },
+            Command::EnsureDefaultNetwork {
+                cidr: "10.88.0.0/16".into(),
+            },
+            Command::CreateVm {
+                spec: VmSpec::new("a"),
+            },
+            Command::CreateVm {
+                spec: VmSpec::new("b"),
+            },
+        ];
+        for (i, c) in cmds.into_iter().enumerate() {
+            s.apply(i as u64 + 1, &Request::new(c, 1)).expect("apply");
+        }
+        s.take_touched();
+        {
+            let db = crate::open_db(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(ROWS).unwrap();
+                for (k, v) in s.all_rows() {
+                    if k.starts_with("lease/") {
+                        continue;
+                    }
+                    let v = if k == "net/default" {
+                        serde_json::to_vec(&s.networks["default"]).unwrap()
+                    } else {
+                        v
+                    };
+                    t.insert(k.as_str(), v.as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let sm = StateMachineStore::open(&path).unwrap();
+        assert_eq!(sm.shared().read().state, s);
+        drop(sm);
+        let db = crate::open_db(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(ROWS).unwrap();
+        let leases = t
+            .iter()
+            .unwrap()
+            .filter(|r| r.as_ref().unwrap().0.value().starts_with("lease/"))
+            .count();
+        // The node's bridge address and the two VMs'.
+        assert_eq!(leases, 3);
+        let net: serde_json::Value =
+            serde_json::from_slice(t.get("net/default").unwrap().unwrap().value()).unwrap();
+        assert!(net.get("leases").is_none(), "{net}");
     }
 }
