@@ -40,17 +40,12 @@ pub fn open_stores(dir: &std::path::Path) -> Result<(LogStore, StateMachineStore
     Ok((log, sm))
 }
 
-/// Bytes of page cache redb may hold per store file. redb's default is 1 GiB, which the
-/// process then grows into as the files grow (the state file rewrites pages on every apply and
-/// keeps snapshots): the in-memory state is the working copy, so the stores need little cache.
-pub const STORE_CACHE_BYTES: usize = 32 << 20;
-
-/// Opens (creating it on first use) a redb file with the bounded cache.
+/// Opens (creating it on first use) a redb file. redb's default page cache (1 GiB) is kept:
+/// a build with it bounded to 32 MiB used about 45 % less RSS at 10,000 records, but new nodes
+/// then caught up by replaying the log instead of installing a snapshot (7.5-8.8 s against
+/// 4.1 s, docs/benchmarks.md); not understood yet, so not shipped.
 pub(crate) fn open_db(path: &std::path::Path) -> Result<redb::Database, std::io::Error> {
-    redb::Builder::new()
-        .set_cache_size(STORE_CACHE_BYTES)
-        .create(path)
-        .map_err(io_err)
+    redb::Database::create(path).map_err(io_err)
 }
 
 pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
