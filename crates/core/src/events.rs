@@ -334,7 +334,7 @@ impl EventSource {
                 }
                 // Networks change with VMs (whose events carry them), security records are not
                 // for every viewer: no event of their own.
-                RowKey::Network(_) | RowKey::Security => {}
+                RowKey::Network(_) | RowKey::Lease(..) | RowKey::Security => {}
                 RowKey::NodeIds => {
                     if state.node_ids.members != self.members {
                         self.members = state.node_ids.members.clone();

@@ -200,14 +200,55 @@ pub struct Network {
     pub cidr: Cidr,
     /// VXLAN network identifier joining the nodes' bridges of this network; unique.
     pub vni: u32,
-    /// Address offset from the base -> holder.
+    /// Address offset from the base -> holder. Stored as a row each (`RowKey::Lease`); the
+    /// network's own row leaves them out (`#[serde(default)]` reads those rows).
+    #[serde(default)]
     pub leases: BTreeMap<u32, Lease>,
     /// Where the next allocation starts looking.
     pub cursor: u32,
     pub created_ms: u64,
 }
 
+/// The network's row: everything but the leases, which have rows of their own.
+#[derive(Serialize)]
+struct NetworkHeader<'a> {
+    name: &'a str,
+    cidr: Cidr,
+    vni: u32,
+    cursor: u32,
+    created_ms: u64,
+}
+
+/// Deleted VM name -> (network, offset) -> node, for every quarantined lease of `networks`.
+pub(crate) fn quarantine_index(
+    networks: &BTreeMap<String, Network>,
+) -> BTreeMap<String, BTreeMap<(String, u32), NodeId>> {
+    let mut index: BTreeMap<String, BTreeMap<(String, u32), NodeId>> = BTreeMap::new();
+    for (net, n) in networks {
+        for (off, l) in &n.leases {
+            if let Lease::Quarantined { name, node, .. } = l {
+                index
+                    .entry(name.clone())
+                    .or_default()
+                    .insert((net.clone(), *off), *node);
+            }
+        }
+    }
+    index
+}
+
 impl Network {
+    /// The network's stored row: the network without its leases (a row each).
+    pub(crate) fn header_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&NetworkHeader {
+            name: &self.name,
+            cidr: self.cidr,
+            vni: self.vni,
+            cursor: self.cursor,
+            created_ms: self.created_ms,
+        })
+    }
+
     /// Number of VMs holding an address here.
     pub fn vm_count(&self) -> usize {
         self.leases
@@ -367,8 +408,11 @@ impl ClusterState {
                         }
                     )));
                 }
+                let offs: Vec<u32> = n.leases.keys().copied().collect();
                 self.networks.remove(name);
                 self.touched.insert(RowKey::Network(name.clone()));
+                self.touched
+                    .extend(offs.into_iter().map(|off| RowKey::Lease(name.clone(), off)));
                 Ok(Reply::Done)
             }
             Command::ReleaseAddresses { node_id, vms } => {
@@ -430,8 +474,13 @@ impl ClusterState {
         for id in self.workers.keys() {
             net.allocate(Lease::Node { id: *id })?;
         }
-        self.networks.insert(name.to_string(), net.clone());
         self.touched.insert(RowKey::Network(name.to_string()));
+        self.touched.extend(
+            net.leases
+                .keys()
+                .map(|off| RowKey::Lease(name.to_string(), *off)),
+        );
+        self.networks.insert(name.to_string(), net.clone());
         Ok(Reply::Network(Box::new(net)))
     }
 
@@ -467,25 +516,43 @@ impl ClusterState {
                         epoch,
                     },
                 );
+                self.ghosts
+                    .entry(name.to_string())
+                    .or_default()
+                    .insert((network.to_string(), off), node);
             }
             None => {
                 net.leases.remove(&off);
             }
         }
-        self.touched.insert(RowKey::Network(network.to_string()));
+        self.touched.insert(RowKey::Lease(network.to_string(), off));
     }
 
     /// Frees the quarantined addresses `pred(name, node, epoch)` accepts.
+    /// Found through the quarantine index: O(quarantined leases), not O(all leases).
     pub(crate) fn release_quarantined(&mut self, pred: impl Fn(&str, NodeId, u64) -> bool) {
-        for (net_name, net) in self.networks.iter_mut() {
-            let before = net.leases.len();
-            net.leases.retain(|_, l| match l {
-                Lease::Quarantined { name, node, epoch } => !pred(name, *node, *epoch),
-                _ => true,
-            });
-            if net.leases.len() != before {
-                self.touched.insert(RowKey::Network(net_name.clone()));
+        let mut freed: Vec<(String, String, u32)> = Vec::new();
+        for (name, at) in &self.ghosts {
+            for (net_name, off) in at.keys() {
+                let lease = self.networks.get(net_name).and_then(|n| n.leases.get(off));
+                if let Some(Lease::Quarantined { node, epoch, .. }) = lease {
+                    if pred(name, *node, *epoch) {
+                        freed.push((name.clone(), net_name.clone(), *off));
+                    }
+                }
             }
+        }
+        for (name, net_name, off) in freed {
+            if let Some(n) = self.networks.get_mut(&net_name) {
+                n.leases.remove(&off);
+            }
+            if let Some(at) = self.ghosts.get_mut(&name) {
+                at.remove(&(net_name.clone(), off));
+                if at.is_empty() {
+                    self.ghosts.remove(&name);
+                }
+            }
+            self.touched.insert(RowKey::Lease(net_name, off));
         }
     }
 
@@ -499,11 +566,13 @@ impl ClusterState {
     pub(crate) fn node_removed(&mut self, id: NodeId) {
         self.node_fenced(id);
         for (net_name, net) in self.networks.iter_mut() {
-            let before = net.leases.len();
-            net.leases.retain(|_, l| *l != Lease::Node { id });
-            if net.leases.len() != before {
-                self.touched.insert(RowKey::Network(net_name.clone()));
-            }
+            net.leases.retain(|off, l| {
+                let keep = *l != Lease::Node { id };
+                if !keep {
+                    self.touched.insert(RowKey::Lease(net_name.clone(), *off));
+                }
+                keep
+            });
         }
     }
 
@@ -511,8 +580,11 @@ impl ClusterState {
     /// full network leaves it without (logged by the node, which then cannot bridge it).
     pub(crate) fn node_registered(&mut self, id: NodeId) {
         for (net_name, net) in self.networks.iter_mut() {
-            if net.node_address(id).is_none() && net.allocate(Lease::Node { id }).is_ok() {
-                self.touched.insert(RowKey::Network(net_name.clone()));
+            if net.node_address(id).is_none() {
+                if let Ok(off) = net.allocate(Lease::Node { id }) {
+                    self.touched.insert(RowKey::Network(net_name.clone()));
+                    self.touched.insert(RowKey::Lease(net_name.clone(), off));
+                }
             }
         }
     }

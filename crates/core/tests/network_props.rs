@@ -272,6 +272,21 @@ fn run(ops: &[Op]) -> Result<ClusterState, TestCaseError> {
         let g: BTreeSet<(String, NodeId, u64)> =
             ghosts.iter().map(|g| (g.0.clone(), g.1, g.2)).collect();
         prop_assert_eq!(&q, &g, "quarantine differs from the model after {:?}", op);
+        // `ghost_of` (an index) agrees with a scan of the leases, for every name.
+        for vm in 0u8..12 {
+            let name = format!("vm-{vm}");
+            let scanned = quarantined(&s)
+                .into_iter()
+                .find(|(n, _, _)| *n == name)
+                .map(|(_, node, _)| node);
+            prop_assert_eq!(
+                s.ghost_of(&name),
+                scanned,
+                "ghost_of({}) after {:?}",
+                name,
+                op
+            );
+        }
         // A VM keeps its address for its whole life.
         for (name, old) in &before.vms {
             if let Some(now) = s.vms.get(name) {
@@ -497,4 +512,57 @@ fn pool_exhaustion_overlap_and_in_use_are_one_line_refusals() {
         panic!()
     };
     assert_eq!(vm.ip, v0.ip);
+}
+
+/// A store written before leases had rows of their own holds every lease inline in its
+/// network's row: it loads unchanged, and the rows written next move the leases out.
+#[test]
+fn inline_leases_of_older_stores_load_and_move_to_rows() {
+    let mut s = ClusterState::default();
+    register(&mut s, 1, 1);
+    let def = Command::EnsureDefaultNetwork {
+        cidr: "10.88.0.0/16".into(),
+    };
+    apply(&mut s, 2, def).expect("default");
+    for i in 0..5u64 {
+        let spec = VmSpec::new(format!("v{i}"));
+        apply(&mut s, 10 + i, Command::CreateVm { spec }).expect("create");
+    }
+    apply(&mut s, 20, Command::DeleteVm { name: "v1".into() }).expect("delete");
+    assert_eq!(s.ghost_of("v1"), Some(1));
+    s.take_touched();
+    // The older layout: every row as now, but the network row with its leases and no lease rows.
+    let mut rows: BTreeMap<String, Vec<u8>> = s
+        .all_rows()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("lease/"))
+        .collect();
+    rows.insert(
+        format!("net/{DEFAULT_NETWORK}"),
+        serde_json::to_vec(&s.networks[DEFAULT_NETWORK]).unwrap(),
+    );
+    let mut old = ClusterState::from_rows(rows.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        .expect("older rows load");
+    let touched = old.take_touched();
+    assert_eq!(old, s);
+    assert_eq!(old.ghost_of("v1"), Some(1));
+    // The store writes the touched rows: the network row loses its leases, each lease gets a row.
+    for key in touched {
+        match old.row(&key) {
+            Some(v) => rows.insert(key.encode(), v),
+            None => rows.remove(&key.encode()),
+        };
+    }
+    let net_row: serde_json::Value =
+        serde_json::from_slice(&rows[&format!("net/{DEFAULT_NETWORK}")]).unwrap();
+    assert!(net_row.get("leases").is_none(), "{net_row}");
+    assert_eq!(rows.keys().filter(|k| k.starts_with("lease/")).count(), 6);
+    let new = ClusterState::from_rows(rows.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        .expect("new rows load");
+    assert_eq!(new, s);
+    // A lease row of a network without a row is refused, not dropped.
+    rows.remove(&format!("net/{DEFAULT_NETWORK}"));
+    let err =
+        ClusterState::from_rows(rows.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap_err();
+    assert!(err.contains("has no row"), "{err}");
 }

@@ -48,7 +48,7 @@ pub fn decode_entry(b: &[u8]) -> Result<EntryOf<C>, std::io::Error> {
 
 /// Runs a blocking step (an fsync) without stalling the runtime's worker: on a multi-threaded
 /// runtime the worker's other tasks move elsewhere meanwhile; elsewhere it just runs.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
@@ -63,7 +63,7 @@ pub struct LogStore {
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<Self, std::io::Error> {
-        let db = Database::create(path).map_err(io_err)?;
+        let db = crate::open_db(path)?;
         let tx = db.begin_write().map_err(io_err)?;
         tx.open_table(LOG).map_err(io_err)?;
         tx.open_table(META).map_err(io_err)?;

@@ -88,13 +88,20 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     pub fn open(path: &Path) -> Result<Self, std::io::Error> {
-        let db = Database::create(path).map_err(io_err)?;
+        let db = crate::open_db(path)?;
         let tx = db.begin_write().map_err(io_err)?;
         tx.open_table(ROWS).map_err(io_err)?;
         tx.open_table(META).map_err(io_err)?;
         tx.open_table(SNAPSHOT).map_err(io_err)?;
         tx.commit().map_err(io_err)?;
-        let applied = Self::load(&db)?;
+        let mut applied = Self::load(&db)?;
+        // Rows an older version stored in another layout (`ClusterState::from_rows` marks
+        // them touched): written again in the current one, in one transaction.
+        let moved = applied.state.take_touched();
+        if !moved.is_empty() {
+            Self::write_rows(&db, &applied.state, &moved)?;
+            tracing::info!(rows = moved.len(), "rewrote rows stored in an older layout");
+        }
         let floor = applied
             .last_applied
             .as_ref()
@@ -107,6 +114,26 @@ impl StateMachineStore {
             events,
             metrics: Default::default(),
         })
+    }
+
+    fn write_rows(
+        db: &Database,
+        state: &ClusterState,
+        keys: &std::collections::BTreeSet<RowKey>,
+    ) -> Result<(), std::io::Error> {
+        let tx = db.begin_write().map_err(io_err)?;
+        {
+            let mut t = tx.open_table(ROWS).map_err(io_err)?;
+            for k in keys {
+                match state.row(k) {
+                    Some(v) => t
+                        .insert(k.encode().as_str(), v.as_slice())
+                        .map_err(io_err)?,
+                    None => t.remove(k.encode().as_str()).map_err(io_err)?,
+                };
+            }
+        }
+        tx.commit().map_err(io_err)
     }
 
     fn load(db: &Database) -> Result<Applied, std::io::Error> {
@@ -318,7 +345,9 @@ impl RaftStateMachine<C> for StateMachineStore {
                 meta.insert(MEMBERSHIP_KEY, m.as_slice()).map_err(io_err)?;
             }
         }
-        tx.commit().map_err(io_err)?;
+        // Off the async worker: a commit writes pages (no fsync here, but a large batch or a
+        // freshly grown file still costs milliseconds of I/O).
+        crate::log_store::blocking(|| tx.commit().map_err(io_err))?;
 
         self.events.applied_up_to(last_applied_index);
         self.metrics
@@ -377,5 +406,77 @@ impl RaftStateMachine<C> for StateMachineStore {
             meta: s.meta,
             snapshot: Cursor::new(s.data),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blixard_core::{Command, Request, Resources, VmSpec};
+
+    /// A state file written before address leases had rows of their own (every lease inline in
+    /// its network's row) opens to the same state, and opening rewrites it in the current layout.
+    #[test]
+    fn rows_of_an_older_layout_are_rewritten_at_open() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("state.redb");
+        let mut s = ClusterState::default();
+        let cmds = [
+            Command::RegisterWorker {
+                id: 1,
+                addr: "10.1.0.1:7000".into(),
+                capacity: Resources::new(8, 8192, 100),
+                kvm: false,
+                labels: Default::default(),
+            },
+            Command::EnsureDefaultNetwork {
+                cidr: "10.88.0.0/16".into(),
+            },
+            Command::CreateVm {
+                spec: VmSpec::new("a"),
+            },
+            Command::CreateVm {
+                spec: VmSpec::new("b"),
+            },
+        ];
+        for (i, c) in cmds.into_iter().enumerate() {
+            s.apply(i as u64 + 1, &Request::new(c, 1)).expect("apply");
+        }
+        s.take_touched();
+        {
+            let db = crate::open_db(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(ROWS).unwrap();
+                for (k, v) in s.all_rows() {
+                    if k.starts_with("lease/") {
+                        continue;
+                    }
+                    let v = if k == "net/default" {
+                        serde_json::to_vec(&s.networks["default"]).unwrap()
+                    } else {
+                        v
+                    };
+                    t.insert(k.as_str(), v.as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let sm = StateMachineStore::open(&path).unwrap();
+        assert_eq!(sm.shared().read().state, s);
+        drop(sm);
+        let db = crate::open_db(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(ROWS).unwrap();
+        let leases = t
+            .iter()
+            .unwrap()
+            .filter(|r| r.as_ref().unwrap().0.value().starts_with("lease/"))
+            .count();
+        // The node's bridge address and the two VMs'.
+        assert_eq!(leases, 3);
+        let net: serde_json::Value =
+            serde_json::from_slice(t.get("net/default").unwrap().unwrap().value()).unwrap();
+        assert!(net.get("leases").is_none(), "{net}");
     }
 }

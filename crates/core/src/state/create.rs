@@ -78,9 +78,11 @@ impl ClusterState {
             net.leases.insert(off, lease);
         } else {
             net.take(off, lease);
+            // The cursor moved.
+            self.touched.insert(RowKey::Network(net_name.clone()));
         }
         let ip = net.cidr.at(off);
-        self.touched.insert(RowKey::Network(net_name.clone()));
+        self.touched.insert(RowKey::Lease(net_name.clone(), off));
         Ok(Some((net_name, ip)))
     }
 }

@@ -144,6 +144,9 @@ impl ClusterState {
         if fresh.pending != self.pending {
             return Err("pending index differs from a rebuild".into());
         }
+        if crate::network::quarantine_index(&self.networks) != self.ghosts {
+            return Err("quarantine (ghost) index differs from a rebuild".into());
+        }
         if fresh.pending_tasks != self.pending_tasks || fresh.finished_tasks != self.finished_tasks
         {
             return Err("task indexes differ from a rebuild".into());

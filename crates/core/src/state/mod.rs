@@ -92,6 +92,10 @@ pub struct ClusterState {
     /// Bytes of all VM specs, task specs and remembered outcomes (see `budget`); derived.
     #[serde(skip)]
     bytes: Bytes,
+    /// Deleted VM name -> (network, offset) -> node, for every quarantined address: the
+    /// placements that may still run (`ghost_of`, asked by every `CreateVm`); derived.
+    #[serde(skip)]
+    pub(crate) ghosts: BTreeMap<String, BTreeMap<(String, u32), NodeId>>,
 }
 
 fn ghost_reason(name: &str, node: NodeId) -> String {

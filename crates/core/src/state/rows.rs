@@ -18,7 +18,11 @@ pub enum RowKey {
     Liveness,
     /// The current members and every node id ever used.
     NodeIds,
+    /// A network without its leases (name, CIDR, VNI, allocation cursor).
     Network(String),
+    /// One address lease: (network, offset). A row each, so a VM create rewrites one small
+    /// row, not a network row holding every lease.
+    Lease(String, u32),
     /// The security records (`crate::tokens`), one row.
     Security,
 }
@@ -35,6 +39,7 @@ impl RowKey {
             RowKey::Liveness => LIVENESS_ROW.to_string(),
             RowKey::NodeIds => NODE_IDS_ROW.to_string(),
             RowKey::Network(n) => format!("net/{n}"),
+            RowKey::Lease(n, off) => format!("lease/{n}/{off:010}"),
             RowKey::Security => SECURITY_ROW.to_string(),
         }
     }
@@ -69,7 +74,12 @@ impl ClusterState {
             RowKey::Task(id) => self.tasks.get(id).map(serde_json::to_vec),
             RowKey::Liveness => Some(serde_json::to_vec(&self.liveness)),
             RowKey::NodeIds => Some(serde_json::to_vec(&self.node_ids)),
-            RowKey::Network(n) => self.networks.get(n).map(serde_json::to_vec),
+            RowKey::Network(n) => self.networks.get(n).map(|n| n.header_json()),
+            RowKey::Lease(n, off) => self
+                .networks
+                .get(n)
+                .and_then(|n| n.leases.get(off))
+                .map(serde_json::to_vec),
             RowKey::Security => Some(serde_json::to_vec(&self.security)),
         };
         // Serializing these plain data types cannot fail.
@@ -86,6 +96,11 @@ impl ClusterState {
             .chain(self.requests.keys().map(|id| RowKey::Request(id.clone())))
             .chain(self.tasks.keys().map(|id| RowKey::Task(id.clone())))
             .chain(self.networks.keys().map(|n| RowKey::Network(n.clone())))
+            .chain(self.networks.values().flat_map(|n| {
+                n.leases
+                    .keys()
+                    .map(|off| RowKey::Lease(n.name.clone(), *off))
+            }))
             .chain([
                 RowKey::Settings,
                 RowKey::Liveness,
@@ -101,6 +116,9 @@ impl ClusterState {
         rows: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<Self, String> {
         let mut s = ClusterState::default();
+        let mut leases = Vec::new();
+        // Networks stored by an older version, with their leases inline in the network row.
+        let mut inline = Vec::new();
         for (key, value) in rows {
             let bad = |e: serde_json::Error| format!("corrupt row {key}: {e}");
             if let Some(name) = key.strip_prefix("vm/") {
@@ -124,10 +142,17 @@ impl ClusterState {
                 s.tasks
                     .insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
             } else if let Some(name) = key.strip_prefix("net/") {
-                s.networks.insert(
-                    name.to_string(),
-                    serde_json::from_slice(value).map_err(bad)?,
-                );
+                let net: crate::network::Network = serde_json::from_slice(value).map_err(bad)?;
+                if !net.leases.is_empty() {
+                    inline.push(name.to_string());
+                }
+                s.networks.insert(name.to_string(), net);
+            } else if let Some(rest) = key.strip_prefix("lease/") {
+                let corrupt = || format!("corrupt row key {key}");
+                let (net, off) = rest.rsplit_once('/').ok_or_else(corrupt)?;
+                let off: u32 = off.parse().map_err(|_| corrupt())?;
+                let lease: crate::network::Lease = serde_json::from_slice(value).map_err(bad)?;
+                leases.push((net.to_string(), off, lease));
             } else if let Some(id) = key.strip_prefix("req/") {
                 s.requests
                     .insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
@@ -135,7 +160,24 @@ impl ClusterState {
                 return Err(format!("unknown row key {key}"));
             }
         }
+        for (net, off, lease) in leases {
+            let Some(n) = s.networks.get_mut(&net) else {
+                return Err(format!(
+                    "corrupt rows: a lease of network {net}, which has no row"
+                ));
+            };
+            n.leases.insert(off, lease);
+        }
         s.rebuild_derived();
+        // Inline leases move to rows of their own the next time the rows are written
+        // (`take_touched`): the network row is rewritten without them at the same time.
+        for name in inline {
+            if let Some(n) = s.networks.get(&name) {
+                s.touched
+                    .extend(n.leases.keys().map(|off| RowKey::Lease(name.clone(), *off)));
+            }
+            s.touched.insert(RowKey::Network(name));
+        }
         Ok(s)
     }
 
@@ -180,6 +222,7 @@ impl ClusterState {
                 self.pending_tasks.insert((t.submitted_ms, t.id.clone()));
             }
         }
+        self.ghosts = crate::network::quarantine_index(&self.networks);
         self.touched.clear();
     }
 }
