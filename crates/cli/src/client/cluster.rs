@@ -263,6 +263,7 @@ impl Client {
                         .explain_move(pb::VmRef {
                             name: v.name.clone(),
                             request_id: String::new(),
+                            force: false,
                         })
                         .await
                     {
