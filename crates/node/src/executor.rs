@@ -517,7 +517,10 @@ impl Executor {
                 })
                 .await
                 .map_err(|e| {
-                    NodeError::io(format!("preparing VM '{}'", spec.name), std::io::Error::other(e))
+                    NodeError::io(
+                        format!("preparing VM '{}'", spec.name),
+                        std::io::Error::other(e),
+                    )
                 })??;
                 let mut cfg = match prepared {
                     Ok(cfg) => cfg,
