@@ -287,6 +287,10 @@ impl Executor {
             };
             per_vm.entry(name).or_default().push(a);
         }
+        // A pass that began before a shutdown request starts nothing new after it.
+        if *self.node.shutdown_signal().borrow() {
+            return vms_seen.and(tasks_seen).map(|_| ());
+        }
         for (name, actions) in per_vm {
             {
                 let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());

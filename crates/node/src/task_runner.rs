@@ -340,6 +340,11 @@ impl TaskRunner {
     /// Carries out one planned action. Attempts and reports run as tracked tasks (one per
     /// task at most: a task with a handler is not taken on again); the rest is done here.
     pub async fn perform(self: &Arc<Self>, action: TaskAction) {
+        // Once the node stops, its attempts are left to their supervisors as they are: a
+        // handler that returned because of the stop must not look like an attempt to resume.
+        if stopping(&self.node) {
+            return;
+        }
         match action {
             TaskAction::Signal { id } => {
                 if let Some((_, tx)) = self
@@ -406,13 +411,23 @@ impl TaskRunner {
                     if let Err(e) = this.run_attempt(task, rx).await {
                         tracing::warn!(task = %id, error = %e, "task attempt");
                     }
-                    this.running
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
+                    this.release(&id);
                 });
             }
         }
+    }
+
+    /// Lets go of task `id` after its handler ended, so the next pass plans it again, unless
+    /// the node is stopping: then the attempt stays claimed, and nothing in this run of the
+    /// daemon resumes it (the next run does, from its marker).
+    fn release(&self, id: &str) {
+        if stopping(&self.node) {
+            return;
+        }
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     /// Waits for the attempts' handlers once the node stops. They return on shutdown without
@@ -449,10 +464,7 @@ impl TaskRunner {
             if let Err(e) = this.report_unstarted(t, ending).await {
                 tracing::warn!(task = %id, error = %e, "reporting a task attempt; will retry");
             }
-            this.running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            this.release(&id);
         });
     }
 
@@ -486,6 +498,9 @@ impl TaskRunner {
                         && !run.join(rundir::STOP_REQUESTED).exists())
                 })
                 .await?;
+                if stopping(&self.node) {
+                    return Ok(());
+                }
                 stop_attempt(&dir, &m).await;
                 if ended_by_itself {
                     let (d, node_id) = (dir.clone(), self.node.id);
