@@ -185,7 +185,7 @@ fn tasks_on_one_node() {
         (vec!["task", "submit", "--env", "NOEQ", "--", "true"], "K"),
         (
             vec!["task", "list", "--state", "weird"],
-            "unknown task state",
+            "invalid value 'weird' for '--state",
         ),
     ] {
         let out = run_cli(&a, &args);
