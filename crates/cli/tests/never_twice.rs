@@ -351,7 +351,8 @@ fn cluster_status_fails_without_a_leader_unless_stale() {
         "a node without quorum must not print members as current"
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("leader"), "{err}");
+    // Either the quick "no quorum: N of M voters reachable" or the wait for a leader.
+    assert!(err.contains("no quorum") || err.contains("leader"), "{err}");
     assert!(
         try_json(&c.addr(survivor), &["cluster", "status", "--stale"]).is_some(),
         "--stale reads locally"

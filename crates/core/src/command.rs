@@ -94,11 +94,6 @@ pub enum Command {
     /// An operator marks a worker draining, or up again (undrain). `down` is refused: it is
     /// the failure detector's verdict ([`Command::LivenessVerdict`]), not a client command.
     SetWorkerState { id: NodeId, state: NodeState },
-    /// A node stopping gracefully says so about itself: an `up` worker becomes `shutting-down`
-    /// (nothing new is placed on it; its workloads stay where they are). A draining or down
-    /// worker keeps its state. It is `up` again once the failure detector sees its heartbeats
-    /// return ([`Command::LivenessVerdict`]).
-    WorkerShuttingDown { id: NodeId },
     /// The failure detector's verdict on a worker: `down` after lease + grace of silence (its
     /// lease has provably expired, so its workloads may run elsewhere) or `up` when its
     /// heartbeats are back. Proposed by the leader of `term` only, never forwarded; `apply`
@@ -177,6 +172,13 @@ pub enum Command {
     },
     /// Join tokens and revoked node identities (`tokens`).
     Security(crate::tokens::SecurityCommand),
+    // New variants go last: log entries are encoded by variant index (bincode), so a variant
+    // inserted above would change the meaning of every entry already written.
+    /// A node stopping gracefully says so about itself: an `up` worker becomes `shutting-down`
+    /// (nothing new is placed on it; its workloads stay where they are). A draining or down
+    /// worker keeps its state. It is `up` again once the failure detector sees its heartbeats
+    /// return ([`Command::LivenessVerdict`]).
+    WorkerShuttingDown { id: NodeId },
 }
 
 impl Command {

@@ -23,11 +23,19 @@ impl Ca {
         for h in hosts {
             let san = match h.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(
-                    h.as_str()
-                        .try_into()
-                        .map_err(|e| PkiError::Invalid(format!("bad host name '{h}': {e}")))?,
-                ),
+                Err(_) => {
+                    // A name a TLS client could ask for (letters, digits, '-' and '.' labels).
+                    rustls::pki_types::DnsName::try_from(h.as_str()).map_err(|_| {
+                        PkiError::Invalid(format!(
+                            "bad host name '{h}': not an IP address or DNS name"
+                        ))
+                    })?;
+                    SanType::DnsName(
+                        h.as_str()
+                            .try_into()
+                            .map_err(|e| PkiError::Invalid(format!("bad host name '{h}': {e}")))?,
+                    )
+                }
             };
             if !sans.contains(&san) {
                 sans.push(san);

@@ -20,11 +20,11 @@ pub enum RowKey {
     NodeIds,
     /// A network without its leases (name, CIDR, VNI, allocation cursor).
     Network(String),
+    /// The security records (`crate::tokens`), one row.
+    Security,
     /// One address lease: (network, offset). A row each, so a VM create rewrites one small
     /// row, not a network row holding every lease.
     Lease(String, u32),
-    /// The security records (`crate::tokens`), one row.
-    Security,
 }
 
 impl RowKey {

@@ -39,7 +39,11 @@ pub fn https_hosts(bound: SocketAddr, advertise: &str) -> Vec<String> {
             hosts.push(h.to_string());
         }
     }
-    hosts.retain(|h| !h.is_empty());
+    // Only names a certificate can carry (a host name with '_' would make issuing fail).
+    hosts.retain(|h| {
+        h.parse::<std::net::IpAddr>().is_ok()
+            || rustls::pki_types::DnsName::try_from(h.as_str()).is_ok()
+    });
     hosts.dedup();
     hosts
 }
