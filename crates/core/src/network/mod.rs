@@ -33,6 +33,9 @@ use crate::command::{ApplyError, Command, Outcome, Reply};
 use crate::spec::{self, NodeId};
 use crate::state::{ClusterState, RowKey};
 
+mod cidr;
+pub use cidr::Cidr;
+
 /// The network VMs join when they name none.
 pub const DEFAULT_NETWORK: &str = "default";
 /// The default network's CIDR unless `--network-cidr` says otherwise at `--init`.
@@ -53,128 +56,6 @@ const PRIVATE: &[(Ipv4Addr, u8)] = &[
     (Ipv4Addr::new(192, 168, 0, 0), 16),
     (Ipv4Addr::new(100, 64, 0, 0), 10),
 ];
-
-/// An IPv4 network: its first address and prefix length. Serialized as `"10.88.0.0/16"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    base: Ipv4Addr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub fn base(&self) -> Ipv4Addr {
-        self.base
-    }
-
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    /// Number of addresses, network and broadcast included.
-    pub fn size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.prefix))
-    }
-
-    pub fn netmask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(mask(self.prefix))
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask(self.prefix) == u32::from(self.base)
-    }
-
-    pub fn overlaps(&self, other: &Cidr) -> bool {
-        self.contains(other.base) || other.contains(self.base)
-    }
-
-    /// The address at `offset` from the base.
-    pub fn at(&self, offset: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.base).wrapping_add(offset))
-    }
-
-    /// The offset of `ip` when it is a usable host address (not the network or broadcast
-    /// address) of this network.
-    pub fn host_offset(&self, ip: Ipv4Addr) -> Option<u32> {
-        if !self.contains(ip) {
-            return None;
-        }
-        let off = u32::from(ip) - u32::from(self.base);
-        (off >= 1 && off <= self.last_host()).then_some(off)
-    }
-
-    /// Offset of the last usable host address (the one before broadcast).
-    pub fn last_host(&self) -> u32 {
-        u32::try_from(self.size() - 2).unwrap_or(u32::MAX)
-    }
-}
-
-fn mask(prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix))
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.base, self.prefix)
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    /// Parses `A.B.C.D/P`: a private network address (host bits zero), prefix 8 to 29.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let shown = spec::truncate_for_message(s);
-        let bad = |why: &str| format!("invalid CIDR '{shown}': {why}");
-        let (ip, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| bad("write it as A.B.C.D/PREFIX, e.g. 10.88.0.0/16"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| bad("not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .map_err(|_| bad("the prefix must be a number"))?;
-        if !(MIN_PREFIX..=MAX_PREFIX).contains(&prefix) {
-            return Err(bad(&format!(
-                "the prefix must be between {MIN_PREFIX} and {MAX_PREFIX}"
-            )));
-        }
-        let base = Ipv4Addr::from(u32::from(ip) & mask(prefix));
-        if base != ip {
-            return Err(bad(&format!(
-                "host bits are set; did you mean {base}/{prefix}?"
-            )));
-        }
-        let cidr = Cidr { base, prefix };
-        let private = PRIVATE.iter().any(|(b, p)| {
-            *p <= prefix
-                && Cidr {
-                    base: *b,
-                    prefix: *p,
-                }
-                .contains(base)
-        });
-        if !private {
-            return Err(bad("use a private range: inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10"));
-        }
-        Ok(cidr)
-    }
-}
-
-impl Serialize for Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 /// Who holds an address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -672,58 +553,4 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidr_parsing() {
-        let c: Cidr = "10.88.0.0/16".parse().unwrap();
-        assert_eq!(c.size(), 65536);
-        assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 0, 0));
-        assert_eq!(c.host_offset(Ipv4Addr::new(10, 88, 0, 0)), None);
-        assert_eq!(c.host_offset(Ipv4Addr::new(10, 88, 255, 255)), None);
-        assert_eq!(c.host_offset(Ipv4Addr::new(10, 88, 1, 2)), Some(258));
-        assert_eq!(c.to_string(), "10.88.0.0/16");
-        for bad in [
-            "10.88.0.1/16",
-            "10.0.0.0/7",
-            "10.0.0.0/30",
-            "8.8.8.0/24",
-            "10.0.0.0",
-            "x/8",
-            "10.0.0.0/x",
-        ] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
-        }
-        let a: Cidr = "10.0.0.0/8".parse().unwrap();
-        let b: Cidr = "10.1.0.0/16".parse().unwrap();
-        let d: Cidr = "192.168.0.0/24".parse().unwrap();
-        assert!(a.overlaps(&b) && b.overlaps(&a) && !a.overlaps(&d));
-    }
-
-    #[test]
-    fn allocation_wraps_after_the_cursor() {
-        let mut n = Network {
-            name: "n".into(),
-            cidr: "192.168.0.0/29".parse().unwrap(),
-            vni: 1,
-            leases: BTreeMap::new(),
-            cursor: 1,
-            created_ms: 0,
-        };
-        let got: Vec<u32> = (0..6)
-            .map(|i| {
-                n.allocate(Lease::Vm {
-                    name: format!("v{i}"),
-                })
-                .unwrap()
-            })
-            .collect();
-        assert_eq!(got, vec![1, 2, 3, 4, 5, 6]);
-        assert!(n.allocate(Lease::Vm { name: "x".into() }).is_err());
-        n.leases.remove(&2);
-        n.leases.remove(&5);
-        assert_eq!(n.allocate(Lease::Vm { name: "y".into() }).unwrap(), 2);
-        assert_eq!(n.allocate(Lease::Vm { name: "z".into() }).unwrap(), 5);
-    }
-}
+mod tests;
