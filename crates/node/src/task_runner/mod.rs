@@ -185,12 +185,8 @@ impl TaskRunner {
             }
             TaskAction::Start { task } => {
                 let (tx, rx) = watch::channel(false);
-                {
-                    let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
-                    if r.contains_key(&task.id) {
-                        return;
-                    }
-                    r.insert(task.id.clone(), (task.epoch, tx));
+                if !self.claim(&task, tx) {
+                    return;
                 }
                 let this = self.clone();
                 self.tracker.spawn(async move {
@@ -202,6 +198,17 @@ impl TaskRunner {
                 });
             }
         }
+    }
+
+    /// Claims task `t` for one handler (with its cancel channel): false when a handler
+    /// already has it.
+    fn claim(&self, t: &TaskRecord, cancel: watch::Sender<bool>) -> bool {
+        let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if r.contains_key(&t.id) {
+            return false;
+        }
+        r.insert(t.id.clone(), (t.epoch, cancel));
+        true
     }
 
     /// Lets go of task `id` after its handler ended, so the next pass plans it again, unless
@@ -238,12 +245,8 @@ impl TaskRunner {
     /// if it still runs, and reported failed (or as it ended, if it ended by itself meanwhile).
     fn spawn_report(self: &Arc<Self>, t: TaskRecord, ending: Option<Ending>) {
         let (tx, _rx) = watch::channel(false);
-        {
-            let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            if r.contains_key(&t.id) {
-                return;
-            }
-            r.insert(t.id.clone(), (t.epoch, tx));
+        if !self.claim(&t, tx) {
+            return;
         }
         let this = self.clone();
         self.tracker.spawn(async move {
