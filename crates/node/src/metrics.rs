@@ -131,6 +131,11 @@ impl Metrics {
             st.applied_entries.clone(),
         );
         reg.register(
+            "raft_state_row_commits",
+            "Commits of applied rows to the state database (several batches each)",
+            st.row_commits.clone(),
+        );
+        reg.register(
             "raft_snapshots_built",
             "Snapshots built since the node started",
             st.snapshots_built.clone(),

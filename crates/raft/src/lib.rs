@@ -6,11 +6,13 @@
 //! - [`sm_store`]: the replicated state in `state.redb`. Its tables are written only by
 //!   `apply` and snapshot installation, each in one transaction that also records the applied
 //!   log id (invariant 1).
+//! - [`snapshot_file`]: the current snapshot in `state.snapshot`, and the snapshot format.
 
 pub mod events;
 pub mod log_store;
 pub mod metrics;
 pub mod sm_store;
+pub mod snapshot_file;
 
 use std::io::Cursor;
 

@@ -11,6 +11,8 @@ pub struct StoreMetrics {
     pub apply_seconds: Histogram,
     /// Entries applied.
     pub applied_entries: Counter,
+    /// Commits of applied rows to the state database (coalesced: see `sm_store`).
+    pub row_commits: Counter,
     pub snapshots_built: Counter,
     pub snapshots_installed: Counter,
     /// Snapshot chunks this node sent to lagging followers (as leader).
@@ -28,6 +30,7 @@ impl Default for StoreMetrics {
         Self {
             apply_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             applied_entries: Counter::default(),
+            row_commits: Counter::default(),
             snapshots_built: Counter::default(),
             snapshots_installed: Counter::default(),
             snapshot_chunks_sent: Counter::default(),

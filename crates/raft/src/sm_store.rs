@@ -3,16 +3,29 @@
 //! Tables (declared here and nowhere else):
 //! - `sm_rows`: one row per VM, worker and remembered request (`core::RowKey::encode`).
 //! - `sm_meta`: the last applied log id and the last membership.
-//! - `sm_snapshot`: the current snapshot (metadata and data), served to lagging followers.
+//! - `sm_snapshot`: where versions before the snapshot file kept the current snapshot; read
+//!   once at open and moved to the file ([`crate::snapshot_file`]).
 //!
-//! `apply` runs `core::ClusterState::apply` for each entry of a batch, then writes the rows it
-//! touched together with the applied log id in one transaction (invariant 1: nothing else
-//! writes these tables). Those commits are not fsynced (the log is); snapshot commits are. The in-memory [`SharedState`] is the state machine itself; the node
-//! reads it (after a ReadIndex for linearizable reads), never writes it.
+//! `apply` runs `core::ClusterState::apply` for each entry of a batch. The rows it touched are
+//! written together with the applied log id in one transaction (invariant 1: nothing else
+//! writes these tables), but not after every batch: touched row keys accumulate and are
+//! committed every [`FLUSH_ENTRIES`] entries or [`FLUSH_AGE`], whichever comes first, and when
+//! the store is dropped. Those commits are not fsynced either. Both are safe because the rows
+//! are not what makes an entry durable: the Raft log is (fsynced per batch, `log_store`), and
+//! the snapshot file is durable before openraft purges any entry it covers. After a crash the
+//! rows come back at some earlier commit (always a consistent one: rows and applied id move
+//! together); openraft installs the snapshot if it is ahead of them and re-applies the
+//! committed entries after that, and `apply` is deterministic. Coalescing cut the state
+//! machine's share of the cluster's CPU under write load (docs/benchmarks.md).
+//!
+//! The in-memory [`SharedState`] is the state machine itself; the node reads it (after a
+//! ReadIndex for linearizable reads), never writes it.
 
+use std::collections::BTreeSet;
 use std::io::Cursor;
-use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use blixard_core::{ClusterState, RowKey};
 use futures::{Stream, TryStreamExt};
@@ -23,7 +36,17 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::log_store::blocking;
+use crate::snapshot_file;
 use crate::{io_err, EventLog, SnapshotData, TypeConfig};
+
+pub use crate::snapshot_file::{decode_snapshot_data, encode_snapshot_data};
+
+/// Applied entries whose rows may wait before they are committed.
+pub const FLUSH_ENTRIES: u64 = 1024;
+/// How long applied entries' rows may wait before they are committed (checked when the next
+/// batch is applied; an idle store keeps them until it is dropped).
+pub const FLUSH_AGE: Duration = Duration::from_millis(200);
 
 const ROWS: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_rows");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
@@ -57,30 +80,107 @@ impl SharedState {
     }
 }
 
-/// The state a snapshot's data holds, with its derived fields rebuilt; anything malformed is an
-/// `InvalidData` error (fuzzed: never a panic).
-pub fn decode_snapshot_data(data: &[u8]) -> Result<ClusterState, std::io::Error> {
-    let mut state: ClusterState = serde_json::from_slice(data).map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("corrupt snapshot: {e}"),
-        )
-    })?;
-    state.rebuild_derived();
-    Ok(state)
-}
-
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMetaOf<C>,
     data: Vec<u8>,
 }
 
+/// Rows touched by applied entries and not committed yet, with the log position they reach.
+#[derive(Default)]
+struct Pending {
+    touched: BTreeSet<RowKey>,
+    last_applied: Option<LogIdOf<C>>,
+    membership: Option<StoredMembershipOf<C>>,
+    entries: u64,
+    since: Option<Instant>,
+    /// A snapshot was written since the last commit: the next commit is durable, which lets
+    /// redb reuse the pages that the non-durable commits before it freed.
+    durable_due: bool,
+}
+
+impl Pending {
+    fn due(&self, age: Duration) -> bool {
+        self.entries >= FLUSH_ENTRIES || self.since.is_some_and(|t| t.elapsed() >= age)
+    }
+}
+
+/// The database and the commit it owes; shared by the store's clones and flushed when the
+/// last one is dropped.
+struct Rows {
+    db: Database,
+    shared: SharedState,
+    pending: Mutex<Pending>,
+    /// [`FLUSH_AGE`], except in tests.
+    flush_age: Duration,
+}
+
+impl Rows {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commits the pending rows, as the applied state has them now, with their applied log id,
+    /// in one transaction. Called only where no entry is being applied (inside `apply`, after
+    /// its batch, or at drop), so the applied state is exactly at `p.last_applied`.
+    fn flush(&self, p: &mut Pending) -> Result<(), std::io::Error> {
+        let Some(last_applied) = p.last_applied else {
+            return Ok(());
+        };
+        let rows: Vec<(String, Option<Vec<u8>>)> = {
+            let a = self.shared.read();
+            debug_assert_eq!(a.last_applied, p.last_applied);
+            p.touched
+                .iter()
+                .map(|k: &RowKey| (k.encode(), a.state.row(k)))
+                .collect()
+        };
+        let mut tx = self.db.begin_write().map_err(io_err)?;
+        if !p.durable_due {
+            // Not fsynced: see the module docs. (redb 2's `Eventual` still calls fsync on
+            // Linux; `None` does not.)
+            tx.set_durability(redb::Durability::None);
+        }
+        {
+            let mut t = tx.open_table(ROWS).map_err(io_err)?;
+            for (k, v) in &rows {
+                match v {
+                    Some(v) => t.insert(k.as_str(), v.as_slice()).map_err(io_err)?,
+                    None => t.remove(k.as_str()).map_err(io_err)?,
+                };
+            }
+            let mut meta = tx.open_table(META).map_err(io_err)?;
+            let la = serde_json::to_vec(&Some(last_applied)).map_err(io_err)?;
+            meta.insert(APPLIED_KEY, la.as_slice()).map_err(io_err)?;
+            if let Some(m) = &p.membership {
+                let m = serde_json::to_vec(m).map_err(io_err)?;
+                meta.insert(MEMBERSHIP_KEY, m.as_slice()).map_err(io_err)?;
+            }
+        }
+        // Off the async worker: a commit writes pages (and a durable one fsyncs).
+        blocking(|| tx.commit().map_err(io_err))?;
+        *p = Pending::default();
+        Ok(())
+    }
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        let mut p = std::mem::take(self.pending.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if let Err(e) = self.flush(&mut p) {
+            // Nothing is lost: the log still holds these entries and they are applied again
+            // at the next start.
+            tracing::warn!(error = %e, "could not commit the last applied rows at shutdown");
+        }
+    }
+}
+
 /// The redb-backed state machine. Cloning shares the database and the state.
 #[derive(Clone)]
 pub struct StateMachineStore {
-    db: Arc<Database>,
+    rows: Arc<Rows>,
     shared: SharedState,
+    snapshot_path: Arc<PathBuf>,
     /// Events derived from the entries applied here (not persisted; see `core::events`).
     events: EventLog,
     metrics: crate::StoreMetrics,
@@ -88,6 +188,10 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     pub fn open(path: &Path) -> Result<Self, std::io::Error> {
+        Self::open_with_flush_age(path, FLUSH_AGE)
+    }
+
+    fn open_with_flush_age(path: &Path, flush_age: Duration) -> Result<Self, std::io::Error> {
         let db = crate::open_db(path)?;
         let tx = db.begin_write().map_err(io_err)?;
         tx.open_table(ROWS).map_err(io_err)?;
@@ -108,18 +212,53 @@ impl StateMachineStore {
             .map(|l| l.index())
             .unwrap_or(0);
         let events = EventLog::new(&applied.state, floor);
+        let snapshot_path = snapshot_file::path_for(path);
+        Self::move_snapshot_to_file(&db, &snapshot_path)?;
+        let shared = SharedState(Arc::new(RwLock::new(applied)));
         Ok(Self {
-            db: Arc::new(db),
-            shared: SharedState(Arc::new(RwLock::new(applied))),
+            rows: Arc::new(Rows {
+                db,
+                shared: shared.clone(),
+                pending: Mutex::default(),
+                flush_age,
+            }),
+            shared,
+            snapshot_path: Arc::new(snapshot_path),
             events,
             metrics: Default::default(),
         })
     }
 
+    /// A snapshot stored by an earlier version in the `sm_snapshot` table is moved to the
+    /// snapshot file (unless the file already exists), then removed from the table.
+    fn move_snapshot_to_file(db: &Database, file: &Path) -> Result<(), std::io::Error> {
+        let old: Option<StoredSnapshot> = {
+            let tx = db.begin_read().map_err(io_err)?;
+            let t = tx.open_table(SNAPSHOT).map_err(io_err)?;
+            match t.get(SNAPSHOT_KEY).map_err(io_err)? {
+                None => return Ok(()),
+                Some(v) => Some(serde_json::from_slice(v.value()).map_err(io_err)?),
+            }
+        };
+        if let Some(s) = old {
+            if !file.exists() {
+                snapshot_file::write(file, &s.meta, &s.data)?;
+            }
+        }
+        let tx = db.begin_write().map_err(io_err)?;
+        {
+            let mut t = tx.open_table(SNAPSHOT).map_err(io_err)?;
+            t.remove(SNAPSHOT_KEY).map_err(io_err)?;
+        }
+        tx.commit().map_err(io_err)?;
+        tracing::info!(file = %file.display(), "moved the snapshot out of the state database");
+        Ok(())
+    }
+
     fn write_rows(
         db: &Database,
         state: &ClusterState,
-        keys: &std::collections::BTreeSet<RowKey>,
+        keys: &BTreeSet<RowKey>,
     ) -> Result<(), std::io::Error> {
         let tx = db.begin_write().map_err(io_err)?;
         {
@@ -180,13 +319,11 @@ impl StateMachineStore {
         self.shared.clone()
     }
 
-    /// Writes a whole state (from a snapshot) in one transaction, replacing what was there.
-    fn write_all(
-        &self,
-        applied: &Applied,
-        snapshot: Option<&StoredSnapshot>,
-    ) -> Result<(), std::io::Error> {
-        let tx = self.db.begin_write().map_err(io_err)?;
+    /// Writes a whole state (from a snapshot) in one durable transaction, replacing what was
+    /// there, rows not yet committed included.
+    fn write_all(&self, applied: &Applied) -> Result<(), std::io::Error> {
+        *self.rows.pending() = Pending::default();
+        let tx = self.rows.db.begin_write().map_err(io_err)?;
         {
             let mut rows = tx.open_table(ROWS).map_err(io_err)?;
             rows.retain(|_, _| false).map_err(io_err)?;
@@ -198,23 +335,8 @@ impl StateMachineStore {
             meta.insert(APPLIED_KEY, la.as_slice()).map_err(io_err)?;
             let m = serde_json::to_vec(&applied.membership).map_err(io_err)?;
             meta.insert(MEMBERSHIP_KEY, m.as_slice()).map_err(io_err)?;
-            if let Some(s) = snapshot {
-                let mut t = tx.open_table(SNAPSHOT).map_err(io_err)?;
-                let b = serde_json::to_vec(s).map_err(io_err)?;
-                t.insert(SNAPSHOT_KEY, b.as_slice()).map_err(io_err)?;
-            }
         }
-        tx.commit().map_err(io_err)
-    }
-
-    fn save_snapshot(&self, s: &StoredSnapshot) -> Result<(), std::io::Error> {
-        let b = serde_json::to_vec(s).map_err(io_err)?;
-        let tx = self.db.begin_write().map_err(io_err)?;
-        {
-            let mut t = tx.open_table(SNAPSHOT).map_err(io_err)?;
-            t.insert(SNAPSHOT_KEY, b.as_slice()).map_err(io_err)?;
-        }
-        tx.commit().map_err(io_err)
+        blocking(|| tx.commit().map_err(io_err))
     }
 }
 
@@ -224,23 +346,21 @@ impl RaftSnapshotBuilder<C> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, std::io::Error> {
         let (meta, data) = {
             let applied = self.shared.read();
-            let data = serde_json::to_vec(&applied.state).map_err(io_err)?;
+            let data = encode_snapshot_data(&applied.state)?;
             let meta = SnapshotMetaOf::<C> {
                 last_log_id: applied.last_applied,
                 last_membership: applied.membership.clone(),
             };
             (meta, data)
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.save_snapshot(&stored)?;
+        // Durable before openraft may purge the entries it covers.
+        blocking(|| snapshot_file::write(&self.snapshot_path, &meta, &data))?;
+        self.rows.pending().durable_due = true;
         self.metrics.snapshots_built.inc();
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes = stored.data.len(), "built snapshot");
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
         Ok(SnapshotOf::<C, SnapshotData> {
             meta,
-            snapshot: Cursor::new(stored.data),
+            snapshot: Cursor::new(data),
         })
     }
 }
@@ -262,8 +382,9 @@ impl RaftStateMachine<C> for StateMachineStore {
     {
         let started = std::time::Instant::now();
         let mut responses = Vec::new();
+        let mut touched_entries = 0u64;
         let (touched, last_applied, membership) = {
-            let mut touched = std::collections::BTreeSet::new();
+            let mut touched = BTreeSet::new();
             let mut last_applied = None;
             let mut membership = None;
             while let Some((entry, responder)) = entries.try_next().await? {
@@ -301,6 +422,7 @@ impl RaftStateMachine<C> for StateMachineStore {
                     outcome
                 };
                 last_applied = Some(log_id);
+                touched_entries += 1;
                 self.metrics.applied_entries.inc();
                 if let Some(r) = responder {
                     responses.push((r, outcome));
@@ -312,42 +434,21 @@ impl RaftStateMachine<C> for StateMachineStore {
             return Ok(());
         };
         let last_applied_index = last_applied.index();
-
-        // One transaction: the rows this batch changed and the applied log id.
-        let rows: Vec<(String, Option<Vec<u8>>)> = {
-            let a = self.shared.read();
-            touched
-                .iter()
-                .map(|k: &RowKey| (k.encode(), a.state.row(k)))
-                .collect()
-        };
-        let mut tx = self.db.begin_write().map_err(io_err)?;
-        // No fsync here: the Raft log is the durable record (one fsync per batch, in the log
-        // store). After a crash the state machine comes back at its last durable commit (a
-        // snapshot, or the file's creation) and openraft re-applies the committed entries after
-        // it: apply is deterministic. The log is purged only up to a snapshot, and saving a
-        // snapshot commits with immediate durability, which persists every earlier commit of
-        // this file too. (redb 2's `Eventual` still calls fsync on Linux; `None` does not.)
-        tx.set_durability(redb::Durability::None);
         {
-            let mut t = tx.open_table(ROWS).map_err(io_err)?;
-            for (k, v) in &rows {
-                match v {
-                    Some(v) => t.insert(k.as_str(), v.as_slice()).map_err(io_err)?,
-                    None => t.remove(k.as_str()).map_err(io_err)?,
-                };
+            // The rows this batch changed join those waiting; committed together when due.
+            let mut p = self.rows.pending();
+            p.entries += touched_entries;
+            p.touched.extend(touched);
+            p.last_applied = Some(last_applied);
+            if membership.is_some() {
+                p.membership = membership;
             }
-            let mut meta = tx.open_table(META).map_err(io_err)?;
-            let la = serde_json::to_vec(&Some(last_applied)).map_err(io_err)?;
-            meta.insert(APPLIED_KEY, la.as_slice()).map_err(io_err)?;
-            if let Some(m) = membership {
-                let m = serde_json::to_vec(&m).map_err(io_err)?;
-                meta.insert(MEMBERSHIP_KEY, m.as_slice()).map_err(io_err)?;
+            p.since.get_or_insert_with(Instant::now);
+            if p.due(self.rows.flush_age) {
+                self.rows.flush(&mut p)?;
+                self.metrics.row_commits.inc();
             }
         }
-        // Off the async worker: a commit writes pages (no fsync here, but a large batch or a
-        // freshly grown file still costs milliseconds of I/O).
-        crate::log_store::blocking(|| tx.commit().map_err(io_err))?;
 
         self.events.applied_up_to(last_applied_index);
         self.metrics
@@ -375,11 +476,10 @@ impl RaftStateMachine<C> for StateMachineStore {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.write_all(&applied, Some(&stored))?;
+        // The snapshot first (durable), then the rows: if this stops between the two, the next
+        // start installs the snapshot again.
+        blocking(|| snapshot_file::write(&self.snapshot_path, meta, &data))?;
+        self.write_all(&applied)?;
         let floor = applied
             .last_applied
             .as_ref()
@@ -396,15 +496,12 @@ impl RaftStateMachine<C> for StateMachineStore {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, std::io::Error> {
-        let tx = self.db.begin_read().map_err(io_err)?;
-        let t = tx.open_table(SNAPSHOT).map_err(io_err)?;
-        let Some(v) = t.get(SNAPSHOT_KEY).map_err(io_err)? else {
+        let Some((meta, data)) = blocking(|| snapshot_file::read(&self.snapshot_path))? else {
             return Ok(None);
         };
-        let s: StoredSnapshot = serde_json::from_slice(v.value()).map_err(io_err)?;
         Ok(Some(SnapshotOf::<C, SnapshotData> {
-            meta: s.meta,
-            snapshot: Cursor::new(s.data),
+            meta,
+            snapshot: Cursor::new(data),
         }))
     }
 }
@@ -413,6 +510,84 @@ impl RaftStateMachine<C> for StateMachineStore {
 mod tests {
     use super::*;
     use blixard_core::{Command, Request, Resources, VmSpec};
+
+    fn entry(index: u64, cmd: Command) -> openraft::alias::EntryOf<C> {
+        let req = Request::new(cmd, 1);
+        serde_json::from_value(serde_json::json!({
+            "log_id": {"leader_id": {"term": 1, "node_id": 1}, "index": index},
+            "payload": {"Normal": req},
+        }))
+        .unwrap()
+    }
+
+    async fn apply_all(sm: &mut StateMachineStore, entries: Vec<openraft::alias::EntryOf<C>>) {
+        let s = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+        sm.apply(s).await.unwrap();
+    }
+
+    /// Applied rows are committed when enough entries wait, not after every batch, and the
+    /// rows still waiting are committed when the store is dropped: reopening gives the same
+    /// state at the same log id.
+    #[tokio::test]
+    async fn rows_are_committed_in_batches_and_when_dropped() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("state.redb");
+        // Only the entry count makes commits due here, whatever the machine's speed.
+        let mut sm = StateMachineStore::open_with_flush_age(&path, Duration::MAX).unwrap();
+        apply_all(
+            &mut sm,
+            vec![
+                entry(
+                    1,
+                    Command::RegisterWorker {
+                        id: 1,
+                        addr: "10.1.0.1:7000".into(),
+                        capacity: Resources::new(1000, 1 << 30, 1000),
+                        kvm: false,
+                        labels: Default::default(),
+                    },
+                ),
+                entry(
+                    2,
+                    Command::EnsureDefaultNetwork {
+                        cidr: "10.88.0.0/16".into(),
+                    },
+                ),
+            ],
+        )
+        .await;
+        for i in 3..=10u64 {
+            let spec = VmSpec::new(&format!("vm{i}"));
+            apply_all(&mut sm, vec![entry(i, Command::CreateVm { spec })]).await;
+        }
+        assert_eq!(sm.metrics().row_commits.get(), 0, "10 entries: not due yet");
+        let mut next = 11u64;
+        while sm.metrics().row_commits.get() == 0 {
+            assert!(
+                next < 10 + FLUSH_ENTRIES + 2,
+                "no commit after {next} entries"
+            );
+            let spec = VmSpec::new(&format!("vm{next}"));
+            apply_all(&mut sm, vec![entry(next, Command::CreateVm { spec })]).await;
+            next += 1;
+        }
+        // Some more that are not due yet, then close.
+        for i in next..next + 5 {
+            let spec = VmSpec::new(&format!("vm{i}"));
+            apply_all(&mut sm, vec![entry(i, Command::CreateVm { spec })]).await;
+        }
+        let (state, applied) = {
+            let shared = sm.shared();
+            let a = shared.read();
+            (a.state.clone(), a.last_applied)
+        };
+        assert_eq!(applied.map(|l| l.index()), Some(next + 4));
+        drop(sm);
+        let reopened = StateMachineStore::open(&path).unwrap().shared();
+        let a = reopened.read();
+        assert_eq!(a.last_applied, applied);
+        assert_eq!(a.state, state);
+    }
 
     /// A state file written before address leases had rows of their own (every lease inline in
     /// its network's row) opens to the same state, and opening rewrites it in the current layout.
