@@ -557,7 +557,7 @@ mod tests {
         )
         .await;
         for i in 3..=10u64 {
-            let spec = VmSpec::new(&format!("vm{i}"));
+            let spec = VmSpec::new(format!("vm{i}"));
             apply_all(&mut sm, vec![entry(i, Command::CreateVm { spec })]).await;
         }
         assert_eq!(sm.metrics().row_commits.get(), 0, "10 entries: not due yet");
@@ -567,13 +567,13 @@ mod tests {
                 next < 10 + FLUSH_ENTRIES + 2,
                 "no commit after {next} entries"
             );
-            let spec = VmSpec::new(&format!("vm{next}"));
+            let spec = VmSpec::new(format!("vm{next}"));
             apply_all(&mut sm, vec![entry(next, Command::CreateVm { spec })]).await;
             next += 1;
         }
         // Some more that are not due yet, then close.
         for i in next..next + 5 {
-            let spec = VmSpec::new(&format!("vm{i}"));
+            let spec = VmSpec::new(format!("vm{i}"));
             apply_all(&mut sm, vec![entry(i, Command::CreateVm { spec })]).await;
         }
         let (state, applied) = {

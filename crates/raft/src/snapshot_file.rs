@@ -94,8 +94,11 @@ pub fn write(path: &Path, meta: &SnapshotMetaOf<C>, data: &[u8]) -> Result<(), s
     Ok(())
 }
 
+/// A snapshot read back: its metadata and its data.
+pub type Stored = (SnapshotMetaOf<C>, Vec<u8>);
+
 /// Reads the snapshot at `path`, if there is one.
-pub fn read(path: &Path) -> Result<Option<(SnapshotMetaOf<C>, Vec<u8>)>, std::io::Error> {
+pub fn read(path: &Path) -> Result<Option<Stored>, std::io::Error> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
