@@ -101,6 +101,9 @@ pub struct LogStore {
     db: Arc<Database>,
     /// The first index readers may see (one past the last purged), cached from `log_meta`.
     floor: Arc<AtomicU64>,
+    /// The latest committed log id openraft reported and not yet written: it rides along with
+    /// the next append's transaction instead of costing a commit of its own.
+    committed: Arc<std::sync::Mutex<Option<Option<LogIdOf<C>>>>>,
 }
 
 impl LogStore {
@@ -126,6 +129,7 @@ impl LogStore {
         let store = Self {
             db: Arc::new(db),
             floor: Arc::default(),
+            committed: Arc::default(),
         };
         let purged: Option<LogIdOf<C>> = store.get_meta(PURGED_KEY)?;
         store.set_floor(purged.as_ref());
@@ -261,18 +265,16 @@ impl RaftLogStorage<C> for LogStore {
         committed: Option<LogIdOf<C>>,
     ) -> Result<(), std::io::Error> {
         // A hint for faster recovery only (openraft learns the commit index from the leader
-        // anyway): no fsync of its own; the next append's commit persists it.
-        let bytes = serde_json::to_vec(&committed).map_err(io_err)?;
-        let mut tx = self.db.begin_write().map_err(io_err)?;
-        tx.set_durability(redb::Durability::None);
-        {
-            let mut t = tx.open_table(META).map_err(io_err)?;
-            t.insert(COMMITTED_KEY, bytes.as_slice()).map_err(io_err)?;
-        }
-        tx.commit().map_err(io_err)
+        // anyway): kept in memory and written with the next append, which costs nothing extra;
+        // it was a redb commit of its own on every node for every commit-index change.
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, std::io::Error> {
+        if let Some(c) = *self.committed.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(c);
+        }
         Ok(self
             .get_meta::<Option<LogIdOf<C>>>(COMMITTED_KEY)?
             .flatten())
@@ -286,8 +288,18 @@ impl RaftLogStorage<C> for LogStore {
             .into_iter()
             .map(|e| Ok((e.index(), encode_entry(&e)?)))
             .collect::<Result<Vec<_>, std::io::Error>>()?;
+        let committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let tx = self.db.begin_write().map_err(io_err)?;
         insert_entries(&tx, encoded.iter().map(|(i, b)| (*i, b.as_slice())))?;
+        if let Some(c) = committed {
+            let bytes = serde_json::to_vec(&c).map_err(io_err)?;
+            let mut t = tx.open_table(META).map_err(io_err)?;
+            t.insert(COMMITTED_KEY, bytes.as_slice()).map_err(io_err)?;
+        }
         let res = blocking(|| tx.commit().map_err(io_err));
         let reported = res
             .as_ref()
