@@ -179,6 +179,32 @@ pub(crate) enum BenchCmd {
         #[arg(long = "node-arg", allow_hyphen_values = true)]
         node_args: Vec<String>,
     },
+    /// Own clusters of each size in NODES (VOTERS voters, the rest learners): time to form,
+    /// idle CPU, time to place VMS, the leader's CPU and memory, learners' memory, elections.
+    Scale {
+        /// Cluster sizes, one after the other (each a new cluster).
+        #[arg(long, value_delimiter = ',', default_value = "25,50,100")]
+        nodes: Vec<usize>,
+        /// Voters (`--target-voters` of every node); the others stay learners.
+        #[arg(long, default_value_t = 3)]
+        voters: usize,
+        /// VMs to create (stopped: placed and reserved) through Raft once formed.
+        #[arg(long, default_value_t = 10_000)]
+        vms: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Nodes started (and joining) at once while forming.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        /// Seconds the formed cluster idles while its CPU is measured (0: skip).
+        #[arg(long, default_value_t = 10)]
+        idle: u64,
+        /// Tokio worker threads per node (TOKIO_WORKER_THREADS; default: one per core).
+        #[arg(long)]
+        node_threads: Option<usize>,
+        #[arg(long = "node-arg", allow_hyphen_values = true)]
+        node_args: Vec<String>,
+    },
     /// Raw QEMU boot vs blixard create -> running, same kernel and initramfs, same run.
     Boot {
         #[arg(long, default_value_t = 5)]

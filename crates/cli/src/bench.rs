@@ -8,9 +8,10 @@
 //! linearizable or stale).
 //!
 //! The benchmarks that need their own cluster (failover, memory, catchup, creates) are in
-//! `suite`.
+//! `suite`; `scale` (clusters of 25 to 100 nodes) in `scale`.
 
 mod local;
+pub mod scale;
 pub mod suite;
 
 use std::time::{Duration, Instant};

@@ -193,6 +193,32 @@ fn main() -> ExitCode {
                 ))
                 .await
             }
+            Cmd::Bench {
+                sub:
+                    BenchCmd::Scale {
+                        nodes,
+                        voters,
+                        vms,
+                        clients,
+                        parallel,
+                        idle,
+                        node_threads,
+                        node_args,
+                    },
+            } => {
+                bench::suite::interruptible(bench::scale::scale(bench::scale::Params {
+                    sizes: nodes,
+                    voters,
+                    vms,
+                    clients: clients.max(1),
+                    parallel: parallel.max(1),
+                    idle: Duration::from_secs(idle),
+                    node_threads,
+                    node_args,
+                    json: cli.json,
+                }))
+                .await
+            }
             Cmd::Dashboard => c.dashboard().await,
             Cmd::Version => {
                 extras::version(cli.json);

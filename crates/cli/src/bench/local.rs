@@ -32,6 +32,8 @@ pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
     /// Extra `blixard node` arguments for every node (capacity overrides, timeouts).
     node_args: Vec<String>,
+    /// Extra environment for every node process (e.g. `TOKIO_WORKER_THREADS`).
+    pub node_env: Vec<(String, String)>,
 }
 
 /// A free loopback port (bound and released; the node binds it right after).
@@ -62,27 +64,58 @@ pub async fn connect_with(
         .max_encoding_message_size(256 << 20))
 }
 
+/// Waits until `addr` answers a cluster status (credentials exist by then); `dir` holds the
+/// node logs, named in the error.
+async fn wait_answers_at(addr: &str, creds: &Path, dir: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if creds.exists() {
+            if let Ok(mut c) = connect_with(addr, creds, Some(Duration::from_secs(2))).await {
+                if c.cluster_status(pb::ReadOptions { stale: true })
+                    .await
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node at {addr} did not answer within 120 s (log in {})",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 impl LocalCluster {
     /// Starts `n` nodes and waits until all are registered workers.
     pub async fn start(n: usize, node_args: Vec<String>) -> anyhow::Result<Self> {
+        let mut c = Self::empty(node_args)?;
+        for _ in 0..n {
+            c.add_node().await?;
+        }
+        c.wait_workers(n).await?;
+        Ok(c)
+    }
+
+    /// A cluster with no node yet (its directory created): `add_node` starts the first.
+    pub fn empty(node_args: Vec<String>) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "blixard-bench-{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut c = LocalCluster {
+        Ok(LocalCluster {
             exe: std::env::current_exe().context("finding the blixard binary")?,
             creds: dir.join("n1").join("admin.credentials"),
             dir,
             nodes: Vec::new(),
             node_args,
-        };
-        for _ in 0..n {
-            c.add_node().await?;
-        }
-        c.wait_workers(n).await?;
-        Ok(c)
+            node_env: Vec::new(),
+        })
     }
 
     fn spawn(
@@ -108,6 +141,7 @@ impl LocalCluster {
             .args(boot)
             .args(&self.node_args)
             .env("BLIXARD_LOG", "warn")
+            .envs(self.node_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -158,6 +192,49 @@ impl LocalCluster {
         Ok(self.nodes.len() - 1)
     }
 
+    /// Adds `count` joining nodes (the cluster has its first node), `parallel` at a time: a
+    /// join token each (created through the first live node), the processes started together,
+    /// then waits until each answers. The leader serializes the joins themselves.
+    pub async fn add_nodes(&mut self, count: usize, parallel: usize) -> anyhow::Result<()> {
+        let seed = self.live_addr()?;
+        let mut left = count;
+        while left > 0 {
+            let wave = left.min(parallel.max(1));
+            let mut tokens = Vec::with_capacity(wave);
+            {
+                let mut c = connect_with(&seed, &self.creds, Some(Duration::from_secs(30))).await?;
+                for _ in 0..wave {
+                    let t = c
+                        .create_join_token(pb::CreateJoinTokenRequest { ttl_secs: 600 })
+                        .await
+                        .map_err(|s| anyhow!("creating a join token: {}", s.message()))?;
+                    tokens.push(t.into_inner().token);
+                }
+            }
+            let mut waits = tokio::task::JoinSet::new();
+            for token in tokens {
+                let id = self.nodes.len() as u64 + 1;
+                let addr = format!("127.0.0.1:{}", free_port()?);
+                let data_dir = self.dir.join(format!("n{id}"));
+                let boot = vec!["--join".into(), seed.clone(), "--token".into(), token];
+                let child = self.spawn(id, &addr, &data_dir, &boot)?;
+                self.nodes.push(LocalNode {
+                    id,
+                    addr: addr.clone(),
+                    data_dir,
+                    child: Some(child),
+                });
+                let (creds, dir) = (self.creds.clone(), self.dir.clone());
+                waits.spawn(async move { wait_answers_at(&addr, &creds, &dir).await });
+            }
+            while let Some(r) = waits.join_next().await {
+                r??;
+            }
+            left -= wave;
+        }
+        Ok(())
+    }
+
     fn live_addr(&self) -> anyhow::Result<String> {
         self.nodes
             .iter()
@@ -168,28 +245,7 @@ impl LocalCluster {
 
     /// Waits until `addr` answers a cluster status (credentials exist by then).
     async fn wait_answers(&self, addr: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.creds.exists() {
-                if let Ok(mut c) =
-                    connect_with(addr, &self.creds, Some(Duration::from_secs(2))).await
-                {
-                    if c.cluster_status(pb::ReadOptions { stale: true })
-                        .await
-                        .is_ok()
-                    {
-                        return Ok(());
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "node at {addr} did not answer within 60 s (log in {})",
-                    self.dir.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_answers_at(addr, &self.creds, &self.dir).await
     }
 
     pub async fn client(&self, i: usize) -> anyhow::Result<BlixardClient<Channel>> {

@@ -14,7 +14,7 @@ use super::local::LocalCluster;
 
 /// Capacity every bench node offers, so that 100,000 small stopped VMs are all placed (an
 /// unplaced VM would be retried by every later placement round and distort the figures).
-fn capacity_args() -> Vec<String> {
+pub(super) fn capacity_args() -> Vec<String> {
     [
         "--vcpus",
         "65536",
@@ -70,7 +70,7 @@ pub(crate) fn loadavg() -> String {
 
 /// Creates VMs `{prefix}{from}..{prefix}{to}` with `clients` concurrent closed-loop clients
 /// spread over the live nodes; returns (created, placed, elapsed, per-request latencies).
-async fn create_range(
+pub(super) async fn create_range(
     c: &LocalCluster,
     prefix: &str,
     from: usize,
