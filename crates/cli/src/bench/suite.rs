@@ -31,7 +31,7 @@ pub(super) fn capacity_args() -> Vec<String> {
     .collect()
 }
 
-fn small_spec(name: String) -> pb::VmSpec {
+pub(super) fn small_spec(name: String) -> pb::VmSpec {
     let mut spec = pb::VmSpec::from(&blixard_core::VmSpec::new(name));
     spec.memory_mb = 16;
     spec.start = false;
@@ -70,7 +70,7 @@ pub(crate) fn loadavg() -> String {
 
 /// Creates VMs `{prefix}{from}..{prefix}{to}` with `clients` concurrent closed-loop clients
 /// spread over the live nodes; returns (created, placed, elapsed, per-request latencies).
-pub(super) async fn create_range(
+async fn create_range(
     c: &LocalCluster,
     prefix: &str,
     from: usize,
