@@ -199,6 +199,9 @@ pub(crate) enum BenchCmd {
         /// Seconds the formed cluster idles while its CPU is measured (0: skip).
         #[arg(long, default_value_t = 10)]
         idle: u64,
+        /// Scheduler strategy set once formed: spread (VMs over all nodes) or binpack.
+        #[arg(long, default_value = "spread", value_parser = ["spread", "binpack"])]
+        strategy: String,
         /// Tokio worker threads per node (TOKIO_WORKER_THREADS; default: one per core).
         #[arg(long)]
         node_threads: Option<usize>,

@@ -32,6 +32,8 @@ pub struct Params {
     pub clients: usize,
     pub parallel: usize,
     pub idle: Duration,
+    /// The scheduler strategy set once formed ("spread" or "binpack").
+    pub strategy: String,
     /// `TOKIO_WORKER_THREADS` for every node (None: tokio's default, one per core).
     pub node_threads: Option<usize>,
     pub node_args: Vec<String>,
@@ -377,6 +379,16 @@ async fn one_size(n: usize, p: &Params) -> anyhow::Result<Row> {
         loadavg()
     );
 
+    c.client(0)
+        .await?
+        .set_scheduler_settings(pb::SchedulerSettings {
+            strategy: p.strategy.clone(),
+            request_id: format!("bench-scale-{n}-strategy"),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow!("setting the scheduler strategy: {}", s.message()))?;
+
     let seen = Arc::new(Seen::default());
     seen.max_term.store(term0, Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
@@ -519,6 +531,7 @@ pub async fn scale(p: Params) -> anyhow::Result<()> {
             "voters_target": p.voters,
             "vms": p.vms,
             "clients": p.clients,
+            "strategy": p.strategy,
             "node_threads": p.node_threads,
             "sizes": rows.iter().map(|r| json!({
                 "nodes": r.nodes,
