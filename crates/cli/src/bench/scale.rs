@@ -324,6 +324,30 @@ async fn one_size(n: usize, p: &Params) -> anyhow::Result<Row> {
         c.node_env
             .push(("TOKIO_WORKER_THREADS".into(), t.to_string()));
     }
+    match measure(n, p, &mut c, load_before).await {
+        Ok(row) => Ok(row),
+        Err(e) => {
+            // The cluster's directory goes with it: keep the node logs for the post-mortem.
+            let keep = std::env::temp_dir().join(format!(
+                "blixard-scale-logs-{}-{n}",
+                std::process::id()
+            ));
+            let _ = std::fs::create_dir_all(&keep);
+            for node in &c.nodes {
+                let log = format!("n{}.log", node.id);
+                let _ = std::fs::copy(c.dir.join(&log), keep.join(&log));
+            }
+            Err(e.context(format!("node logs kept in {}", keep.display())))
+        }
+    }
+}
+
+async fn measure(
+    n: usize,
+    p: &Params,
+    c: &mut LocalCluster,
+    load_before: String,
+) -> anyhow::Result<Row> {
     eprintln!(
         "scale {n}: forming ({} voters, {} at a time; load {load_before})",
         p.voters, p.parallel
