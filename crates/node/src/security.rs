@@ -296,6 +296,24 @@ pub fn check_heartbeat(cert: u64, node_id: u64) -> Result<(), Status> {
 
 // ---- join tokens ----
 
+/// Member addresses a joiner can try, at most [`TOKEN_ADDRS`]: voters first (they stay
+/// members longest and can forward the join to the leader), then learners. A cluster of more
+/// members than a token may carry (100 nodes, most of them learners) still gets tokens its
+/// joiners accept.
+pub fn token_addrs(members: Vec<crate::node::MemberInfo>) -> Vec<String> {
+    let (voters, learners): (Vec<_>, Vec<_>) = members.into_iter().partition(|m| m.voter);
+    voters
+        .into_iter()
+        .chain(learners)
+        .map(|m| m.addr)
+        .take(TOKEN_ADDRS)
+        .collect()
+}
+
+/// Addresses in a join token: plenty to find a live member, well within what a token may
+/// carry (`blixard_pki::token::MAX_TOKEN_ADDRS`).
+pub const TOKEN_ADDRS: usize = 16;
+
 /// Creates a join token through Raft; returns it with its string (the only time the secret
 /// is shown).
 pub async fn create_token(node: &Node, ttl_secs: u64) -> Result<pb::JoinTokenInfo, Status> {
@@ -309,8 +327,7 @@ pub async fn create_token(node: &Node, ttl_secs: u64) -> Result<pb::JoinTokenInf
             "--ttl must be at most 30 days (2592000 seconds)",
         ));
     }
-    let addrs = node.members().into_iter().map(|m| m.addr).collect();
-    let t = JoinTokenString::generate(&node.tls.fingerprint, addrs);
+    let t = JoinTokenString::generate(&node.tls.fingerprint, token_addrs(node.members()));
     let now = crate::node::now_ms();
     let expires = now + ttl * 1000;
     let cmd = SecurityCommand::CreateJoinToken {
@@ -649,5 +666,26 @@ mod tests {
         assert!(check_proposal(2, &reg(666)).is_err());
         let create = Request::new(Command::DeleteVm { name: "x".into() }, 0);
         assert!(check_proposal(2, &create).is_ok());
+    }
+
+    #[test]
+    fn token_addrs_voters_first_and_bounded() {
+        let members: Vec<crate::node::MemberInfo> = (1..=100)
+            .map(|id| crate::node::MemberInfo {
+                id,
+                addr: format!("10.0.0.{id}:7001"),
+                // Voters among the later ids, to see them come first.
+                voter: id > 97,
+            })
+            .collect();
+        let addrs = token_addrs(members);
+        assert_eq!(addrs.len(), TOKEN_ADDRS);
+        assert!(TOKEN_ADDRS <= blixard_pki::token::MAX_TOKEN_ADDRS);
+        assert_eq!(
+            addrs[..3],
+            ["10.0.0.98:7001", "10.0.0.99:7001", "10.0.0.100:7001"]
+        );
+        let t = JoinTokenString::generate(&"a".repeat(64), addrs);
+        assert!(JoinTokenString::parse(&t.encode()).is_ok());
     }
 }

@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 const PREFIX: &str = "blx1.";
 /// Longest token string accepted (addresses included).
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Most member addresses a token may carry (a token for a larger cluster names some of them).
+pub const MAX_TOKEN_ADDRS: usize = 64;
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinTokenString {
@@ -89,7 +91,7 @@ impl JoinTokenString {
         if !is_hex(&t.ca_fingerprint, 64)
             || !is_hex(&t.id, 16)
             || !is_hex(&t.secret, 64)
-            || t.addrs.len() > 64
+            || t.addrs.len() > MAX_TOKEN_ADDRS
         {
             return Err(bad());
         }
@@ -116,5 +118,15 @@ mod tests {
         for bad in ["", "blx1.", "blx1.!!!", "xyz", &t.encode()[..20]] {
             assert!(JoinTokenString::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn at_most_max_token_addrs_addresses() {
+        let addrs = |n: usize| (0..n).map(|i| format!("10.0.{}.{}:7001", i / 256, i % 256));
+        let t = JoinTokenString::generate(&"a".repeat(64), addrs(MAX_TOKEN_ADDRS).collect());
+        assert!(t.encode().len() <= MAX_TOKEN_LEN);
+        assert_eq!(JoinTokenString::parse(&t.encode()).unwrap(), t);
+        let t = JoinTokenString::generate(&"a".repeat(64), addrs(MAX_TOKEN_ADDRS + 1).collect());
+        assert!(JoinTokenString::parse(&t.encode()).is_err());
     }
 }

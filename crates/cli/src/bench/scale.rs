@@ -328,10 +328,8 @@ async fn one_size(n: usize, p: &Params) -> anyhow::Result<Row> {
         Ok(row) => Ok(row),
         Err(e) => {
             // The cluster's directory goes with it: keep the node logs for the post-mortem.
-            let keep = std::env::temp_dir().join(format!(
-                "blixard-scale-logs-{}-{n}",
-                std::process::id()
-            ));
+            let keep =
+                std::env::temp_dir().join(format!("blixard-scale-logs-{}-{n}", std::process::id()));
             let _ = std::fs::create_dir_all(&keep);
             for node in &c.nodes {
                 let log = format!("n{}.log", node.id);
