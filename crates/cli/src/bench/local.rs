@@ -203,12 +203,22 @@ impl LocalCluster {
             let mut tokens = Vec::with_capacity(wave);
             {
                 let mut c = connect_with(&seed, &self.creds, Some(Duration::from_secs(30))).await?;
-                for _ in 0..wave {
-                    let t = c
+                // The first node answers before its bootstrap entry is applied: retry briefly.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while tokens.len() < wave {
+                    match c
                         .create_join_token(pb::CreateJoinTokenRequest { ttl_secs: 600 })
                         .await
-                        .map_err(|s| anyhow!("creating a join token: {}", s.message()))?;
-                    tokens.push(t.into_inner().token);
+                    {
+                        Ok(t) => tokens.push(t.into_inner().token),
+                        Err(s)
+                            if s.code() == tonic::Code::Unavailable
+                                && Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(s) => bail!("creating a join token: {}", s.message()),
+                    }
                 }
             }
             let mut waits = tokio::task::JoinSet::new();
