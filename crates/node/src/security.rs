@@ -313,6 +313,7 @@ pub fn token_addrs(members: Vec<crate::node::MemberInfo>) -> Vec<String> {
 /// Addresses in a join token: plenty to find a live member, well within what a token may
 /// carry (`blixard_pki::token::MAX_TOKEN_ADDRS`).
 pub const TOKEN_ADDRS: usize = 16;
+const _: () = assert!(TOKEN_ADDRS <= blixard_pki::token::MAX_TOKEN_ADDRS);
 
 /// Creates a join token through Raft; returns it with its string (the only time the secret
 /// is shown).
@@ -680,7 +681,6 @@ mod tests {
             .collect();
         let addrs = token_addrs(members);
         assert_eq!(addrs.len(), TOKEN_ADDRS);
-        assert!(TOKEN_ADDRS <= blixard_pki::token::MAX_TOKEN_ADDRS);
         assert_eq!(
             addrs[..3],
             ["10.0.0.98:7001", "10.0.0.99:7001", "10.0.0.100:7001"]

@@ -424,10 +424,10 @@ async fn measure(
     let (idle_leader_cpu, idle_total_cpu) = if p.idle.is_zero() {
         (f64::NAN, f64::NAN)
     } else {
-        let b = all_ticks(&c);
+        let b = all_ticks(c);
         let t = Instant::now();
         tokio::time::sleep(p.idle).await;
-        let r = phase_cpu(&b, &all_ticks(&c), leader, t.elapsed());
+        let r = phase_cpu(&b, &all_ticks(c), leader, t.elapsed());
         eprintln!(
             "scale {n}: idle {:.0} s: leader {:.0}% of a core, all nodes {:.0}% (load {})",
             p.idle.as_secs_f64(),
@@ -438,15 +438,15 @@ async fn measure(
         r
     };
 
-    let b = all_ticks(&c);
+    let b = all_ticks(c);
     let Placement {
         created,
         placed,
         took: place,
         retries,
         retry_kinds,
-    } = self::place(&c, p.vms, p.clients, &format!("scale {n}")).await?;
-    let (place_leader_cpu, place_total_cpu) = phase_cpu(&b, &all_ticks(&c), leader, place);
+    } = self::place(c, p.vms, p.clients, &format!("scale {n}")).await?;
+    let (place_leader_cpu, place_total_cpu) = phase_cpu(&b, &all_ticks(c), leader, place);
     eprintln!(
         "scale {n}: {created} created ({placed} placed) in {:.1} s, {retries} retried refusals {retry_kinds:?}: leader {place_leader_cpu:.0}% of a core, all nodes {place_total_cpu:.0}% (load {})",
         place.as_secs_f64(),
