@@ -211,10 +211,8 @@ impl LocalCluster {
                         .await
                     {
                         Ok(t) => tokens.push(t.into_inner().token),
-                        Err(s)
-                            if s.code() == tonic::Code::Unavailable
-                                && Instant::now() < deadline =>
-                        {
+                        // Refused until then ("not part of a cluster yet"), whatever the code.
+                        Err(_) if Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                         Err(s) => bail!("creating a join token: {}", s.message()),
