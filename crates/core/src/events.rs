@@ -29,6 +29,10 @@ use crate::state::{ClusterState, RowKey};
 /// Events kept per node.
 pub const RING_CAPACITY: usize = 10_000;
 
+/// VM names kept in the journal of touched VM rows ([`EventSource::vms_touched_since`]). A
+/// reader that falls further behind is told to look at every VM instead.
+pub const TOUCHED_CAPACITY: usize = 20_000;
+
 /// One event. `index` is the Raft log index of the entry that produced it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -234,6 +238,11 @@ pub struct EventSource {
     floor: u64,
     /// Events emitted since this source was created, by type (for metrics).
     counts: BTreeMap<&'static str, u64>,
+    /// (index, VM name) for every VM row an entry touched, whether or not it made an event:
+    /// what changed for the executor, which re-plans only those VMs.
+    touched_vms: VecDeque<(u64, String)>,
+    /// Every VM row touched by an entry above this index is in `touched_vms`.
+    touched_floor: u64,
 }
 
 impl EventSource {
@@ -269,6 +278,8 @@ impl EventSource {
         self.members = state.node_ids.members.clone();
         self.ring.clear();
         self.floor = floor;
+        self.touched_vms.clear();
+        self.touched_floor = floor;
     }
 
     /// Events emitted since this source was created, by type.
@@ -305,7 +316,10 @@ impl EventSource {
         let mut out = Vec::new();
         for key in touched {
             match key {
-                RowKey::Vm(name) => self.diff_vm(name, state, &mut out),
+                RowKey::Vm(name) => {
+                    self.touched_vms.push_back((index, name.clone()));
+                    self.diff_vm(name, state, &mut out)
+                }
                 RowKey::Worker(id) => self.diff_node(*id, state, &mut out),
                 RowKey::Task(id) => self.diff_task(id, state, &mut out),
                 RowKey::Settings => {
@@ -365,7 +379,36 @@ impl EventSource {
         while self.ring.front().is_some_and(|e| e.index <= self.floor) {
             self.ring.pop_front();
         }
+        while self.touched_vms.len() > TOUCHED_CAPACITY {
+            if let Some((i, _)) = self.touched_vms.pop_front() {
+                self.touched_floor = self.touched_floor.max(i);
+            }
+        }
+        while self
+            .touched_vms
+            .front()
+            .is_some_and(|(i, _)| *i <= self.touched_floor)
+        {
+            self.touched_vms.pop_front();
+        }
         n
+    }
+
+    /// The names of the VMs whose rows the entries after index `since` touched (created,
+    /// changed or deleted), or `None` when that is no longer known here (`since` is below what
+    /// the journal keeps: after a restart, a snapshot install, or more than
+    /// [`TOUCHED_CAPACITY`] touches since): the caller must then look at every VM.
+    pub fn vms_touched_since(&self, since: u64) -> Option<BTreeSet<String>> {
+        if since < self.touched_floor {
+            return None;
+        }
+        let start = self.touched_vms.partition_point(|(i, _)| *i <= since);
+        Some(
+            self.touched_vms
+                .range(start..)
+                .map(|(_, n)| n.clone())
+                .collect(),
+        )
     }
 
     /// The events after `since`, about `max` of them but always whole indexes, with a

@@ -419,3 +419,96 @@ proptest! {
         prop_assert!(stuck.is_empty(), "still pending: {:?}", stuck);
     }
 }
+
+fn observed_run(k: u8) -> blixard_core::planner::RunState {
+    use blixard_core::planner::RunState;
+    match k % 5 {
+        0 => RunState::Starting,
+        1 => RunState::Running,
+        2 => RunState::Exited {
+            code: Some(0),
+            requested: true,
+            reason: None,
+        },
+        3 => RunState::Exited {
+            code: Some(1),
+            requested: false,
+            reason: Some("crashed".into()),
+        },
+        _ => RunState::Exited {
+            code: Some(0),
+            requested: false,
+            reason: None,
+        },
+    }
+}
+
+fn action_name(a: &blixard_core::planner::Action) -> &str {
+    use blixard_core::planner::Action;
+    match a {
+        Action::Start { spec, .. } => &spec.name,
+        Action::Stop { name } | Action::Remove { name } | Action::Report { name, .. } => name,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// What the executor relies on to plan only what changed: (1) the events journal names
+    /// every VM whose record changed (or appeared, or went) after a cursor; (2) planning only
+    /// a set of VMs gives exactly the full plan's actions for them, preemptors held back by
+    /// victims that did not change included (the `leaving` index).
+    #[test]
+    fn planning_what_changed_equals_the_full_plan_for_it(
+        ops in proptest::collection::vec(op(), 1..80),
+        cut in 0usize..80,
+        extra in proptest::collection::btree_set(0u8..24, 0..4),
+        seen in proptest::collection::vec((0u8..24, proptest::bool::weighted(0.7), 0u8..5), 0..10),
+    ) {
+        use blixard_core::planner::{plan, plan_changed, Observed};
+        let cut = cut.min(ops.len());
+        let mut s = ClusterState::default();
+        let mut src = blixard_core::EventSource::new(&s, 0);
+        let mut at_cut = s.clone();
+        for (i, op) in ops.iter().enumerate() {
+            let index = i as u64 + 1;
+            let cmd = command(op, &s);
+            let _ = s.apply(index, &Request::new(cmd, index * 10));
+            let touched = s.take_touched();
+            src.observe(index, index * 10, &s, &touched);
+            if i + 1 == cut {
+                at_cut = s.clone();
+            }
+        }
+        let mut names = src.vms_touched_since(cut as u64).expect("the journal keeps these");
+        let every: BTreeSet<&String> = at_cut.vms.keys().chain(s.vms.keys()).collect();
+        for n in every {
+            if at_cut.vms.get(n) != s.vms.get(n) {
+                prop_assert!(names.contains(n), "{} changed after {} but is not in the journal {:?}", n, cut, names);
+            }
+        }
+        names.extend(extra.iter().map(|n| format!("vm-{n}")));
+        let observed: Vec<Observed> = seen
+            .iter()
+            .map(|(n, current, run)| {
+                let name = format!("vm-{n}");
+                let epoch = match (current, s.vms.get(&name)) {
+                    (true, Some(v)) => v.epoch,
+                    _ => 1_000,
+                };
+                Observed { name, epoch, run: observed_run(*run) }
+            })
+            .map(|o| (o.name.clone(), o))
+            .collect::<BTreeMap<String, Observed>>()
+            .into_values()
+            .collect();
+        for me in 1u64..6 {
+            let full: Vec<_> = plan(me, s.vms.values(), &observed)
+                .into_iter()
+                .filter(|a| names.contains(action_name(a)))
+                .collect();
+            let some = plan_changed(&s, me, &names, &observed);
+            prop_assert_eq!(some, full, "node {}", me);
+        }
+    }
+}

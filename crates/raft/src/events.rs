@@ -38,6 +38,12 @@ impl EventLog {
         self.lock().since(since, max)
     }
 
+    /// The VMs whose rows the entries after `since` touched, or `None` when this node no
+    /// longer knows (see [`EventSource::vms_touched_since`]).
+    pub fn vms_touched_since(&self, since: u64) -> Option<std::collections::BTreeSet<String>> {
+        self.lock().vms_touched_since(since)
+    }
+
     /// The oldest index a client may resume from without a resync marker.
     pub fn floor(&self) -> u64 {
         self.lock().floor()

@@ -236,14 +236,16 @@ impl Client {
         filter: &crate::extras::VmFilter,
     ) -> anyhow::Result<()> {
         let labels = filter.parsed()?;
-        // Page by page: any number of VMs can be listed.
+        // Page by page: any number of VMs can be listed. Only the first page waits for a
+        // linearizable read: the later ones go to the same node, whose applied state only moves
+        // forward, so each sees every write that completed before the listing began.
         let mut c = self.connect().await?;
         let mut vms = Vec::new();
         let mut after = String::new();
         loop {
             let r = c
                 .list_vms_page(pb::PageRequest {
-                    stale,
+                    stale: stale || !after.is_empty(),
                     limit: 0,
                     after: after.clone(),
                 })

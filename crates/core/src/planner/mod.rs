@@ -6,13 +6,14 @@
 //! state. Every action carries the placement epoch it acts for, and a VM observed with another
 //! epoch than its current placement is a stale copy: it is stopped and removed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 mod tasks;
 pub use tasks::{plan_tasks, AttemptMarker, TaskAction, TaskObserved};
 
 use crate::model::{Desired, VmRecord, VmState};
 use crate::spec::{NodeId, RestartPolicy, VmSpec};
+use crate::state::ClusterState;
 
 /// What the driver sees of one VM on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,15 +79,54 @@ pub fn plan<'a>(
     vms: impl IntoIterator<Item = &'a VmRecord>,
     observed: &[Observed],
 ) -> Vec<Action> {
-    let mut actions = Vec::new();
-    let mut obs: BTreeMap<&str, &Observed> =
-        observed.iter().map(|o| (o.name.as_str(), o)).collect();
     let mine: Vec<&VmRecord> = vms.into_iter().filter(|v| v.node_id == Some(me)).collect();
-    let waiting: std::collections::BTreeSet<&str> = mine
+    let waiting: BTreeSet<&str> = mine
         .iter()
         .filter(|v| v.evacuating)
         .filter_map(|v| v.preempted_by.as_deref())
         .collect();
+    plan_with(mine, observed.iter(), &waiting)
+}
+
+/// [`plan`] for the VMs named in `names` only: exactly the actions of `plan(me,
+/// state.vms.values(), observed)` that name one of them, in the same order, at a cost that
+/// grows with `names` (and the VMs leaving this node), not with every VM of the state.
+///
+/// The executor plans this way after an applied change, for the VMs the change touched
+/// (`EventSource::vms_touched_since`); a periodic full [`plan`] covers what only the host
+/// observed (a VM process that exited).
+pub fn plan_changed(
+    state: &ClusterState,
+    me: NodeId,
+    names: &BTreeSet<String>,
+    observed: &[Observed],
+) -> Vec<Action> {
+    let mine = names
+        .iter()
+        .filter_map(|n| state.vms.get(n))
+        .filter(|v| v.node_id == Some(me));
+    // Whether a preemptor waits depends on its victims, which may not have changed: from the
+    // index of the VMs leaving this node, not from `names`.
+    let waiting: BTreeSet<&str> = state
+        .vms_leaving(me)
+        .filter_map(|v| v.preempted_by.as_deref())
+        .collect();
+    plan_with(
+        mine,
+        observed.iter().filter(|o| names.contains(&o.name)),
+        &waiting,
+    )
+}
+
+/// The plan for the VMs `mine` (placed on this node) against `observed`, with the preemptors
+/// in `waiting` held back; observed VMs not in `mine` are cleaned up.
+fn plan_with<'a, 'o>(
+    mine: impl IntoIterator<Item = &'a VmRecord>,
+    observed: impl Iterator<Item = &'o Observed>,
+    waiting: &BTreeSet<&str>,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let mut obs: BTreeMap<&str, &Observed> = observed.map(|o| (o.name.as_str(), o)).collect();
     let blocked = |name: &str| waiting.contains(name);
     for vm in mine {
         // Borrowed: a pass over many settled VMs allocates nothing for them.

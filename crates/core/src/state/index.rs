@@ -29,6 +29,9 @@ impl ClusterState {
                     .entry(n)
                     .or_default()
                     .insert((vm.spec.priority, name.to_string()));
+                if vm.evacuating {
+                    self.leaving.entry(n).or_default().insert(name.to_string());
+                }
                 // A VM leaving its node no longer holds its group's place there.
                 if let (Some(g), false) = (&vm.spec.anti_affinity, vm.evacuating) {
                     self.groups
@@ -53,6 +56,12 @@ impl ClusterState {
                     set.remove(&(vm.spec.priority, name.to_string()));
                     if set.is_empty() {
                         self.by_node.remove(&n);
+                    }
+                }
+                if let Some(set) = self.leaving.get_mut(&n) {
+                    set.remove(name);
+                    if set.is_empty() {
+                        self.leaving.remove(&n);
                     }
                 }
                 if let Some(g) = &vm.spec.anti_affinity {
@@ -92,6 +101,16 @@ impl ClusterState {
     /// The VMs placed on `node`, as (priority, name), lowest priority first.
     pub fn vms_on_node(&self, node: NodeId) -> impl Iterator<Item = (u8, &str)> {
         self.placement_view().vms_on_node(node)
+    }
+
+    /// The VMs leaving `node`: placed there and evacuating (stopping there before they are
+    /// placed elsewhere), by name. O(log n) to find, then one step per such VM.
+    pub fn vms_leaving(&self, node: NodeId) -> impl Iterator<Item = &VmRecord> {
+        self.leaving
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.vms.get(n))
     }
 
     /// The unplaced VMs, in the order they are retried.

@@ -141,6 +141,9 @@ impl ClusterState {
         if fresh.by_node != self.by_node {
             return Err("per-node VM index differs from a rebuild".into());
         }
+        if fresh.leaving != self.leaving {
+            return Err("leaving (evacuating) VM index differs from a rebuild".into());
+        }
         if fresh.pending != self.pending {
             return Err("pending index differs from a rebuild".into());
         }

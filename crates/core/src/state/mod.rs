@@ -83,6 +83,10 @@ pub struct ClusterState {
     /// Unplaced VMs in the order `place_pending` tries them; derived, rebuilt on load.
     #[serde(skip)]
     pending: BTreeSet<PendingKey>,
+    /// Node -> the VMs leaving it (placed there and evacuating); derived, rebuilt on load.
+    /// The executor reads it to hold back a preemptor while its victims still stop there.
+    #[serde(skip)]
+    leaving: BTreeMap<NodeId, BTreeSet<String>>,
     /// Unassigned active tasks as (submitted_ms, id), in the order they are placed; derived.
     #[serde(skip)]
     pending_tasks: BTreeSet<(u64, String)>,

@@ -207,6 +207,7 @@ impl ClusterState {
         };
         self.groups.clear();
         self.by_node.clear();
+        self.leaving.clear();
         self.pending.clear();
         let names: Vec<String> = self.vms.keys().cloned().collect();
         for name in names {

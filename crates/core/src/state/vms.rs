@@ -332,15 +332,9 @@ impl ClusterState {
 
     /// What the VMs leaving node `id` (evacuating) still hold there.
     pub(super) fn leaving_allocation(&self, id: NodeId) -> Resources {
-        self.by_node
-            .get(&id)
-            .into_iter()
-            .flatten()
-            .filter_map(|(_, n)| self.vms.get(n))
-            .filter(|v| v.evacuating)
-            .fold(Resources::default(), |acc, v| {
-                acc.saturating_add(&v.spec.resources())
-            })
+        self.vms_leaving(id).fold(Resources::default(), |acc, v| {
+            acc.saturating_add(&v.spec.resources())
+        })
     }
 
     /// The largest free amount of each resource over up nodes, each with the lowest node id

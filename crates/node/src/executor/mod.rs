@@ -8,7 +8,7 @@
 //! it reports back through Raft, tagged with the placement epoch. The only things it keeps are
 //! local runtime handles: which VMs have an action in flight, and restart backoff timers.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,6 +61,11 @@ struct Local {
     )>,
     /// The last host-networking error logged.
     net_error: Option<String>,
+    /// The applied index the last VM plan was made at: a later pass after an applied change
+    /// re-plans only the VMs the entries since then touched (`vms_touched_since`).
+    planned_at: Option<u64>,
+    /// When the last full pass (every VM of this node, every observed VM) was planned.
+    last_full: Option<Instant>,
 }
 
 impl Local {
@@ -164,7 +169,16 @@ impl Executor {
     pub async fn run(self: Arc<Self>) {
         let mut applied = self.node.raft.metrics();
         loop {
-            if let Err(e) = self.reconcile_once().await {
+            // A full pass at least every RECONCILE_INTERVAL (it sees what only the host
+            // observed: a VM process that exited); after an applied change in between, only the
+            // VMs the change touched are planned, so a pass costs what changed, not every VM.
+            let full = self
+                .local
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .last_full
+                .is_none_or(|t| t.elapsed() >= RECONCILE_INTERVAL);
+            if let Err(e) = self.reconcile(full).await {
                 self.node.metrics.reconcile_errors.inc();
                 tracing::warn!(error = %e, "reconcile");
             }
@@ -194,12 +208,21 @@ impl Executor {
     /// `planner::plan_tasks` for tasks, from one read of the applied state), drop every start
     /// while the node may not act, and carry out the actions of every VM or task not busy.
     pub async fn reconcile_once(self: &Arc<Self>) -> Result<(), NodeError> {
+        self.reconcile(true).await
+    }
+
+    /// A pass: `full` plans every VM of this node and every observed VM; otherwise only the
+    /// VMs whose rows changed since the last plan (and those whose actions ended since), when
+    /// that is known (else it is a full pass after all). Host networking always plans in full
+    /// (its devices follow every VM of the node).
+    async fn reconcile(self: &Arc<Self>, full: bool) -> Result<(), NodeError> {
         // Read before observing: any VM whose actions end after this point is judged stale.
-        let observed_at = self
-            .local
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .actions_done;
+        let (observed_at, planned_at, recheck) = {
+            let l = self.local.lock().unwrap_or_else(|p| p.into_inner());
+            let recheck: BTreeSet<String> = l.finished.keys().cloned().collect();
+            (l.actions_done, l.planned_at, recheck)
+        };
+        let full = full || self.hostnet.is_some();
         // The two halves fail apart: a failed observation skips only its own plan (planning
         // from nothing would start everything again), never the other's.
         let driver = self.driver.clone();
@@ -218,7 +241,7 @@ impl Executor {
         // must judge the state the plan is made from (a backlog applied in between would let a
         // plan from before a move pass the "caught up" check, and restart a moved VM here).
         // The records are borrowed, not copied: only the specs of VMs to start are cloned.
-        let (mut actions, mut task_actions, taps, applied) = {
+        let (mut actions, mut task_actions, taps, applied, was_full) = {
             let a = self.node.state.read();
             // Only act on an applied state that knows this node; before registration (or after
             // a restore that lost it) the plan would stop everything.
@@ -226,6 +249,17 @@ impl Executor {
                 return vms_seen.and(tasks_seen).map(|_| ());
             }
             let applied = a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+            // The events journal is fed under the state's write lock, so under this read guard
+            // it holds exactly the entries up to `applied`.
+            let changed = match planned_at {
+                Some(at) if !full && at <= applied => {
+                    self.node.events.vms_touched_since(at).map(|mut names| {
+                        names.extend(recheck);
+                        names
+                    })
+                }
+                _ => None,
+            };
             let mine = a
                 .state
                 .vms
@@ -239,10 +273,16 @@ impl Executor {
                     .collect(),
                 None => Vec::new(),
             };
+            let was_full = changed.is_none();
             (
                 vms_seen
                     .as_ref()
-                    .map(|observed| planner::plan(self.node.id, mine, observed))
+                    .map(|observed| match &changed {
+                        Some(names) => {
+                            planner::plan_changed(&a.state, self.node.id, names, observed)
+                        }
+                        None => planner::plan(self.node.id, mine, observed),
+                    })
                     .unwrap_or_default(),
                 tasks_seen
                     .as_ref()
@@ -250,8 +290,16 @@ impl Executor {
                     .unwrap_or_default(),
                 taps,
                 applied,
+                was_full,
             )
         };
+        if vms_seen.is_ok() {
+            let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());
+            l.planned_at = Some(applied);
+            if was_full {
+                l.last_full = Some(Instant::now());
+            }
+        }
         let observed = match &vms_seen {
             Ok(o) => o.as_slice(),
             Err(_) => &[],
@@ -274,8 +322,17 @@ impl Executor {
         // leader had committed when it renewed it, start nothing, VM or task: the cluster may
         // be moving them elsewhere. (The supervisors fence running ones when the lease expires.)
         if !self.node.liveness.may_act(applied) {
+            let planned = actions.len();
             actions.retain(|a| !matches!(a, Action::Start { .. }));
             task_actions.retain(|a| !matches!(a, TaskAction::Start { .. }));
+            if actions.len() < planned {
+                // The starts held back here are planned again by the next pass: a full one
+                // (nothing that changes the state need happen before this node may act).
+                self.local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .planned_at = None;
+            }
         }
         let mut per_vm: BTreeMap<String, Vec<Action>> = BTreeMap::new();
         for a in actions {
