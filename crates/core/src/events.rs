@@ -684,4 +684,41 @@ mod tests {
         assert!(!evs.is_empty());
         assert_eq!(evs, src.since(2, usize::MAX).0);
     }
+
+    #[test]
+    fn touched_vms_journal_is_bounded_and_says_when_it_forgot() {
+        let st = ClusterState::default();
+        let mut src = EventSource::new(&st, 5);
+        let touch = |names: &[&str]| -> BTreeSet<RowKey> {
+            names.iter().map(|n| RowKey::Vm(n.to_string())).collect()
+        };
+        let set =
+            |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| n.to_string()).collect() };
+        assert_eq!(src.vms_touched_since(4), None, "below the floor");
+        assert_eq!(src.vms_touched_since(5), Some(BTreeSet::new()));
+        src.observe(6, 60, &st, &touch(&["a", "b"]));
+        // Rows of other kinds are not VMs.
+        let mut mixed = touch(&["c"]);
+        mixed.insert(RowKey::Worker(1));
+        src.observe(7, 70, &st, &mixed);
+        assert_eq!(src.vms_touched_since(5), Some(set(&["a", "b", "c"])));
+        assert_eq!(src.vms_touched_since(6), Some(set(&["c"])));
+        assert_eq!(src.vms_touched_since(7), Some(BTreeSet::new()));
+        // Past its capacity the oldest indexes go, whole, and asking below them says so.
+        let many: Vec<String> = (0..TOUCHED_CAPACITY).map(|i| format!("m{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        src.observe(8, 80, &st, &touch(&many));
+        assert_eq!(src.vms_touched_since(6), None);
+        assert_eq!(
+            src.vms_touched_since(7).map(|s| s.len()),
+            Some(TOUCHED_CAPACITY)
+        );
+        src.observe(9, 90, &st, &touch(&["x"]));
+        assert_eq!(src.vms_touched_since(7), None, "index 8 was partly evicted");
+        assert_eq!(src.vms_touched_since(8), Some(set(&["x"])));
+        // A reset (snapshot install) forgets everything before its floor.
+        src.reset(&st, 20);
+        assert_eq!(src.vms_touched_since(9), None);
+        assert_eq!(src.vms_touched_since(20), Some(BTreeSet::new()));
+    }
 }

@@ -100,13 +100,24 @@ async fn create_range(
                 }
                 let name = format!("{prefix}{i}");
                 let t = Instant::now();
-                let r = conn
-                    .create_vm(pb::CreateVmRequest {
-                        spec: Some(small_spec(name.clone())),
-                        request_id: format!("{name}-create"),
-                    })
-                    .await
-                    .map_err(|s| anyhow!("creating {name}: {}", s.message()))?;
+                let mut tries = 0;
+                let r = loop {
+                    let r = conn
+                        .create_vm(pb::CreateVmRequest {
+                            spec: Some(small_spec(name.clone())),
+                            request_id: format!("{name}-create"),
+                        })
+                        .await;
+                    match r {
+                        // "Retry shortly" (no quorum for a moment, a leader change): the same
+                        // request id again, which the cluster de-duplicates.
+                        Err(s) if s.code() == tonic::Code::Unavailable && tries < 100 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        r => break r.map_err(|s| anyhow!("creating {name}: {}", s.message()))?,
+                    }
+                };
                 lat.push(t.elapsed());
                 if r.into_inner().node_id.is_some() {
                     placed += 1;
