@@ -63,3 +63,21 @@ pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 
 #[cfg(test)]
 mod conformance;
+
+/// The commands that give a test state a worker (with room for many VMs) and the default
+/// network, so that `CreateVm` places and addresses.
+#[cfg(test)]
+pub(crate) fn worker_and_network() -> [blixard_core::Command; 2] {
+    [
+        blixard_core::Command::RegisterWorker {
+            id: 1,
+            addr: "10.1.0.1:7000".into(),
+            capacity: blixard_core::Resources::new(1000, 1 << 30, 1000),
+            kvm: false,
+            labels: Default::default(),
+        },
+        blixard_core::Command::EnsureDefaultNetwork {
+            cidr: "10.88.0.0/16".into(),
+        },
+    ]
+}

@@ -509,7 +509,7 @@ impl RaftStateMachine<C> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use blixard_core::{Command, Request, Resources, VmSpec};
+    use blixard_core::{Command, Request, VmSpec};
 
     fn entry(index: u64, cmd: Command) -> openraft::alias::EntryOf<C> {
         let req = Request::new(cmd, 1);
@@ -536,24 +536,11 @@ mod tests {
         let mut sm = StateMachineStore::open_with_flush_age(&path, Duration::MAX).unwrap();
         apply_all(
             &mut sm,
-            vec![
-                entry(
-                    1,
-                    Command::RegisterWorker {
-                        id: 1,
-                        addr: "10.1.0.1:7000".into(),
-                        capacity: Resources::new(1000, 1 << 30, 1000),
-                        kvm: false,
-                        labels: Default::default(),
-                    },
-                ),
-                entry(
-                    2,
-                    Command::EnsureDefaultNetwork {
-                        cidr: "10.88.0.0/16".into(),
-                    },
-                ),
-            ],
+            crate::worker_and_network()
+                .into_iter()
+                .zip(1..)
+                .map(|(c, i)| entry(i, c))
+                .collect(),
         )
         .await;
         for i in 3..=10u64 {
@@ -596,17 +583,10 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let path = dir.path().join("state.redb");
         let mut s = ClusterState::default();
+        let [worker, network] = crate::worker_and_network();
         let cmds = [
-            Command::RegisterWorker {
-                id: 1,
-                addr: "10.1.0.1:7000".into(),
-                capacity: Resources::new(8, 8192, 100),
-                kvm: false,
-                labels: Default::default(),
-            },
-            Command::EnsureDefaultNetwork {
-                cidr: "10.88.0.0/16".into(),
-            },
+            worker,
+            network,
             Command::CreateVm {
                 spec: VmSpec::new("a"),
             },

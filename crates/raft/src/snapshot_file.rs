@@ -124,21 +124,14 @@ pub fn read(path: &Path) -> Result<Option<Stored>, std::io::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use blixard_core::{Command, Request, Resources, VmSpec};
+    use blixard_core::{Command, Request, VmSpec};
 
     fn some_state() -> ClusterState {
         let mut s = ClusterState::default();
+        let [worker, network] = crate::worker_and_network();
         let cmds = [
-            Command::RegisterWorker {
-                id: 1,
-                addr: "10.1.0.1:7000".into(),
-                capacity: Resources::new(8, 8192, 100),
-                kvm: false,
-                labels: Default::default(),
-            },
-            Command::EnsureDefaultNetwork {
-                cidr: "10.88.0.0/16".into(),
-            },
+            worker,
+            network,
             Command::CreateVm {
                 spec: VmSpec::new("a"),
             },
