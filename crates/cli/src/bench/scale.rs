@@ -23,7 +23,7 @@ use blixard_api::pb;
 use serde_json::json;
 
 use super::local::{connect_with, LocalCluster};
-use super::suite::{capacity_args, loadavg, small_spec};
+use super::suite::{capacity_args, create_range, loadavg, Created};
 
 pub struct Params {
     pub sizes: Vec<usize>,
@@ -159,124 +159,6 @@ fn sampler(
             tokio::time::sleep(Duration::from_secs(1).saturating_sub(t.elapsed())).await;
         }
     })
-}
-
-/// What placing took: created, placed, elapsed, retried refusals and the first of each kind.
-struct Placement {
-    created: usize,
-    placed: usize,
-    took: Duration,
-    retries: usize,
-    retry_kinds: Vec<String>,
-}
-
-/// Creates `count` VMs with `clients` closed-loop clients spread over the nodes (client `i`
-/// on node `i mod n`, like a fleet of users talking to any member). A refusal the node marks
-/// retryable (gRPC `UNAVAILABLE`: no leader yet, no quorum seen from that node) is retried
-/// with the same request id after 50 ms, as the CLI would, and counted; anything else ends
-/// the bench.
-async fn place(
-    c: &LocalCluster,
-    count: usize,
-    clients: usize,
-    progress: &str,
-) -> anyhow::Result<Placement> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut conns = Vec::new();
-    for i in 0..clients {
-        conns.push(c.client(i % c.nodes.len()).await?);
-    }
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for mut conn in conns {
-        let next = next.clone();
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut placed = 0usize;
-            let mut retries = 0usize;
-            let mut kinds: Vec<String> = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    break;
-                }
-                let name = format!("scale-{i}");
-                let first = Instant::now();
-                let r = loop {
-                    match conn
-                        .create_vm(pb::CreateVmRequest {
-                            spec: Some(small_spec(name.clone())),
-                            request_id: format!("{name}-create"),
-                        })
-                        .await
-                    {
-                        Ok(r) => break r,
-                        Err(s)
-                            if s.code() == tonic::Code::Unavailable
-                                && first.elapsed() < Duration::from_secs(60) =>
-                        {
-                            retries += 1;
-                            // The kind of refusal, without the node and counts.
-                            let kind: String = s.message().split(':').next().unwrap_or("").into();
-                            if !kinds.contains(&kind) {
-                                kinds.push(kind);
-                            }
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Err(s) => bail!("creating {name}: {}", s.message()),
-                    }
-                };
-                if r.into_inner().node_id.is_some() {
-                    placed += 1;
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok((placed, retries, kinds))
-        }));
-    }
-    let reporter = {
-        let done = done.clone();
-        let progress = progress.to_string();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                eprintln!(
-                    "{progress}: {} / {count} created",
-                    done.load(Ordering::Relaxed)
-                );
-            }
-        })
-    };
-    let mut out = Placement {
-        created: 0,
-        placed: 0,
-        took: Duration::ZERO,
-        retries: 0,
-        retry_kinds: Vec::new(),
-    };
-    let mut err = None;
-    for t in tasks {
-        match t.await? {
-            Ok((p, r, k)) => {
-                out.placed += p;
-                out.retries += r;
-                for k in k {
-                    if !out.retry_kinds.contains(&k) {
-                        out.retry_kinds.push(k);
-                    }
-                }
-            }
-            Err(e) => err = Some(e),
-        }
-    }
-    reporter.abort();
-    if let Some(e) = err {
-        return Err(e);
-    }
-    out.took = start.elapsed();
-    out.created = done.load(Ordering::Relaxed);
-    Ok(out)
 }
 
 struct Row {
@@ -439,13 +321,14 @@ async fn measure(
     };
 
     let b = all_ticks(c);
-    let Placement {
+    let Created {
         created,
         placed,
         took: place,
         retries,
         retry_kinds,
-    } = self::place(c, p.vms, p.clients, &format!("scale {n}")).await?;
+        ..
+    } = create_range(c, "scale-", 0, p.vms, p.clients, &format!("scale {n}")).await?;
     let (place_leader_cpu, place_total_cpu) = phase_cpu(&b, &all_ticks(c), leader, place);
     eprintln!(
         "scale {n}: {created} created ({placed} placed) in {:.1} s, {retries} retried refusals {retry_kinds:?}: leader {place_leader_cpu:.0}% of a core, all nodes {place_total_cpu:.0}% (load {})",

@@ -68,16 +68,30 @@ pub(crate) fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// Creates VMs `{prefix}{from}..{prefix}{to}` with `clients` concurrent closed-loop clients
-/// spread over the live nodes; returns (created, placed, elapsed, per-request latencies).
-async fn create_range(
+/// What a run of creates did: counts, elapsed time, per-request latencies, and the refusals
+/// retried (with the first message of each kind).
+pub(super) struct Created {
+    pub created: usize,
+    pub placed: usize,
+    pub took: Duration,
+    pub latencies: Vec<Duration>,
+    pub retries: usize,
+    pub retry_kinds: Vec<String>,
+}
+
+/// Creates VMs `{prefix}{from}..{prefix}{to}` with `clients` concurrent closed-loop clients,
+/// client `i` on node `i mod n` (like users talking to any member). A refusal the node marks
+/// retryable (gRPC `UNAVAILABLE`: "retry shortly", no leader or no quorum for a moment) is
+/// retried with the same request id, which the cluster de-duplicates, every 50 ms for up to
+/// 60 s, and counted; anything else ends the run.
+pub(super) async fn create_range(
     c: &LocalCluster,
     prefix: &str,
     from: usize,
     to: usize,
     clients: usize,
     progress: &str,
-) -> anyhow::Result<(usize, usize, Duration, Vec<Duration>)> {
+) -> anyhow::Result<Created> {
     let next = Arc::new(AtomicUsize::new(from));
     let done = Arc::new(AtomicUsize::new(0));
     let mut conns = Vec::new();
@@ -93,6 +107,8 @@ async fn create_range(
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut placed = 0usize;
+            let mut retries = 0usize;
+            let mut kinds: Vec<String> = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= to {
@@ -100,7 +116,6 @@ async fn create_range(
                 }
                 let name = format!("{prefix}{i}");
                 let t = Instant::now();
-                let mut tries = 0;
                 let r = loop {
                     let r = conn
                         .create_vm(pb::CreateVmRequest {
@@ -109,10 +124,16 @@ async fn create_range(
                         })
                         .await;
                     match r {
-                        // "Retry shortly" (no quorum for a moment, a leader change): the same
-                        // request id again, which the cluster de-duplicates.
-                        Err(s) if s.code() == tonic::Code::Unavailable && tries < 100 => {
-                            tries += 1;
+                        Err(s)
+                            if s.code() == tonic::Code::Unavailable
+                                && t.elapsed() < Duration::from_secs(60) =>
+                        {
+                            retries += 1;
+                            // The kind of refusal, without the node and counts.
+                            let kind: String = s.message().split(':').next().unwrap_or("").into();
+                            if !kinds.contains(&kind) {
+                                kinds.push(kind);
+                            }
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                         r => break r.map_err(|s| anyhow!("creating {name}: {}", s.message()))?,
@@ -124,7 +145,7 @@ async fn create_range(
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            anyhow::Ok((lat, placed))
+            anyhow::Ok((lat, placed, retries, kinds))
         }));
     }
     let total = to - from;
@@ -141,14 +162,26 @@ async fn create_range(
             }
         })
     };
-    let mut lat = Vec::new();
-    let mut placed = 0;
+    let mut out = Created {
+        created: 0,
+        placed: 0,
+        took: Duration::ZERO,
+        latencies: Vec::new(),
+        retries: 0,
+        retry_kinds: Vec::new(),
+    };
     let mut err = None;
     for t in tasks {
         match t.await? {
-            Ok((l, p)) => {
-                lat.extend(l);
-                placed += p;
+            Ok((l, p, r, k)) => {
+                out.latencies.extend(l);
+                out.placed += p;
+                out.retries += r;
+                for k in k {
+                    if !out.retry_kinds.contains(&k) {
+                        out.retry_kinds.push(k);
+                    }
+                }
             }
             Err(e) => err = Some(e),
         }
@@ -157,7 +190,9 @@ async fn create_range(
     if let Some(e) = err {
         return Err(e);
     }
-    Ok((lat.len(), placed, start.elapsed(), lat))
+    out.took = start.elapsed();
+    out.created = out.latencies.len();
+    Ok(out)
 }
 
 /// `bench failover`: kill -9 the leader of a 3-node cluster, time until a write is accepted
@@ -271,7 +306,9 @@ pub async fn memory(
         .collect::<anyhow::Result<_>>()?;
     for &target in &steps {
         if target > have {
-            let (_, _, took, _) = create_range(&c, "mem-", have, target, clients, "memory").await?;
+            let took = create_range(&c, "mem-", have, target, clients, "memory")
+                .await?
+                .took;
             eprintln!(
                 "memory: {target} records ({} created in {:.1} s)",
                 target - have,
@@ -407,8 +444,13 @@ pub async fn creates(
     let mut args = capacity_args();
     args.extend(node_args);
     let c = LocalCluster::start(3, args).await?;
-    let (created, placed, took, mut lat) =
-        create_range(&c, "cr-", 0, count, clients, "creates").await?;
+    let Created {
+        created,
+        placed,
+        took,
+        latencies: mut lat,
+        ..
+    } = create_range(&c, "cr-", 0, count, clients, "creates").await?;
     lat.sort();
     // A rank in 1..=len (q in 0..=1): the float never exceeds len, so nothing is truncated.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
