@@ -559,22 +559,7 @@ pub async fn revoke_node(node: &Node, id: u64) {
 /// On the leader: revokes workers that are no longer members and not yet revoked (a removal
 /// whose revocation was interrupted by a crash or a change of leader).
 pub async fn revoke_departed(node: &Node) {
-    if !node.is_leader() {
-        return;
-    }
-    let departed: Vec<u64> = {
-        let a = node.state.read();
-        let m = a.membership.membership();
-        if m.nodes().next().is_none() {
-            return;
-        }
-        a.state
-            .workers
-            .keys()
-            .filter(|id| m.get_node(id).is_none() && !a.state.security.node_revoked(**id))
-            .copied()
-            .collect()
-    };
+    let departed = node.departed_workers(|st, id| !st.security.node_revoked(id));
     for id in departed {
         revoke_node(node, id).await;
     }

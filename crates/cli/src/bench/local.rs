@@ -152,42 +152,13 @@ impl LocalCluster {
     /// Adds one node (the first `--init`s, the others join through the first live node) and
     /// waits until it answers; returns its index in `nodes`.
     pub async fn add_node(&mut self) -> anyhow::Result<usize> {
-        let id = self.nodes.len() as u64 + 1;
-        let addr = format!("127.0.0.1:{}", free_port()?);
-        let data_dir = self.dir.join(format!("n{id}"));
-        let boot = if self.nodes.is_empty() {
-            vec!["--init".to_string()]
+        let addr = if self.nodes.is_empty() {
+            self.start_node(vec!["--init".to_string()])?
         } else {
             let seed = self.live_addr()?;
-            // The first node answers before its bootstrap entry is applied: retry briefly.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let token = loop {
-                let out = Command::new(&self.exe)
-                    .args(["--addr", &seed, "--credentials"])
-                    .arg(&self.creds)
-                    .args(["cluster", "token", "create", "--ttl", "300"])
-                    .output()
-                    .context("creating a join token")?;
-                if out.status.success() {
-                    break String::from_utf8_lossy(&out.stdout).trim().to_string();
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "creating a join token: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            };
-            vec!["--join".into(), seed, "--token".into(), token]
+            let token = self.join_tokens(&seed, 1).await?.remove(0);
+            self.start_node(vec!["--join".into(), seed, "--token".into(), token])?
         };
-        let child = self.spawn(id, &addr, &data_dir, &boot)?;
-        self.nodes.push(LocalNode {
-            id,
-            addr: addr.clone(),
-            data_dir,
-            child: Some(child),
-        });
         self.wait_answers(&addr).await?;
         Ok(self.nodes.len() - 1)
     }
@@ -200,38 +171,11 @@ impl LocalCluster {
         let mut left = count;
         while left > 0 {
             let wave = left.min(parallel.max(1));
-            let mut tokens = Vec::with_capacity(wave);
-            {
-                let mut c = connect_with(&seed, &self.creds, Some(Duration::from_secs(30))).await?;
-                // The first node answers before its bootstrap entry is applied: retry briefly.
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while tokens.len() < wave {
-                    match c
-                        .create_join_token(pb::CreateJoinTokenRequest { ttl_secs: 600 })
-                        .await
-                    {
-                        Ok(t) => tokens.push(t.into_inner().token),
-                        // Refused until then ("not part of a cluster yet"), whatever the code.
-                        Err(_) if Instant::now() < deadline => {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                        Err(s) => bail!("creating a join token: {}", s.message()),
-                    }
-                }
-            }
+            let tokens = self.join_tokens(&seed, wave).await?;
             let mut waits = tokio::task::JoinSet::new();
             for token in tokens {
-                let id = self.nodes.len() as u64 + 1;
-                let addr = format!("127.0.0.1:{}", free_port()?);
-                let data_dir = self.dir.join(format!("n{id}"));
-                let boot = vec!["--join".into(), seed.clone(), "--token".into(), token];
-                let child = self.spawn(id, &addr, &data_dir, &boot)?;
-                self.nodes.push(LocalNode {
-                    id,
-                    addr: addr.clone(),
-                    data_dir,
-                    child: Some(child),
-                });
+                let addr =
+                    self.start_node(vec!["--join".into(), seed.clone(), "--token".into(), token])?;
                 let (creds, dir) = (self.creds.clone(), self.dir.clone());
                 waits.spawn(async move { wait_answers_at(&addr, &creds, &dir).await });
             }
@@ -241,6 +185,44 @@ impl LocalCluster {
             left -= wave;
         }
         Ok(())
+    }
+
+    /// Starts the next node (id, free port, data directory) with `boot` and records it;
+    /// returns its address.
+    fn start_node(&mut self, boot: Vec<String>) -> anyhow::Result<String> {
+        let id = self.nodes.len() as u64 + 1;
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let data_dir = self.dir.join(format!("n{id}"));
+        let child = self.spawn(id, &addr, &data_dir, &boot)?;
+        self.nodes.push(LocalNode {
+            id,
+            addr: addr.clone(),
+            data_dir,
+            child: Some(child),
+        });
+        Ok(addr)
+    }
+
+    /// `count` join tokens created through `seed`. The first node answers before its bootstrap
+    /// entry is applied and refuses until then ("not part of a cluster yet", whatever the
+    /// code): retried every 200 ms for up to 60 s.
+    async fn join_tokens(&self, seed: &str, count: usize) -> anyhow::Result<Vec<String>> {
+        let mut c = connect_with(seed, &self.creds, Some(Duration::from_secs(30))).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut tokens = Vec::with_capacity(count);
+        while tokens.len() < count {
+            match c
+                .create_join_token(pb::CreateJoinTokenRequest { ttl_secs: 600 })
+                .await
+            {
+                Ok(t) => tokens.push(t.into_inner().token),
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(s) => bail!("creating a join token: {}", s.message()),
+            }
+        }
+        Ok(tokens)
     }
 
     fn live_addr(&self) -> anyhow::Result<String> {

@@ -233,25 +233,32 @@ impl Node {
         }
     }
 
+    /// On the leader: the registered workers that are no longer members of the applied
+    /// membership and that `keep` selects; none on a follower or before any membership.
+    pub(crate) fn departed_workers(
+        &self,
+        keep: impl Fn(&blixard_core::ClusterState, u64) -> bool,
+    ) -> Vec<u64> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let a = self.state.read();
+        let m = a.membership.membership();
+        if m.nodes().next().is_none() {
+            return Vec::new();
+        }
+        a.state
+            .workers
+            .keys()
+            .filter(|id| m.get_node(id).is_none() && keep(&a.state, **id))
+            .copied()
+            .collect()
+    }
+
     /// On the leader: forget workers that are no longer members (a removal whose follow-up
     /// was interrupted, for instance).
     pub(crate) async fn forget_departed_workers(&self) {
-        if !self.is_leader() {
-            return;
-        }
-        let departed: Vec<u64> = {
-            let a = self.state.read();
-            let m = a.membership.membership();
-            if m.nodes().next().is_none() {
-                return;
-            }
-            a.state
-                .workers
-                .keys()
-                .filter(|id| m.get_node(id).is_none())
-                .copied()
-                .collect()
-        };
+        let departed = self.departed_workers(|_, _| true);
         // Only once they cannot be running any more: silent for lease + grace, as judged by
         // the leader of this term.
         let term = self.metrics().current_term;

@@ -184,20 +184,34 @@ impl TaskRunner {
                 self.spawn_report(task, Some(ending));
             }
             TaskAction::Start { task } => {
-                let (tx, rx) = watch::channel(false);
-                if !self.claim(&task, tx) {
-                    return;
-                }
-                let this = self.clone();
-                self.tracker.spawn(async move {
-                    let id = task.id.clone();
-                    if let Err(e) = this.run_attempt(task, rx).await {
-                        tracing::warn!(task = %id, error = %e, "task attempt");
-                    }
-                    this.release(&id);
+                self.spawn_claimed(task, "task attempt", |this, task, cancel| async move {
+                    this.run_attempt(task, cancel).await
                 });
             }
         }
+    }
+
+    /// Runs `handler` for task `t` as its one handler (nothing if another has it): tracked for
+    /// shutdown, its error logged as `what`, the claim released when it ends.
+    fn spawn_claimed<F, Fut, E>(self: &Arc<Self>, t: TaskRecord, what: &'static str, handler: F)
+    where
+        F: FnOnce(Arc<Self>, TaskRecord, watch::Receiver<bool>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let (tx, rx) = watch::channel(false);
+        if !self.claim(&t, tx) {
+            return;
+        }
+        let id = t.id.clone();
+        let this = self.clone();
+        let fut = handler(self.clone(), t, rx);
+        self.tracker.spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::warn!(task = %id, error = %e, "{what}");
+            }
+            this.release(&id);
+        });
     }
 
     /// Claims task `t` for one handler (with its cancel channel): false when a handler
@@ -244,18 +258,11 @@ impl TaskRunner {
     /// it done. `None`: an attempt an earlier run of this daemon started; it is stopped first
     /// if it still runs, and reported failed (or as it ended, if it ended by itself meanwhile).
     fn spawn_report(self: &Arc<Self>, t: TaskRecord, ending: Option<Ending>) {
-        let (tx, _rx) = watch::channel(false);
-        if !self.claim(&t, tx) {
-            return;
-        }
-        let this = self.clone();
-        self.tracker.spawn(async move {
-            let id = t.id.clone();
-            if let Err(e) = this.report_unstarted(t, ending).await {
-                tracing::warn!(task = %id, error = %e, "reporting a task attempt; will retry");
-            }
-            this.release(&id);
-        });
+        self.spawn_claimed(
+            t,
+            "reporting a task attempt; will retry",
+            |this, t, _cancel| async move { this.report_unstarted(t, ending).await },
+        );
     }
 
     async fn report_unstarted(&self, t: TaskRecord, ending: Option<Ending>) -> std::io::Result<()> {
